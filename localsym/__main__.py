@@ -1,0 +1,3 @@
+from localsym.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,47 @@
+"""`localsym bench ...`: each benchmark measures its baseline in the same run and prints
+JSON (``--json``) or a table."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+from typing import Any
+
+BENCHES = ("speed",)
+
+
+def add_parsers(parser: argparse.ArgumentParser, add_runtime_flags: Callable) -> None:
+    sub = parser.add_subparsers(dest="bench", required=True, parser_class=type(parser))
+    s = sub.add_parser("speed", help="prefill/decode tok/s: localsym vs llama-cpp-python's Llama")
+    s.add_argument("--model", default=None, help="model (default: the catalog's default)")
+    s.add_argument("--prompt-tokens", type=int, default=384)
+    s.add_argument("--gen-tokens", type=int, default=64)
+    s.add_argument("--reps", type=int, default=3)
+    _common(s)
+    add_runtime_flags(s)
+
+
+def _common(s: argparse.ArgumentParser) -> None:
+    s.add_argument("--json", action="store_true", help="print the result as JSON")
+    s.add_argument("--out", default=None, help="also write the JSON to this file")
+
+
+def emit(result: dict[str, Any], args: argparse.Namespace, table: Callable[[dict], str]) -> None:
+    if args.out:
+        with open(args.out, "w", encoding="utf-8") as f:
+            json.dump(result, f, indent=2)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(table(result))
+    sys.stdout.flush()
+
+
+def main(args: argparse.Namespace) -> int:
+    if args.bench == "speed":
+        from localsym.bench.speed import run
+
+        return run(args)
+    raise SystemExit(f"unknown bench {args.bench}")

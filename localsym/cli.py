@@ -1,0 +1,256 @@
+"""The `localsym` command: parses, calls the core, prints. No logic of its own."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+from localsym.errors import LocalsymError
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage mistake is one line on stderr and exit 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        sys.stderr.write(f"localsym: error: {message} (see `{self.prog} --help`)\n")
+        raise SystemExit(2)
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def _progress_printer():
+    """A progress callback drawing a rich bar on stderr; returns (callback, stop)."""
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
+
+    bar = Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
+                   TransferSpeedColumn(), TimeRemainingColumn(), transient=False,
+                   console=__import__("rich.console").console.Console(stderr=True))
+    tasks: dict[str, int] = {}
+
+    def update(what: str, done: int, total: int) -> None:
+        if what not in tasks:
+            if not tasks:
+                bar.start()
+            tasks[what] = bar.add_task(what, total=total)
+        bar.update(tasks[what], completed=done)
+
+    return update, bar.stop
+
+
+def _add_runtime_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("runtime (llama.cpp flag names)")
+    g.add_argument("-c", "--ctx-size", type=int, default=None, dest="n_ctx",
+                   help="hot context size in tokens; 0 = the model's own (default: fitted)")
+    g.add_argument("-ngl", "--n-gpu-layers", "--gpu-layers", type=int, default=None, dest="n_gpu_layers",
+                   help="layers on the GPU (-1 = all; default: fitted to --vram)")
+    g.add_argument("-ctk", "--cache-type-k", default=None, dest="type_k", help="K cache type (f16, q8_0, q4_0, ...)")
+    g.add_argument("-ctv", "--cache-type-v", default=None, dest="type_v", help="V cache type (needs -fa for quantized)")
+    g.add_argument("-fa", "--flash-attn", nargs="?", const="on", default=None, choices=["on", "off", "auto"],
+                   help="flash attention (default: on)")
+    g.add_argument("-t", "--threads", type=int, default=None, dest="n_threads", help="CPU threads")
+    g.add_argument("--n-cpu-moe", type=int, default=None, help="keep the experts of the first N layers on the CPU")
+    g.add_argument("--vram", default=None, help="VRAM budget: 8GiB, 16GiB, auto (nvidia-smi) or cpu")
+
+
+def _run_options(a: argparse.Namespace):
+    from localsym.runtime.engine import RunOptions
+
+    if a.n_ctx is not None and a.n_ctx < 0:
+        raise LocalsymError("-c must be 0 (the model's own context) or a positive token count")
+    fa = None if a.flash_attn in (None, "auto") else a.flash_attn == "on"
+    return RunOptions(n_ctx=a.n_ctx, n_gpu_layers=a.n_gpu_layers, type_k=a.type_k, type_v=a.type_v,
+                      flash_attn=fa, n_threads=a.n_threads, n_cpu_moe=a.n_cpu_moe, vram=a.vram)
+
+
+def cmd_pull(a: argparse.Namespace) -> int:
+    from localsym import model_store
+
+    update, stop = _progress_printer() if sys.stderr.isatty() and not a.quiet else (None, lambda: None)
+    try:
+        m = model_store.pull(a.model, update)
+    finally:
+        stop()
+    print(f"{m.name}: {m.path} ({_human(m.size)}, sha256 {m.sha256[:12]}, {m.source})")
+    return 0
+
+
+def cmd_list(a: argparse.Namespace) -> int:
+    from localsym import model_store
+
+    models = model_store.list_models()
+    if a.json:
+        print(json.dumps([{"name": m.name, "path": str(m.path), "size": m.size, "sha256": m.sha256,
+                           "source": m.source} for m in models]))
+        return 0
+    if not models:
+        print("no models yet: `localsym pull smollm2-135m`")
+        return 0
+    print(f"{'NAME':<24} {'SIZE':>10}  {'SHA256':<12}  SOURCE   PATH")
+    for m in models:
+        print(f"{m.name:<24} {_human(m.size):>10}  {m.sha256[:12]:<12}  {m.source:<8} {m.path}")
+    return 0
+
+
+def cmd_show(a: argparse.Namespace) -> int:
+    from localsym import model_store
+    from localsym.runtime.engine import make_plan
+    from localsym.runtime.gguf_file import read_header
+    from localsym.runtime.model_info import model_info
+
+    path = model_store.resolve(a.model)
+    info = model_info(path, read_header(path))
+    plan = make_plan(info, _run_options(a))
+    if a.json:
+        d = {k: v for k, v in info.__dict__.items() if k not in ("layer_bytes", "expert_bytes", "chat_template")}
+        d["path"] = str(info.path)
+        d["chat_template"] = info.chat_template is not None
+        d["kv_bytes_per_token"] = info.kv_bytes_per_token()
+        d["plan"] = plan.as_dict()
+        print(json.dumps(d))
+        return 0
+    rows = [
+        ("file", str(info.path)),
+        ("architecture", info.architecture),
+        ("parameters", f"{info.n_params / 1e9:.2f}B" if info.n_params >= 1e9 else f"{info.n_params / 1e6:.0f}M"),
+        ("quantization", info.file_type),
+        ("size", _human(info.file_size)),
+        ("native context", str(info.n_ctx_train)),
+        ("layers", str(info.n_layer)),
+        ("embedding", str(info.n_embd)),
+        ("heads (q/kv)", f"{info.n_head}/{info.n_head_kv}, head size {info.head_dim_k}"),
+        ("KV bytes per token", f"{info.kv_bytes_per_token()} (f16)"),
+        ("sliding window", str(info.sliding_window) if info.sliding_window else "none"),
+        ("experts (total/used)", f"{info.n_expert}/{info.n_expert_used}" if info.is_moe else "none (dense)"),
+        ("chat template", "yes" if info.chat_template else "no (base model: completion form)"),
+    ]
+    for k, v in rows:
+        print(f"{k:<22}{v}")
+    print(f"\nfit plan ({'VRAM ' + _human(plan.vram_budget) if plan.vram_budget else 'CPU only'}):")
+    print(f"  {'-ngl':<20}{plan.n_gpu_layers}\n  {'-c':<20}{plan.n_ctx}\n  {'-ctk/-ctv':<20}{plan.type_k}/{plan.type_v}")
+    print(f"  {'-fa':<20}{'on' if plan.flash_attn else 'off'}\n  {'--n-cpu-moe':<20}{plan.n_cpu_moe}")
+    for part, n in plan.parts.items():
+        print(f"  {part:<20}{_human(n):>10}")
+    if plan.vram_budget:
+        print(f"  {'gpu total':<20}{_human(plan.gpu_bytes):>10}")
+    for note in plan.notes:
+        print(f"  note: {note}")
+    return 0
+
+
+def cmd_rm(a: argparse.Namespace) -> int:
+    from localsym import model_store
+
+    m = model_store.remove(a.model)
+    print(f"removed {m.name}" + (" (file kept: it is yours)" if m.source == "local" else ""))
+    return 0
+
+
+def cmd_run(a: argparse.Namespace) -> int:
+    from localsym import model_store
+    from localsym.runtime.engine import Engine, GenParams, GenStats
+
+    prompt = a.prompt if a.prompt is not None else (sys.stdin.read() if not sys.stdin.isatty() else None)
+    if not prompt:
+        raise LocalsymError("no prompt: give one as an argument or on standard input")
+    path = model_store.resolve(a.model)
+    with Engine(path, _run_options(a)) as eng:
+        messages = ([{"role": "system", "content": a.system}] if a.system else []) + [{"role": "user", "content": prompt}]
+        toks = eng.chat_tokens(messages) if (eng.template.present and not a.raw) else eng.tokenize_prompt(prompt)
+        stats = GenStats()
+        params = GenParams(max_tokens=a.n_predict, temp=a.temp, seed=a.seed)
+        text = []
+        for piece in eng.generate(toks, 0, params, stats=stats):
+            text.append(piece)
+            if not a.json:
+                sys.stdout.write(piece)
+                sys.stdout.flush()
+    if a.json:
+        print(json.dumps({"text": "".join(text), "prompt_tokens": stats.prompt_tokens,
+                          "completion_tokens": stats.completion_tokens,
+                          "prefill_tok_s": round(stats.prefill_tok_s, 2), "decode_tok_s": round(stats.decode_tok_s, 2)}))
+    else:
+        sys.stdout.write("\n")
+    return 0
+
+
+def cmd_bench(a: argparse.Namespace) -> int:
+    from localsym import bench
+
+    return bench.main(a)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="localsym", description="A local, offline LLM runtime with unbounded memory.")
+    p.add_argument("-v", "--verbose", action="store_true", help="show llama.cpp's log")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    s = sub.add_parser("pull", help="fetch a catalog model or register a local GGUF")
+    s.add_argument("model", help="catalog name (smollm2-135m, gemma3-270m) or ./file.gguf")
+    s.add_argument("-q", "--quiet", action="store_true")
+    s.set_defaults(func=cmd_pull)
+
+    s = sub.add_parser("list", aliases=["ls"], help="models on this machine")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_list)
+
+    s = sub.add_parser("show", help="a model's shape and its fit plan")
+    s.add_argument("model")
+    s.add_argument("--json", action="store_true")
+    _add_runtime_flags(s)
+    s.set_defaults(func=cmd_show)
+
+    s = sub.add_parser("rm", help="remove a model")
+    s.add_argument("model")
+    s.set_defaults(func=cmd_rm)
+
+    s = sub.add_parser("run", help="answer one prompt, streaming to stdout")
+    s.add_argument("model")
+    s.add_argument("prompt", nargs="?")
+    s.add_argument("--json", action="store_true", help="print one JSON object at the end")
+    s.add_argument("--system", default=None, help="system prompt")
+    s.add_argument("--raw", action="store_true", help="no chat template: plain completion")
+    s.add_argument("-n", "--n-predict", type=int, default=256, help="max tokens to generate")
+    s.add_argument("--temp", type=float, default=0.0, help="temperature (0 = greedy)")
+    s.add_argument("--seed", type=int, default=0xFFFFFFFF)
+    _add_runtime_flags(s)
+    s.set_defaults(func=cmd_run)
+
+    s = sub.add_parser("bench", help="benchmarks (JSON + a table)")
+    from localsym.bench import add_parsers
+
+    add_parsers(s, _add_runtime_flags)
+    s.set_defaults(func=cmd_bench)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
+                        format="%(name)s: %(message)s")
+    if not args.verbose:
+        logging.getLogger("localsym.llama").setLevel(logging.ERROR + 10)
+    try:
+        return args.func(args)
+    except LocalsymError as e:
+        sys.stderr.write(f"localsym: error: {e}\n")
+        return 1
+    except KeyboardInterrupt:
+        sys.stderr.write("localsym: interrupted\n")
+        return 130
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

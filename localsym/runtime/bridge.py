@@ -1,0 +1,449 @@
+"""The one bridge to llama.cpp. Every ctypes call of localsym lives in this module.
+
+Contexts are made by hand (``llama_context_default_params`` + ``llama_init_from_model``)
+because ``llama_cpp.Llama`` cannot set ``n_seq_max``, ``kv_unified`` or an eval callback,
+which the tiered memory and the expert observer need. Callers above this module see
+Python ints, bytes and numpy arrays only.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+import llama_cpp as lc
+
+from localsym.errors import BadModelFile, BudgetError, LocalsymError
+
+log = logging.getLogger("localsym.llama")
+
+CACHE_TYPES = {"f32": 0, "f16": 1, "q4_0": 2, "q4_1": 3, "q5_0": 6, "q5_1": 7, "q8_0": 8,
+               "iq4_nl": 20, "bf16": 30}
+STATE_SEQ_FLAGS_SWA_ONLY = 1
+_init_lock = threading.Lock()
+_initialised = False
+_recent_errors: list[str] = []
+
+
+@lc.llama_log_callback
+def _log_callback(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
+    # llama.cpp is chatty on stderr; route it to logging and keep recent errors for messages.
+    msg = text.decode("utf-8", errors="replace").rstrip()
+    if level == 3:
+        _recent_errors.append(msg)
+        del _recent_errors[:-20]
+    log.debug(msg)
+
+
+def _ensure_backend() -> None:
+    global _initialised
+    with _init_lock:
+        if not _initialised:
+            lc.llama_log_set(_log_callback, ctypes.c_void_p(0))
+            lc.llama_backend_init()
+            _initialised = True
+
+
+def _last_error(default: str) -> str:
+    return _recent_errors[-1] if _recent_errors else default
+
+
+def default_threads() -> int:
+    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+
+
+def gpu_offload_supported() -> bool:
+    _ensure_backend()
+    return bool(lc.llama_supports_gpu_offload())
+
+
+class Model:
+    """Loaded weights and vocabulary. Contexts borrow it; close it after them."""
+
+    def __init__(self, path: str | Path, n_gpu_layers: int = 0, vocab_only: bool = False,
+                 use_mmap: bool = True, n_cpu_moe: int = 0) -> None:
+        _ensure_backend()
+        self.path = Path(path)
+        params = lc.llama_model_default_params()
+        params.n_gpu_layers = n_gpu_layers
+        params.vocab_only = vocab_only
+        params.use_mmap = use_mmap
+        self._overrides = _cpu_moe_overrides(n_cpu_moe) if n_cpu_moe and n_gpu_layers else None
+        if self._overrides is not None:
+            params.tensor_buft_overrides = ctypes.cast(self._overrides[0], ctypes.c_void_p)
+        _recent_errors.clear()
+        ptr = lc.llama_model_load_from_file(str(self.path).encode(), params)
+        if not ptr:
+            raise BadModelFile(f"{self.path}: llama.cpp could not load it ({_last_error('unknown reason')})")
+        self._ptr = ptr
+        self._vocab = lc.llama_model_get_vocab(ptr)
+        self.n_vocab = lc.llama_vocab_n_tokens(self._vocab)
+        self.n_ctx_train = lc.llama_model_n_ctx_train(ptr)
+        self.n_layer = lc.llama_model_n_layer(ptr)
+        self.n_embd = lc.llama_model_n_embd(ptr)
+        self.n_head = lc.llama_model_n_head(ptr)
+        self.n_head_kv = lc.llama_model_n_head_kv(ptr)
+        self.n_swa = lc.llama_model_n_swa(ptr)
+        self.bos = lc.llama_vocab_bos(self._vocab)
+        self.eos = lc.llama_vocab_eos(self._vocab)
+        self.add_bos = bool(lc.llama_vocab_get_add_bos(self._vocab))
+        self._piece_cache: dict[int, bytes] = {}
+
+    @property
+    def ptr(self):
+        if self._ptr is None:
+            raise LocalsymError("model is closed")
+        return self._ptr
+
+    def close(self) -> None:
+        if getattr(self, "_ptr", None):
+            lc.llama_model_free(self._ptr)
+            self._ptr = None
+
+    def __del__(self) -> None:
+        self.close()
+
+    def description(self) -> str:
+        buf = ctypes.create_string_buffer(256)
+        lc.llama_model_desc(self.ptr, buf, 256)
+        return buf.value.decode("utf-8", errors="replace")
+
+    def chat_template(self) -> str | None:
+        t = lc.llama_model_chat_template(self.ptr, None)
+        return t.decode("utf-8", errors="replace") if t else None
+
+    def meta(self, key: str) -> str | None:
+        buf = ctypes.create_string_buffer(4096)
+        n = lc.llama_model_meta_val_str(self.ptr, key.encode(), buf, 4096)
+        return buf.value.decode("utf-8", errors="replace") if n >= 0 else None
+
+    def tokenize(self, text: str, add_special: bool = False, parse_special: bool = False) -> list[int]:
+        data = text.encode("utf-8")
+        cap = len(data) + 16
+        buf = (lc.llama_token * cap)()
+        n = lc.llama_tokenize(self._vocab, data, len(data), buf, cap, add_special, parse_special)
+        if n < 0:
+            cap = -n
+            buf = (lc.llama_token * cap)()
+            n = lc.llama_tokenize(self._vocab, data, len(data), buf, cap, add_special, parse_special)
+        return list(buf[:n])
+
+    def piece(self, token: int, special: bool = False) -> bytes:
+        key = token if not special else -1 - token
+        cached = self._piece_cache.get(key)
+        if cached is not None:
+            return cached
+        buf = ctypes.create_string_buffer(64)
+        n = lc.llama_token_to_piece(self._vocab, token, buf, 64, 0, special)
+        if n < 0:
+            buf = ctypes.create_string_buffer(-n)
+            n = lc.llama_token_to_piece(self._vocab, token, buf, -n, 0, special)
+        out = buf.raw[:n]
+        self._piece_cache[key] = out
+        return out
+
+    def detokenize(self, tokens: Sequence[int], special: bool = False) -> str:
+        return b"".join(self.piece(t, special) for t in tokens).decode("utf-8", errors="replace")
+
+    def is_eog(self, token: int) -> bool:
+        return bool(lc.llama_vocab_is_eog(self._vocab, token))
+
+
+class _BuftOverride(ctypes.Structure):
+    # struct llama_model_tensor_buft_override { const char * pattern; ggml_backend_buffer_type_t buft; }
+    _fields_ = [("pattern", ctypes.c_char_p), ("buft", ctypes.c_void_p)]
+
+
+def _cpu_moe_overrides(n_cpu_moe: int):
+    """llama.cpp's --n-cpu-moe: the expert tensors of the first N layers in CPU buffers."""
+    lib_dir = Path(lc.__file__).parent / "lib"
+    cands = sorted(lib_dir.glob("libggml-cpu*.so*")) + sorted(lib_dir.glob("libggml-cpu*.dylib"))
+    if not cands:
+        raise LocalsymError(f"libggml-cpu not found in {lib_dir}")
+    cpu = ctypes.CDLL(str(cands[0]))
+    cpu.ggml_backend_cpu_buffer_type.restype = ctypes.c_void_p
+    buft = cpu.ggml_backend_cpu_buffer_type()
+    patterns = [f"blk\\.{i}\\.ffn_(up|down|gate)_exps".encode() for i in range(n_cpu_moe)]
+    arr = (_BuftOverride * (len(patterns) + 1))()
+    for i, pat in enumerate(patterns):
+        arr[i].pattern = pat
+        arr[i].buft = buft
+    arr[len(patterns)].pattern = None
+    arr[len(patterns)].buft = None
+    return arr, patterns  # keep the pattern bytes alive with the array
+
+
+@dataclass
+class TensorEvent:
+    """A tensor the eval callback was shown: name, ggml shape/strides and a reader."""
+
+    name: str
+    op: int
+    type: int
+    ne: tuple[int, int, int, int]
+    nb: tuple[int, int, int, int]
+    _ptr: int
+
+    def read(self) -> bytes:
+        n = _ggml().ggml_nbytes(self._ptr)
+        buf = ctypes.create_string_buffer(n)
+        _ggml().ggml_backend_tensor_get(self._ptr, buf, 0, n)
+        return buf.raw
+
+    def read_int32_rows(self) -> np.ndarray:
+        """A 2-D int32 tensor (possibly a view) as [ne1, ne0], honouring nb[1]."""
+        raw = np.frombuffer(self.read(), dtype=np.uint8)
+        rows = [raw[r * self.nb[1] : r * self.nb[1] + 4 * self.ne[0]].view(np.int32) for r in range(self.ne[1])]
+        return np.stack(rows) if rows else np.zeros((0, self.ne[0]), np.int32)
+
+    def read_f32(self) -> np.ndarray:
+        """A contiguous f32 tensor as [ne3, ne2, ne1, ne0]."""
+        arr = np.frombuffer(self.read(), dtype=np.float32)
+        return arr.reshape(self.ne[3], self.ne[2], self.ne[1], self.ne[0])
+
+
+class _GGMLTensor(ctypes.Structure):
+    # Leading fields of struct ggml_tensor (ggml.h): type, buffer, ne[4], nb[4], op.
+    _fields_ = [("type", ctypes.c_int), ("buffer", ctypes.c_void_p), ("ne", ctypes.c_int64 * 4),
+                ("nb", ctypes.c_size_t * 4), ("op", ctypes.c_int)]
+
+
+_ggml_lib = None
+
+
+def _ggml():
+    """libggml-base from llama_cpp's lib folder, for the tensor functions it does not bind."""
+    global _ggml_lib
+    if _ggml_lib is None:
+        lib_dir = Path(lc.__file__).parent / "lib"
+        cands = sorted(lib_dir.glob("libggml-base.so*")) + sorted(lib_dir.glob("libggml-base*.dylib"))
+        if not cands:
+            raise LocalsymError(f"libggml-base not found in {lib_dir}")
+        lib = ctypes.CDLL(str(cands[0]))
+        lib.ggml_get_name.argtypes = [ctypes.c_void_p]
+        lib.ggml_get_name.restype = ctypes.c_char_p
+        lib.ggml_nbytes.argtypes = [ctypes.c_void_p]
+        lib.ggml_nbytes.restype = ctypes.c_size_t
+        lib.ggml_backend_tensor_get.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_size_t]
+        lib.ggml_backend_tensor_get.restype = None
+        _ggml_lib = lib
+    return _ggml_lib
+
+
+# (name) -> whether to observe; (event) -> None
+EvalObserver = tuple[Callable[[str], bool], Callable[[TensorEvent], None]]
+
+
+class Context:
+    """A llama.cpp context with explicit positions, sequences and KV state access."""
+
+    def __init__(self, model: Model, n_ctx: int, n_batch: int = 512, n_ubatch: int = 512,
+                 n_seq_max: int = 1, kv_unified: bool | None = None, type_k: str = "f16",
+                 type_v: str = "f16", flash_attn: bool = True, n_threads: int | None = None,
+                 swa_full: bool = True, observer: EvalObserver | None = None) -> None:
+        for name in (type_k, type_v):
+            if name not in CACHE_TYPES:
+                raise LocalsymError(f"unknown cache type {name!r}: one of {', '.join(CACHE_TYPES)}")
+        if type_v not in ("f16", "f32", "bf16") and not flash_attn:
+            raise LocalsymError("a quantized V cache needs flash attention (-fa on)")
+        self.model = model
+        p = lc.llama_context_default_params()
+        p.n_ctx = n_ctx
+        p.n_batch = n_batch
+        p.n_ubatch = min(n_ubatch, n_batch)
+        p.n_seq_max = n_seq_max
+        p.kv_unified = n_seq_max > 1 if kv_unified is None else kv_unified
+        threads = n_threads or default_threads()
+        p.n_threads = threads
+        p.n_threads_batch = threads
+        p.type_k = CACHE_TYPES[type_k]
+        p.type_v = CACHE_TYPES[type_v]
+        p.flash_attn_type = 1 if flash_attn else 0
+        p.swa_full = swa_full
+        p.no_perf = True
+        self._cancel = threading.Event()
+        self._abort_cb = lc.ggml_abort_callback(lambda _data: self._cancel.is_set())
+        p.abort_callback = self._abort_cb
+        self._eval_cb = None
+        if observer is not None:
+            want, handle = observer
+
+            def _cb(t_ptr, ask, _user) -> bool:
+                t = _GGMLTensor.from_address(t_ptr)
+                name = (_ggml().ggml_get_name(t_ptr) or b"").decode()
+                if ask:
+                    return bool(want(name))
+                handle(TensorEvent(name, t.op, t.type, tuple(t.ne), tuple(t.nb), t_ptr))
+                return True
+
+            self._eval_cb = lc.ggml_backend_sched_eval_callback(_cb)
+            p.cb_eval = self._eval_cb
+        _recent_errors.clear()
+        ptr = lc.llama_init_from_model(model.ptr, p)
+        if not ptr:
+            raise BudgetError(f"llama.cpp could not create a {n_ctx}-token context ({_last_error('out of memory?')})")
+        self._ptr = ptr
+        self._mem = lc.llama_get_memory(ptr)
+        self.n_ctx = lc.llama_n_ctx(ptr)
+        self.n_batch = n_batch
+        self.n_seq_max = n_seq_max
+        self.type_k, self.type_v, self.flash_attn = type_k, type_v, flash_attn
+        self.n_threads = threads
+        self._batch = lc.llama_batch_init(n_batch, 0, n_seq_max)
+        self._n_vocab = model.n_vocab
+
+    def close(self) -> None:
+        if getattr(self, "_ptr", None):
+            lc.llama_batch_free(self._batch)
+            lc.llama_free(self._ptr)
+            self._ptr = None
+
+    def __del__(self) -> None:
+        self.close()
+
+    # -- cancel -------------------------------------------------------------------------
+    def cancel(self) -> None:
+        """Ask a running decode (from another thread) to stop at the next graph split."""
+        self._cancel.set()
+
+    def clear_cancel(self) -> None:
+        self._cancel.clear()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancel.is_set()
+
+    # -- decode -------------------------------------------------------------------------
+    def decode(self, tokens: Sequence[int], positions: Sequence[int] | int,
+               seq_ids: Sequence[int] | int = 0, logits: str | Sequence[bool] = "last") -> None:
+        """Decode tokens at explicit positions; ``positions`` int = start of a run.
+
+        ``logits``: "last" (the final token only), "all", "none" or one flag per token.
+        Long inputs are split into n_batch pieces. Raises Cancelled when cancel() was called.
+        """
+        n = len(tokens)
+        if n == 0:
+            return
+        pos = list(range(positions, positions + n)) if isinstance(positions, int) else list(positions)
+        if len(pos) != n:
+            raise ValueError("positions and tokens differ in length")
+        if isinstance(logits, str):
+            flags = [logits == "all"] * n
+            if logits == "last":
+                flags[-1] = True
+        else:
+            flags = list(logits)
+        b = self._batch
+        for start in range(0, n, self.n_batch):
+            end = min(n, start + self.n_batch)
+            for j, i in enumerate(range(start, end)):
+                b.token[j] = tokens[i]
+                b.pos[j] = pos[i]
+                sids = seq_ids if isinstance(seq_ids, int) else seq_ids[i]
+                if isinstance(sids, int):
+                    b.n_seq_id[j] = 1
+                    b.seq_id[j][0] = sids
+                else:
+                    b.n_seq_id[j] = len(sids)
+                    for k, s in enumerate(sids):
+                        b.seq_id[j][k] = s
+                b.logits[j] = flags[i]
+            b.n_tokens = end - start
+            rc = lc.llama_decode(self._ptr, b)
+            if rc == 2 or (rc != 0 and self._cancel.is_set()):
+                raise Cancelled()
+            if rc == 1:
+                raise BudgetError("the hot context is full: no KV cell is free for the batch")
+            if rc != 0:
+                raise LocalsymError(f"llama_decode failed ({rc}): {_last_error('see the log')}")
+
+    def logits(self, i: int = -1) -> np.ndarray:
+        """Logits of the i-th output of the last decode (a copy)."""
+        ptr = lc.llama_get_logits_ith(self._ptr, i)
+        if not ptr:
+            raise LocalsymError("no logits for that output")
+        return np.ctypeslib.as_array(ptr, shape=(self._n_vocab,)).copy()
+
+    # -- memory (KV cache) --------------------------------------------------------------
+    def clear(self) -> None:
+        lc.llama_memory_clear(self._mem, True)
+
+    def seq_rm(self, seq: int, p0: int = -1, p1: int = -1) -> bool:
+        return bool(lc.llama_memory_seq_rm(self._mem, seq, p0, p1))
+
+    def seq_cp(self, src: int, dst: int, p0: int = -1, p1: int = -1) -> None:
+        lc.llama_memory_seq_cp(self._mem, src, dst, p0, p1)
+
+    def seq_keep(self, seq: int) -> None:
+        lc.llama_memory_seq_keep(self._mem, seq)
+
+    def seq_add(self, seq: int, p0: int, p1: int, delta: int) -> None:
+        lc.llama_memory_seq_add(self._mem, seq, p0, p1, delta)
+
+    def seq_pos_min(self, seq: int) -> int:
+        return lc.llama_memory_seq_pos_min(self._mem, seq)
+
+    def seq_pos_max(self, seq: int) -> int:
+        return lc.llama_memory_seq_pos_max(self._mem, seq)
+
+    def can_shift(self) -> bool:
+        return bool(lc.llama_memory_can_shift(self._mem))
+
+    # -- sequence state blobs -------------------------------------------------------------
+    def state_seq_get(self, seq: int, flags: int = 0) -> bytes:
+        size = lc.llama_state_seq_get_size_ext(self._ptr, seq, flags)
+        buf = (ctypes.c_uint8 * size)()
+        n = lc.llama_state_seq_get_data_ext(self._ptr, buf, size, seq, flags)
+        return bytes(memoryview(buf)[:n])
+
+    def state_seq_set(self, seq: int, blob: bytes, flags: int = 0) -> int:
+        """Replace sequence ``seq`` with a saved blob; raise on a blob that does not fit."""
+        buf = (ctypes.c_uint8 * len(blob)).from_buffer_copy(blob)
+        n = lc.llama_state_seq_set_data_ext(self._ptr, buf, len(blob), seq, flags)
+        if n == 0:
+            raise LocalsymError(f"llama.cpp refused a KV state blob ({_last_error('shape or type mismatch')})")
+        return n
+
+
+class Cancelled(Exception):
+    """A decode or generation stopped because cancel() was called."""
+
+
+class Sampler:
+    """A llama.cpp sampler chain: greedy at temp 0, else top-k/top-p/min-p/temp/dist."""
+
+    def __init__(self, temp: float = 0.0, top_k: int = 40, top_p: float = 0.95,
+                 min_p: float = 0.05, seed: int = 0xFFFFFFFF) -> None:
+        _ensure_backend()
+        chain = lc.llama_sampler_chain_init(lc.llama_sampler_chain_default_params())
+        if temp <= 0:
+            lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_greedy())
+        else:
+            lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_top_k(top_k))
+            lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_top_p(top_p, 1))
+            lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_min_p(min_p, 1))
+            lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_temp(temp))
+            lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_dist(seed & 0xFFFFFFFF))
+        self._ptr = chain
+
+    def sample(self, ctx: Context, idx: int = -1) -> int:
+        """Sample from output ``idx`` of the last decode and accept the token."""
+        return int(lc.llama_sampler_sample(self._ptr, ctx._ptr, idx))
+
+    def reset(self) -> None:
+        lc.llama_sampler_reset(self._ptr)
+
+    def close(self) -> None:
+        if getattr(self, "_ptr", None):
+            lc.llama_sampler_free(self._ptr)
+            self._ptr = None
+
+    def __del__(self) -> None:
+        self.close()

@@ -1,0 +1,181 @@
+"""A loaded model with a context sized by the fit plan, and streaming generation."""
+
+from __future__ import annotations
+
+import codecs
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psutil
+
+from localsym.errors import LocalsymError
+from localsym.runtime.bridge import Cancelled, Context, Model, Sampler, gpu_offload_supported
+from localsym.runtime.chat_template import ChatTemplate, Message
+from localsym.runtime.fit_plan import FitPlan, plan_fit, vram_budget
+from localsym.runtime.gguf_file import check_complete, read_header
+from localsym.runtime.model_info import ModelInfo, model_info
+
+
+@dataclass
+class RunOptions:
+    """llama.cpp-named knobs; None means "let the fit plan choose"."""
+
+    n_ctx: int | None = None  # -c; 0 = the model's own context
+    n_gpu_layers: int | None = None  # -ngl
+    type_k: str | None = None  # -ctk
+    type_v: str | None = None  # -ctv
+    flash_attn: bool | None = None  # -fa
+    n_threads: int | None = None  # -t
+    n_cpu_moe: int | None = None  # --n-cpu-moe
+    vram: str | None = None  # --vram 8GiB|16GiB|auto|cpu
+    n_seq_max: int = 1
+    n_batch: int = 512
+
+
+@dataclass
+class GenStats:
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    prefill_s: float = 0.0
+    decode_s: float = 0.0
+    ttft_s: float = 0.0
+    cancelled: bool = False
+    stop_reason: str = ""
+
+    @property
+    def prefill_tok_s(self) -> float:
+        return self.prompt_tokens / self.prefill_s if self.prefill_s > 0 else 0.0
+
+    @property
+    def decode_tok_s(self) -> float:
+        # The first completion token comes from the prefill's logits; the rest each cost a decode.
+        n = max(self.completion_tokens - 1, 0)
+        return n / self.decode_s if self.decode_s > 0 else 0.0
+
+
+@dataclass
+class GenParams:
+    max_tokens: int = 512
+    temp: float = 0.0
+    seed: int = 0xFFFFFFFF
+    top_k: int = 40
+    top_p: float = 0.95
+    min_p: float = 0.05
+    stop: Sequence[str] = field(default_factory=tuple)
+
+
+def make_plan(info: ModelInfo, opts: RunOptions) -> FitPlan:
+    vram = vram_budget(opts.vram)
+    if vram and not gpu_offload_supported():
+        vram = 0  # a CPU build of llama.cpp: plan for the CPU, say so in the notes
+    ram = psutil.virtual_memory().available
+    plan = plan_fit(info, vram, ram, opts.n_ctx, opts.type_k, opts.type_v, opts.n_gpu_layers,
+                    opts.flash_attn, opts.n_cpu_moe)
+    return plan
+
+
+class Engine:
+    """One model, one context, the chat template: what `run`, `bench` and sessions share."""
+
+    def __init__(self, path: str | Path, opts: RunOptions | None = None) -> None:
+        self.opts = opts or RunOptions()
+        header = read_header(path)
+        check_complete(header)
+        self.info = model_info(path, header)
+        self.plan = make_plan(self.info, self.opts)
+        self.model = Model(path, n_gpu_layers=self.plan.n_gpu_layers, n_cpu_moe=self.plan.n_cpu_moe)
+        try:
+            self.ctx = Context(self.model, self.plan.n_ctx, n_batch=self.opts.n_batch,
+                               n_seq_max=self.opts.n_seq_max, type_k=self.plan.type_k,
+                               type_v=self.plan.type_v, flash_attn=self.plan.flash_attn,
+                               n_threads=self.opts.n_threads)
+        except Exception:
+            self.model.close()
+            raise
+        bos = self.model.piece(self.model.bos, special=True).decode("utf-8", "replace") if self.model.bos >= 0 else ""
+        eos = self.model.piece(self.model.eos, special=True).decode("utf-8", "replace") if self.model.eos >= 0 else ""
+        self.template = ChatTemplate(self.model.chat_template(), bos, eos)
+
+    def close(self) -> None:
+        self.ctx.close()
+        self.model.close()
+
+    def __enter__(self) -> "Engine":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def chat_tokens(self, messages: Sequence[Message], add_generation_prompt: bool = True) -> list[int]:
+        text = self.template.render(messages, add_generation_prompt)
+        return self.tokenize_prompt(text)
+
+    def tokenize_prompt(self, text: str) -> list[int]:
+        """Tokens of a full prompt: BOS added when the model wants one and the text lacks it."""
+        toks = self.model.tokenize(text, add_special=False, parse_special=True)
+        if self.model.add_bos and self.model.bos >= 0 and (not toks or toks[0] != self.model.bos):
+            toks.insert(0, self.model.bos)
+        return toks
+
+    def generate(self, prompt: Sequence[int], start_pos: int = 0, params: GenParams | None = None,
+                 seq: int = 0, stats: GenStats | None = None) -> Iterator[str]:
+        """Decode ``prompt`` at ``start_pos`` in sequence ``seq``, then stream text pieces.
+
+        Stops at an end-of-generation token, ``max_tokens``, a stop string, the context's end
+        or ``ctx.cancel()``; ``stats`` is filled in as it goes.
+        """
+        params = params or GenParams()
+        stats = stats if stats is not None else GenStats()
+        ctx = self.ctx
+        if start_pos + len(prompt) >= ctx.n_ctx:
+            raise LocalsymError(f"the prompt ({start_pos + len(prompt)} tokens) does not fit the "
+                                f"{ctx.n_ctx}-token context: raise -c")
+        sampler = Sampler(params.temp, params.top_k, params.top_p, params.min_p, params.seed)
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        ctx.clear_cancel()
+        t0 = time.perf_counter()
+        stats.prompt_tokens = len(prompt)
+        text = ""
+        try:
+            ctx.decode(prompt, start_pos, seq)
+            stats.prefill_s = time.perf_counter() - t0
+            pos = start_pos + len(prompt)
+            t1 = time.perf_counter()
+            while True:
+                tok = sampler.sample(ctx)
+                if self.model.is_eog(tok):
+                    stats.stop_reason = "eog"
+                    break
+                stats.completion_tokens += 1
+                if stats.completion_tokens == 1:
+                    stats.ttft_s = time.perf_counter() - t0
+                piece = decoder.decode(self.model.piece(tok))
+                if piece:
+                    text += piece
+                    yield piece
+                if params.stop and any(s in text for s in params.stop):
+                    stats.stop_reason = "stop"
+                    break
+                if stats.completion_tokens >= params.max_tokens:
+                    stats.stop_reason = "length"
+                    break
+                if pos + 1 >= ctx.n_ctx:
+                    stats.stop_reason = "context"
+                    break
+                if ctx.cancelled:
+                    raise Cancelled()
+                ctx.decode([tok], pos, seq)
+                pos += 1
+            stats.decode_s = time.perf_counter() - t1
+        except Cancelled:
+            stats.cancelled = True
+            stats.stop_reason = "cancelled"
+            if not stats.prefill_s:
+                stats.prefill_s = time.perf_counter() - t0
+        finally:
+            sampler.close()
+        tail = decoder.decode(b"", final=True)
+        if tail:
+            yield tail

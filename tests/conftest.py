@@ -1,0 +1,62 @@
+"""Shared fixtures: real models pulled once into a cache, an isolated LOCALSYM_HOME per test."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+# Pulled models live in one LOCALSYM_HOME that survives test runs; every test then gets a
+# fresh home of its own with those files hard-linked in (instant, no copies).
+MODEL_CACHE = Path(os.environ.get("LOCALSYM_TEST_MODELS", Path.home() / ".cache" / "localsym-test-models"))
+SMOL = "smollm2-135m"
+GEMMA = "gemma3-270m"
+
+
+def _pull(name: str) -> Path:
+    env = dict(os.environ, LOCALSYM_HOME=str(MODEL_CACHE))
+    r = subprocess.run([sys.executable, "-m", "localsym", "pull", "-q", name], env=env,
+                       capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.fail(f"could not pull {name}: {r.stderr.strip()}")
+    return Path(r.stdout.split(": ", 1)[1].split(" (", 1)[0])
+
+
+@pytest.fixture(scope="session")
+def smol_path() -> Path:
+    return _pull(SMOL)
+
+
+@pytest.fixture(scope="session")
+def gemma_path() -> Path:
+    return _pull(GEMMA)
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch, smol_path) -> Path:
+    """An isolated LOCALSYM_HOME with the default model already registered."""
+    from localsym import model_store
+
+    h = tmp_path / "home"
+    monkeypatch.setenv("LOCALSYM_HOME", str(h))
+    model_store.copy_into(MODEL_CACHE, SMOL)
+    return h
+
+
+@pytest.fixture(scope="session")
+def smol_engine(smol_path):
+    """One loaded SmolLM2 engine for read-mostly tests (each test clears what it uses)."""
+    from localsym.runtime.engine import Engine, RunOptions
+
+    eng = Engine(smol_path, RunOptions(n_ctx=2048, n_seq_max=4, vram="cpu"))
+    yield eng
+    eng.close()
+
+
+def run_cli(*args: str, home: Path, timeout: float = 300, stdin: str | None = None) -> subprocess.CompletedProcess:
+    env = dict(os.environ, LOCALSYM_HOME=str(home))
+    return subprocess.run([sys.executable, "-m", "localsym", *args], env=env, capture_output=True,
+                          text=True, timeout=timeout, input=stdin)

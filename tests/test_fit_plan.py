@@ -1,0 +1,78 @@
+"""Fit plans for big shapes, from metadata-only GGUFs written with the gguf package."""
+
+import pytest
+
+from gguf_shapes import llama_7b, qwen3_30b_a3b
+from localsym.errors import BudgetError, LocalsymError
+from localsym.runtime.fit_plan import GiB, MiB, parse_size, plan_fit
+from localsym.runtime.gguf_file import read_header
+from localsym.runtime.model_info import model_info
+
+
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory):
+    d = tmp_path_factory.mktemp("shapes")
+    return {"7b": model_info(llama_7b(d / "7b.gguf")), "30b": model_info(qwen3_30b_a3b(d / "30b.gguf"))}
+
+
+def test_parse_size():
+    assert parse_size("8GiB") == 8 * GiB
+    assert parse_size("16G") == 16 * GiB
+    assert parse_size("512MiB") == 512 * MiB
+    with pytest.raises(LocalsymError):
+        parse_size("eight gigs")
+
+
+def test_metadata_only_files_are_small_and_shaped_right(shapes, tmp_path):
+    info = shapes["7b"]
+    assert not read_header(info.path).has_weights
+    assert info.path.stat().st_size < 1 << 20
+    assert 6.5e9 < info.n_params < 7e9
+    assert 3.8 * GiB < info.weights_bytes < 4.2 * GiB  # Q4_K_M-sized
+    moe = shapes["30b"]
+    assert moe.n_expert == 128 and moe.n_expert_used == 8
+    assert 30e9 < moe.n_params < 31e9
+    assert sum(moe.expert_bytes) > 0.9 * moe.weights_bytes
+
+
+@pytest.mark.parametrize("vram", [8, 16])
+def test_7b_fits_fully_on_a_laptop_gpu(shapes, vram):
+    info = shapes["7b"]
+    plan = plan_fit(info, vram * GiB, 16 * GiB)
+    assert plan.device == "gpu"
+    assert plan.n_gpu_layers == info.n_layer + 1  # every layer and the output head
+    assert plan.gpu_bytes <= vram * GiB
+    assert plan.n_ctx == 4096  # Llama-2's own context, the auto hot window's cap
+    assert plan.parts["gpu_kv_cache"] == info.kv_bytes_per_token() * plan.n_ctx
+
+
+def test_7b_on_a_small_gpu_offloads_part_of_the_layers(shapes):
+    info = shapes["7b"]
+    plan = plan_fit(info, 4 * GiB, 16 * GiB, n_ctx=4096, type_k="f16", type_v="f16")
+    assert plan.device == "gpu"
+    assert 0 < plan.n_gpu_layers < info.n_layer
+    assert plan.gpu_bytes <= 4 * GiB
+
+
+def test_30b_a3b_keeps_experts_on_the_cpu(shapes):
+    info = shapes["30b"]
+    p8 = plan_fit(info, 8 * GiB, 32 * GiB)
+    p16 = plan_fit(info, 16 * GiB, 32 * GiB)
+    for plan, budget in ((p8, 8), (p16, 16)):
+        assert plan.device == "gpu"
+        assert plan.n_gpu_layers == info.n_layer + 1  # attention of every layer on the GPU
+        assert 0 < plan.n_cpu_moe < info.n_layer
+        assert plan.gpu_bytes <= budget * GiB
+        assert plan.n_ctx == 8192
+        assert (plan.type_k, plan.type_v) == ("f16", "f16")  # the KV is small; keep it exact
+    assert p16.n_cpu_moe < p8.n_cpu_moe  # more VRAM keeps more experts on the GPU
+
+
+def test_cpu_plan_and_budget_errors(shapes):
+    info = shapes["7b"]
+    plan = plan_fit(info, 0, 16 * GiB)
+    assert plan.device == "cpu" and plan.n_gpu_layers == 0
+    with pytest.raises(BudgetError, match="lower -c"):
+        plan_fit(info, 0, 8 * GiB, n_ctx=1_000_000)
+    with pytest.raises(LocalsymError, match="flash attention"):
+        plan_fit(info, 0, 16 * GiB, type_v="q8_0", flash_attn=False)
