@@ -34,32 +34,41 @@ def test_explicit_positions_and_greedy_determinism(smol_engine):
 
 def test_state_blob_restore_and_shift_matches_fresh_decode(smol_engine):
     """A block saved out, restored into a scratch sequence, shifted and copied in gives the
-    same next-token logits as decoding it at the new positions (the tiered-memory mechanism)."""
+    same next-token logits as decoding it fresh at the new positions (the tiered-memory
+    mechanism). Restored in place it is bit-exact; shifted, its error is of the size of the
+    f16 K cache's own position noise (a fresh decode at 0 vs at 7)."""
     ctx, m = smol_engine.ctx, smol_engine.model
     block = m.tokenize("Alice keeps the spare key under the blue flower pot by the door.")
     question = m.tokenize(" The spare key is under the")
+    n, shift = len(block), 7
+
+    def fresh(offset):
+        ctx.clear()
+        ctx.decode(block, offset, 0, logits="none")
+        ctx.decode(question, offset + n, 0)
+        return ctx.logits()
+
+    def restored(offset):
+        ctx.clear()
+        ctx.state_seq_set(1, blob)
+        if offset:
+            ctx.seq_add(1, 0, -1, offset)
+        ctx.seq_cp(1, 0, -1, -1)
+        ctx.seq_rm(1)
+        ctx.decode(question, offset + n, 0)
+        return ctx.logits()
+
     ctx.clear()
     ctx.decode(block, 0, 0, logits="none")
     blob = ctx.state_seq_get(0)
-    assert len(blob) > 1000
+    assert len(blob) > n * smol_engine.info.kv_bytes_per_token()
+    ref0, ref7 = fresh(0), fresh(shift)
+    got0, got7 = restored(0), restored(shift)
     ctx.clear()
-    # fresh reference: a 5-token prefix, then the block at positions 5.., then the question
-    prefix = m.tokenize("Note: ")[:5]
-    prefix = (prefix + [m.eos] * 5)[:5]
-    ctx.decode(prefix + block + question, 0, 0)
-    ref = ctx.logits()
-    ctx.clear()
-    # restored: prefix decoded in seq 0, block restored into seq 1, shifted by 5, copied to seq 0
-    ctx.decode(prefix, 0, 0, logits="none")
-    ctx.state_seq_set(1, blob)
-    ctx.seq_add(1, 0, -1, len(prefix))
-    ctx.seq_cp(1, 0, -1, -1)
-    ctx.seq_rm(1)
-    ctx.decode(question, len(prefix) + len(block), 0)
-    got = ctx.logits()
-    ctx.clear()
-    assert int(np.argmax(got)) == int(np.argmax(ref))
-    assert np.max(np.abs(got - ref)) < 1e-2
+    assert np.array_equal(got0, ref0)
+    noise = np.abs(ref0 - ref7).max()
+    assert np.abs(got7 - ref7).max() <= 1.5 * noise + 0.05
+    assert set(np.argsort(got7)[-5:]) == set(np.argsort(ref7)[-5:])
 
 
 def test_bad_blob_is_refused(smol_engine):

@@ -31,16 +31,15 @@ def _llama(path, plan, threads: int, prompt: list[int], gen: int) -> tuple[float
     try:
         llm.eval(prompt[:8])  # the same warm-up
         llm.reset()
+        # Prefill and decode through Llama's own generation loop (its sampler, greedy).
+        toks: list[int] = []
         t0 = time.perf_counter()
-        llm.eval(prompt)
-        prefill = len(prompt) / (time.perf_counter() - t0)
-        # Decode through Llama's own generation loop (its sampler, greedy), counting tokens.
-        toks = []
-        t1 = None
-        for tok in llm.generate(prompt, top_k=1, temp=0.0, reset=False):
-            if t1 is None:
+        t1 = prefill = 0.0
+        for tok in llm.generate(prompt, top_k=1, temp=0.0, reset=True):
+            if not toks and not t1:
                 t1 = time.perf_counter()  # the first token came from the prefill's logits
-            if llm._token_eos == tok:
+                prefill = len(prompt) / (t1 - t0)
+            if tok == llm.token_eos():
                 break
             toks.append(tok)
             if len(toks) >= gen:

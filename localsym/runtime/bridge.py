@@ -85,12 +85,14 @@ class Model:
         self._ptr = ptr
         self._vocab = lc.llama_model_get_vocab(ptr)
         self.n_vocab = lc.llama_vocab_n_tokens(self._vocab)
+        self.vocab_only = vocab_only
+        # A vocab-only load has no per-layer hparams: asking for them aborts the process.
         self.n_ctx_train = lc.llama_model_n_ctx_train(ptr)
-        self.n_layer = lc.llama_model_n_layer(ptr)
-        self.n_embd = lc.llama_model_n_embd(ptr)
-        self.n_head = lc.llama_model_n_head(ptr)
-        self.n_head_kv = lc.llama_model_n_head_kv(ptr)
-        self.n_swa = lc.llama_model_n_swa(ptr)
+        self.n_layer = 0 if vocab_only else lc.llama_model_n_layer(ptr)
+        self.n_embd = 0 if vocab_only else lc.llama_model_n_embd(ptr)
+        self.n_head = 0 if vocab_only else lc.llama_model_n_head(ptr)
+        self.n_head_kv = 0 if vocab_only else lc.llama_model_n_head_kv(ptr)
+        self.n_swa = 0 if vocab_only else lc.llama_model_n_swa(ptr)
         self.bos = lc.llama_vocab_bos(self._vocab)
         self.eos = lc.llama_vocab_eos(self._vocab)
         self.add_bos = bool(lc.llama_vocab_get_add_bos(self._vocab))

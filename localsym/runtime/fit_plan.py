@@ -125,8 +125,10 @@ def plan_fit(
     fa = True if flash_attn is None else flash_attn
     kv_choices = [(type_k, type_v)] if type_k or type_v else [("f16", "f16"), ("q8_0", "q8_0"), ("q4_0", "q4_0")]
     kv_choices = [(_check_type(k or "f16"), _check_type(v or "f16")) for k, v in kv_choices]
-    if not fa and any(v != "f16" and v != "f32" for _, v in kv_choices):
-        raise LocalsymError("a quantized V cache needs flash attention (-fa on)")
+    if not fa:
+        if type_v not in (None, "f16", "f32", "bf16"):
+            raise LocalsymError("a quantized V cache needs flash attention (-fa on)")
+        kv_choices = [(k, v) for k, v in kv_choices if v in ("f16", "f32", "bf16")] or [("f16", "f16")]
 
     # RAM check first: the whole KV cache must fit somewhere.
     min_kv = min(_kv(info, c, k, v, info.n_layer) for c in ctx_choices for k, v in kv_choices)
