@@ -9,7 +9,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-BENCHES = ("speed",)
+BENCHES = ("speed", "quant")
 
 
 def add_parsers(parser: argparse.ArgumentParser, add_runtime_flags: Callable) -> None:
@@ -21,6 +21,16 @@ def add_parsers(parser: argparse.ArgumentParser, add_runtime_flags: Callable) ->
     s.add_argument("--reps", type=int, default=3)
     _common(s)
     add_runtime_flags(s)
+
+    s = sub.add_parser("quant", help="KV formats: bytes, perplexity, kernel GB/s vs memcpy")
+    s.add_argument("--model", default=None)
+    s.add_argument("--context", type=int, default=1024, help="tokens whose KV is quantized")
+    s.add_argument("--follow", type=int, default=256, help="tokens whose perplexity is measured")
+    s.add_argument("--block", type=int, default=128, help="tokens per block")
+    s.add_argument("--k-threshold", type=float, default=None, help="adaptive K threshold (default: the policy's)")
+    s.add_argument("--v-threshold", type=float, default=None, help="adaptive V threshold (default: the policy's)")
+    s.add_argument("-t", "--threads", type=int, default=None)
+    _common(s)
 
 
 def _common(s: argparse.ArgumentParser) -> None:
@@ -42,6 +52,10 @@ def emit(result: dict[str, Any], args: argparse.Namespace, table: Callable[[dict
 def main(args: argparse.Namespace) -> int:
     if args.bench == "speed":
         from localsym.bench.speed import run
+
+        return run(args)
+    if args.bench == "quant":
+        from localsym.bench.quant import run
 
         return run(args)
     raise SystemExit(f"unknown bench {args.bench}")

@@ -373,6 +373,13 @@ class Context:
             raise LocalsymError("no logits for that output")
         return np.ctypeslib.as_array(ptr, shape=(self._n_vocab,)).copy()
 
+    def logits_all(self, n: int) -> np.ndarray:
+        """The logits of the last decode's ``n`` outputs, [n, vocab] (a copy)."""
+        ptr = lc.llama_get_logits(self._ptr)
+        if not ptr:
+            raise LocalsymError("no logits")
+        return np.ctypeslib.as_array(ptr, shape=(n * self._n_vocab,)).reshape(n, self._n_vocab).copy()
+
     # -- memory (KV cache) --------------------------------------------------------------
     def clear(self) -> None:
         lc.llama_memory_clear(self._mem, True)
