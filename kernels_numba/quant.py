@@ -104,22 +104,41 @@ def group_minmax_cpu(x, group):
 def encode_cpu(x, zero, scale, bits, group):
     rows, cols = x.shape
     g = (cols + group - 1) // group
-    nbytes = g * group * bits // 8
-    out = np.zeros((rows, nbytes), np.uint8)
+    gb = group * bits // 8
+    out = np.zeros((rows, g * gb), np.uint8)
     top = (1 << bits) - 1
     for r in prange(rows):
-        for c in range(cols):
-            j = c // group
+        codes = np.zeros(group, np.uint32)
+        for j in range(g):
             s = scale[r, j]
+            z = zero[r, j]
             inv = np.float32(1.0) / s if s > 0 else np.float32(0.0)
-            q = math.floor((x[r, c] - zero[r, j]) * inv + np.float32(0.5))
-            q = 0 if q < 0 else (top if q > top else q)
-            bit = c * bits
-            byte = bit >> 3
-            shift = bit & 7
-            out[r, byte] |= np.uint8((q << shift) & 0xFF)
-            if shift + bits > 8:
-                out[r, byte + 1] |= np.uint8(q >> (8 - shift))
+            o = j * group
+            n = min(cols, o + group) - o
+            for i in range(n):
+                q = math.floor((x[r, o + i] - z) * inv + np.float32(0.5))
+                codes[i] = 0 if q < 0 else (top if q > top else q)
+            for i in range(n, group):
+                codes[i] = 0
+            p = j * gb
+            if bits == 8:
+                for i in range(group):
+                    out[r, p + i] = codes[i]
+            elif bits == 4:
+                for i in range(gb):
+                    out[r, p + i] = codes[2 * i] | (codes[2 * i + 1] << 4)
+            elif bits == 2:
+                for i in range(gb):
+                    out[r, p + i] = (codes[4 * i] | (codes[4 * i + 1] << 2) | (codes[4 * i + 2] << 4)
+                                     | (codes[4 * i + 3] << 6))
+            else:  # 3 bits: 8 values in every 3 bytes
+                for i in range(group // 8):
+                    w = np.uint32(0)
+                    for t in range(8):
+                        w |= codes[8 * i + t] << (3 * t)
+                    out[r, p + 3 * i] = w & 0xFF
+                    out[r, p + 3 * i + 1] = (w >> 8) & 0xFF
+                    out[r, p + 3 * i + 2] = (w >> 16) & 0xFF
     return out
 
 

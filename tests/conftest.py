@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import os
+
+# CUDA kernels run on Numba's simulator unless a run asks for the real GPU
+# (NUMBA_ENABLE_CUDASIM=0 on a machine with one). Must be set before numba.cuda loads.
+os.environ.setdefault("NUMBA_ENABLE_CUDASIM", "1")
+
 import subprocess
 import sys
 from pathlib import Path
