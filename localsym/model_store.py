@@ -220,3 +220,20 @@ def copy_into(src_home: Path, name: str) -> None:
         except OSError:
             shutil.copy2(entry["path"], dest)
     _record(name, dest, entry["sha256"], entry["source"])
+
+
+def identity(path: Path) -> str:
+    """A model's identity for content addressing: its sha256 when registered, else a quick
+    fingerprint of size, header and tail (hashing a 20 GB file on every open is too slow)."""
+    path = Path(path).resolve()
+    for r in _load_registry().values():
+        if Path(r["path"]).resolve() == path:
+            return r["sha256"]
+    h = hashlib.sha256()
+    size = path.stat().st_size
+    h.update(str(size).encode())
+    with path.open("rb") as f:
+        h.update(f.read(1 << 20))
+        f.seek(max(0, size - (1 << 20)))
+        h.update(f.read(1 << 20))
+    return "fp-" + h.hexdigest()

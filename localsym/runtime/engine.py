@@ -43,6 +43,8 @@ class GenStats:
     ttft_s: float = 0.0
     cancelled: bool = False
     stop_reason: str = ""
+    tokens: list[int] = field(default_factory=list)  # generated ids (no end-of-generation token)
+    n_decoded: int = 0  # how many of them are in the KV cache (the last may not be)
 
     @property
     def prefill_tok_s(self) -> float:
@@ -149,6 +151,7 @@ class Engine:
                     stats.stop_reason = "eog"
                     break
                 stats.completion_tokens += 1
+                stats.tokens.append(tok)
                 if stats.completion_tokens == 1:
                     stats.ttft_s = time.perf_counter() - t0
                 piece = decoder.decode(self.model.piece(tok))
@@ -167,6 +170,7 @@ class Engine:
                 if ctx.cancelled:
                     raise Cancelled()
                 ctx.decode([tok], pos, seq)
+                stats.n_decoded += 1
                 pos += 1
             stats.decode_s = time.perf_counter() - t1
         except Cancelled:

@@ -1,0 +1,112 @@
+"""The session index in SQLite (WAL): documents, blocks with their exact tokens, messages.
+
+Schema upgrades are named functions keyed on ``PRAGMA user_version``, applied in order.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+
+def _v1() -> str:
+    return """
+        CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+        CREATE TABLE docs (
+            id INTEGER PRIMARY KEY, source TEXT NOT NULL, kind TEXT NOT NULL,
+            content_sha TEXT NOT NULL, n_tokens INTEGER NOT NULL, created REAL NOT NULL,
+            active INTEGER NOT NULL DEFAULT 1);
+        CREATE TABLE blocks (
+            id INTEGER PRIMARY KEY, doc_id INTEGER NOT NULL REFERENCES docs(id),
+            idx INTEGER NOT NULL, key TEXT NOT NULL, pos0 INTEGER NOT NULL,
+            n_tokens INTEGER NOT NULL, tokens BLOB NOT NULL, created REAL NOT NULL);
+        CREATE INDEX blocks_doc ON blocks(doc_id, idx);
+        CREATE TABLE messages (
+            id INTEGER PRIMARY KEY, role TEXT NOT NULL, content TEXT NOT NULL,
+            created REAL NOT NULL, doc_id INTEGER);
+    """
+
+
+MIGRATIONS = [_v1]
+
+
+@dataclass
+class BlockRow:
+    id: int
+    doc_id: int
+    idx: int
+    key: str
+    pos0: int
+    tokens: np.ndarray  # int32
+    kind: str
+    source: str
+
+    @property
+    def n_tokens(self) -> int:
+        return len(self.tokens)
+
+
+class IndexDB:
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=NORMAL")
+        self._migrate()
+
+    def _migrate(self) -> None:
+        version = self.db.execute("PRAGMA user_version").fetchone()[0]
+        for i, step in enumerate(MIGRATIONS[version:], start=version + 1):
+            # one transaction per upgrade: the schema and its version number move together
+            self.db.executescript(f"BEGIN; {step()} PRAGMA user_version = {i}; COMMIT;")
+
+    def close(self) -> None:
+        self.db.close()
+
+    # -- meta ---------------------------------------------------------------------------------
+    def get(self, key: str, default=None):
+        row = self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return json.loads(row[0]) if row else default
+
+    def set(self, key: str, value) -> None:
+        self.db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", (key, json.dumps(value)))
+
+    # -- documents and blocks -----------------------------------------------------------------------
+    def add_doc(self, source: str, kind: str, content_sha: str, n_tokens: int) -> int:
+        cur = self.db.execute("INSERT INTO docs(source, kind, content_sha, n_tokens, created) VALUES (?,?,?,?,?)",
+                              (source, kind, content_sha, n_tokens, time.time()))
+        return int(cur.lastrowid)
+
+    def retire_docs(self, source: str, keep: int) -> None:
+        """A reloaded file replaces its older version in the session's memory."""
+        self.db.execute("UPDATE docs SET active = 0 WHERE source = ? AND id != ? AND kind = 'file'", (source, keep))
+
+    def add_block(self, doc_id: int, idx: int, key: str, pos0: int, tokens: list[int]) -> int:
+        blob = np.asarray(tokens, np.int32).tobytes()
+        cur = self.db.execute("INSERT INTO blocks(doc_id, idx, key, pos0, n_tokens, tokens, created) VALUES (?,?,?,?,?,?,?)",
+                              (doc_id, idx, key, pos0, len(tokens), blob, time.time()))
+        return int(cur.lastrowid)
+
+    def blocks(self) -> list[BlockRow]:
+        rows = self.db.execute(
+            "SELECT b.id, b.doc_id, b.idx, b.key, b.pos0, b.tokens, d.kind, d.source FROM blocks b "
+            "JOIN docs d ON d.id = b.doc_id WHERE d.active = 1 ORDER BY b.doc_id, b.idx").fetchall()
+        return [BlockRow(r[0], r[1], r[2], r[3], r[4], np.frombuffer(r[5], np.int32), r[6], r[7]) for r in rows]
+
+    def doc_sources(self) -> dict[str, str]:
+        """Active file sources -> their content sha."""
+        return dict(self.db.execute("SELECT source, content_sha FROM docs WHERE active = 1 AND kind = 'file'").fetchall())
+
+    # -- messages -------------------------------------------------------------------------------------
+    def add_message(self, role: str, content: str, doc_id: int | None = None) -> None:
+        self.db.execute("INSERT INTO messages(role, content, created, doc_id) VALUES (?,?,?,?)",
+                        (role, content, time.time(), doc_id))
+
+    def messages(self) -> list[dict]:
+        rows = self.db.execute("SELECT role, content, created FROM messages ORDER BY id").fetchall()
+        return [{"role": r[0], "content": r[1], "created": r[2]} for r in rows]
