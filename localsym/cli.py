@@ -183,6 +183,116 @@ def cmd_run(a: argparse.Namespace) -> int:
     return 0
 
 
+def _add_session_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--session", "-s", required=True, help="session name")
+    p.add_argument("--model", "-m", default=None, help="model (a new session's; default: the catalog default)")
+    p.add_argument("--warm-mb", type=float, default=None, help="RAM for the warm tier (MiB)")
+    p.add_argument("--cold-gb", type=float, default=None, help="disk for the cold tier (GiB)")
+    p.add_argument("--block-tokens", type=int, default=None, help="tokens per block (a new session's)")
+    _add_runtime_flags(p)
+
+
+def _open_session(a: argparse.Namespace):
+    from localsym.session import Session, SessionConfig
+
+    cfg = None
+    if a.warm_mb is not None or a.cold_gb is not None or a.block_tokens is not None:
+        from localsym.memory.index_db import IndexDB
+        from localsym.session import session_dir
+
+        d = session_dir(a.session)
+        base = SessionConfig()
+        if (d / "session.db").exists():
+            db = IndexDB(d / "session.db")
+            base = SessionConfig(**{**base.__dict__, **(db.get("config") or {})})
+            db.close()
+        if a.warm_mb is not None:
+            base.warm_mb = a.warm_mb
+        if a.cold_gb is not None:
+            base.cold_gb = a.cold_gb
+        if a.block_tokens is not None:
+            if a.block_tokens < 16:
+                raise LocalsymError("--block-tokens must be at least 16")
+            base.block_tokens = a.block_tokens
+        cfg = base
+    return Session.open(a.session, a.model, _run_options(a), cfg)
+
+
+def cmd_load(a: argparse.Namespace) -> int:
+    import time
+
+    with _open_session(a) as sess:
+        t0 = time.perf_counter()
+        bar = None
+        if sys.stderr.isatty() and not a.quiet:
+            from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+            bar = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed} tok"),
+                           TextColumn("{task.fields[rate]:.0f} tok/s"), TimeRemainingColumn(), transient=True,
+                           console=__import__("rich.console").console.Console(stderr=True))
+            task = bar.add_task("load", total=None, rate=0.0)
+            bar.start()
+
+        def progress(done: int, total: int, source: str) -> None:
+            if bar is not None:
+                rate = done / max(time.perf_counter() - t0, 1e-6)
+                bar.update(task, completed=done, total=max(total, done), rate=rate,
+                           description=os.path.basename(source)[:30])
+
+        try:
+            rep = sess.load(a.path, progress)
+        finally:
+            if bar is not None:
+                bar.stop()
+        usage = sess.memory_usage()
+    if a.json:
+        print(json.dumps({"files": rep.files, "tokens": rep.tokens, "blocks": rep.blocks,
+                          "computed_blocks": rep.computed_blocks, "reused_blocks": rep.reused_blocks,
+                          "seconds": round(rep.seconds, 3), "skipped": [{"path": p, "reason": r} for p, r in rep.skipped],
+                          "session_tokens": usage["total_tokens"]}))
+        return 0
+    rate = rep.tokens / rep.seconds if rep.seconds else 0
+    print(f"loaded {rep.files} files: {rep.tokens} new tokens in {rep.blocks} blocks "
+          f"({rep.computed_blocks} computed, {rep.reused_blocks} reused) in {rep.seconds:.1f}s ({rate:.0f} tok/s); "
+          f"session now {usage['total_tokens']} tokens")
+    for p, why in rep.skipped:
+        print(f"  skipped {p}: {why}")
+    return 0
+
+
+def cmd_ask(a: argparse.Namespace) -> int:
+    from localsym.runtime.engine import GenParams
+
+    with _open_session(a) as sess:
+        params = GenParams(max_tokens=a.n_predict, temp=a.temp, seed=a.seed)
+        for piece in sess.ask(a.question, params):
+            if not a.json:
+                sys.stdout.write(piece)
+                sys.stdout.flush()
+        last = sess.last
+    if a.json:
+        d = last.as_dict()
+        print(json.dumps({k: d[k] for k in ("answer", "total_tokens", "hot_tokens", "blocks_total",
+                                            "blocks_in_working_set", "restored_blocks", "recomputed_blocks", "ttft_s")}))
+    else:
+        sys.stdout.write("\n")
+    return 0
+
+
+def cmd_sessions(a: argparse.Namespace) -> int:
+    from localsym.session import list_sessions
+
+    rows = list_sessions()
+    if a.json:
+        print(json.dumps(rows))
+    elif not rows:
+        print("no sessions yet: `localsym load PATH --session NAME`")
+    else:
+        for r in rows:
+            print(f"{r['name']:<24} {r['model'] or '?':<20} {r['tokens']:>10} tokens")
+    return 0
+
+
 def cmd_bench(a: argparse.Namespace) -> int:
     from localsym import bench
 
@@ -224,6 +334,26 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0xFFFFFFFF)
     _add_runtime_flags(s)
     s.set_defaults(func=cmd_run)
+
+    s = sub.add_parser("load", help="ingest a file or a tree into a session")
+    s.add_argument("path")
+    s.add_argument("--json", action="store_true")
+    s.add_argument("-q", "--quiet", action="store_true")
+    _add_session_flags(s)
+    s.set_defaults(func=cmd_load)
+
+    s = sub.add_parser("ask", help="ask a session a question (streams the answer)")
+    s.add_argument("question")
+    s.add_argument("--json", action="store_true")
+    s.add_argument("-n", "--n-predict", type=int, default=256)
+    s.add_argument("--temp", type=float, default=0.0)
+    s.add_argument("--seed", type=int, default=0xFFFFFFFF)
+    _add_session_flags(s)
+    s.set_defaults(func=cmd_ask)
+
+    s = sub.add_parser("sessions", help="list sessions")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_sessions)
 
     s = sub.add_parser("bench", help="benchmarks (JSON + a table)")
     from localsym.bench import add_parsers

@@ -242,9 +242,11 @@ class Session:
         ctx, sink = self.engine.ctx, self.frame.sink
         ctx.seq_rm(REBUILD)
         try:
-            ctx.decode(sink, 0, REBUILD, logits="none")
+            # the sink right before the block (llama.cpp wants a sequence's positions unbroken)
+            start = max(row.pos0 - len(sink), 0)
+            ctx.decode(sink[-(row.pos0 - start):] if row.pos0 > start else [], start, REBUILD, logits="none")
             ctx.decode(row.tokens.tolist(), row.pos0, REBUILD, logits="none")
-            ctx.seq_rm(REBUILD, 0, len(sink))
+            ctx.seq_rm(REBUILD, 0, row.pos0)
             state = kv_state.parse(ctx.state_seq_get(REBUILD), self.n_caches)
         finally:
             ctx.seq_rm(REBUILD)
@@ -296,8 +298,8 @@ class Session:
             report.blocks += 1
             if progress:
                 progress(report.tokens, -1, source)
+        self.db.complete_doc(doc_id, source, kind)
         if kind == "file":
-            self.db.retire_docs(source, doc_id)
             self.docs = [b for b in self.docs if not (b.source == source and b.doc_id != doc_id)]
             self.selector = KeywordRecencySelector()
             for b in self.docs:
@@ -412,6 +414,7 @@ class Session:
     def _store_turn(self, question: str, answer: str, turn: list[int], start: int) -> None:
         B = self.config.block_tokens
         doc_id = self.db.add_doc("chat", "turn", hashlib.sha256(repr(turn).encode()).hexdigest(), len(turn))
+        self.db.complete_doc(doc_id, "chat", "turn")
         h = self.turns[-1].key if self.turns else self.root_key
         # the transient turn run becomes block segments, so the next question can keep them
         for j in range(0, len(turn), B):

@@ -20,7 +20,7 @@ def _v1() -> str:
         CREATE TABLE docs (
             id INTEGER PRIMARY KEY, source TEXT NOT NULL, kind TEXT NOT NULL,
             content_sha TEXT NOT NULL, n_tokens INTEGER NOT NULL, created REAL NOT NULL,
-            active INTEGER NOT NULL DEFAULT 1);
+            active INTEGER NOT NULL DEFAULT 1, complete INTEGER NOT NULL DEFAULT 0);
         CREATE TABLE blocks (
             id INTEGER PRIMARY KEY, doc_id INTEGER NOT NULL REFERENCES docs(id),
             idx INTEGER NOT NULL, key TEXT NOT NULL, pos0 INTEGER NOT NULL,
@@ -82,9 +82,12 @@ class IndexDB:
                               (source, kind, content_sha, n_tokens, time.time()))
         return int(cur.lastrowid)
 
-    def retire_docs(self, source: str, keep: int) -> None:
-        """A reloaded file replaces its older version in the session's memory."""
-        self.db.execute("UPDATE docs SET active = 0 WHERE source = ? AND id != ? AND kind = 'file'", (source, keep))
+    def complete_doc(self, doc_id: int, source: str, kind: str) -> None:
+        """All of a document's blocks are in: it now replaces any older version of itself
+        (a file reloaded after an edit, or after a load that was killed half-way)."""
+        self.db.execute("UPDATE docs SET complete = 1 WHERE id = ?", (doc_id,))
+        if kind == "file":
+            self.db.execute("UPDATE docs SET active = 0 WHERE source = ? AND id != ? AND kind = 'file'", (source, doc_id))
 
     def add_block(self, doc_id: int, idx: int, key: str, pos0: int, tokens: list[int]) -> int:
         blob = np.asarray(tokens, np.int32).tobytes()
@@ -99,8 +102,9 @@ class IndexDB:
         return [BlockRow(r[0], r[1], r[2], r[3], r[4], np.frombuffer(r[5], np.int32), r[6], r[7]) for r in rows]
 
     def doc_sources(self) -> dict[str, str]:
-        """Active file sources -> their content sha."""
-        return dict(self.db.execute("SELECT source, content_sha FROM docs WHERE active = 1 AND kind = 'file'").fetchall())
+        """Completely ingested, active file sources -> their content sha."""
+        return dict(self.db.execute(
+            "SELECT source, content_sha FROM docs WHERE active = 1 AND complete = 1 AND kind = 'file'").fetchall())
 
     # -- messages -------------------------------------------------------------------------------------
     def add_message(self, role: str, content: str, doc_id: int | None = None) -> None:
