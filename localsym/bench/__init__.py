@@ -9,7 +9,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-BENCHES = ("speed", "quant")
+BENCHES = ("speed", "quant", "memory")
 
 
 def add_parsers(parser: argparse.ArgumentParser, add_runtime_flags: Callable) -> None:
@@ -22,6 +22,8 @@ def add_parsers(parser: argparse.ArgumentParser, add_runtime_flags: Callable) ->
     _common(s)
     add_runtime_flags(s)
 
+    _add_memory(sub)
+
     s = sub.add_parser("quant", help="KV formats: bytes, perplexity, kernel GB/s vs memcpy")
     s.add_argument("--model", default=None)
     s.add_argument("--context", type=int, default=1024, help="tokens whose KV is quantized")
@@ -29,6 +31,17 @@ def add_parsers(parser: argparse.ArgumentParser, add_runtime_flags: Callable) ->
     s.add_argument("--block", type=int, default=128, help="tokens per block")
     s.add_argument("--k-threshold", type=float, default=None, help="adaptive K threshold (default: the policy's)")
     s.add_argument("--v-threshold", type=float, default=None, help="adaptive V threshold (default: the policy's)")
+    s.add_argument("-t", "--threads", type=int, default=None)
+    _common(s)
+
+
+def _add_memory(sub) -> None:
+    s = sub.add_parser("memory", help="RSS vs context length, restore vs recompute, reload")
+    s.add_argument("--model", default=None)
+    s.add_argument("--max-tokens", type=int, default=32768, help="largest context (4K, 8K, 16K, 32K)")
+    s.add_argument("--block", type=int, default=256)
+    s.add_argument("--warm-mb", type=float, default=64)
+    s.add_argument("--hot", type=int, default=4096, help="hot context tokens")
     s.add_argument("-t", "--threads", type=int, default=None)
     _common(s)
 
@@ -52,6 +65,10 @@ def emit(result: dict[str, Any], args: argparse.Namespace, table: Callable[[dict
 def main(args: argparse.Namespace) -> int:
     if args.bench == "speed":
         from localsym.bench.speed import run
+
+        return run(args)
+    if args.bench == "memory":
+        from localsym.bench.memory import run
 
         return run(args)
     if args.bench == "quant":
