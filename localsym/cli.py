@@ -293,6 +293,20 @@ def cmd_sessions(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_chat(a: argparse.Namespace) -> int:
+    from localsym.session import SessionConfig
+    from localsym.tui import ChatApp
+
+    opts = _run_options(a)
+    cfg = None
+    if a.warm_mb is not None or a.cold_gb is not None:
+        cfg = SessionConfig()
+        cfg.warm_mb = a.warm_mb if a.warm_mb is not None else cfg.warm_mb
+        cfg.cold_gb = a.cold_gb if a.cold_gb is not None else cfg.cold_gb
+    ChatApp(a.model, a.session, opts, cfg).run()
+    return 0
+
+
 def cmd_bench(a: argparse.Namespace) -> int:
     from localsym import bench
 
@@ -350,6 +364,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0xFFFFFFFF)
     _add_session_flags(s)
     s.set_defaults(func=cmd_ask)
+
+    s = sub.add_parser("chat", help="the terminal chat (Textual)")
+    s.add_argument("model", nargs="?", default=None, help="model (default: the session's, else smollm2-135m)")
+    s.add_argument("--session", "-s", default="default")
+    s.add_argument("--warm-mb", type=float, default=None)
+    s.add_argument("--cold-gb", type=float, default=None)
+    _add_runtime_flags(s)
+    s.set_defaults(func=cmd_chat)
 
     s = sub.add_parser("sessions", help="list sessions")
     s.add_argument("--json", action="store_true")

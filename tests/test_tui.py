@@ -1,0 +1,167 @@
+"""The Textual chat, driven by Pilot against the real model, plus one run in real tmux."""
+
+import asyncio
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+import pytest
+
+from localsym.runtime.engine import RunOptions
+from localsym.tui import ChatApp
+from localsym.tui.widgets import MessageView, PromptInput
+
+OPTS = dict(n_ctx=2048, vram="cpu")
+
+
+async def wait_until(pilot, cond, timeout=120.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return
+        await pilot.pause(0.1)
+    raise AssertionError("condition not met in time")
+
+
+def _app(session="t", **kw):
+    return ChatApp("smollm2-135m", session, RunOptions(**OPTS), **kw)
+
+
+async def _ready(pilot, app):
+    await wait_until(pilot, lambda: app.session is not None and not app.busy)
+
+
+async def _send(pilot, app, text):
+    prompt = app.query_one(PromptInput)
+    prompt.text = text
+    await pilot.press("enter")
+
+
+def _messages(app, role):
+    return [m for m in app.query(MessageView) if m.role == role]
+
+
+async def test_send_streams_an_answer(home):
+    app = _app()
+    async with app.run_test(size=(100, 30)) as pilot:
+        await _ready(pilot, app)
+        await _send(pilot, app, "What is 2+2? Answer with a number.")
+        await wait_until(pilot, lambda: _messages(app, "assistant") and not app.busy)
+        answer = _messages(app, "assistant")[-1].text
+        assert "4" in answer
+        assert app.query_one(PromptInput).text == ""
+        status = str(app.query_one("#status").render())
+        assert "smollm2-135m" in status and "CPU" in status and "tok/s" in status
+
+
+async def test_newline_does_not_send(home):
+    app = _app()
+    async with app.run_test() as pilot:
+        await _ready(pilot, app)
+        prompt = app.query_one(PromptInput)
+        prompt.text = "line one"
+        prompt.move_cursor(prompt.document.end)
+        await pilot.press("ctrl+j")
+        await pilot.press("x")
+        assert prompt.text == "line one\nx"
+        assert not _messages(app, "user")
+
+
+async def test_escape_cancels_between_tokens(home):
+    app = _app()
+    app.params.max_tokens = 400
+    async with app.run_test() as pilot:
+        await _ready(pilot, app)
+        await _send(pilot, app, "Write a very long story about a dragon, at least ten paragraphs.")
+        await wait_until(pilot, lambda: app.busy and len(_messages(app, "assistant")[-1].body.source or "") > 20
+                         if _messages(app, "assistant") else False)
+        await pilot.press("escape")
+        await wait_until(pilot, lambda: not app.busy)
+        assert app.session.last.cancelled
+        assert "(stopped)" in _messages(app, "assistant")[-1].text
+        assert app.session.last.decode_tok_s >= 0
+
+
+async def test_load_with_progress_then_bad_paths(home, tmp_path):
+    tmp_path = tmp_path / "docs"
+    tmp_path.mkdir()
+    f = tmp_path / "notes.txt"
+    f.write_text("The launch code is ZEBRA-42.\n" + "Routine log line.\n" * 40)
+    (tmp_path / "data.bin").write_bytes(bytes(range(256)) * 8)
+    app = _app()
+    async with app.run_test() as pilot:
+        await _ready(pilot, app)
+        await _send(pilot, app, f"/load {tmp_path}")
+        await wait_until(pilot, lambda: any("loaded" in m.text for m in _messages(app, "note")))
+        note = [m.text for m in _messages(app, "note") if "loaded" in m.text][-1]
+        assert "1 files" in note and "data.bin" in note and "binary" in note
+        assert app.session.total_tokens > 100
+        before = app.session.total_tokens
+        await _send(pilot, app, f"/load {tmp_path / 'missing'}")
+        await wait_until(pilot, lambda: any("cannot load" in m.text for m in _messages(app, "note")))
+        assert app.session.total_tokens == before  # the session is intact
+        await _send(pilot, app, "/memory")
+        await wait_until(pilot, lambda: any("warm (RAM)" in m.text for m in _messages(app, "note")))
+
+
+async def test_switch_session_and_resume_after_restart(home):
+    app = _app("first")
+    async with app.run_test() as pilot:
+        await _ready(pilot, app)
+        await _send(pilot, app, "Say hello.")
+        await wait_until(pilot, lambda: _messages(app, "assistant") and not app.busy)
+        app.open_session("second")
+        await wait_until(pilot, lambda: app.session is not None and app.session.name == "second" and not app.busy)
+        assert not _messages(app, "user")
+    app2 = ChatApp(None, "first", RunOptions(**OPTS))  # a restart: the session brings its model and history
+    async with app2.run_test() as pilot:
+        await _ready(pilot, app2)
+        assert [m.text for m in _messages(app2, "user")] == ["Say hello."]
+        assert app2.session.db.get("model") == "smollm2-135m"
+
+
+async def test_unknown_command_and_help(home):
+    app = _app()
+    async with app.run_test() as pilot:
+        await _ready(pilot, app)
+        await _send(pilot, app, "/frobnicate")
+        await _send(pilot, app, "/help")
+        await wait_until(pilot, lambda: len(_messages(app, "note")) >= 2)
+        texts = [m.text for m in _messages(app, "note")]
+        assert "unknown command" in texts[0] and "/load PATH" in texts[1]
+
+
+@pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed (.ci/run installs it)")
+def test_real_terminal_starts_answers_and_exits(home):
+    name = f"localsym-test-{os.getpid()}"
+    env = f"LOCALSYM_HOME={home} NUMBA_ENABLE_CUDASIM=1"
+    cmd = f"{env} {sys.executable} -m localsym chat --session tmux -c 2048 --vram cpu"
+    subprocess.run(["tmux", "new-session", "-d", "-s", name, "-x", "120", "-y", "40", cmd], check=True)
+
+    def screen() -> str:
+        return subprocess.run(["tmux", "capture-pane", "-p", "-t", name], capture_output=True, text=True).stdout
+
+    def wait_for(text, timeout=120):
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if text in screen():
+                return
+            time.sleep(0.3)
+        raise AssertionError(f"{text!r} never showed:\n{screen()}")
+
+    try:
+        wait_for("smollm2-135m · tmux")  # the status bar: the session is open
+        subprocess.run(["tmux", "send-keys", "-t", name, "What is the capital of France?", "Enter"], check=True)
+        wait_for("Paris")
+        subprocess.run(["tmux", "send-keys", "-t", name, "/bye", "Enter"], check=True)
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            alive = subprocess.run(["tmux", "has-session", "-t", name], capture_output=True).returncode == 0
+            if not alive:
+                break
+            time.sleep(0.3)
+        assert not alive, "the program did not exit on /bye"
+    finally:
+        subprocess.run(["tmux", "kill-session", "-t", name], capture_output=True)

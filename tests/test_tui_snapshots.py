@@ -1,0 +1,46 @@
+"""SVG snapshots of screens whose content does not depend on timing.
+
+Update after a deliberate UI change with `pytest tests/test_tui_snapshots.py --snapshot-update`."""
+
+from localsym.runtime.engine import RunOptions
+from localsym.tui import ChatApp
+from localsym.tui.widgets import PromptInput
+from test_tui import _ready, wait_until
+
+SIZE = (110, 36)
+
+
+def _app():
+    return ChatApp("smollm2-135m", "snap", RunOptions(n_ctx=2048, vram="cpu"))
+
+
+async def _type(pilot, text):
+    pilot.app.query_one(PromptInput).text = text
+    await pilot.press("enter")
+    await pilot.pause(0.3)
+
+
+def test_help_screen(home, snap_compare):
+    async def before(pilot):
+        await _ready(pilot, pilot.app)
+        await _type(pilot, "/help")
+
+    assert snap_compare(_app(), terminal_size=SIZE, run_before=before)
+
+
+def test_memory_table(home, snap_compare):
+    async def before(pilot):
+        await _ready(pilot, pilot.app)
+        await _type(pilot, "/memory")
+
+    assert snap_compare(_app(), terminal_size=SIZE, run_before=before)
+
+
+def test_session_picker(home, snap_compare):
+    async def before(pilot):
+        await _ready(pilot, pilot.app)
+        await pilot.press("ctrl+s")
+        await wait_until(pilot, lambda: len(pilot.app.screen_stack) > 1)
+        await pilot.pause(0.3)
+
+    assert snap_compare(_app(), terminal_size=SIZE, run_before=before)
