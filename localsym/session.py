@@ -49,6 +49,7 @@ class SessionConfig:
     system: str = DEFAULT_SYSTEM
     working_set_tokens: int | None = None  # documents restored per question (default: half the hot context)
     recent_tokens: int = 1024  # the latest conversation always comes along
+    ingest_window: int = 2048  # how far back a document's block sees its own earlier text
     max_file_bytes: int = MAX_FILE_BYTES
 
 
@@ -142,7 +143,7 @@ class Session:
         self.frame = self._frame()
         self.root_key = hashlib.sha256(
             f"{model_id}|{engine.plan.type_k}|{engine.plan.type_v}|{engine.plan.flash_attn}|"
-            f"{config.block_tokens}|{self.frame.sink}".encode()).hexdigest()
+            f"{config.block_tokens}|{config.ingest_window}|{self.frame.sink}".encode()).hexdigest()
         self.selector = KeywordRecencySelector()
         self.turns: list[BlockRow] = []
         self.docs: list[BlockRow] = []
@@ -294,7 +295,7 @@ class Session:
         content_sha = hashlib.sha256(text.encode()).hexdigest()
         doc_id = self.db.add_doc(source, kind, content_sha, len(toks))
         P = len(self.frame.sink)
-        window = eng.ctx.n_ctx - P - B - 16
+        window = min(eng.ctx.n_ctx - P - B - 16, self.config.ingest_window)
         sim: list[tuple[int, int]] = []  # (chunk index, size) of the doc's blocks in the window
         rows: list[BlockRow] = []
         for j, (chunk, key) in enumerate(zip(chunks, keys)):

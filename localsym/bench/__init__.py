@@ -40,7 +40,7 @@ def _add_memory(sub) -> None:
     s.add_argument("--model", default=None)
     s.add_argument("--max-tokens", type=int, default=32768, help="largest context (4K, 8K, 16K, 32K)")
     s.add_argument("--block", type=int, default=256)
-    s.add_argument("--warm-mb", type=float, default=64)
+    s.add_argument("--warm-mb", type=float, default=32, help="warm tier budget (full by 4K tokens)")
     s.add_argument("--hot", type=int, default=4096, help="hot context tokens")
     s.add_argument("-t", "--threads", type=int, default=None)
     _common(s)
