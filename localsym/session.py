@@ -29,7 +29,7 @@ from localsym.memory.container import CorruptFile
 from localsym.memory.encoded_block import EncodedBlock
 from localsym.memory.hot import N_SEQ, REBUILD, HotContext, Segment
 from localsym.memory.index_db import BlockRow, IndexDB
-from localsym.memory.selection import KeywordRecencySelector
+from localsym.memory.retrieval import Retriever
 from localsym.memory.tiers import ColdTier, WarmTier
 from localsym.runtime import kv_state
 from localsym.runtime.engine import Engine, GenParams, GenStats, RunOptions
@@ -73,6 +73,8 @@ class AskStats:
     blocks_in_working_set: int = 0
     restored_blocks: int = 0
     recomputed_blocks: int = 0
+    reinjected_blocks: int = 0  # needle blocks re-prefilled from their exact tokens
+    select_ms: float = 0.0
     ttft_s: float = 0.0
     decode_tok_s: float = 0.0
     cancelled: bool = False
@@ -144,7 +146,7 @@ class Session:
         self.root_key = hashlib.sha256(
             f"{model_id}|{engine.plan.type_k}|{engine.plan.type_v}|{engine.plan.flash_attn}|"
             f"{config.block_tokens}|{config.ingest_window}|{self.frame.sink}".encode()).hexdigest()
-        self.selector = KeywordRecencySelector()
+        self.selector = Retriever()
         self.turns: list[BlockRow] = []
         self.docs: list[BlockRow] = []
         for row in db.blocks():
@@ -321,7 +323,7 @@ class Session:
         self.db.complete_doc(doc_id, source, kind)
         if kind == "file":
             self.docs = [b for b in self.docs if not (b.source == source and b.doc_id != doc_id)]
-            self.selector = KeywordRecencySelector()
+            self.selector = Retriever()
             for b in self.docs:
                 self.selector.add(b)
         for r in rows:
@@ -402,9 +404,16 @@ class Session:
         while keep < min(len(have), len(want)) and have[keep] == want[keep][0]:
             keep += 1
         self.hot.truncate(keep)
+        needles = self.selector.last_needles
+        self.last.select_ms = self.selector.last_ms
         for key, row in want[keep:]:
             if row is None:
                 self.hot.decode(key, fr.close)
+            elif row.key in needles:
+                # stored below F16: bring its exact tokens back by prefill, so a key or a
+                # name in it is read from exact KV, not from a quantized copy
+                self.hot.decode(row.key, row.tokens.tolist())
+                self.last.reinjected_blocks += 1
             else:
                 self._restore(row)
         turn_start = self.hot.end

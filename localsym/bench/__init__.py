@@ -9,7 +9,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-BENCHES = ("speed", "quant", "memory")
+BENCHES = ("speed", "quant", "memory", "retrieval")
 
 
 def add_parsers(parser: argparse.ArgumentParser, add_runtime_flags: Callable) -> None:
@@ -23,6 +23,14 @@ def add_parsers(parser: argparse.ArgumentParser, add_runtime_flags: Callable) ->
     add_runtime_flags(s)
 
     _add_memory(sub)
+
+    s = sub.add_parser("retrieval", help="block selection latency and recall at ~1M tokens")
+    s.add_argument("--blocks", type=int, default=8000)
+    s.add_argument("--block-tokens", type=int, default=128)
+    s.add_argument("--queries", type=int, default=200)
+    s.add_argument("-k", type=int, default=8)
+    s.add_argument("--seed", type=int, default=0)
+    _common(s)
 
     s = sub.add_parser("quant", help="KV formats: bytes, perplexity, kernel GB/s vs memcpy")
     s.add_argument("--model", default=None)
@@ -65,6 +73,10 @@ def emit(result: dict[str, Any], args: argparse.Namespace, table: Callable[[dict
 def main(args: argparse.Namespace) -> int:
     if args.bench == "speed":
         from localsym.bench.speed import run
+
+        return run(args)
+    if args.bench == "retrieval":
+        from localsym.bench.retrieval import run
 
         return run(args)
     if args.bench == "memory":

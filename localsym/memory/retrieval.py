@@ -1,0 +1,184 @@
+"""Finding the blocks a question needs, out of millions of tokens, in milliseconds.
+
+Two signals, one answer:
+- an exact pointer index (token id -> blocks and offsets) for the question's rare tokens
+  (identifiers, numbers, keys): blocks holding them are *needle* blocks, brought back
+  verbatim (their exact tokens re-prefilled) so what they hold comes back exactly;
+- FHRR sketches (a fixed-size holographic bundle per block) scored against a sketch of the
+  question, brute force for small sessions and LSH candidates (sign random projections,
+  several tables, multi-probe when the margin is low) at scale.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+
+import numpy as np
+
+from kernels_numba import fhrr
+from localsym.memory.index_db import BlockRow
+
+DIM = 1024
+SEED = 0x10CA1
+LSH_TABLES, LSH_BITS = 16, 10
+BRUTE_FORCE_MAX = 4096  # blocks; above this LSH proposes candidates
+
+
+class PointerIndex:
+    """token id -> [(block number, offset)]; with the blocks' exact tokens this recovers
+    any needle verbatim."""
+
+    def __init__(self) -> None:
+        self.where: dict[int, list[tuple[int, int]]] = defaultdict(list)
+        self.df: dict[int, int] = defaultdict(int)
+        self.n_blocks = 0
+
+    def add(self, tokens: np.ndarray) -> int:
+        b = self.n_blocks
+        seen = set()
+        for off, t in enumerate(tokens.tolist()):
+            self.where[t].append((b, off))
+            if t not in seen:
+                seen.add(t)
+                self.df[t] += 1
+        self.n_blocks += 1
+        return b
+
+    def idf(self, token: int) -> float:
+        df = self.df.get(token, 0)
+        return math.log((self.n_blocks + 1) / (df + 0.5)) if df else 0.0
+
+    def rare(self, tokens: Sequence[int], max_df: int) -> list[int]:
+        return [t for t in dict.fromkeys(tokens) if 0 < self.df.get(t, 0) <= max_df]
+
+    def blocks_with(self, token: int) -> set[int]:
+        return {b for b, _ in self.where.get(token, ())}
+
+
+class SketchIndex:
+    """Unit-norm real views of the blocks' FHRR sketches, and LSH tables over them."""
+
+    def __init__(self, dim: int = DIM, seed: int = SEED, tables: int = LSH_TABLES, bits: int = LSH_BITS) -> None:
+        self.dim, self.seed, self.tables, self.bits = dim, seed, tables, bits
+        self._m = np.zeros((0, 2 * dim), np.float32)
+        self.n = 0
+        rng = np.random.default_rng(seed)
+        self.planes = rng.standard_normal((tables * bits, 2 * dim)).astype(np.float32)
+        self.buckets: list[dict[int, list[int]]] = [defaultdict(list) for _ in range(tables)]
+
+    @property
+    def matrix(self) -> np.ndarray:
+        return self._m[: self.n]
+
+    def sketch(self, tokens: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
+        t = np.asarray(tokens, np.int64)
+        w = np.ones(len(t), np.float32) if weights is None else np.asarray(weights, np.float32)
+        return fhrr.as_unit_real(fhrr.sketch(t, w, self.dim, self.seed))
+
+    def add_vector(self, v: np.ndarray) -> int:
+        if self.n == len(self._m):  # amortised growth
+            grown = np.zeros((max(64, 2 * len(self._m)), 2 * self.dim), np.float32)
+            grown[: self.n] = self._m[: self.n]
+            self._m = grown
+        self._m[self.n] = v
+        codes = fhrr.lsh_codes(v[None, :], self.planes, self.bits)[0]
+        for t, c in enumerate(codes.tolist()):
+            self.buckets[t][c].append(self.n)
+        self.n += 1
+        return self.n - 1
+
+    def add(self, tokens: np.ndarray) -> int:
+        # in-block weights: a token repeated in a block counts once (1/tf), so boilerplate
+        # repeated inside one block does not drown its rare content
+        _, inv, counts = np.unique(tokens, return_inverse=True, return_counts=True)
+        return self.add_vector(self.sketch(tokens, (1.0 / counts[inv]).astype(np.float32)))
+
+    def brute(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        s = fhrr.score(self.matrix, q)
+        top = np.argpartition(-s, min(k, self.n) - 1)[:k] if self.n > k else np.arange(self.n)
+        top = top[np.argsort(-s[top])]
+        return top, s[top]
+
+    def candidates(self, q: np.ndarray, probe: int = 0) -> np.ndarray:
+        """Ids sharing a bucket with ``q`` in any table; ``probe`` > 0 also visits buckets
+        whose codes differ in one bit (multi-probe), the low-margin fallback."""
+        codes = fhrr.lsh_codes(q[None, :], self.planes, self.bits)[0].tolist()
+        found: set[int] = set()
+        for t, c in enumerate(codes):
+            found.update(self.buckets[t].get(c, ()))
+            if probe:
+                for b in range(self.bits):
+                    found.update(self.buckets[t].get(c ^ (1 << b), ()))
+        return np.fromiter(found, np.int64, len(found))
+
+    def lsh(self, q: np.ndarray, k: int, min_margin: float = 0.02) -> tuple[np.ndarray, np.ndarray]:
+        cand = self.candidates(q)
+        scores = self.matrix[cand] @ q if len(cand) else np.zeros(0, np.float32)
+        if len(cand) < 4 * k or _margin(scores, k) < min_margin:
+            cand = self.candidates(q, probe=1)  # HARMONY's fallback: widen the search
+            scores = self.matrix[cand] @ q if len(cand) else np.zeros(0, np.float32)
+        order = np.argsort(-scores)[:k]
+        return cand[order], scores[order]
+
+
+def _margin(scores: np.ndarray, k: int) -> float:
+    if len(scores) <= k:
+        return 0.0
+    s = np.sort(scores)[::-1]
+    return float(s[k - 1] - s[k])
+
+
+class Retriever:
+    """The selection policy of the retrieval issue, behind the tiered memory's interface."""
+
+    def __init__(self, needle_df: int = 4) -> None:
+        self.blocks: list[BlockRow] = []
+        self.pointers = PointerIndex()
+        self.sketches = SketchIndex()
+        self.needle_df = needle_df
+        self.last_ms = 0.0
+        self.last_needles: set[int] = set()
+
+    def add(self, block: BlockRow) -> None:
+        self.blocks.append(block)
+        self.pointers.add(block.tokens)
+        self.sketches.add(block.tokens)
+
+    def rank(self, question: Sequence[int], k: int) -> tuple[list[int], set[int]]:
+        """Block numbers, best first, and which of them are needle blocks."""
+        n = len(self.blocks)
+        if n == 0:
+            return [], set()
+        rare = self.pointers.rare(question, max(self.needle_df, n // 1000))
+        hits: dict[int, float] = defaultdict(float)
+        for t in rare:
+            w = self.pointers.idf(t)
+            for b in self.pointers.blocks_with(t):
+                hits[b] += w
+        needles = {b for b, s in hits.items() if s >= 0.5 * max(hits.values())} if hits else set()
+        q_tokens = np.asarray(list(dict.fromkeys(question)), np.int64)
+        weights = np.array([self.pointers.idf(t) for t in q_tokens.tolist()], np.float32)
+        keep = weights > 0
+        ranked: list[int] = sorted(hits, key=lambda b: -hits[b])
+        if keep.any():
+            q = self.sketches.sketch(q_tokens[keep], weights[keep])
+            ids, _ = (self.sketches.brute(q, k) if n <= BRUTE_FORCE_MAX else self.sketches.lsh(q, k))
+            ranked += [int(i) for i in ids if int(i) not in hits]
+        return ranked, needles
+
+    def select(self, question: Sequence[int], budget_tokens: int) -> list[BlockRow]:
+        t0 = time.perf_counter()
+        ranked, needles = self.rank(question, k=max(8, budget_tokens // 64))
+        chosen, used = [], 0
+        for b in ranked:
+            n = self.blocks[b].n_tokens
+            if used + n > budget_tokens:
+                continue
+            chosen.append(b)
+            used += n
+        self.last_needles = {self.blocks[b].key for b in needles if b in chosen}
+        self.last_ms = (time.perf_counter() - t0) * 1000
+        return [self.blocks[b] for b in sorted(chosen)]

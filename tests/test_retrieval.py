@@ -1,0 +1,46 @@
+"""Block selection: the pointer index finds needles; sketches and LSH rank the rest."""
+
+import numpy as np
+
+from localsym.memory.index_db import BlockRow
+from localsym.memory.retrieval import Retriever, SketchIndex
+
+
+def _corpus(n=300, L=64, seed=0):
+    rng = np.random.default_rng(seed)
+    vocab = 49152
+    p = 1.0 / np.arange(1, vocab + 1)
+    p /= p.sum()
+    return [rng.choice(vocab, size=L, p=p).astype(np.int32) for _ in range(n)]
+
+
+def test_needle_block_is_selected_and_marked():
+    blocks = _corpus()
+    needle = blocks[123].copy()
+    needle[10:14] = [40001, 40002, 40003, 40004]  # an identifier nobody else uses
+    blocks[123] = needle
+    r = Retriever()
+    for i, b in enumerate(blocks):
+        r.add(BlockRow(i, 0, i, f"k{i}", 0, b, "file", "x"))
+    question = [40002, 40003, 1, 2, 3]
+    chosen = r.select(question, budget_tokens=4 * 64)
+    assert 123 in [c.id for c in chosen]
+    assert r.last_needles == {"k123"}
+    assert [c.id for c in chosen] == sorted(c.id for c in chosen)  # original order
+    assert sum(c.n_tokens for c in chosen) <= 4 * 64
+    assert r.last_ms < 1000
+
+
+def test_lsh_agrees_with_brute_force_on_near_duplicates():
+    blocks = _corpus(400, 64, 1)
+    idx = SketchIndex(dim=256, tables=12, bits=8)
+    for b in blocks:
+        idx.add(b)
+    agree = []
+    for i in range(0, 400, 40):
+        q = idx.sketch(blocks[i][:48])  # three quarters of a block
+        top_b, _ = idx.brute(q, 4)
+        top_l, _ = idx.lsh(q, 4)
+        assert int(top_b[0]) == i
+        agree.append(int(top_l[0]) == i)
+    assert np.mean(agree) >= 0.9
