@@ -9,7 +9,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-BENCHES = ("speed", "quant", "memory", "retrieval")
+BENCHES = ("speed", "quant", "memory", "retrieval", "passkey")
 
 
 def add_parsers(parser: argparse.ArgumentParser, add_runtime_flags: Callable) -> None:
@@ -23,6 +23,19 @@ def add_parsers(parser: argparse.ArgumentParser, add_runtime_flags: Callable) ->
     add_runtime_flags(s)
 
     _add_memory(sub)
+
+    s = sub.add_parser("passkey", help="passkey retrieval far past the native context, vs plain llama-cpp-python")
+    s.add_argument("--model", default=None)
+    s.add_argument("--tokens", type=int, default=32768)
+    s.add_argument("--trials", type=int, default=10)
+    s.add_argument("--baseline-trials", type=int, default=5)
+    s.add_argument("--page", type=int, default=1024, help="tokens per haystack page (document)")
+    s.add_argument("--block", type=int, default=256)
+    s.add_argument("--hot", type=int, default=4096)
+    s.add_argument("--vram", default="cpu")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("-t", "--threads", type=int, default=None)
+    _common(s)
 
     s = sub.add_parser("retrieval", help="block selection latency and recall at ~1M tokens")
     s.add_argument("--blocks", type=int, default=8000)
@@ -73,6 +86,10 @@ def emit(result: dict[str, Any], args: argparse.Namespace, table: Callable[[dict
 def main(args: argparse.Namespace) -> int:
     if args.bench == "speed":
         from localsym.bench.speed import run
+
+        return run(args)
+    if args.bench == "passkey":
+        from localsym.bench.passkey import run
 
         return run(args)
     if args.bench == "retrieval":
