@@ -5,6 +5,10 @@ per-channel K, and V as is (tokens as rows) for per-token V. Each group of ``gro
 values keeps an f16 minimum and an f16 step; codes are ``bits`` wide, packed as a
 little-endian bit stream, ``group * bits / 8`` bytes per group.
 
+Codes and values are computed in float64, where (x - zero) * inv + 0.5 and zero + code *
+scale are exact before the final rounding: the CPU and a GPU (which fuses multiply-adds)
+then agree bit for bit.
+
 Every kernel comes three ways with one signature: a numpy reference (``*_ref``), a Numba
 CPU version (``*_cpu``), and a Numba-CUDA version (``*_cuda``); ``group_minmax``,
 ``encode`` and ``decode`` pick one by ``LOCALSYM_DEVICE``.
@@ -57,8 +61,8 @@ def encode_ref(x: np.ndarray, zero: np.ndarray, scale: np.ndarray, bits: int, gr
     g = n_groups(cols, group)
     zs = np.repeat(zero, group, axis=1)[:, :cols]
     ss = np.repeat(scale, group, axis=1)[:, :cols]
-    inv = np.where(ss > 0, 1.0 / np.where(ss > 0, ss, 1), 0).astype(np.float32)
-    q = np.floor((x - zs) * inv + np.float32(0.5))
+    inv = np.where(ss > 0, np.float32(1.0) / np.where(ss > 0, ss, np.float32(1)), 0).astype(np.float32)
+    q = np.floor((x.astype(np.float64) - zs) * inv.astype(np.float64) + 0.5)
     codes = np.zeros((rows, g * group), np.uint32)
     codes[:, :cols] = np.clip(q, 0, (1 << bits) - 1).astype(np.uint32)
     # little-endian bit stream: value i occupies bits [i*bits, (i+1)*bits)
@@ -74,7 +78,7 @@ def decode_ref(packed: np.ndarray, zero: np.ndarray, scale: np.ndarray, bits: in
     codes = (stream.astype(np.uint32) << np.arange(bits, dtype=np.uint32)).sum(axis=2)[:, :cols]
     zs = np.repeat(zero, group, axis=1)[:, :cols]
     ss = np.repeat(scale, group, axis=1)[:, :cols]
-    return (zs + codes.astype(np.float32) * ss).astype(np.float32)
+    return (zs.astype(np.float64) + codes.astype(np.float64) * ss).astype(np.float32)
 
 
 # ---- Numba CPU -------------------------------------------------------------------------
@@ -116,7 +120,7 @@ def encode_cpu(x, zero, scale, bits, group):
             o = j * group
             n = min(cols, o + group) - o
             for i in range(n):
-                q = math.floor((x[r, o + i] - z) * inv + np.float32(0.5))
+                q = math.floor((np.float64(x[r, o + i]) - np.float64(z)) * np.float64(inv) + 0.5)
                 codes[i] = 0 if q < 0 else (top if q > top else q)
             for i in range(n, group):
                 codes[i] = 0
@@ -153,31 +157,31 @@ def decode_cpu(packed, zero, scale, bits, group, cols):
     gb = group * bits // 8  # bytes per group
     for r in prange(rows):
         for j in range(g):
-            z = zero[r, j]
-            s = scale[r, j]
+            z = np.float64(zero[r, j])
+            s = np.float64(scale[r, j])
             o = j * group
             p = j * gb
             if bits == 8:
                 for i in range(group):
-                    out[r, o + i] = z + np.float32(packed[r, p + i]) * s
+                    out[r, o + i] = z + np.float64(packed[r, p + i]) * s
             elif bits == 4:
                 for i in range(gb):
                     b = packed[r, p + i]
-                    out[r, o + 2 * i] = z + np.float32(b & 15) * s
-                    out[r, o + 2 * i + 1] = z + np.float32(b >> 4) * s
+                    out[r, o + 2 * i] = z + np.float64(b & 15) * s
+                    out[r, o + 2 * i + 1] = z + np.float64(b >> 4) * s
             elif bits == 2:
                 for i in range(gb):
                     b = packed[r, p + i]
-                    out[r, o + 4 * i] = z + np.float32(b & 3) * s
-                    out[r, o + 4 * i + 1] = z + np.float32((b >> 2) & 3) * s
-                    out[r, o + 4 * i + 2] = z + np.float32((b >> 4) & 3) * s
-                    out[r, o + 4 * i + 3] = z + np.float32(b >> 6) * s
+                    out[r, o + 4 * i] = z + np.float64(b & 3) * s
+                    out[r, o + 4 * i + 1] = z + np.float64((b >> 2) & 3) * s
+                    out[r, o + 4 * i + 2] = z + np.float64((b >> 4) & 3) * s
+                    out[r, o + 4 * i + 3] = z + np.float64(b >> 6) * s
             else:  # 3 bits: 8 values in every 3 bytes
                 for i in range(group // 8):
                     w = (np.uint32(packed[r, p + 3 * i]) | (np.uint32(packed[r, p + 3 * i + 1]) << 8)
                          | (np.uint32(packed[r, p + 3 * i + 2]) << 16))
                     for t in range(8):
-                        out[r, o + 8 * i + t] = z + np.float32((w >> (3 * t)) & 7) * s
+                        out[r, o + 8 * i + t] = z + np.float64((w >> (3 * t)) & 7) * s
     return out[:, :cols]
 
 
@@ -212,7 +216,7 @@ def _encode_kernel(x, zero, scale, bits, group, out):
             j = c // group
             s = scale[r, j]
             inv = np.float32(1.0) / s if s > 0 else np.float32(0.0)
-            q = int(math.floor((x[r, c] - zero[r, j]) * inv + np.float32(0.5)))
+            q = int(math.floor((np.float64(x[r, c]) - np.float64(zero[r, j])) * np.float64(inv) + 0.5))
             q = 0 if q < 0 else (top if q > top else q)
             off = c * bits - byte * 8
             if off >= 0:
@@ -234,7 +238,7 @@ def _decode_kernel(packed, zero, scale, bits, group, out):
         if shift + bits > 8:
             v |= int(packed[r, byte + 1]) << (8 - shift)
         j = c // group
-        out[r, c] = zero[r, j] + np.float32(v & ((1 << bits) - 1)) * scale[r, j]
+        out[r, c] = np.float64(zero[r, j]) + np.float64(v & ((1 << bits) - 1)) * np.float64(scale[r, j])
 
 
 def _grid(rows: int, cols: int) -> tuple[tuple[int, int], tuple[int, int]]:

@@ -68,6 +68,7 @@ def main() -> None:
         dec_k = _cuda_kernel_time(lambda: quant._decode_kernel[g_dec, (4, 64)](dpk, dlo, dsc, bits, group, doutf))
         assert np.array_equal(quant.decode_cuda(packed, lo, scale, bits, group, cols),
                               quant.decode_cpu(packed, lo, scale, bits, group, cols))
+        assert np.array_equal(quant.encode_cuda(x, lo, scale, bits, group), packed)
         dm, dq, ds = cuda.to_device(m), cuda.to_device(q), cuda.device_array(8000, np.float32)
         score_k = _cuda_kernel_time(lambda: fhrr._score_kernel[(8000 + 127) // 128, 128](dm, dq, ds))
         db, dw = cuda.to_device(blocks), cuda.to_device(w)
