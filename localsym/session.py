@@ -155,6 +155,7 @@ class Session:
                 self.selector.add(row)
         self.hot.decode("sink", self.frame.sink)
         self.last = AskStats()
+        self.experts = None
 
     # -- opening ----------------------------------------------------------------------------
     @classmethod
@@ -181,14 +182,24 @@ class Session:
                 cfg.block_tokens = stored_cfg["block_tokens"]  # blocks already cut stay cut
             o = opts or RunOptions()
             o.n_seq_max = max(o.n_seq_max, N_SEQ)
-            engine = Engine(path, o)
             model_id = db.get("model_id") or model_store.identity(path)
+            experts = None
+            from localsym.runtime.model_info import model_info
+
+            info = model_info(path)
+            if info.is_moe:  # watch routing, learn it and prefetch experts while chatting
+                from localsym.experts.live import LiveExperts
+
+                experts = LiveExperts(path, info, model_id)
+            engine = Engine(path, o, observer=experts.observer if experts else None)
             db.set("model", model)
             db.set("model_id", model_id)
             db.set("config", cfg.__dict__)
             if not existing:
                 db.set("created", time.time())
-            return cls(name, engine, db, cfg, model_id)
+            sess = cls(name, engine, db, cfg, model_id)
+            sess.experts = experts
+            return sess
         except BaseException:
             db.close()
             raise
@@ -198,6 +209,8 @@ class Session:
         self.db.set("total_tokens", self.total_tokens)
         self.db.close()
         self.engine.close()
+        if self.experts is not None:
+            self.experts.close()
 
     def __enter__(self) -> "Session":
         return self

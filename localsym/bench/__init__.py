@@ -9,7 +9,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-BENCHES = ("speed", "quant", "memory", "retrieval", "passkey")
+BENCHES = ("speed", "quant", "memory", "retrieval", "passkey", "experts")
 
 
 def add_parsers(parser: argparse.ArgumentParser, add_runtime_flags: Callable) -> None:
@@ -35,6 +35,16 @@ def add_parsers(parser: argparse.ArgumentParser, add_runtime_flags: Callable) ->
     s.add_argument("--vram", default="cpu")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("-t", "--threads", type=int, default=None)
+    _common(s)
+
+    s = sub.add_parser("experts", help="MoE expert prediction: hit rates vs LRU/frequency/oracle/co-firing")
+    s.add_argument("--model", default=None, help="a MoE GGUF to record (default: a tiny one built here)")
+    s.add_argument("--tokens", type=int, default=4000, help="synthetic trace length")
+    s.add_argument("--layers", type=int, default=16)
+    s.add_argument("--experts", type=int, default=64)
+    s.add_argument("--used", type=int, default=4)
+    s.add_argument("--decode", type=int, default=128, help="tokens decoded when recording")
+    s.add_argument("--seed", type=int, default=0)
     _common(s)
 
     s = sub.add_parser("retrieval", help="block selection latency and recall at ~1M tokens")
@@ -86,6 +96,10 @@ def emit(result: dict[str, Any], args: argparse.Namespace, table: Callable[[dict
 def main(args: argparse.Namespace) -> int:
     if args.bench == "speed":
         from localsym.bench.speed import run
+
+        return run(args)
+    if args.bench == "experts":
+        from localsym.bench.experts import run
 
         return run(args)
     if args.bench == "passkey":

@@ -81,7 +81,7 @@ def make_plan(info: ModelInfo, opts: RunOptions) -> FitPlan:
 class Engine:
     """One model, one context, the chat template: what `run`, `bench` and sessions share."""
 
-    def __init__(self, path: str | Path, opts: RunOptions | None = None) -> None:
+    def __init__(self, path: str | Path, opts: RunOptions | None = None, observer=None) -> None:
         self.opts = opts or RunOptions()
         header = read_header(path)
         check_complete(header)
@@ -92,7 +92,7 @@ class Engine:
             self.ctx = Context(self.model, self.plan.n_ctx, n_batch=self.opts.n_batch,
                                n_seq_max=self.opts.n_seq_max, type_k=self.plan.type_k,
                                type_v=self.plan.type_v, flash_attn=self.plan.flash_attn,
-                               n_threads=self.opts.n_threads)
+                               n_threads=self.opts.n_threads, observer=observer)
         except Exception:
             self.model.close()
             raise

@@ -1,0 +1,124 @@
+"""Routing traces: which experts each token used at each layer.
+
+A trace is an int32 array [tokens, layers, n_used] (-1 where a layer kept no row for a
+token: llama.cpp's last layer computes only the output rows). Recorded from a real GGUF
+through the bridge's eval callback, or drawn from a known Markov structure whose
+Bayes-optimal predictions are computable.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+
+@dataclass
+class RoutingRecorder:
+    """The eval-callback observer: keeps ``ffn_moe_topk-L`` rows per decode call."""
+
+    n_layer: int
+    n_used: int
+    _pending: dict[int, np.ndarray] = field(default_factory=dict)
+    rows: list[np.ndarray] = field(default_factory=list)  # one [layers, n_used] per token
+    on_layer: object = None  # optional callback(layer, experts[n_tokens, n_used]) for prefetching
+
+    def want(self, name: str) -> bool:
+        return name.startswith("ffn_moe_topk-")
+
+    def handle(self, event) -> None:
+        layer = int(event.name.rsplit("-", 1)[1])
+        experts = event.read_int32_rows()  # [n_tokens, n_used]
+        self._pending[layer] = experts
+        if self.on_layer is not None:
+            self.on_layer(layer, experts)
+
+    @property
+    def observer(self):
+        return (self.want, self.handle)
+
+    def end_batch(self) -> None:
+        """After each decode call: fold the layers seen into per-token rows."""
+        if not self._pending:
+            return
+        n_tok = max(len(v) for v in self._pending.values())
+        block = np.full((n_tok, self.n_layer, self.n_used), -1, np.int32)
+        for layer, ex in self._pending.items():
+            block[n_tok - len(ex):, layer, :] = ex  # a short layer kept the last (output) rows
+        self.rows.extend(block)
+        self._pending.clear()
+
+    def trace(self) -> np.ndarray:
+        return np.stack(self.rows) if self.rows else np.zeros((0, self.n_layer, self.n_used), np.int32)
+
+
+def record(model_path: Path, text: str, n_decode: int = 64, n_ctx: int = 1024) -> np.ndarray:
+    """Prefill ``text`` then decode greedily, recording every token's routing."""
+    from localsym.runtime.bridge import Context, Model, Sampler
+    from localsym.runtime.model_info import model_info
+
+    info = model_info(model_path)
+    if not info.is_moe:
+        raise ValueError(f"{model_path.name} is a dense model: no experts to observe")
+    rec = RoutingRecorder(info.n_layer, info.n_expert_used)
+    model = Model(model_path)
+    ctx = Context(model, n_ctx, observer=rec.observer)
+    sampler = Sampler(0.0)
+    try:
+        toks = model.tokenize(text)[: n_ctx - n_decode - 1]
+        ctx.decode(toks, 0, 0, logits="last")
+        rec.end_batch()
+        pos = len(toks)
+        for _ in range(n_decode):
+            tok = sampler.sample(ctx)
+            ctx.decode([tok], pos, 0)
+            rec.end_batch()
+            pos += 1
+    finally:
+        sampler.close()
+        ctx.close()
+        model.close()
+    return rec.trace()
+
+
+@dataclass
+class MarkovSource:
+    """A known routing process: experts at layer L+1 follow a sparse transition from those
+    at layer L; layer 0 follows the previous token's layer 0."""
+
+    layer_T: np.ndarray  # [layers - 1, E, E] rows sum to 1
+    token_T: np.ndarray  # [E, E]
+    n_used: int
+
+    @classmethod
+    def random(cls, n_layer: int = 16, n_expert: int = 64, n_used: int = 4, alpha: float = 0.05,
+               seed: int = 0) -> "MarkovSource":
+        rng = np.random.default_rng(seed)
+        layer_T = rng.dirichlet(np.full(n_expert, alpha), size=(n_layer - 1, n_expert))
+        token_T = rng.dirichlet(np.full(n_expert, alpha), size=n_expert)
+        return cls(layer_T.astype(np.float64), token_T.astype(np.float64), n_used)
+
+    def next_dist(self, prev: np.ndarray, T: np.ndarray) -> np.ndarray:
+        return T[prev].mean(axis=0)
+
+    def sample(self, n_tokens: int, seed: int = 1) -> np.ndarray:
+        rng = np.random.default_rng(seed)
+        L = self.layer_T.shape[0] + 1
+        E = self.token_T.shape[0]
+        out = np.zeros((n_tokens, L, self.n_used), np.int32)
+        prev0 = rng.choice(E, self.n_used, replace=False)
+        for t in range(n_tokens):
+            cur = _draw(rng, self.next_dist(prev0, self.token_T), self.n_used)
+            out[t, 0] = cur
+            prev0 = cur
+            for layer in range(1, L):
+                cur = _draw(rng, self.next_dist(cur, self.layer_T[layer - 1]), self.n_used)
+                out[t, layer] = cur
+        return out
+
+
+def _draw(rng: np.random.Generator, p: np.ndarray, k: int) -> np.ndarray:
+    # distinct experts, as a router's top-k: sample without replacement
+    p = p + 1e-12
+    return rng.choice(len(p), size=k, replace=False, p=p / p.sum()).astype(np.int32)
