@@ -53,11 +53,33 @@ def _predict_cost(trace: np.ndarray, n_layer: int, n_expert: int) -> float:
     return (time.perf_counter() - t0) / len(trace) * 1e6
 
 
+def _decode_rate(model, rec, observer, n_tokens: int) -> float:
+    """Greedy decode tok/s in a fresh 512-token context after a short prompt."""
+    from localsym.runtime.bridge import Context, Sampler
+
+    ctx = Context(model, 512, observer=observer)
+    sampler = Sampler(0.0)
+    try:
+        toks = model.tokenize("The history of the")
+        ctx.decode(toks, 0, 0)
+        pos = len(toks)
+        t0 = time.perf_counter()
+        for _ in range(n_tokens):
+            tok = sampler.sample(ctx)
+            ctx.decode([tok], pos, 0)
+            rec.end_batch()
+            pos += 1
+        return n_tokens / (time.perf_counter() - t0)
+    finally:
+        sampler.close()
+        ctx.close()
+
+
 def _prefetch_speed(path: Path, n_tokens: int) -> dict:
     """Decode tok/s after dropping the file from the page cache, with and without prefetch."""
     from localsym.experts.prefetch import Prefetcher
     from localsym.experts.traces import RoutingRecorder
-    from localsym.runtime.bridge import Context, Model, Sampler
+    from localsym.runtime.bridge import Model
     from localsym.runtime.model_info import model_info
 
     info = model_info(path)
@@ -81,21 +103,8 @@ def _prefetch_speed(path: Path, n_tokens: int) -> dict:
         if mode == "prefetch":
             rec.on_layer = on_layer
         model = Model(path, use_mmap=True)
-        ctx = Context(model, 512, observer=rec.observer)
-        sampler = Sampler(0.0)
-        toks = model.tokenize("The history of the")
-        ctx.decode(toks, 0, 0)
-        pos = len(toks)
-        t0 = time.perf_counter()
-        for _ in range(n_tokens):
-            tok = sampler.sample(ctx)
-            ctx.decode([tok], pos, 0)
-            rec.end_batch()
-            pos += 1
-        runs[mode].append(n_tokens / (time.perf_counter() - t0))
+        runs[mode].append(_decode_rate(model, rec, rec.observer, n_tokens))
         issued = max(issued, pf.issued)
-        sampler.close()
-        ctx.close()
         model.close()
         pf.close()
     plain, pre = float(np.median(runs["plain"][1:])), float(np.median(runs["prefetch"]))
@@ -106,7 +115,7 @@ def _prefetch_speed(path: Path, n_tokens: int) -> dict:
 def _observer_cost(path: Path, n_tokens: int) -> dict:
     """Decode tok/s with the routing observer on vs off: what recording costs."""
     from localsym.experts.traces import RoutingRecorder
-    from localsym.runtime.bridge import Context, Model, Sampler
+    from localsym.runtime.bridge import Model
     from localsym.runtime.model_info import model_info
 
     info = model_info(path)
@@ -114,20 +123,7 @@ def _observer_cost(path: Path, n_tokens: int) -> dict:
     model = Model(path)
     for mode in ("off", "off", "on", "off", "on", "off", "on"):  # warm-up, then alternate
         rec = RoutingRecorder(info.n_layer, info.n_expert_used)
-        ctx = Context(model, 512, observer=rec.observer if mode == "on" else None)
-        sampler = Sampler(0.0)
-        toks = model.tokenize("Once upon a time")
-        ctx.decode(toks, 0, 0)
-        pos = len(toks)
-        t0 = time.perf_counter()
-        for _ in range(n_tokens):
-            tok = sampler.sample(ctx)
-            ctx.decode([tok], pos, 0)
-            rec.end_batch()
-            pos += 1
-        res[mode].append(n_tokens / (time.perf_counter() - t0))
-        sampler.close()
-        ctx.close()
+        res[mode].append(_decode_rate(model, rec, rec.observer if mode == "on" else None, n_tokens))
     model.close()
     off, on = float(np.median(res["off"][1:])), float(np.median(res["on"]))
     return {"decode_tok_s_observer_off": round(off, 2), "decode_tok_s_observer_on": round(on, 2),
