@@ -193,29 +193,11 @@ def _add_session_flags(p: argparse.ArgumentParser) -> None:
 
 
 def _open_session(a: argparse.Namespace):
-    from localsym.session import Session, SessionConfig
+    from localsym.session import Session
 
-    cfg = None
-    if a.warm_mb is not None or a.cold_gb is not None or a.block_tokens is not None:
-        from localsym.memory.index_db import IndexDB
-        from localsym.session import session_dir
-
-        d = session_dir(a.session)
-        base = SessionConfig()
-        if (d / "session.db").exists():
-            db = IndexDB(d / "session.db")
-            base = SessionConfig(**{**base.__dict__, **(db.get("config") or {})})
-            db.close()
-        if a.warm_mb is not None:
-            base.warm_mb = a.warm_mb
-        if a.cold_gb is not None:
-            base.cold_gb = a.cold_gb
-        if a.block_tokens is not None:
-            if a.block_tokens < 16:
-                raise LocalsymError("--block-tokens must be at least 16")
-            base.block_tokens = a.block_tokens
-        cfg = base
-    return Session.open(a.session, a.model, _run_options(a), cfg)
+    overrides = {k: v for k, v in (("warm_mb", a.warm_mb), ("cold_gb", a.cold_gb),
+                                   ("block_tokens", a.block_tokens)) if v is not None}
+    return Session.open(a.session, a.model, _run_options(a), overrides=overrides)
 
 
 def cmd_load(a: argparse.Namespace) -> int:
@@ -294,16 +276,10 @@ def cmd_sessions(a: argparse.Namespace) -> int:
 
 
 def cmd_chat(a: argparse.Namespace) -> int:
-    from localsym.session import SessionConfig
     from localsym.tui import ChatApp
 
-    opts = _run_options(a)
-    cfg = None
-    if a.warm_mb is not None or a.cold_gb is not None:
-        cfg = SessionConfig()
-        cfg.warm_mb = a.warm_mb if a.warm_mb is not None else cfg.warm_mb
-        cfg.cold_gb = a.cold_gb if a.cold_gb is not None else cfg.cold_gb
-    ChatApp(a.model, a.session, opts, cfg).run()
+    overrides = {k: v for k, v in (("warm_mb", a.warm_mb), ("cold_gb", a.cold_gb)) if v is not None}
+    ChatApp(a.model, a.session, _run_options(a), overrides=overrides).run()
     return 0
 
 

@@ -160,7 +160,12 @@ class Session:
     # -- opening ----------------------------------------------------------------------------
     @classmethod
     def open(cls, name: str, model: str | None = None, opts: RunOptions | None = None,
-             config: SessionConfig | None = None) -> "Session":
+             config: SessionConfig | None = None, overrides: dict | None = None) -> "Session":
+        """Open (or create) a session. Settings, weakest first: defaults, what the session
+        stored, the config file's [memory] section, then ``overrides`` (command-line flags);
+        ``config`` replaces all of them. Blocks already cut keep their size."""
+        from localsym import config as config_file
+
         d = session_dir(name)
         existing = (d / "session.db").exists()
         db = IndexDB(d / "session.db")
@@ -174,11 +179,16 @@ class Session:
 
                 model = default_model()
             path = model_store.resolve(model)
-            cfg = config or SessionConfig()
-            stored_cfg = db.get("config")
-            if stored_cfg and config is None:
-                cfg = SessionConfig(**{**cfg.__dict__, **stored_cfg})
-            elif stored_cfg and stored_cfg.get("block_tokens") != cfg.block_tokens:
+            stored_cfg = db.get("config") or {}
+            if config is not None:
+                cfg = config
+            else:
+                merged = {**SessionConfig().__dict__, **stored_cfg, **config_file.load().get("memory", {}),
+                          **(overrides or {})}
+                cfg = SessionConfig(**merged)
+            if cfg.block_tokens < 16:
+                raise LocalsymError("block_tokens must be at least 16")
+            if stored_cfg.get("block_tokens") and stored_cfg["block_tokens"] != cfg.block_tokens:
                 cfg.block_tokens = stored_cfg["block_tokens"]  # blocks already cut stay cut
             o = opts or RunOptions()
             o.n_seq_max = max(o.n_seq_max, N_SEQ)

@@ -178,3 +178,46 @@ def test_kill_9_during_load_keeps_what_was_acknowledged(home, tmp_path):
         rep = s.load(tree)
         assert rep.reused_blocks >= acknowledged - 1  # a half-ingested file restarts, its blocks reused
         assert len({b.source for b in s.docs}) == 4
+
+
+def test_config_file_sets_budgets_and_bad_keys_are_clear(home):
+    from localsym.errors import LocalsymError
+
+    cfg_dir = home / "config"
+    cfg_dir.mkdir(parents=True, exist_ok=True)
+    (cfg_dir / "config.toml").write_text("[memory]\nwarm_mb = 3\ncold_gb = 0.5\n")
+    with Session.open("cfg", "smollm2-135m", _opts()) as s:
+        assert s.warm.budget == 3 * 2**20 and s.cold.budget == int(0.5 * 2**30)
+    with Session.open("cfg", "smollm2-135m", _opts(), overrides={"warm_mb": 5}) as s:
+        assert s.warm.budget == 5 * 2**20  # a flag beats the file
+    (cfg_dir / "config.toml").write_text("[memory]\nwarm_gb = 3\n")
+    with pytest.raises(LocalsymError, match="unknown key 'warm_gb'"):
+        Session.open("cfg", "smollm2-135m", _opts())
+
+
+def test_sliding_window_model_restores_like_it_never_left(home, gemma_path):
+    """Gemma 3 (iSWA: a full and a sliding-window cache, two sub-blobs per block): blocks
+    restored from disk give the same greedy continuation as the same decode calls with
+    nothing ever leaving the context. (The reference keeps the decode calls' boundaries:
+    llama.cpp's Q4_K CPU kernels give batch-size-dependent results, by up to 27 in K.)"""
+    from localsym import model_store
+    from conftest import GEMMA, MODEL_CACHE
+
+    model_store.copy_into(MODEL_CACHE, GEMMA)
+    question = "What is the deploy key for the staging server?"
+    with Session.open("gemma", GEMMA, _opts(), _cfg(warm_mb=0)) as s:
+        assert s.n_caches == 2
+        s.ingest_text(DOC, "notes.txt", "file")
+        answer = "".join(s.ask(question, GenParams(max_tokens=24)))
+        assert s.last.restored_blocks + s.last.reinjected_blocks == len(s.docs)
+        eng, fr = s.engine, s.frame
+        eng.ctx.clear()
+        pos = 0
+        for piece in [fr.sink] + [b.tokens.tolist() for b in s.docs] + [fr.close]:
+            eng.ctx.decode(piece, pos, 0, logits="none")
+            pos += len(piece)
+        q = fr.user_prefix + eng.model.tokenize(question) + fr.user_suffix
+        reference = "".join(eng.generate(q, pos, GenParams(max_tokens=24)))
+        s.hot.segments.clear()
+    assert "KX-4471-QZ" in reference
+    assert answer == reference

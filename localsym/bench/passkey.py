@@ -47,10 +47,12 @@ def run(args: argparse.Namespace) -> int:
 
     name = args.model or default_model()
     path = model_store.resolve(name)
+    from localsym.runtime.model_info import model_info
+
     vocab = Model(path, vocab_only=True)
     per_line = len(vocab.tokenize(FILLER))
-    native = vocab.n_ctx_train
     vocab.close()
+    native = model_info(path).n_ctx_train
     n_filler = args.tokens // per_line
     per_page = max(1, args.page // per_line)
     rng = random.Random(args.seed)

@@ -87,7 +87,7 @@ class Model:
         self.n_vocab = lc.llama_vocab_n_tokens(self._vocab)
         self.vocab_only = vocab_only
         # A vocab-only load has no per-layer hparams: asking for them aborts the process.
-        self.n_ctx_train = lc.llama_model_n_ctx_train(ptr)
+        self.n_ctx_train = 0 if vocab_only else lc.llama_model_n_ctx_train(ptr)
         self.n_layer = 0 if vocab_only else lc.llama_model_n_layer(ptr)
         self.n_embd = 0 if vocab_only else lc.llama_model_n_embd(ptr)
         self.n_head = 0 if vocab_only else lc.llama_model_n_head(ptr)

@@ -80,11 +80,11 @@ class ChatApp(App):
     ]
 
     def __init__(self, model: str | None = None, session: str = "default", opts: RunOptions | None = None,
-                 config=None) -> None:
+                 overrides: dict | None = None) -> None:
         super().__init__()
         self.model_name, self.session_name = model, session
         self.opts = opts or RunOptions()
-        self.config = config
+        self.overrides = dict(overrides or {})
         self.session = None
         self.params = GenParams(max_tokens=512)
         self.busy = False
@@ -169,7 +169,7 @@ class ChatApp(App):
             if old is not None:
                 old.close()
             self.call_from_thread(self.query_one(StatusBar).update, f"loading {model or name}...")
-            self.session = Session.open(name, model, self.opts, self.config)
+            self.session = Session.open(name, model, self.opts, overrides=self.overrides)
             self.session_name = name
             self.call_from_thread(self._session_ready)
         except LocalsymError as e:
@@ -321,10 +321,9 @@ class ChatApp(App):
                 self.opts.n_ctx = int(value)
                 self.open_session(self.session_name)
             elif what == "system":
-                from localsym.session import SessionConfig
-
-                self.config = SessionConfig(**{**(self.session.config.__dict__ if self.session else {}), "system": value})
-                self.note("system prompt set; it shapes documents loaded from now on")
+                self.overrides["system"] = value
+                self.note("system prompt set: it applies when the session is next opened, "
+                          "to questions and to documents loaded from then on")
                 return
             else:
                 self.note(f"cannot set {what!r}: system, temp or ctx")
