@@ -255,7 +255,8 @@ def cmd_ask(a: argparse.Namespace) -> int:
     if a.json:
         d = last.as_dict()
         print(json.dumps({k: d[k] for k in ("answer", "total_tokens", "hot_tokens", "blocks_total",
-                                            "blocks_in_working_set", "restored_blocks", "recomputed_blocks", "ttft_s")}))
+                                            "blocks_in_working_set", "restored_blocks", "recomputed_blocks", "reinjected_blocks",
+                                            "ttft_s")}))
     else:
         sys.stdout.write("\n")
     return 0

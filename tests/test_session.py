@@ -36,7 +36,9 @@ def test_fact_restored_from_disk_answers_like_it_never_left(home):
         s.ingest_text(DOC, "notes.txt", "file")
         assert len(s.warm) == 0 and s.cold.used > 0
         answer = "".join(s.ask(QUESTION, GenParams(max_tokens=32)))
-        assert s.last.restored_blocks == len(s.docs)  # every document block came back from disk
+        # every document block came back: from disk, or (the one holding the key) re-prefilled verbatim
+        assert s.last.restored_blocks + s.last.reinjected_blocks == len(s.docs)
+        assert s.last.reinjected_blocks == 1
         eng, fr = s.engine, s.frame
         # the reference: the same tokens decoded straight through, nothing ever left the context
         doc_tokens = [t for b in s.docs for t in b.tokens.tolist()]
@@ -65,7 +67,8 @@ def test_resume_after_restart_without_reingesting(home):
 def test_bit_flipped_block_is_caught_and_rebuilt(home):
     with Session.open("flip", "smollm2-135m", _opts(), _cfg(warm_mb=0)) as s:
         s.ingest_text(DOC, "notes.txt", "file")
-        victim = next(b for b in s.docs if "KX" in s.engine.model.detokenize(b.tokens.tolist()))
+        # a block that is restored from disk (the key's block is re-prefilled, not read)
+        victim = next(b for b in s.docs if "KX" not in s.engine.model.detokenize(b.tokens.tolist()))
         path = s.cold.path(victim.key)
     data = bytearray(path.read_bytes())
     data[len(data) // 2] ^= 0x40
@@ -139,9 +142,9 @@ def test_cli_load_and_ask(home, tmp_path):
 
     out = json.loads(r.stdout)
     assert set(out) == {"answer", "total_tokens", "hot_tokens", "blocks_total", "blocks_in_working_set",
-                        "restored_blocks", "recomputed_blocks", "ttft_s"}
+                        "restored_blocks", "recomputed_blocks", "reinjected_blocks", "ttft_s"}
     assert "KX-4471-QZ" in out["answer"]
-    assert out["restored_blocks"] == out["blocks_in_working_set"] >= 1
+    assert out["restored_blocks"] + out["reinjected_blocks"] == out["blocks_in_working_set"] >= 1
     r = run_cli("load", str(tmp_path / "missing"), "--session", "cli", home=home)
     assert r.returncode == 1 and "no such file" in r.stderr and "Traceback" not in r.stderr
 

@@ -15,9 +15,13 @@ def _app():
 
 
 async def _type(pilot, text):
+    from localsym.tui.widgets import MessageView
+
     pilot.app.query_one(PromptInput).text = text
     await pilot.press("enter")
-    await pilot.pause(0.3)
+    await wait_until(pilot, lambda: any(m.role == "note" for m in pilot.app.query(MessageView)))
+    await pilot.wait_for_scheduled_animations()
+    await pilot.pause(1.0)  # the note's Markdown table lays out in a later refresh
 
 
 def test_help_screen(home, snap_compare):
