@@ -33,6 +33,7 @@ from localsym.memory.retrieval import Retriever
 from localsym.memory.tiers import ColdTier, WarmTier
 from localsym.runtime import kv_state
 from localsym.runtime.engine import Engine, GenParams, GenStats, RunOptions
+from localsym.runtime.model_info import model_info
 
 log = logging.getLogger("localsym.session")
 DEFAULT_SYSTEM = ("You are a helpful assistant. Answer from the documents and the conversation "
@@ -185,7 +186,7 @@ class Session:
             else:
                 merged = {**SessionConfig().__dict__, **stored_cfg, **config_file.load().get("memory", {}),
                           **(overrides or {})}
-                cfg = SessionConfig(**merged)
+                cfg = SessionConfig(**{k: v for k, v in merged.items() if k in SessionConfig.__dataclass_fields__})
             if cfg.block_tokens < 16:
                 raise LocalsymError("block_tokens must be at least 16")
             if stored_cfg.get("block_tokens") and stored_cfg["block_tokens"] != cfg.block_tokens:
@@ -194,14 +195,17 @@ class Session:
             o.n_seq_max = max(o.n_seq_max, N_SEQ)
             model_id = db.get("model_id") or model_store.identity(path)
             experts = None
-            from localsym.runtime.model_info import model_info
-
             info = model_info(path)
             if info.is_moe:  # watch routing, learn it and prefetch experts while chatting
                 from localsym.experts.live import LiveExperts
 
                 experts = LiveExperts(path, info, model_id)
-            engine = Engine(path, o, observer=experts.observer if experts else None)
+            try:
+                engine = Engine(path, o, observer=experts.observer if experts else None)
+            except BaseException:
+                if experts is not None:
+                    experts.close()
+                raise
             db.set("model", model)
             db.set("model_id", model_id)
             db.set("config", cfg.__dict__)
