@@ -20,7 +20,8 @@ TOKENIZER_KEYS = ("tokenizer.ggml.model", "tokenizer.ggml.pre", "tokenizer.ggml.
 
 
 def build(path: Path, tokenizer_from: Path, n_layer: int = 4, n_embd: int = 64, n_head: int = 4,
-          n_head_kv: int = 2, n_expert: int = 8, n_used: int = 2, n_ff_exp: int = 32, seed: int = 0) -> Path:
+          n_head_kv: int = 2, n_expert: int = 8, n_used: int = 2, n_ff_exp: int = 32, seed: int = 0,
+          dtype: type = np.float32) -> Path:
     meta = read_header(tokenizer_from, vocab=True).metadata
     tokens = meta["tokenizer.ggml.tokens"]
     n_vocab = len(tokens)
@@ -49,7 +50,7 @@ def build(path: Path, tokenizer_from: Path, n_layer: int = 4, n_embd: int = 64, 
     w.add_eos_token_id(meta["tokenizer.ggml.eos_token_id"])
 
     def t(name: str, *shape: int, scale: float = 0.02) -> None:
-        w.add_tensor(name, (rng.standard_normal(shape) * scale).astype(np.float32))
+        w.add_tensor(name, (rng.standard_normal(shape) * scale).astype(dtype if len(shape) > 1 else np.float32))
 
     t("token_embd.weight", n_vocab, n_embd)
     w.add_tensor("output_norm.weight", np.ones(n_embd, np.float32))
