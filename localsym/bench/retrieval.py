@@ -18,6 +18,18 @@ from localsym.bench import emit
 
 
 def run(args: argparse.Namespace) -> int:
+    # "one CPU core" includes BLAS: its thread count is fixed when numpy loads, so the
+    # measurement runs in a child process started with one thread everywhere
+    if os.environ.get("OPENBLAS_NUM_THREADS") != "1":
+        import subprocess
+        import sys
+
+        env = dict(os.environ, OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1",
+                   NUMBA_NUM_THREADS="1")
+        argv = ["--blocks", str(args.blocks), "--block-tokens", str(args.block_tokens), "--queries",
+                str(args.queries), "-k", str(args.k), "--seed", str(args.seed)]
+        argv += (["--json"] if args.json else []) + (["--out", args.out] if args.out else [])
+        return subprocess.call([sys.executable, "-m", "localsym", "bench", "retrieval", *argv], env=env)
     import numba
 
     from localsym.memory.index_db import BlockRow

@@ -277,12 +277,19 @@ class Context:
         if observer is not None:
             want, handle = observer
 
+            get_name = _ggml().ggml_get_name
+            cache: dict[bytes, bool] = {}
+
             def _cb(t_ptr, ask, _user) -> bool:
-                t = _GGMLTensor.from_address(t_ptr)
-                name = (_ggml().ggml_get_name(t_ptr) or b"").decode()
+                # called for every graph node of every decode: keep the ask path minimal
+                raw = get_name(t_ptr) or b""
                 if ask:
-                    return bool(want(name))
-                handle(TensorEvent(name, t.op, t.type, tuple(t.ne), tuple(t.nb), t_ptr))
+                    hit = cache.get(raw)
+                    if hit is None:
+                        hit = cache[raw] = bool(want(raw.decode()))
+                    return hit
+                t = _GGMLTensor.from_address(t_ptr)
+                handle(TensorEvent(raw.decode(), t.op, t.type, tuple(t.ne), tuple(t.nb), t_ptr))
                 return True
 
             self._eval_cb = lc.ggml_backend_sched_eval_callback(_cb)
