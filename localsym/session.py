@@ -414,8 +414,11 @@ class Session:
         doc_budget = min(self.config.working_set_tokens or n_ctx // 2, free - used)
         return self.selector.select(question, max(doc_budget, 0)), recent
 
-    def ask(self, question: str, params: GenParams | None = None) -> Iterator[str]:
-        """Stream the answer; ``self.last`` holds the numbers of this turn when it ends."""
+    def ask(self, question: str, params: GenParams | None = None, raw: bool = False) -> Iterator[str]:
+        """Stream the answer; ``self.last`` holds the numbers of this turn when it ends.
+
+        ``raw``: the question is a completion prompt, sent without the chat turn's framing
+        (base models asked in completion form)."""
         if not question.strip():
             raise LocalsymError("empty question")
         params = params or GenParams()
@@ -423,7 +426,7 @@ class Session:
         self.last = AskStats()
         t0 = time.perf_counter()
         q_ids = eng.model.tokenize(question)
-        q_toks = fr.user_prefix + q_ids + fr.user_suffix
+        q_toks = q_ids if raw else fr.user_prefix + q_ids + fr.user_suffix
         docs, recent = self._working_set(q_ids, len(q_toks) + params.max_tokens + len(fr.answer_end))
         want = [("sink", None)] + [(r.key, r) for r in docs] + [("close", None)] + [(r.key, r) for r in recent]
         have = [s.key for s in self.hot.segments]

@@ -9,7 +9,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-BENCHES = ("speed", "quant", "memory", "retrieval", "passkey", "experts")
+BENCHES = ("speed", "quant", "memory", "retrieval", "passkey", "experts", "needle")
 
 
 def add_parsers(parser: argparse.ArgumentParser, add_runtime_flags: Callable) -> None:
@@ -34,6 +34,20 @@ def add_parsers(parser: argparse.ArgumentParser, add_runtime_flags: Callable) ->
     s.add_argument("--hot", type=int, default=4096)
     s.add_argument("--vram", default="cpu")
     s.add_argument("--seed", type=int, default=0)
+    s.add_argument("-t", "--threads", type=int, default=None)
+    _common(s)
+
+    s = sub.add_parser("needle", help="needle grid over real code (lengths x depths), heatmap, vs plain llama-cpp-python")
+    s.add_argument("--model", default="gemma3-270m")
+    s.add_argument("--lengths", type=lambda v: [int(x) for x in v.split(",")], default=[8192, 16384, 32768, 65536])
+    s.add_argument("--depths", type=lambda v: [float(x) for x in v.split(",")], default=[0.1, 0.3, 0.5, 0.7, 0.9])
+    s.add_argument("--baseline-trials", type=int, default=5)
+    s.add_argument("--page", type=int, default=1024)
+    s.add_argument("--block", type=int, default=256)
+    s.add_argument("--hot", type=int, default=4096)
+    s.add_argument("--vram", default="cpu")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--heatmap", default="needle-heatmap.png")
     s.add_argument("-t", "--threads", type=int, default=None)
     _common(s)
 
@@ -96,6 +110,10 @@ def emit(result: dict[str, Any], args: argparse.Namespace, table: Callable[[dict
 def main(args: argparse.Namespace) -> int:
     if args.bench == "speed":
         from localsym.bench.speed import run
+
+        return run(args)
+    if args.bench == "needle":
+        from localsym.bench.needle import run
 
         return run(args)
     if args.bench == "experts":
