@@ -1,0 +1,31 @@
+"""Pure helpers of the benchmarks: the needle haystack's pages and the heatmap PNG."""
+
+import struct
+import zlib
+
+from localsym.bench.heatmap import write_png
+from localsym.bench.needle import _pages
+
+
+def test_needle_pages_keep_their_boundaries_whatever_the_depth():
+    lines = [(f"x_{i} = {i}\n", 5) for i in range(100)]
+    needle = 'SERVICE_TOKEN = "abc"\n'
+    a = _pages(lines, 400, 0.1, needle, page=50)
+    b = _pages(lines, 400, 0.9, needle, page=50)
+    assert len(a) == len(b) == 8
+    assert sum(needle in p for p in a) == 1 and needle in a[0] and needle in b[-1]
+    assert a[1:-1] == b[1:-1]  # pages without the needle are identical: their blocks are reused
+    assert a[0].replace(needle, "") == b[0] and b[-1].replace(needle, "") == a[-1]
+    assert "".join(a).replace(needle, "") == "".join(b).replace(needle, "")
+
+
+def test_heatmap_png_is_valid(tmp_path):
+    p = tmp_path / "h.png"
+    write_png(p, [[1.0, 0.0], [None, 0.5]], cell=4)
+    data = p.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    w, h = struct.unpack(">II", data[16:24])
+    assert (w, h) == (8, 8)
+    idat_len = struct.unpack(">I", data[33:37])[0]
+    raw = zlib.decompress(data[41:41 + idat_len])
+    assert len(raw) == h * (1 + 3 * w)
