@@ -4,9 +4,14 @@ JSON (``--json``) or a table."""
 from __future__ import annotations
 
 import argparse
+import contextlib
+import importlib
 import json
+import os
+import shutil
 import sys
-from collections.abc import Callable
+import tempfile
+from collections.abc import Callable, Iterator
 from typing import Any
 
 BENCHES = ("speed", "quant", "memory", "retrieval", "passkey", "experts", "needle")
@@ -108,32 +113,23 @@ def emit(result: dict[str, Any], args: argparse.Namespace, table: Callable[[dict
 
 
 def main(args: argparse.Namespace) -> int:
-    if args.bench == "speed":
-        from localsym.bench.speed import run
+    if args.bench not in BENCHES:
+        raise SystemExit(f"unknown bench {args.bench}")
+    module = importlib.import_module(f"localsym.bench.{args.bench}")  # loaded only when asked for
+    return module.run(args)
 
-        return run(args)
-    if args.bench == "needle":
-        from localsym.bench.needle import run
 
-        return run(args)
-    if args.bench == "experts":
-        from localsym.bench.experts import run
-
-        return run(args)
-    if args.bench == "passkey":
-        from localsym.bench.passkey import run
-
-        return run(args)
-    if args.bench == "retrieval":
-        from localsym.bench.retrieval import run
-
-        return run(args)
-    if args.bench == "memory":
-        from localsym.bench.memory import run
-
-        return run(args)
-    if args.bench == "quant":
-        from localsym.bench.quant import run
-
-        return run(args)
-    raise SystemExit(f"unknown bench {args.bench}")
+@contextlib.contextmanager
+def private_home(prefix: str) -> Iterator[str]:
+    """A throwaway LOCALSYM_HOME, so a benchmark's first run pays for its own blocks."""
+    home = tempfile.mkdtemp(prefix=prefix)
+    old = os.environ.get("LOCALSYM_HOME")
+    os.environ["LOCALSYM_HOME"] = home
+    try:
+        yield home
+    finally:
+        if old is None:
+            os.environ.pop("LOCALSYM_HOME", None)
+        else:
+            os.environ["LOCALSYM_HOME"] = old
+        shutil.rmtree(home, ignore_errors=True)

@@ -7,16 +7,13 @@ that fit its native context, in the same run. Prints a table and writes a heatma
 from __future__ import annotations
 
 import argparse
-import os
 import random
-import shutil
 import string
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-from localsym.bench import emit
+from localsym.bench import emit, private_home
 from localsym.bench.corpus import stdlib_text
 from localsym.bench.heatmap import write_png
 
@@ -72,11 +69,8 @@ def run(args: argparse.Namespace) -> int:
     vocab.close()
     rng = random.Random(args.seed)
     cells = []
-    home = tempfile.mkdtemp(prefix="localsym-bench-needle-")
-    old = os.environ.get("LOCALSYM_HOME")
-    os.environ["LOCALSYM_HOME"] = home
     t_start = time.perf_counter()
-    try:
+    with private_home("localsym-bench-needle-"):
         opts = RunOptions(n_ctx=args.hot, vram=args.vram, n_threads=args.threads)
         for length in args.lengths:
             for depth in args.depths:
@@ -94,12 +88,6 @@ def run(args: argparse.Namespace) -> int:
                                   "computed_blocks": rep.computed_blocks, "seconds": round(time.perf_counter() - t0, 1)})
                 print(f"  {length:>6} tokens, depth {depth:.1f}: {'ok  ' if cells[-1]['correct'] else 'MISS'} "
                       f"{answer!r} ({cells[-1]['seconds']}s)", file=sys.stderr)
-    finally:
-        if old is None:
-            os.environ.pop("LOCALSYM_HOME", None)
-        else:
-            os.environ["LOCALSYM_HOME"] = old
-        shutil.rmtree(home, ignore_errors=True)
     ours_s = time.perf_counter() - t_start
     base = _baseline(path, native, lines, cells, args) if args.baseline_trials else []
     sel = sorted(c["select_ms"] for c in cells)

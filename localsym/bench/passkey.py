@@ -12,10 +12,10 @@ import argparse
 import random
 import re
 import statistics
-import tempfile
+import sys
 import time
 
-from localsym.bench import emit
+from localsym.bench import emit, private_home
 
 INTRO = ("There is an important info hidden inside a lot of irrelevant text. Find it and memorize "
          "them. I will quiz you about the important information there.\n")
@@ -59,12 +59,7 @@ def run(args: argparse.Namespace) -> int:
     trials = [(str(rng.randint(10000, 99999)), rng.uniform(0.05, 0.95)) for _ in range(args.trials)]
     cells, select_ms = [], []
     t_start = time.perf_counter()
-    import os
-
-    home = tempfile.mkdtemp(prefix="localsym-bench-passkey-")
-    old_home = os.environ.get("LOCALSYM_HOME")
-    os.environ["LOCALSYM_HOME"] = home  # a private block cache: the first trial pays for the haystack
-    try:
+    with private_home("localsym-bench-passkey-"):  # the first trial pays for the haystack
         opts = RunOptions(n_ctx=args.hot, vram=args.vram, n_threads=args.threads)
         for i, (key, depth) in enumerate(trials):
             t0 = time.perf_counter()
@@ -80,15 +75,7 @@ def run(args: argparse.Namespace) -> int:
                               "computed_blocks": rep.computed_blocks, "reused_blocks": rep.reused_blocks,
                               "reinjected_blocks": s.last.reinjected_blocks, "seconds": round(time.perf_counter() - t0, 1)})
             print(f"  trial {i}: depth {depth:.2f} key {key} -> {answer.strip()!r} "
-                  f"({cells[-1]['seconds']}s, {rep.computed_blocks} blocks computed)", file=__import__("sys").stderr)
-    finally:
-        if old_home is None:
-            os.environ.pop("LOCALSYM_HOME", None)
-        else:
-            os.environ["LOCALSYM_HOME"] = old_home
-        import shutil
-
-        shutil.rmtree(home, ignore_errors=True)
+                  f"({cells[-1]['seconds']}s, {rep.computed_blocks} blocks computed)", file=sys.stderr)
     ours_s = time.perf_counter() - t_start
     base = _baseline(path, native, per_line, trials[: args.baseline_trials], args.threads) if args.baseline_trials else []
     result = {
