@@ -30,11 +30,11 @@ def _human(n: float) -> str:
 
 def _progress_printer():
     """A progress callback drawing a rich bar on stderr; returns (callback, stop)."""
+    from rich.console import Console
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 
     bar = Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
-                   TransferSpeedColumn(), TimeRemainingColumn(), transient=False,
-                   console=__import__("rich.console").console.Console(stderr=True))
+                   TransferSpeedColumn(), TimeRemainingColumn(), transient=False, console=Console(stderr=True))
     tasks: dict[str, int] = {}
 
     def update(what: str, done: int, total: int) -> None:
@@ -207,11 +207,12 @@ def cmd_load(a: argparse.Namespace) -> int:
         t0 = time.perf_counter()
         bar = None
         if sys.stderr.isatty() and not a.quiet:
+            from rich.console import Console
             from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
             bar = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed} tok"),
                            TextColumn("{task.fields[rate]:.0f} tok/s"), TimeRemainingColumn(), transient=True,
-                           console=__import__("rich.console").console.Console(stderr=True))
+                           console=Console(stderr=True))
             task = bar.add_task("load", total=None, rate=0.0)
             bar.start()
 
