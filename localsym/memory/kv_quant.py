@@ -142,29 +142,28 @@ class QuantReport:
         return out
 
 
-def choose_k(k: np.ndarray, policy: QuantPolicy, n_head_kv: int, floor: str | None = None,
-             queries: np.ndarray | None = None) -> tuple[QTensor, float]:
+def _choose(x: np.ndarray, policy: QuantPolicy, floor: str | None, threshold: float,
+            per_channel: bool | None, error) -> tuple[QTensor, float]:
+    """The cheapest allowed format whose error stays under ``threshold`` (f16 always does)."""
     if policy.fixed:
-        t = quantize(k, policy.fixed)
-        return t, k_error(k, dequantize(t), n_head_kv, queries)
+        t = quantize(x, policy.fixed, per_channel=per_channel)
+        return t, error(dequantize(t))
     for fmt in policy.candidates(floor):
-        t = quantize(k, fmt)
-        err = k_error(k, dequantize(t), n_head_kv, queries) if fmt != "f16" else 0.0
-        if err <= policy.k_threshold or fmt == "f16":
+        t = quantize(x, fmt, per_channel=per_channel)
+        err = error(dequantize(t)) if fmt != "f16" else 0.0
+        if err <= threshold or fmt == "f16":
             return t, err
     raise AssertionError("unreachable: f16 always qualifies")
+
+
+def choose_k(k: np.ndarray, policy: QuantPolicy, n_head_kv: int, floor: str | None = None,
+             queries: np.ndarray | None = None) -> tuple[QTensor, float]:
+    return _choose(k, policy, floor, policy.k_threshold, None,
+                   lambda k_hat: k_error(k, k_hat, n_head_kv, queries))
 
 
 def choose_v(v: np.ndarray, policy: QuantPolicy, floor: str | None = None) -> tuple[QTensor, float]:
-    if policy.fixed:
-        t = quantize(v, policy.fixed, per_channel=False)
-        return t, v_error(v, dequantize(t))
-    for fmt in policy.candidates(floor):
-        t = quantize(v, fmt, per_channel=False)
-        err = v_error(v, dequantize(t)) if fmt != "f16" else 0.0
-        if err <= policy.v_threshold or fmt == "f16":
-            return t, err
-    raise AssertionError("unreachable: f16 always qualifies")
+    return _choose(v, policy, floor, policy.v_threshold, False, lambda v_hat: v_error(v, v_hat))
 
 
 def quantize_layers(ks: list[np.ndarray], vs: list[np.ndarray], policy: QuantPolicy, n_head_kv: int,
