@@ -199,7 +199,7 @@ class Session:
             if info.is_moe:  # watch routing, learn it and prefetch experts while chatting
                 from localsym.experts.live import LiveExperts
 
-                experts = LiveExperts(path, info, model_id)
+                experts = LiveExperts(path, info, paths.data_dir() / "experts" / f"{model_id[:24]}.npz")
             try:
                 engine = Engine(path, o, observer=experts.observer if experts else None)
             except BaseException:

@@ -33,6 +33,32 @@ def test_routing_is_recorded_through_the_eval_callback(tiny_moe):
     assert (trace[n_prompt - 1 :] >= 0).all()  # decoded tokens: every layer
 
 
+def test_compiled_tap_reads_what_a_python_observer_reads(tiny_moe):
+    """The tap reads ggml_tensor fields at fixed offsets from compiled code: check it against
+    the plain Python eval callback, over several llama_decode calls and ubatches."""
+    from localsym.runtime.bridge import Context, Model, RoutingTap
+
+    model = Model(tiny_moe)
+    toks = model.tokenize("def add(a, b):\n    return a + b\n" * 3)
+    calls: list[list[np.ndarray]] = []
+    seen: dict[int, list[np.ndarray]] = {}
+
+    def handle(ev):
+        seen.setdefault(int(ev.name.rsplit("-", 1)[1]), []).append(ev.read_int32_rows())
+
+    for obs in (RoutingTap(4, 2, calls.append), (lambda n: n.startswith("ffn_moe_topk-"), handle)):
+        ctx = Context(model, 256, n_batch=16, n_ubatch=8, observer=obs)
+        ctx.decode(toks, 0, 0)
+        ctx.decode([toks[1], toks[2]], len(toks), 0)
+        ctx.close()
+    model.close()
+    assert len(calls) == -(-len(toks) // 16) + 1  # one hand-over per llama_decode call
+    for layer in range(4):
+        tap_rows = np.concatenate([c[layer] for c in calls])
+        assert np.array_equal(tap_rows, np.concatenate(seen[layer]))
+    assert len(np.concatenate([c[0] for c in calls])) == len(toks) + 2
+
+
 def test_dense_models_have_no_experts(smol_path):
     with pytest.raises(ValueError, match="dense"):
         record(smol_path, "hello")

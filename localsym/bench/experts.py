@@ -53,7 +53,7 @@ def _predict_cost(trace: np.ndarray, n_layer: int, n_expert: int) -> float:
     return (time.perf_counter() - t0) / len(trace) * 1e6
 
 
-def _decode_rate(model, rec, observer, n_tokens: int) -> float:
+def _decode_rate(model, observer, n_tokens: int) -> float:
     """Greedy decode tok/s in a fresh 512-token context after a short prompt."""
     from localsym.runtime.bridge import Context, Sampler
 
@@ -67,7 +67,6 @@ def _decode_rate(model, rec, observer, n_tokens: int) -> float:
         for _ in range(n_tokens):
             tok = sampler.sample(ctx)
             ctx.decode([tok], pos, 0)
-            rec.end_batch()
             pos += 1
         return n_tokens / (time.perf_counter() - t0)
     finally:
@@ -75,59 +74,69 @@ def _decode_rate(model, rec, observer, n_tokens: int) -> float:
         ctx.close()
 
 
+def _alternate(modes: dict, n_tokens: int) -> dict[str, float]:
+    """Median decode tok/s per mode, modes interleaved after a discarded warm-up, so that
+    one-time costs and drift hit no side. ``modes``: name -> () -> (model, observer, done)."""
+    names = list(modes)
+    order = [names[0]] + names * 3
+    runs: dict[str, list[float]] = {n: [] for n in names}
+    for i, name in enumerate(order):
+        model, observer, done = modes[name]()
+        rate = _decode_rate(model, observer, n_tokens)
+        done()
+        if i:
+            runs[name].append(rate)
+    return {n: float(np.median(v)) for n, v in runs.items()}
+
+
 def _prefetch_speed(path: Path, n_tokens: int) -> dict:
-    """Decode tok/s after dropping the file from the page cache, with and without prefetch."""
+    """Decode tok/s after dropping the file from the page cache: plain llama.cpp against a
+    session's live experts (tap, online learning, next-token prefetch), same run."""
+    from localsym.experts.live import LiveExperts
     from localsym.experts.prefetch import Prefetcher
-    from localsym.experts.traces import RoutingRecorder
     from localsym.runtime.bridge import Model
     from localsym.runtime.model_info import model_info
 
     info = model_info(path)
-    runs: dict[str, list[float]] = {"plain": [], "prefetch": []}
-    issued = 0
-    # a discarded warm-up, then alternating runs: one-time costs and drift hit neither side
-    for mode in ("plain", "plain", "prefetch", "plain", "prefetch", "plain", "prefetch"):
-        pf = Prefetcher(path, budget_bytes=1 << 30)
-        pf.drop_all()
-        pred = MarkovPredictor(info.n_layer, info.n_expert)
-        rec = RoutingRecorder(info.n_layer, info.n_expert_used)
-        state = {"prev": None}
+    issued = [0]
 
-        def on_layer(layer, experts, pf=pf, pred=pred, state=state):
-            ex = experts[-1]
-            if layer + 1 < info.n_layer:
-                pf.willneed(layer + 1, pred.predict(layer + 1, ex, None, info.n_expert_used))
-            pred.learn(layer, ex, state["prev"] if layer else None, None)
-            state["prev"] = ex
+    def cold(with_live: bool):
+        def make():
+            dropper = Prefetcher(path, 0)
+            dropper.drop_all()
+            dropper.close()
+            model = Model(path, use_mmap=True)
+            live = LiveExperts(path, info, None) if with_live else None
 
-        if mode == "prefetch":
-            rec.on_layer = on_layer
-        model = Model(path, use_mmap=True)
-        runs[mode].append(_decode_rate(model, rec, rec.observer, n_tokens))
-        issued = max(issued, pf.issued)
-        model.close()
-        pf.close()
-    plain, pre = float(np.median(runs["plain"][1:])), float(np.median(runs["prefetch"]))
-    return {"decode_tok_s_plain": round(plain, 2), "decode_tok_s_prefetch": round(pre, 2),
-            "prefetch_ratio": round(pre / plain, 3), "prefetch_issued_bytes": issued}
+            def done():
+                if live is not None:
+                    issued[0] = max(issued[0], live.prefetch.issued)
+                    live.close()
+                model.close()
+
+            return model, (live.observer if live else None), done
+        return make
+
+    rates = _alternate({"plain": cold(False), "prefetch": cold(True)}, n_tokens)
+    return {"decode_tok_s_plain": round(rates["plain"], 2), "decode_tok_s_prefetch": round(rates["prefetch"], 2),
+            "prefetch_ratio": round(rates["prefetch"] / rates["plain"], 3), "prefetch_issued_bytes": issued[0]}
 
 
 def _observer_cost(path: Path, n_tokens: int) -> dict:
-    """Decode tok/s with the routing observer on vs off: what recording costs."""
+    """Decode tok/s with routing recorded vs not (model warm in the page cache): what
+    recording costs."""
     from localsym.experts.traces import RoutingRecorder
     from localsym.runtime.bridge import Model
     from localsym.runtime.model_info import model_info
 
     info = model_info(path)
-    res: dict[str, list[float]] = {"off": [], "on": []}
     model = Model(path)
-    for mode in ("off", "off", "on", "off", "on", "off", "on"):  # warm-up, then alternate
-        rec = RoutingRecorder(info.n_layer, info.n_expert_used)
-        res[mode].append(_decode_rate(model, rec, rec.observer if mode == "on" else None, n_tokens))
+    modes = {"off": lambda: (model, None, lambda: None),
+             "on": lambda: (model, RoutingRecorder(info.n_layer, info.n_expert_used).observer, lambda: None)}
+    rates = _alternate(modes, n_tokens)
     model.close()
-    off, on = float(np.median(res["off"][1:])), float(np.median(res["on"]))
-    return {"decode_tok_s_observer_off": round(off, 2), "decode_tok_s_observer_on": round(on, 2),
-            "observer_ratio": round(on / off, 3)}
+    return {"decode_tok_s_observer_off": round(rates["off"], 2), "decode_tok_s_observer_on": round(rates["on"], 2),
+            "observer_ratio": round(rates["on"] / rates["off"], 3)}
 
 
 def run(args: argparse.Namespace) -> int:

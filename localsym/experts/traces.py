@@ -8,46 +8,35 @@ Bayes-optimal predictions are computable.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 
-@dataclass
+def fold(per_layer: list[np.ndarray], n_used: int) -> np.ndarray:
+    """One decode call's rows per layer -> [tokens, layers, n_used], -1 where a layer kept
+    no row for a token (a short layer kept the last, output, rows)."""
+    n_tok = max((len(v) for v in per_layer), default=0)
+    block = np.full((n_tok, len(per_layer), n_used), -1, np.int32)
+    for layer, ex in enumerate(per_layer):
+        if len(ex):
+            block[n_tok - len(ex):, layer, :] = ex
+    return block
+
+
 class RoutingRecorder:
-    """The eval-callback observer: keeps ``ffn_moe_topk-L`` rows per decode call."""
+    """Keeps every decoded token's routing, read by the bridge's compiled routing tap."""
 
-    n_layer: int
-    n_used: int
-    _pending: dict[int, np.ndarray] = field(default_factory=dict)
-    rows: list[np.ndarray] = field(default_factory=list)  # one [layers, n_used] per token
-    on_layer: object = None  # optional callback(layer, experts[n_tokens, n_used]) for prefetching
+    def __init__(self, n_layer: int, n_used: int) -> None:
+        from localsym.runtime.bridge import RoutingTap
 
-    def want(self, name: str) -> bool:
-        return name.startswith("ffn_moe_topk-")
+        self.n_layer, self.n_used = n_layer, n_used
+        self.rows: list[np.ndarray] = []  # one [layers, n_used] per token
+        self.observer = RoutingTap(n_layer, n_used, self._on_decode)
 
-    def handle(self, event) -> None:
-        layer = int(event.name.rsplit("-", 1)[1])
-        experts = event.read_int32_rows()  # [n_tokens, n_used]
-        self._pending[layer] = experts
-        if self.on_layer is not None:
-            self.on_layer(layer, experts)
-
-    @property
-    def observer(self):
-        return (self.want, self.handle)
-
-    def end_batch(self) -> None:
-        """After each decode call: fold the layers seen into per-token rows."""
-        if not self._pending:
-            return
-        n_tok = max(len(v) for v in self._pending.values())
-        block = np.full((n_tok, self.n_layer, self.n_used), -1, np.int32)
-        for layer, ex in self._pending.items():
-            block[n_tok - len(ex):, layer, :] = ex  # a short layer kept the last (output) rows
-        self.rows.extend(block)
-        self._pending.clear()
+    def _on_decode(self, per_layer: list[np.ndarray]) -> None:
+        self.rows.extend(fold(per_layer, self.n_used))
 
     def trace(self) -> np.ndarray:
         return np.stack(self.rows) if self.rows else np.zeros((0, self.n_layer, self.n_used), np.int32)
@@ -68,12 +57,10 @@ def record(model_path: Path, text: str, n_decode: int = 64, n_ctx: int = 1024) -
     try:
         toks = model.tokenize(text)[: n_ctx - n_decode - 1]
         ctx.decode(toks, 0, 0, logits="last")
-        rec.end_batch()
         pos = len(toks)
         for _ in range(n_decode):
             tok = sampler.sample(ctx)
             ctx.decode([tok], pos, 0)
-            rec.end_batch()
             pos += 1
     finally:
         sampler.close()
