@@ -109,7 +109,12 @@ def cmd_show(a: argparse.Namespace) -> int:
 
     path = model_store.resolve(a.model)
     info = model_info(path, read_header(path))
-    plan = make_plan(info, _run_options(a))
+    usage = None
+    if info.is_moe:
+        from localsym.experts.live import learned_usage
+
+        usage = learned_usage(model_store.identity(path), info.n_layer, info.n_expert)
+    plan = make_plan(info, _run_options(a), usage)
     if a.json:
         d = {k: v for k, v in info.__dict__.items() if k not in ("layer_bytes", "expert_bytes", "chat_template")}
         d["path"] = str(info.path)
@@ -137,7 +142,8 @@ def cmd_show(a: argparse.Namespace) -> int:
         print(f"{k:<22}{v}")
     print(f"\nfit plan ({'VRAM ' + _human(plan.vram_budget) if plan.vram_budget else 'CPU only'}):")
     print(f"  {'-ngl':<20}{plan.n_gpu_layers}\n  {'-c':<20}{plan.n_ctx}\n  {'-ctk/-ctv':<20}{plan.type_k}/{plan.type_v}")
-    print(f"  {'-fa':<20}{'on' if plan.flash_attn else 'off'}\n  {'--n-cpu-moe':<20}{plan.n_cpu_moe}")
+    print(f"  {'-fa':<20}{'on' if plan.flash_attn else 'off'}\n  {'--n-cpu-moe':<20}{plan.n_cpu_moe}"
+          + (f" (layers {', '.join(map(str, plan.cpu_moe_layers))})" if plan.cpu_moe_layers else ""))
     for part, n in plan.parts.items():
         print(f"  {part:<20}{_human(n):>10}")
     if plan.vram_budget:

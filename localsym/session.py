@@ -194,14 +194,16 @@ class Session:
             o = opts or RunOptions()
             o.n_seq_max = max(o.n_seq_max, N_SEQ)
             model_id = db.get("model_id") or model_store.identity(path)
-            experts = None
+            experts = usage = None
             info = model_info(path)
             if info.is_moe:  # watch routing, learn it and prefetch experts while chatting
-                from localsym.experts.live import LiveExperts
+                from localsym.experts.live import LiveExperts, learned_store, learned_usage
 
-                experts = LiveExperts(path, info, paths.data_dir() / "experts" / f"{model_id[:24]}.npz")
+                usage = learned_usage(model_id, info.n_layer, info.n_expert)
+                experts = LiveExperts(path, info, learned_store(model_id))
             try:
-                engine = Engine(path, o, observer=experts.observer if experts else None)
+                engine = Engine(path, o, observer=experts.observer if experts else None,
+                                expert_usage=usage)
             except BaseException:
                 if experts is not None:
                     experts.close()

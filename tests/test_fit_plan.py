@@ -1,5 +1,6 @@
 """Fit plans for big shapes, from metadata-only GGUFs written with the gguf package."""
 
+import numpy as np
 import pytest
 
 from gguf_shapes import llama_7b, qwen3_30b_a3b
@@ -76,3 +77,30 @@ def test_cpu_plan_and_budget_errors(shapes):
         plan_fit(info, 0, 8 * GiB, n_ctx=1_000_000)
     with pytest.raises(LocalsymError, match="flash attention"):
         plan_fit(info, 0, 16 * GiB, type_v="q8_0", flash_attn=False)
+
+
+def test_learned_routing_chooses_which_layers_keep_experts_in_ram(shapes):
+    """Layers whose routing is concentrated have small RAM working sets: they go to RAM,
+    not llama.cpp's first N."""
+    from localsym.runtime.expert_placement import advise, hot_experts
+    from localsym.runtime.fit_plan import place_experts
+
+    info = shapes["30b"]
+    rng = np.random.default_rng(0)
+    usage = rng.uniform(0.5, 1.0, (info.n_layer, info.n_expert))  # diffuse: most experts needed
+    concentrated = [5, 17, 30, 41]
+    usage[concentrated] = 1e-3
+    usage[np.ix_(concentrated, range(8))] = 1.0  # 8 experts serve nearly all routing
+    assert (hot_experts(usage, 0.9)[concentrated] <= 8).all()
+    assert (np.delete(hot_experts(usage, 0.9), concentrated) > 90).all()
+    placed = advise(usage, info.expert_bytes, 4)
+    assert placed.cpu_layers == concentrated
+    assert placed.hot_bytes < placed.first_n_hot_bytes / 8
+
+    plan = plan_fit(info, 8 * GiB, 64 * GiB)
+    n = plan.n_cpu_moe
+    place_experts(plan, info, usage)
+    assert plan.n_cpu_moe == n and len(plan.cpu_moe_layers) == n
+    assert set(concentrated) <= set(plan.cpu_moe_layers)
+    assert any("learned routing" in note for note in plan.notes)
+    assert plan.as_dict()["cpu_moe_layers"] == plan.cpu_moe_layers

@@ -13,11 +13,26 @@ from pathlib import Path
 
 import numpy as np
 
+from localsym import paths
 from localsym.experts.predictor import MarkovPredictor
 from localsym.experts.prefetch import Prefetcher
 from localsym.experts.traces import fold
 from localsym.runtime.bridge import RoutingTap
 from localsym.runtime.model_info import ModelInfo
+
+
+def learned_store(model_id: str) -> Path:
+    """Where a model's learned routing lives: one file per model, shared by its sessions."""
+    return paths.data_dir() / "experts" / f"{model_id[:24]}.npz"
+
+
+def learned_usage(model_id: str, n_layer: int, n_expert: int) -> np.ndarray | None:
+    """The model's learned per-(layer, expert) routing frequencies, if any were learned."""
+    store = learned_store(model_id)
+    if not store.exists():
+        return None
+    freq = MarkovPredictor.load(store, n_layer, n_expert).freq
+    return freq if freq.shape == (n_layer, n_expert) else None
 
 
 class LiveExperts:

@@ -25,6 +25,7 @@ DIM = 1024
 SEED = 0x10CA1
 LSH_TABLES, LSH_BITS = 16, 10
 BRUTE_FORCE_MAX = 16384  # blocks (2M tokens at 128): one core scores 8000 in <5 ms; LSH beyond
+SHORTLIST_MIN = 1024  # token postings rescored beside the LSH candidates, at least
 
 
 class PointerIndex:
@@ -33,6 +34,7 @@ class PointerIndex:
 
     def __init__(self) -> None:
         self.where: dict[int, list[tuple[int, int]]] = defaultdict(list)
+        self.postings: dict[int, list[int]] = defaultdict(list)  # token -> blocks, ascending
         self.df: dict[int, int] = defaultdict(int)
         self.n_blocks = 0
 
@@ -44,6 +46,7 @@ class PointerIndex:
             if t not in seen:
                 seen.add(t)
                 self.df[t] += 1
+                self.postings[t].append(b)
         self.n_blocks += 1
         return b
 
@@ -55,7 +58,20 @@ class PointerIndex:
         return [t for t in dict.fromkeys(tokens) if 0 < self.df.get(t, 0) <= max_df]
 
     def blocks_with(self, token: int) -> set[int]:
-        return {b for b, _ in self.where.get(token, ())}
+        return set(self.postings.get(token, ()))
+
+    def shortlist(self, tokens: Sequence[int], max_blocks: int) -> np.ndarray:
+        """Blocks holding the question's tokens, rarest first, until ``max_blocks`` postings:
+        the blocks whose sketches can score above noise, since an FHRR score is a weighted
+        sum over shared tokens (a sub-linear candidate set, as an inverted index gives)."""
+        toks = sorted((t for t in dict.fromkeys(tokens) if self.df.get(t, 0)), key=lambda t: self.df[t])
+        lists, total = [], 0
+        for t in toks:
+            if lists and total + self.df[t] > max_blocks:
+                break
+            lists.append(self.postings[t])
+            total += self.df[t]
+        return np.unique(np.fromiter((b for ps in lists for b in ps), np.int64, total)) if lists else np.zeros(0, np.int64)
 
 
 class SketchIndex:
@@ -114,12 +130,18 @@ class SketchIndex:
                     found.update(self.buckets[t].get(c ^ (1 << b), ()))
         return np.fromiter(found, np.int64, len(found))
 
-    def lsh(self, q: np.ndarray, k: int, min_margin: float = 0.02) -> tuple[np.ndarray, np.ndarray]:
-        cand = self.candidates(q)
-        scores = self.matrix[cand] @ q if len(cand) else np.zeros(0, np.float32)
+    def lsh(self, q: np.ndarray, k: int, min_margin: float = 0.02,
+            extra: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Top ``k`` among LSH candidates (and ``extra`` ones, e.g. token postings), rescored
+        exactly."""
+        def rescore(cand):
+            if extra is not None and len(extra):
+                cand = np.union1d(cand, extra)
+            return cand, (self.matrix[cand] @ q if len(cand) else np.zeros(0, np.float32))
+
+        cand, scores = rescore(self.candidates(q))
         if len(cand) < 4 * k or _margin(scores, k) < min_margin:
-            cand = self.candidates(q, probe=1)  # HARMONY's fallback: widen the search
-            scores = self.matrix[cand] @ q if len(cand) else np.zeros(0, np.float32)
+            cand, scores = rescore(self.candidates(q, probe=1))  # HARMONY's fallback: widen the search
         order = np.argsort(-scores)[:k]
         return cand[order], scores[order]
 
@@ -165,9 +187,19 @@ class Retriever:
         ranked: list[int] = sorted(hits, key=lambda b: -hits[b])
         if keep.any():
             q = self.sketches.sketch(q_tokens[keep], weights[keep])
-            ids, _ = (self.sketches.brute(q, k) if n <= BRUTE_FORCE_MAX else self.sketches.lsh(q, k))
+            ids, _ = self.search(q, q_tokens[keep], k)
             ranked += [int(i) for i in ids if int(i) not in hits]
         return ranked, needles
+
+    def search(self, q: np.ndarray, q_tokens: Sequence[int], k: int, force: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Sketch search: brute force for small sessions; beyond, exact rescoring of the LSH
+        candidates plus the postings of the question's rarer tokens (sign projections alone
+        miss most blocks that share only a few tokens with a short question: their cosine
+        is ~0.1, where a 10-bit bucket collides with probability ~0.3%)."""
+        if force == "brute" or (force is None and self.sketches.n <= BRUTE_FORCE_MAX):
+            return self.sketches.brute(q, k)
+        extra = None if force == "lsh" else self.pointers.shortlist(q_tokens, max(SHORTLIST_MIN, self.sketches.n // 16))
+        return self.sketches.lsh(q, k, extra=extra)
 
     def select(self, question: Sequence[int], budget_tokens: int) -> list[BlockRow]:
         t0 = time.perf_counter()

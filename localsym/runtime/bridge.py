@@ -68,7 +68,7 @@ class Model:
     """Loaded weights and vocabulary. Contexts borrow it; close it after them."""
 
     def __init__(self, path: str | Path, n_gpu_layers: int = 0, vocab_only: bool = False,
-                 use_mmap: bool = True, n_cpu_moe: int = 0) -> None:
+                 use_mmap: bool = True, n_cpu_moe: int | Sequence[int] = 0) -> None:
         _ensure_backend()
         self.path = Path(path)
         params = lc.llama_model_default_params()
@@ -163,8 +163,9 @@ class _BuftOverride(ctypes.Structure):
     _fields_ = [("pattern", ctypes.c_char_p), ("buft", ctypes.c_void_p)]
 
 
-def _cpu_moe_overrides(n_cpu_moe: int):
-    """llama.cpp's --n-cpu-moe: the expert tensors of the first N layers in CPU buffers."""
+def _cpu_moe_overrides(n_cpu_moe: int | Sequence[int]):
+    """llama.cpp's --n-cpu-moe: the expert tensors of the first N layers (or of the listed
+    layers) in CPU buffers."""
     lib_dir = Path(lc.__file__).parent / "lib"
     cands = sorted(lib_dir.glob("libggml-cpu*.so*")) + sorted(lib_dir.glob("libggml-cpu*.dylib"))
     if not cands:
@@ -172,7 +173,8 @@ def _cpu_moe_overrides(n_cpu_moe: int):
     cpu = ctypes.CDLL(str(cands[0]))
     cpu.ggml_backend_cpu_buffer_type.restype = ctypes.c_void_p
     buft = cpu.ggml_backend_cpu_buffer_type()
-    patterns = [f"blk\\.{i}\\.ffn_(up|down|gate)_exps".encode() for i in range(n_cpu_moe)]
+    layers = range(n_cpu_moe) if isinstance(n_cpu_moe, int) else n_cpu_moe
+    patterns = [f"blk\\.{i}\\.ffn_(up|down|gate)_exps".encode() for i in layers]
     arr = (_BuftOverride * (len(patterns) + 1))()
     for i, pat in enumerate(patterns):
         arr[i].pattern = pat

@@ -8,12 +8,13 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import psutil
 
 from localsym.errors import LocalsymError
 from localsym.runtime.bridge import Cancelled, Context, Model, Sampler, gpu_offload_supported
 from localsym.runtime.chat_template import ChatTemplate, Message
-from localsym.runtime.fit_plan import FitPlan, plan_fit, vram_budget
+from localsym.runtime.fit_plan import FitPlan, place_experts, plan_fit, vram_budget
 from localsym.runtime.gguf_file import check_complete, read_header
 from localsym.runtime.model_info import ModelInfo, model_info
 
@@ -68,26 +69,32 @@ class GenParams:
     stop: Sequence[str] = field(default_factory=tuple)
 
 
-def make_plan(info: ModelInfo, opts: RunOptions) -> FitPlan:
+def make_plan(info: ModelInfo, opts: RunOptions, expert_usage: np.ndarray | None = None) -> FitPlan:
+    """The fit plan; with learned routing (``expert_usage`` [layers, experts]) the experts
+    kept in RAM are those of the layers with the smallest working sets, not the first N."""
     vram = vram_budget(opts.vram)
     if vram and not gpu_offload_supported():
         vram = 0  # a CPU build of llama.cpp: plan for the CPU, say so in the notes
     ram = psutil.virtual_memory().available
     plan = plan_fit(info, vram, ram, opts.n_ctx, opts.type_k, opts.type_v, opts.n_gpu_layers,
                     opts.flash_attn, opts.n_cpu_moe)
+    if expert_usage is not None and opts.n_cpu_moe is None:  # the user's --n-cpu-moe means the first N
+        place_experts(plan, info, expert_usage)
     return plan
 
 
 class Engine:
     """One model, one context, the chat template: what `run`, `bench` and sessions share."""
 
-    def __init__(self, path: str | Path, opts: RunOptions | None = None, observer=None) -> None:
+    def __init__(self, path: str | Path, opts: RunOptions | None = None, observer=None,
+                 expert_usage: np.ndarray | None = None) -> None:
         self.opts = opts or RunOptions()
         header = read_header(path)
         check_complete(header)
         self.info = model_info(path, header)
-        self.plan = make_plan(self.info, self.opts)
-        self.model = Model(path, n_gpu_layers=self.plan.n_gpu_layers, n_cpu_moe=self.plan.n_cpu_moe)
+        self.plan = make_plan(self.info, self.opts, expert_usage)
+        self.model = Model(path, n_gpu_layers=self.plan.n_gpu_layers,
+                           n_cpu_moe=self.plan.cpu_moe_layers or self.plan.n_cpu_moe)
         try:
             self.ctx = Context(self.model, self.plan.n_ctx, n_batch=self.opts.n_batch,
                                n_seq_max=self.opts.n_seq_max, type_k=self.plan.type_k,

@@ -12,7 +12,10 @@ import shutil
 import subprocess
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from localsym.errors import BudgetError, LocalsymError
+from localsym.runtime.expert_placement import advise
 from localsym.runtime.model_info import ModelInfo
 
 MiB = 1 << 20
@@ -71,6 +74,7 @@ class FitPlan:
     n_cpu_moe: int
     parts: dict[str, int] = field(default_factory=dict)  # bytes per part
     notes: list[str] = field(default_factory=list)
+    cpu_moe_layers: list[int] | None = None  # which layers' experts stay in RAM; None = the first n_cpu_moe
 
     @property
     def gpu_bytes(self) -> int:
@@ -81,6 +85,7 @@ class FitPlan:
             "device": self.device, "vram_budget": self.vram_budget,
             "n_gpu_layers": self.n_gpu_layers, "n_ctx": self.n_ctx, "type_k": self.type_k,
             "type_v": self.type_v, "flash_attn": self.flash_attn, "n_cpu_moe": self.n_cpu_moe,
+            "cpu_moe_layers": self.cpu_moe_layers or list(range(self.n_cpu_moe)),
             "parts": dict(self.parts), "gpu_bytes": self.gpu_bytes, "notes": list(self.notes),
         }
 
@@ -208,3 +213,13 @@ def _gpu_plan(info, vram, ngl, c, k, v, fa, cpu_moe, kv, comp, out_bytes) -> Fit
         "cpu_weights": info.weights_bytes - (sum(info.layer_bytes) - moved + out_bytes),
         "cpu_kv_cache": 0,
     }, notes)
+
+
+def place_experts(plan: FitPlan, info: ModelInfo, usage: np.ndarray) -> None:
+    """Keep in RAM the experts of the layers whose learned routing has the smallest working
+    sets, instead of llama.cpp's first N (the number stays the plan's)."""
+    if not plan.n_cpu_moe or usage.shape != (info.n_layer, info.n_expert):
+        return
+    placed = advise(usage, info.expert_bytes, plan.n_cpu_moe)
+    plan.cpu_moe_layers = placed.cpu_layers
+    plan.notes = [n for n in plan.notes if not n.startswith("experts of the first")] + [placed.note()]
