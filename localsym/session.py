@@ -29,6 +29,7 @@ from localsym.memory.container import CorruptFile
 from localsym.memory.encoded_block import EncodedBlock
 from localsym.memory.hot import N_SEQ, REBUILD, HotContext, Segment
 from localsym.memory.index_db import BlockRow, IndexDB
+from localsym.memory.query_probe import AttentionSignal
 from localsym.memory.retrieval import Retriever
 from localsym.memory.tiers import ColdTier, WarmTier
 from localsym.runtime import kv_state
@@ -76,6 +77,7 @@ class AskStats:
     recomputed_blocks: int = 0
     reinjected_blocks: int = 0  # needle blocks re-prefilled from their exact tokens
     select_ms: float = 0.0
+    probe_ms: float = 0.0  # the question's probe decode for attention-native scoring
     ttft_s: float = 0.0
     decode_tok_s: float = 0.0
     cancelled: bool = False
@@ -147,7 +149,8 @@ class Session:
         self.root_key = hashlib.sha256(
             f"{model_id}|{engine.plan.type_k}|{engine.plan.type_v}|{engine.plan.flash_attn}|"
             f"{config.block_tokens}|{config.ingest_window}|{self.frame.sink}".encode()).hexdigest()
-        self.selector = Retriever()
+        self.attn = AttentionSignal.for_model(engine.model, engine.plan.type_k)
+        self.selector = self._new_selector()
         self.turns: list[BlockRow] = []
         self.docs: list[BlockRow] = []
         for row in db.blocks():
@@ -224,6 +227,8 @@ class Session:
         self.db.set("updated", time.time())
         self.db.set("total_tokens", self.total_tokens)
         self.db.close()
+        if self.attn is not None:
+            self.attn.close()
         self.engine.close()
         if self.experts is not None:
             self.experts.close()
@@ -254,6 +259,9 @@ class Session:
         answer_end = with_a.split(m3)[1]
         return _Frame(eng.tokenize_prompt(sink_text), tok(close_text), tok(user_prefix), tok(user_suffix),
                       tok(answer_end))
+
+    def _new_selector(self) -> Retriever:
+        return Retriever(key_shape=self.attn.shape if self.attn else None)
 
     # -- sizes -------------------------------------------------------------------------------
     @property
@@ -306,6 +314,15 @@ class Session:
                       {"pos0": row.pos0, "model_id": self.model_id})
         return EncodedBlock.from_state(state, kv_quant.WARM_POLICY, n_kv)
 
+    def _keys_of_stored(self, key: str, doc_id: int, idx: int, pos0: int, chunk: list[int]) -> bytes | None:
+        """A stored block's representative keys: from this session's index when it has
+        them, else from the block itself (another session's, in the shared cache)."""
+        attn = self.db.attn_for_key(key)
+        if attn is None:
+            row = BlockRow(0, doc_id, idx, key, pos0, np.asarray(chunk, np.int32), "file", "")
+            attn = self.attn.keys_of(kv_state.parse(self._fetch(row).to_blob(pos0, 1), self.n_caches))
+        return attn
+
     def _restore(self, row: BlockRow) -> None:
         eb = self._fetch(row)
         self.hot.restore(row.key, eb.to_blob(row.pos0, 1), row.pos0, row.n_tokens)
@@ -333,16 +350,20 @@ class Session:
             while sim and sum(n for _, n in sim) + len(chunk) > window:
                 sim.pop(0)
             pos0 = P + sum(n for _, n in sim)
+            attn = None
             if not self.cold.has(key):
                 self._arrange_window([rows[i] for i, _ in sim])
                 seg = self.hot.decode(key, chunk)
                 assert seg.start == pos0
-                self._store(key, self.hot.save(seg.start, seg.n), pos0)
+                state = self.hot.save(seg.start, seg.n)
+                self._store(key, state, pos0)
+                attn = self.attn.keys_of(state) if self.attn else None
                 report.computed_blocks += 1
             else:
                 report.reused_blocks += 1
-            block_id = self.db.add_block(doc_id, j, key, pos0, chunk)
-            row = BlockRow(block_id, doc_id, j, key, pos0, np.asarray(chunk, np.int32), kind, source)
+                attn = self._keys_of_stored(key, doc_id, j, pos0, chunk) if self.attn else None
+            block_id = self.db.add_block(doc_id, j, key, pos0, chunk, attn)
+            row = BlockRow(block_id, doc_id, j, key, pos0, np.asarray(chunk, np.int32), kind, source, attn)
             rows.append(row)
             sim.append((j, len(chunk)))
             report.tokens += len(chunk)
@@ -352,7 +373,7 @@ class Session:
         self.db.complete_doc(doc_id, source, kind)
         if kind == "file":
             self.docs = [b for b in self.docs if not (b.source == source and b.doc_id != doc_id)]
-            self.selector = Retriever()
+            self.selector = self._new_selector()
             for b in self.docs:
                 self.selector.add(b)
         for r in rows:
@@ -414,7 +435,12 @@ class Session:
             recent.insert(0, row)
             used += row.n_tokens
         doc_budget = min(self.config.working_set_tokens or n_ctx // 2, free - used)
-        return self.selector.select(question, max(doc_budget, 0)), recent
+        query = None
+        if self.attn is not None and self.selector.has_keys:
+            t0 = time.perf_counter()
+            query = self.attn.query(question)  # the question's own queries, from a probe decode
+            self.last.probe_ms = (time.perf_counter() - t0) * 1000
+        return self.selector.select(question, max(doc_budget, 0), query), recent
 
     def ask(self, question: str, params: GenParams | None = None, raw: bool = False) -> Iterator[str]:
         """Stream the answer; ``self.last`` holds the numbers of this turn when it ends.

@@ -14,7 +14,7 @@ import tempfile
 from collections.abc import Callable, Iterator
 from typing import Any
 
-BENCHES = ("speed", "quant", "memory", "retrieval", "passkey", "experts", "needle")
+BENCHES = ("speed", "quant", "memory", "retrieval", "passkey", "experts", "needle", "attention")
 
 
 def add_parsers(parser: argparse.ArgumentParser, add_runtime_flags: Callable) -> None:
@@ -63,6 +63,15 @@ def add_parsers(parser: argparse.ArgumentParser, add_runtime_flags: Callable) ->
     s.add_argument("--experts", type=int, default=64)
     s.add_argument("--used", type=int, default=4)
     s.add_argument("--decode", type=int, default=128, help="tokens decoded when recording")
+    s.add_argument("--seed", type=int, default=0)
+    _common(s)
+
+    s = sub.add_parser("attention", help="attention-native block scoring vs the sketch: rank of a snippet's source block")
+    s.add_argument("--model", default=None)
+    s.add_argument("--tokens", type=int, default=27000, help="stdlib tokens ingested")
+    s.add_argument("--block", type=int, default=128)
+    s.add_argument("--queries", type=int, default=40)
+    s.add_argument("--snippet", type=int, default=24, help="tokens per question snippet")
     s.add_argument("--seed", type=int, default=0)
     _common(s)
 

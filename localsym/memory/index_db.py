@@ -32,7 +32,12 @@ def _v1() -> str:
     """
 
 
-MIGRATIONS = [_v1]
+def _v2() -> str:
+    # representative keys for attention-native selection (memory/attention_keys.py), f16
+    return "ALTER TABLE blocks ADD COLUMN attn BLOB; CREATE INDEX blocks_key ON blocks(key);"
+
+
+MIGRATIONS = [_v1, _v2]
 
 
 @dataclass
@@ -45,6 +50,7 @@ class BlockRow:
     tokens: np.ndarray  # int32
     kind: str
     source: str
+    attn: bytes | None = None  # representative keys, f16 [layers, kv heads, reps, head_dim]
 
     @property
     def n_tokens(self) -> int:
@@ -89,17 +95,24 @@ class IndexDB:
         if kind == "file":
             self.db.execute("UPDATE docs SET active = 0 WHERE source = ? AND id != ? AND kind = 'file'", (source, doc_id))
 
-    def add_block(self, doc_id: int, idx: int, key: str, pos0: int, tokens: list[int]) -> int:
+    def add_block(self, doc_id: int, idx: int, key: str, pos0: int, tokens: list[int],
+                  attn: bytes | None = None) -> int:
         blob = np.asarray(tokens, np.int32).tobytes()
-        cur = self.db.execute("INSERT INTO blocks(doc_id, idx, key, pos0, n_tokens, tokens, created) VALUES (?,?,?,?,?,?,?)",
-                              (doc_id, idx, key, pos0, len(tokens), blob, time.time()))
+        cur = self.db.execute(
+            "INSERT INTO blocks(doc_id, idx, key, pos0, n_tokens, tokens, created, attn) VALUES (?,?,?,?,?,?,?,?)",
+            (doc_id, idx, key, pos0, len(tokens), blob, time.time(), attn))
         return int(cur.lastrowid)
+
+    def attn_for_key(self, key: str) -> bytes | None:
+        """A block's representative keys, from any earlier row of the same content."""
+        row = self.db.execute("SELECT attn FROM blocks WHERE key = ? AND attn IS NOT NULL LIMIT 1", (key,)).fetchone()
+        return row[0] if row else None
 
     def blocks(self) -> list[BlockRow]:
         rows = self.db.execute(
-            "SELECT b.id, b.doc_id, b.idx, b.key, b.pos0, b.tokens, d.kind, d.source FROM blocks b "
+            "SELECT b.id, b.doc_id, b.idx, b.key, b.pos0, b.tokens, d.kind, d.source, b.attn FROM blocks b "
             "JOIN docs d ON d.id = b.doc_id WHERE d.active = 1 ORDER BY b.doc_id, b.idx").fetchall()
-        return [BlockRow(r[0], r[1], r[2], r[3], r[4], np.frombuffer(r[5], np.int32), r[6], r[7]) for r in rows]
+        return [BlockRow(r[0], r[1], r[2], r[3], r[4], np.frombuffer(r[5], np.int32), r[6], r[7], r[8]) for r in rows]
 
     def doc_sources(self) -> dict[str, str]:
         """Completely ingested, active file sources -> their content sha."""

@@ -19,12 +19,15 @@ from collections.abc import Sequence
 import numpy as np
 
 from kernels_numba import fhrr
+from localsym.memory import attention_keys
 from localsym.memory.index_db import BlockRow
 
 DIM = 1024
 SEED = 0x10CA1
 LSH_TABLES, LSH_BITS = 16, 10
 BRUTE_FORCE_MAX = 16384  # blocks (2M tokens at 128): one core scores 8000 in <5 ms; LSH beyond
+RERANK_POOL = 4  # sketch candidates per slot that the attention signal reorders
+ATTN_WEIGHT = 0.5  # attention z-score against the sketch's: a weaker signal (bench attention)
 SHORTLIST_MIN = 1024  # token postings rescored beside the LSH candidates, at least
 
 
@@ -146,6 +149,13 @@ class SketchIndex:
         return cand[order], scores[order]
 
 
+def _z(x: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
+    ref = x[mask] if mask is not None else x
+    if len(ref) < 2:
+        return np.zeros_like(x, np.float32)
+    return ((x - ref.mean()) / (ref.std() + 1e-6)).astype(np.float32)
+
+
 def _margin(scores: np.ndarray, k: int) -> float:
     if len(scores) <= k:
         return 0.0
@@ -156,20 +166,57 @@ def _margin(scores: np.ndarray, k: int) -> float:
 class Retriever:
     """The selection policy of the retrieval issue, behind the tiered memory's interface."""
 
-    def __init__(self, needle_df: int = 4) -> None:
+    def __init__(self, needle_df: int = 4, key_shape: tuple[int, ...] | None = None) -> None:
         self.blocks: list[BlockRow] = []
         self.pointers = PointerIndex()
         self.sketches = SketchIndex()
         self.needle_df = needle_df
         self.last_ms = 0.0
         self.last_needles: set[int] = set()
+        # attention-native signal: representative keys per block (zeros where a block has none)
+        self.key_shape = key_shape
+        self._keys = np.zeros((0, *key_shape), np.float16) if key_shape else None
+        self._has_keys = np.zeros(0, bool)
 
     def add(self, block: BlockRow) -> None:
         self.blocks.append(block)
         self.pointers.add(block.tokens)
         self.sketches.add(block.tokens)
+        if self._keys is not None:
+            n = len(self.blocks)
+            if n > len(self._keys):
+                grown = np.zeros((max(64, 2 * len(self._keys)), *self.key_shape), np.float16)
+                grown[: len(self._keys)] = self._keys
+                self._keys = grown
+                self._has_keys = np.concatenate([self._has_keys, np.zeros(len(grown) - len(self._has_keys), bool)])
+            size = int(np.prod(self.key_shape)) * 2
+            if block.attn is not None and len(block.attn) == size:
+                self._keys[n - 1] = np.frombuffer(block.attn, np.float16).reshape(self.key_shape)
+                self._has_keys[n - 1] = True
 
-    def rank(self, question: Sequence[int], k: int) -> tuple[list[int], set[int]]:
+    @property
+    def has_keys(self) -> bool:
+        return bool(self._has_keys[: len(self.blocks)].any())
+
+    def attention(self, ids: np.ndarray, query: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Attention scores of blocks ``ids`` (0 where a block has no keys) and the mask of
+        those that have them."""
+        ids = np.asarray(ids, np.int64)
+        mask = self._has_keys[ids] if self._keys is not None else np.zeros(len(ids), bool)
+        out = np.zeros(len(ids), np.float32)
+        if mask.any():
+            out[mask] = attention_keys.scores(self._keys[ids[mask]], query)
+        return out, mask
+
+    def _rerank(self, ids: np.ndarray, sketch: np.ndarray, query: np.ndarray) -> np.ndarray:
+        """Order candidates by the sum of their sketch and attention z-scores."""
+        att, mask = self.attention(ids, query)
+        combined = _z(sketch)
+        if mask.sum() > 1:
+            combined = combined + ATTN_WEIGHT * np.where(mask, _z(att, mask), 0.0)
+        return ids[np.argsort(-combined, kind="stable")]
+
+    def rank(self, question: Sequence[int], k: int, query: np.ndarray | None = None) -> tuple[list[int], set[int]]:
         """Block numbers, best first, and which of them are needle blocks."""
         n = len(self.blocks)
         if n == 0:
@@ -185,10 +232,17 @@ class Retriever:
         weights = np.array([self.pointers.idf(t) for t in q_tokens.tolist()], np.float32)
         keep = weights > 0
         ranked: list[int] = sorted(hits, key=lambda b: -hits[b])
+        use_attn = query is not None and self.has_keys
         if keep.any():
             q = self.sketches.sketch(q_tokens[keep], weights[keep])
-            ids, _ = self.search(q, q_tokens[keep], k)
+            ids, sk = self.search(q, q_tokens[keep], RERANK_POOL * k if use_attn else k)
+            if use_attn:  # the second signal reorders the sketch's candidates
+                ids = self._rerank(ids, sk, query)[:k]
             ranked += [int(i) for i in ids if int(i) not in hits]
+        elif use_attn:  # no word of the question is rare enough to weigh: attention alone
+            ids = np.flatnonzero(self._has_keys[:n])
+            att, _ = self.attention(ids, query)
+            ranked += [int(i) for i in ids[np.argsort(-att)[:k]] if int(i) not in hits]
         return ranked, needles
 
     def search(self, q: np.ndarray, q_tokens: Sequence[int], k: int, force: str | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -201,11 +255,23 @@ class Retriever:
         extra = None if force == "lsh" else self.pointers.shortlist(q_tokens, max(SHORTLIST_MIN, self.sketches.n // 16))
         return self.sketches.lsh(q, k, extra=extra)
 
-    def select(self, question: Sequence[int], budget_tokens: int) -> list[BlockRow]:
+    def select(self, question: Sequence[int], budget_tokens: int, query: np.ndarray | None = None) -> list[BlockRow]:
         t0 = time.perf_counter()
-        ranked, needles = self.rank(question, k=max(8, budget_tokens // 64))
-        chosen, used = [], 0
+        ranked, needles = self.rank(question, k=max(8, budget_tokens // 64), query=query)
+        # a needle's value may run past its block's end (`KEY = "ab` | `cd"`): the next
+        # block of the same document comes with it, verbatim too
+        follow = {b + 1 for b in needles if b + 1 < len(self.blocks) and self.blocks[b + 1].doc_id == self.blocks[b].doc_id}
+        needles = set(needles) | follow
+        order = []
         for b in ranked:
+            order.append(b)
+            if b + 1 in follow:
+                order.append(b + 1)
+        chosen, used, seen = [], 0, set()
+        for b in order:
+            if b in seen:
+                continue
+            seen.add(b)
             n = self.blocks[b].n_tokens
             if used + n > budget_tokens:
                 continue

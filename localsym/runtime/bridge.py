@@ -121,6 +121,27 @@ class Model:
         t = lc.llama_model_chat_template(self.ptr, None)
         return t.decode("utf-8", errors="replace") if t else None
 
+    @property
+    def head_dim(self) -> int:
+        arch = self.meta("general.architecture") or ""
+        k = self.meta(f"{arch}.attention.key_length")
+        return int(k) if k else self.n_embd // max(self.n_head, 1)
+
+    @property
+    def rope(self) -> tuple[str, int, float] | None:
+        """(kind, rotated dims, frequency base) of a plain RoPE model ("norm" or "neox"),
+        None for others (no RoPE, M-RoPE, or per-layer bases such as Gemma 3's SWA layers)."""
+        kind = {0: "norm", 2: "neox"}.get(lc.llama_model_rope_type(self._ptr))
+        arch = self.meta("general.architecture") or ""
+        if kind is None or self.vocab_only or self.n_swa:
+            return None
+        base = self.meta(f"{arch}.rope.freq_base")
+        dims = self.meta(f"{arch}.rope.dimension_count")
+        head = self.head_dim
+        if self.meta(f"{arch}.rope.scaling.type") not in (None, "none"):
+            return None  # YaRN / linear scaling change the angles: not modelled
+        return kind, int(dims) if dims else head, float(base) if base else 10000.0
+
     def meta(self, key: str) -> str | None:
         buf = ctypes.create_string_buffer(4096)
         n = lc.llama_model_meta_val_str(self.ptr, key.encode(), buf, 4096)
