@@ -31,7 +31,7 @@ from localsym.memory.hot import N_SEQ, REBUILD, HotContext, Segment
 from localsym.memory.index_db import BlockRow, IndexDB
 from localsym.memory.query_probe import AttentionSignal
 from localsym.memory.retrieval import Retriever
-from localsym.memory.tiers import ColdTier, WarmTier
+from localsym.memory.tiers import ColdTier, SharedKeys, WarmTier
 from localsym.runtime import kv_state
 from localsym.runtime.engine import Engine, GenParams, GenStats, RunOptions
 from localsym.runtime.model_info import model_info
@@ -150,6 +150,7 @@ class Session:
             f"{model_id}|{engine.plan.type_k}|{engine.plan.type_v}|{engine.plan.flash_attn}|"
             f"{config.block_tokens}|{config.ingest_window}|{self.frame.sink}".encode()).hexdigest()
         self.attn = AttentionSignal.for_model(engine.model, engine.plan.type_k)
+        self.shared_keys = SharedKeys(self.cold.root) if self.attn else None
         self.selector = self._new_selector()
         self.turns: list[BlockRow] = []
         self.docs: list[BlockRow] = []
@@ -229,6 +230,7 @@ class Session:
         self.db.close()
         if self.attn is not None:
             self.attn.close()
+            self.shared_keys.close()
         self.engine.close()
         if self.experts is not None:
             self.experts.close()
@@ -314,14 +316,11 @@ class Session:
                       {"pos0": row.pos0, "model_id": self.model_id})
         return EncodedBlock.from_state(state, kv_quant.WARM_POLICY, n_kv)
 
-    def _keys_of_stored(self, key: str, doc_id: int, idx: int, pos0: int, chunk: list[int]) -> bytes | None:
-        """A stored block's representative keys: from this session's index when it has
-        them, else from the block itself (another session's, in the shared cache)."""
+    def _keys_of_stored(self, key: str) -> bytes | None:
+        """A stored block's representative keys: from this session's index, else from the
+        model's shared key store (never by reading the block: a reload stays cheap)."""
         attn = self.db.attn_for_key(key)
-        if attn is None:
-            row = BlockRow(0, doc_id, idx, key, pos0, np.asarray(chunk, np.int32), "file", "")
-            attn = self.attn.keys_of(kv_state.parse(self._fetch(row).to_blob(pos0, 1), self.n_caches))
-        return attn
+        return attn if attn is not None else self.shared_keys.get(key)
 
     def _restore(self, row: BlockRow) -> None:
         eb = self._fetch(row)
@@ -358,10 +357,12 @@ class Session:
                 state = self.hot.save(seg.start, seg.n)
                 self._store(key, state, pos0)
                 attn = self.attn.keys_of(state) if self.attn else None
+                if attn is not None:
+                    self.shared_keys.put(key, attn)
                 report.computed_blocks += 1
             else:
                 report.reused_blocks += 1
-                attn = self._keys_of_stored(key, doc_id, j, pos0, chunk) if self.attn else None
+                attn = self._keys_of_stored(key) if self.attn else None
             block_id = self.db.add_block(doc_id, j, key, pos0, chunk, attn)
             row = BlockRow(block_id, doc_id, j, key, pos0, np.asarray(chunk, np.int32), kind, source, attn)
             rows.append(row)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sqlite3
 from collections import OrderedDict
 from pathlib import Path
 
@@ -89,3 +90,29 @@ class ColdTier:
         if p.exists():
             self.used -= p.stat().st_size
             p.unlink()
+
+
+class SharedKeys:
+    """Blocks' representative attention keys by block key, beside a model's block files and
+    shared like them, so a session reusing another's blocks gets their keys without
+    reading the blocks (SQLite in WAL mode: versioned by ``user_version``, atomic writes)."""
+
+    VERSION = 1
+
+    def __init__(self, root: Path) -> None:
+        root.mkdir(parents=True, exist_ok=True)
+        self.db = sqlite3.connect(str(root / "keys.sqlite"), check_same_thread=False, isolation_level=None)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        if self.db.execute("PRAGMA user_version").fetchone()[0] == 0:
+            self.db.executescript("BEGIN; CREATE TABLE IF NOT EXISTS keys (key TEXT PRIMARY KEY, attn BLOB NOT NULL); "
+                                  f"PRAGMA user_version = {self.VERSION}; COMMIT;")
+
+    def get(self, key: str) -> bytes | None:
+        row = self.db.execute("SELECT attn FROM keys WHERE key = ?", (key,)).fetchone()
+        return row[0] if row else None
+
+    def put(self, key: str, attn: bytes) -> None:
+        self.db.execute("INSERT OR REPLACE INTO keys(key, attn) VALUES (?, ?)", (key, attn))
+
+    def close(self) -> None:
+        self.db.close()
