@@ -103,6 +103,7 @@ class SharedKeys:
         root.mkdir(parents=True, exist_ok=True)
         self.db = sqlite3.connect(str(root / "keys.sqlite"), check_same_thread=False, isolation_level=None)
         self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=NORMAL")  # WAL: no fsync per block; the keys can be recomputed
         if self.db.execute("PRAGMA user_version").fetchone()[0] == 0:
             self.db.executescript("BEGIN; CREATE TABLE IF NOT EXISTS keys (key TEXT PRIMARY KEY, attn BLOB NOT NULL); "
                                   f"PRAGMA user_version = {self.VERSION}; COMMIT;")
