@@ -316,12 +316,6 @@ class Session:
                       {"pos0": row.pos0, "model_id": self.model_id})
         return EncodedBlock.from_state(state, kv_quant.WARM_POLICY, n_kv)
 
-    def _keys_of_stored(self, key: str) -> bytes | None:
-        """A stored block's representative keys: from this session's index, else from the
-        model's shared key store (never by reading the block: a reload stays cheap)."""
-        attn = self.db.attn_for_key(key)
-        return attn if attn is not None else self.shared_keys.get(key)
-
     def _restore(self, row: BlockRow) -> None:
         eb = self._fetch(row)
         self.hot.restore(row.key, eb.to_blob(row.pos0, 1), row.pos0, row.n_tokens)
@@ -362,7 +356,9 @@ class Session:
                 report.computed_blocks += 1
             else:
                 report.reused_blocks += 1
-                attn = self._keys_of_stored(key) if self.attn else None
+                # the model's shared key store has every computed block's keys: a reload
+                # reads no block to get them
+                attn = self.shared_keys.get(key) if self.attn else None
             block_id = self.db.add_block(doc_id, j, key, pos0, chunk, attn)
             row = BlockRow(block_id, doc_id, j, key, pos0, np.asarray(chunk, np.int32), kind, source, attn)
             rows.append(row)

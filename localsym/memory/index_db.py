@@ -34,7 +34,7 @@ def _v1() -> str:
 
 def _v2() -> str:
     # representative keys for attention-native selection (memory/attention_keys.py), f16
-    return "ALTER TABLE blocks ADD COLUMN attn BLOB; CREATE INDEX blocks_key ON blocks(key);"
+    return "ALTER TABLE blocks ADD COLUMN attn BLOB;"
 
 
 MIGRATIONS = [_v1, _v2]
@@ -103,10 +103,6 @@ class IndexDB:
             (doc_id, idx, key, pos0, len(tokens), blob, time.time(), attn))
         return int(cur.lastrowid)
 
-    def attn_for_key(self, key: str) -> bytes | None:
-        """A block's representative keys, from any earlier row of the same content."""
-        row = self.db.execute("SELECT attn FROM blocks WHERE key = ? AND attn IS NOT NULL LIMIT 1", (key,)).fetchone()
-        return row[0] if row else None
 
     def blocks(self) -> list[BlockRow]:
         rows = self.db.execute(

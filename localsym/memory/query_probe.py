@@ -4,13 +4,17 @@ stays off)."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 
 import numpy as np
 
+from localsym.errors import LocalsymError
 from localsym.memory.attention_keys import REPS, RopeSpec, block_keys, query_summary, select_layers
 from localsym.runtime.bridge import Context, Model, TensorEvent
 from localsym.runtime.kv_state import SeqState
+
+log = logging.getLogger("localsym.retrieval")
 
 
 class QueryProbe:
@@ -41,7 +45,7 @@ class QueryProbe:
         self.ctx.seq_rm(0)
         missing = [self.layers[i] for i in range(len(self.layers)) if i not in self._got]
         if missing:
-            raise RuntimeError(f"no Qcur tensor seen for layers {missing}")
+            raise LocalsymError(f"no Qcur tensor seen for layers {missing}")
         return [self._got[i] for i in range(len(self.layers))], np.arange(len(toks))
 
     def close(self) -> None:
@@ -60,6 +64,7 @@ class AttentionSignal:
         self.n_kv = model.n_head_kv
         self.shape = (len(self.layers), model.n_head_kv, REPS, model.head_dim)
         self._probe: QueryProbe | None = None
+        self._failed = False
 
     @classmethod
     def for_model(cls, model: Model, type_k: str) -> "AttentionSignal | None":
@@ -76,10 +81,19 @@ class AttentionSignal:
             return None
         return block_keys([s.k[layer] for layer in self.layers], s.positions, self.n_kv, self.spec).tobytes()
 
-    def query(self, tokens: Sequence[int]) -> np.ndarray:
-        if self._probe is None:
-            self._probe = QueryProbe(self.model, self.layers)
-        qs, pos = self._probe.queries(tokens)
+    def query(self, tokens: Sequence[int]) -> np.ndarray | None:
+        """The question's mean queries, or None when this model's graph names its queries
+        otherwise (the sketch and pointers then select alone; an answer never fails on it)."""
+        if self._failed:
+            return None
+        try:
+            if self._probe is None:
+                self._probe = QueryProbe(self.model, self.layers)
+            qs, pos = self._probe.queries(tokens)
+        except LocalsymError as e:
+            log.warning("attention-native scoring off for this session: %s", e)
+            self._failed = True
+            return None
         return query_summary(qs, pos, self.spec)
 
     def close(self) -> None:

@@ -98,10 +98,7 @@ class SketchIndex:
         return fhrr.as_unit_real(fhrr.sketch(t, w, self.dim, self.seed))
 
     def add_vector(self, v: np.ndarray) -> int:
-        if self.n == len(self._m):  # amortised growth
-            grown = np.zeros((max(64, 2 * len(self._m)), 2 * self.dim), np.float32)
-            grown[: self.n] = self._m[: self.n]
-            self._m = grown
+        self._m = _room(self._m, self.n + 1)
         self._m[self.n] = v
         codes = fhrr.lsh_codes(v[None, :], self.planes, self.bits)[0]
         for t, c in enumerate(codes.tolist()):
@@ -149,6 +146,15 @@ class SketchIndex:
         return cand[order], scores[order]
 
 
+def _room(a: np.ndarray, n: int) -> np.ndarray:
+    """``a`` with at least ``n`` rows (zeros added), grown by doubling: amortised appends."""
+    if n <= len(a):
+        return a
+    grown = np.zeros((max(64, 2 * len(a), n), *a.shape[1:]), a.dtype)
+    grown[: len(a)] = a
+    return grown
+
+
 def _z(x: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
     ref = x[mask] if mask is not None else x
     if len(ref) < 2:
@@ -184,11 +190,7 @@ class Retriever:
         self.sketches.add(block.tokens)
         if self._keys is not None:
             n = len(self.blocks)
-            if n > len(self._keys):
-                grown = np.zeros((max(64, 2 * len(self._keys)), *self.key_shape), np.float16)
-                grown[: len(self._keys)] = self._keys
-                self._keys = grown
-                self._has_keys = np.concatenate([self._has_keys, np.zeros(len(grown) - len(self._has_keys), bool)])
+            self._keys, self._has_keys = _room(self._keys, n), _room(self._has_keys, n)
             size = int(np.prod(self.key_shape)) * 2
             if block.attn is not None and len(block.attn) == size:
                 self._keys[n - 1] = np.frombuffer(block.attn, np.float16).reshape(self.key_shape)

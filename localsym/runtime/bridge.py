@@ -131,10 +131,12 @@ class Model:
     def rope(self) -> tuple[str, int, float] | None:
         """(kind, rotated dims, frequency base) of a plain RoPE model ("norm" or "neox"),
         None for others (no RoPE, M-RoPE, or per-layer bases such as Gemma 3's SWA layers)."""
-        kind = {0: "norm", 2: "neox"}.get(lc.llama_model_rope_type(self._ptr))
-        arch = self.meta("general.architecture") or ""
-        if kind is None or self.vocab_only or self.n_swa:
+        if self.vocab_only or self.n_swa:
             return None
+        kind = {0: "norm", 2: "neox"}.get(lc.llama_model_rope_type(self._ptr))
+        if kind is None:
+            return None
+        arch = self.meta("general.architecture") or ""
         base = self.meta(f"{arch}.rope.freq_base")
         dims = self.meta(f"{arch}.rope.dimension_count")
         head = self.head_dim
@@ -329,11 +331,12 @@ class RoutingTap:
     def __init__(self, n_layer: int, n_used: int, on_decode: Callable[[list[np.ndarray]], None]) -> None:
         self.n_layer, self.n_used, self.on_decode = n_layer, n_used, on_decode
         self.c_callback = lc.ggml_backend_sched_eval_callback(_routing_callback().address)
+        self.capacity = 0
         self.reserve(1)
 
     def reserve(self, rows: int) -> None:
         """Room for ``rows`` tokens per layer: a context reserves its batch size."""
-        if getattr(self, "capacity", 0) >= rows:
+        if self.capacity >= rows:
             return
         self.capacity = rows
         self.buf = np.full((self.n_layer, rows, self.n_used), -1, np.int32)
