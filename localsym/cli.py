@@ -114,7 +114,7 @@ def cmd_show(a: argparse.Namespace) -> int:
         from localsym.experts.live import learned_usage
 
         usage = learned_usage(model_store.identity(path), info.n_layer, info.n_expert)
-    plan = make_plan(info, _run_options(a), usage)
+    plan = make_plan(info, _run_options(a), usage, what_if=True)
     if a.json:
         d = {k: v for k, v in info.__dict__.items() if k not in ("layer_bytes", "expert_bytes", "chat_template")}
         d["path"] = str(info.path)
@@ -234,16 +234,20 @@ def cmd_load(a: argparse.Namespace) -> int:
             if bar is not None:
                 bar.stop()
         usage = sess.memory_usage()
+        mix = sess.quant_mix()
     if a.json:
         print(json.dumps({"files": rep.files, "tokens": rep.tokens, "blocks": rep.blocks,
                           "computed_blocks": rep.computed_blocks, "reused_blocks": rep.reused_blocks,
                           "seconds": round(rep.seconds, 3), "skipped": [{"path": p, "reason": r} for p, r in rep.skipped],
-                          "session_tokens": usage["total_tokens"]}))
+                          "session_tokens": usage["total_tokens"], "formats": mix}))
         return 0
     rate = rep.tokens / rep.seconds if rep.seconds else 0
     print(f"loaded {rep.files} files: {rep.tokens} new tokens in {rep.blocks} blocks "
           f"({rep.computed_blocks} computed, {rep.reused_blocks} reused) in {rep.seconds:.1f}s ({rate:.0f} tok/s); "
           f"session now {usage['total_tokens']} tokens")
+    from localsym.memory.kv_quant import mix_summary
+
+    print(f"  cold tier formats (layers): {mix_summary(mix['cold'])}; {mix['pinned_blocks']} blocks pinned at q8")
     for p, why in rep.skipped:
         print(f"  skipped {p}: {why}")
     return 0

@@ -64,7 +64,7 @@ def walk(path: str | Path, max_bytes: int = MAX_FILE_BYTES) -> WalkResult:
     if not os.access(root, os.R_OK):
         raise LocalsymError(f"{root}: permission denied")
     out = WalkResult()
-    if root.is_file():
+    if not root.is_dir():  # a file, or a FIFO/device/socket that _consider turns away
         _consider(root, out, max_bytes)
         return out
     root = root.resolve()

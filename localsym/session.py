@@ -29,6 +29,7 @@ from localsym.memory.container import CorruptFile
 from localsym.memory.encoded_block import EncodedBlock
 from localsym.memory.hot import N_SEQ, REBUILD, HotContext, Segment
 from localsym.memory.index_db import BlockRow, IndexDB
+from localsym.memory.pinning import PIN_FLOOR, needle_like
 from localsym.memory.query_probe import AttentionSignal
 from localsym.memory.retrieval import Retriever
 from localsym.memory.tiers import ColdTier, SharedKeys, WarmTier
@@ -161,6 +162,7 @@ class Session:
         self.hot.decode("sink", self.frame.sink)
         self.last = AskStats()
         self.experts = None
+        self._meta_cache: dict[str, dict] = {}  # block key -> its cold file's header metadata
 
     # -- opening ----------------------------------------------------------------------------
     @classmethod
@@ -278,11 +280,35 @@ class Session:
                 "cold_bytes": self.cold.used, "cold_budget": self.cold.budget}
 
     # -- blocks in and out -------------------------------------------------------------------------
-    def _store(self, key: str, state: kv_state.SeqState, pos0: int) -> None:
+    def _store(self, key: str, state: kv_state.SeqState, pos0: int, tokens: list[int]) -> EncodedBlock:
+        """Write a sealed block to cold and warm; returns the warm copy."""
         n_kv = self.engine.info.n_head_kv
-        cold = EncodedBlock.from_state(state, kv_quant.COLD_POLICY, n_kv)
-        self.cold.put(key, cold, {"pos0": pos0, "model_id": self.model_id})
-        self.warm.put(key, EncodedBlock.from_state(state, kv_quant.WARM_POLICY, n_kv))
+        pinned = needle_like(self.engine.model.detokenize(tokens))
+        floor = PIN_FLOOR if pinned else None
+        cold = EncodedBlock.from_state(state, kv_quant.COLD_POLICY, n_kv, floor)
+        self.cold.put(key, cold, {"pos0": pos0, "model_id": self.model_id, "pinned": pinned})
+        warm = EncodedBlock.from_state(state, kv_quant.WARM_POLICY, n_kv, floor)
+        self.warm.put(key, warm)
+        return warm
+
+    def quant_mix(self) -> dict:
+        """The formats the session's blocks are held in (layer-tensors per format, K and V
+        apart) in each tier, and how many blocks are pinned at higher precision."""
+        warm: dict[str, int] = {}
+        for _, eb in self.warm.items():
+            for k, n in eb.mix.items():
+                warm[k] = warm.get(k, 0) + n
+        cold: dict[str, int] = {}
+        pinned = 0
+        for row in (*self.docs, *self.turns):
+            meta = self._meta_cache.get(row.key)
+            if meta is None:
+                meta = self.cold.meta(row.key) or {}
+                self._meta_cache[row.key] = meta
+            pinned += bool(meta.get("pinned"))
+            for k, n in meta.get("mix", {}).items():
+                cold[k] = cold.get(k, 0) + n
+        return {"warm": dict(sorted(warm.items())), "cold": dict(sorted(cold.items())), "pinned_blocks": pinned}
 
     def _fetch(self, row: BlockRow) -> EncodedBlock:
         eb = self.warm.get(row.key)
@@ -311,10 +337,8 @@ class Session:
             state = kv_state.parse(ctx.state_seq_get(REBUILD), self.n_caches)
         finally:
             ctx.seq_rm(REBUILD)
-        n_kv = self.engine.info.n_head_kv
-        self.cold.put(row.key, EncodedBlock.from_state(state, kv_quant.COLD_POLICY, n_kv),
-                      {"pos0": row.pos0, "model_id": self.model_id})
-        return EncodedBlock.from_state(state, kv_quant.WARM_POLICY, n_kv)
+        self._meta_cache.pop(row.key, None)
+        return self._store(row.key, state, row.pos0, row.tokens.tolist())
 
     def _restore(self, row: BlockRow) -> None:
         eb = self._fetch(row)
@@ -349,7 +373,7 @@ class Session:
                 seg = self.hot.decode(key, chunk)
                 assert seg.start == pos0
                 state = self.hot.save(seg.start, seg.n)
-                self._store(key, state, pos0)
+                self._store(key, state, pos0, chunk)
                 attn = self.attn.keys_of(state) if self.attn else None
                 if attn is not None:
                     self.shared_keys.put(key, attn)
@@ -505,7 +529,7 @@ class Session:
             chunk = turn[j:j + B]
             h = hashlib.sha256(h.encode() + b"|turn|" + repr(chunk).encode()).hexdigest()
             pos0 = start + j
-            self._store(h, self.hot.save(pos0, len(chunk)), pos0)
+            self._store(h, self.hot.save(pos0, len(chunk)), pos0, chunk)
             bid = self.db.add_block(doc_id, j // B, h, pos0, chunk)
             self.turns.append(BlockRow(bid, doc_id, j // B, h, pos0, np.asarray(chunk, np.int32), "turn", "chat"))
             self.hot.segments.append(Segment(h, pos0, len(chunk)))

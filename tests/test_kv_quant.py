@@ -84,3 +84,13 @@ def test_restored_blocks_predict_like_f16(block, smol_engine):
     agree = {fmt: float(np.mean(choices(through(fmt)) == ref)) for fmt in ("q8", "q2")}
     assert agree["q8"] >= 0.9
     assert agree["q2"] < agree["q8"]
+
+
+def test_needle_like_text_is_pinned_and_plain_code_is_not():
+    from localsym.memory.pinning import needle_like
+
+    for text in ('API_KEY = "sk-9fQ2xLp04Zt"', 'TOKEN = "zT0YQOaN"', "the pass key is 68231", "KX-4471-QZ"):
+        assert needle_like(text), text
+    for text in ("def sha256(data): return utf8_decode(x)", "for i in range(10):", "version 3.11.4",
+                 "class HTTPServer(BaseHTTPRequestHandler):", "x = 0x7fffffff"):
+        assert not needle_like(text), text

@@ -64,6 +64,25 @@ def test_resume_after_restart_without_reingesting(home):
         assert len(s.turns) >= 1
 
 
+def test_blocks_holding_keys_are_pinned_at_q8_and_the_mix_is_reported(home):
+    with Session.open("pinned", "smollm2-135m", _opts(), _cfg()) as s:
+        s.ingest_text(DOC, "notes.txt", "file")
+        text = [s.engine.model.detokenize(b.tokens.tolist()) for b in s.docs]
+        metas = [s.cold.meta(b.key) for b in s.docs]
+        for t, meta in zip(text, metas):
+            formats = {k.split(":")[1] for k in meta["mix"]}
+            if "4471" in t:  # the key's block: never below q8, in either tier
+                assert meta["pinned"] and formats <= {"q8", "f16"}
+            else:
+                assert not meta["pinned"]
+        assert any(m["pinned"] for m in metas) and not all(m["pinned"] for m in metas)
+        mix = s.quant_mix()
+        n_layers = s.engine.info.n_layer
+        assert sum(n for k, n in mix["cold"].items() if k.startswith("K:")) == len(s.docs) * n_layers
+        assert mix["pinned_blocks"] == sum(m["pinned"] for m in metas)
+        assert {k.split(":")[1] for k in mix["warm"]} <= {"q8", "q4", "f16"}  # warm never below q4
+
+
 def test_bit_flipped_block_is_caught_and_rebuilt(home):
     with Session.open("flip", "smollm2-135m", _opts(), _cfg(warm_mb=0)) as s:
         s.ingest_text(DOC, "notes.txt", "file")

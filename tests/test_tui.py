@@ -56,6 +56,26 @@ async def test_send_streams_an_answer(home):
         assert "smollm2-135m" in status and "CPU" in status and "tok/s" in status
 
 
+async def test_copy_a_message(home):
+    app = _app()
+    async with app.run_test() as pilot:
+        await _ready(pilot, app)
+        await _send(pilot, app, "Say hello.")
+        await wait_until(pilot, lambda: _messages(app, "assistant") and not app.busy)
+        answer = _messages(app, "assistant")[-1].text
+        assert answer
+        await pilot.press("ctrl+y")
+        assert app.clipboard == answer
+        user = _messages(app, "user")[-1]
+        user.focus()  # what a click does
+        await pilot.pause()
+        await pilot.press("c")
+        assert app.clipboard == "Say hello."
+        app.query_one(PromptInput).focus()
+        await _send(pilot, app, "/copy 1")
+        await wait_until(pilot, lambda: app.clipboard == answer)
+
+
 async def test_newline_does_not_send(home):
     app = _app()
     async with app.run_test() as pilot:
@@ -102,6 +122,23 @@ async def test_load_with_progress_then_bad_paths(home, tmp_path):
         await _send(pilot, app, f"/load {tmp_path / 'missing'}")
         await wait_until(pilot, lambda: any("cannot load" in m.text for m in _messages(app, "note")))
         assert app.session.total_tokens == before  # the session is intact
+        bad = tmp_path.parent / "bad"
+        bad.mkdir()
+        (bad / "blob.bin").write_bytes(bytes(range(256)) * 8)
+        with open(bad / "huge.txt", "wb") as fh:  # 2 GB, sparse: nothing is written
+            fh.truncate(2 << 30)
+        locked = bad / "locked.txt"
+        if os.geteuid() == 0:  # root reads any file: a FIFO is what it cannot load
+            os.mkfifo(locked)
+            why = "not a regular file"
+        else:
+            locked.write_text("secret")
+            locked.chmod(0)
+            why = "permission denied"
+        for name, reason in (("blob.bin", "binary"), ("huge.txt", "too big"), ("locked.txt", why)):
+            await _send(pilot, app, f"/load {bad / name}")
+            await wait_until(pilot, lambda: any(reason in m.text and name in m.text for m in _messages(app, "note")))
+        assert app.session.total_tokens == before
         await _send(pilot, app, "/memory")
         await wait_until(pilot, lambda: any("warm (RAM)" in m.text for m in _messages(app, "note")))
 

@@ -89,3 +89,21 @@ def read(path: Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
                           offset=t["offset"])
         arrays[t["name"]] = a.reshape(t["shape"])
     return header["meta"], arrays
+
+
+def read_meta(path: Path) -> dict[str, Any]:
+    """The caller's metadata alone, without reading or verifying the payload (for reports;
+    anything that uses the arrays goes through ``read``)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(16)
+            if len(head) < 16 or head[:8] != MAGIC:
+                raise CorruptFile(f"{path}: not a localsym block file")
+            version, hlen = struct.unpack_from("<II", head, 8)
+            if version != FORMAT_VERSION:
+                raise CorruptFile(f"{path}: block format v{version}, this localsym reads v{FORMAT_VERSION}")
+            return json.loads(f.read(hlen))["meta"]
+    except OSError as e:
+        raise CorruptFile(f"{path}: unreadable ({e.strerror})") from None
+    except (ValueError, UnicodeDecodeError, KeyError):
+        raise CorruptFile(f"{path}: damaged header") from None

@@ -176,3 +176,15 @@ def quantize_layers(ks: list[np.ndarray], vs: list[np.ndarray], policy: QuantPol
         vt, ve = choose_v(v32, policy, floor)
         rep.choices.append(LayerChoice(kt, vt, ke, ve))
     return rep
+
+
+def mix_summary(mix: dict[str, int]) -> str:
+    """{"K:q8": 12, "K:q4": 48, "V:q4": 60} -> "K q8 20% q4 80%, V q4 100%"."""
+    if not mix:
+        return "none yet"
+    parts = []
+    for kind in ("K", "V"):
+        counts = {k.split(":", 1)[1]: n for k, n in mix.items() if k.startswith(kind + ":")}
+        total = sum(counts.values()) or 1
+        parts.append(f"{kind} " + " ".join(f"{f} {100 * counts[f] / total:.0f}%" for f in reversed(ORDER) if f in counts))
+    return ", ".join(parts)

@@ -10,6 +10,7 @@ from collections import OrderedDict
 from pathlib import Path
 
 from localsym.errors import BudgetError
+from localsym.memory import container
 from localsym.memory.encoded_block import EncodedBlock
 
 log = logging.getLogger("localsym.memory")
@@ -45,6 +46,9 @@ class WarmTier:
             _, old = self._items.popitem(last=False)  # least recently used; cold has it
             self.used -= old.nbytes
             self.evictions += 1
+
+    def items(self):
+        return self._items.items()
 
     def drop(self, key: str) -> None:
         eb = self._items.pop(key, None)
@@ -84,6 +88,13 @@ class ColdTier:
         if not p.exists():
             raise FileNotFoundError(p)
         return EncodedBlock.load(p)
+
+    def meta(self, key: str) -> dict | None:
+        """A block file's header metadata (format mix, pinning), or None if it is damaged."""
+        try:
+            return container.read_meta(self.path(key))
+        except container.CorruptFile:
+            return None
 
     def remove(self, key: str) -> None:
         p = self.path(key)

@@ -69,17 +69,27 @@ class GenParams:
     stop: Sequence[str] = field(default_factory=tuple)
 
 
-def make_plan(info: ModelInfo, opts: RunOptions, expert_usage: np.ndarray | None = None) -> FitPlan:
+def make_plan(info: ModelInfo, opts: RunOptions, expert_usage: np.ndarray | None = None,
+              what_if: bool = False) -> FitPlan:
     """The fit plan; with learned routing (``expert_usage`` [layers, experts]) the experts
-    kept in RAM are those of the layers with the smallest working sets, not the first N."""
+    kept in RAM are those of the layers with the smallest working sets, not the first N.
+
+    ``what_if`` plans for an explicit ``--vram`` even on a CPU build of llama.cpp (what
+    `show` prints for the laptop the user asks about); running always plans for the build.
+    """
     vram = vram_budget(opts.vram)
-    if vram and not gpu_offload_supported():
+    cpu_build = bool(vram) and not gpu_offload_supported()
+    if cpu_build and not (what_if and opts.vram not in (None, "auto")):
         vram = 0  # a CPU build of llama.cpp: plan for the CPU, say so in the notes
+        cpu_build = False
     ram = psutil.virtual_memory().available
     plan = plan_fit(info, vram, ram, opts.n_ctx, opts.type_k, opts.type_v, opts.n_gpu_layers,
                     opts.flash_attn, opts.n_cpu_moe)
     if expert_usage is not None and opts.n_cpu_moe is None:  # the user's --n-cpu-moe means the first N
         place_experts(plan, info, expert_usage)
+    if cpu_build:
+        plan.notes.append("this llama.cpp build has no GPU offload: `run` and `chat` here would use "
+                          "the CPU (rebuild with CMAKE_ARGS=\"-DGGML_CUDA=on\")")
     return plan
 
 

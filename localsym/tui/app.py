@@ -20,6 +20,7 @@ from textual.widgets.option_list import Option
 
 from localsym.errors import LocalsymError
 from localsym.runtime.engine import GenParams, RunOptions
+from localsym.memory.kv_quant import mix_summary
 from localsym.tui.widgets import MessageView, PromptInput, StatusBar, human_bytes
 
 HELP = """\
@@ -34,7 +35,7 @@ HELP = """\
 | `/show` | model information and the fit plan |
 | `/memory` | hot, warm and cold tier usage |
 | `/sessions` | switch session; `/rename NEW`, `/delete NAME` |
-| `/copy` | copy the last answer |
+| `/copy [N]` | copy the last answer, or the N-th message from the end (or click a message and press c) |
 | `/save` | make sure everything is on disk |
 | `/clear` | clear the screen (the session's memory stays) |
 | `/bye` | quit |
@@ -74,7 +75,7 @@ class ChatApp(App):
     BINDINGS = [
         Binding("escape", "cancel", "Stop answer", id="cancel"),
         Binding("ctrl+c", "cancel_or_copy", "Stop / copy", id="cancel_or_copy", priority=True, show=False),
-        Binding("ctrl+y", "copy_last", "Copy answer", id="copy_last"),
+        Binding("ctrl+y", "copy_last", "Copy answer", id="copy_last", priority=True),  # over the prompt's redo
         Binding("ctrl+s", "sessions", "Sessions", id="sessions"),
         Binding("ctrl+q", "quit", "Quit", id="quit"),
     ]
@@ -283,7 +284,18 @@ class ChatApp(App):
         self.query_one("#history", VerticalScroll).remove_children()
 
     def cmd_copy(self, args: list[str]) -> None:
-        self.action_copy_last()
+        if not args:
+            self.action_copy_last()
+            return
+        views = [v for v in self.query(MessageView) if v.role in ("user", "assistant")]
+        try:
+            n = int(args[0])
+            if not 1 <= n <= len(views):
+                raise ValueError
+        except ValueError:
+            self.note(f"usage: `/copy` (the last answer) or `/copy N` (the N-th message from the end, 1..{len(views)})")
+            return
+        views[-n].action_copy()
 
     def cmd_save(self, args: list[str]) -> None:
         if self.session is not None:
@@ -291,13 +303,21 @@ class ChatApp(App):
             self.note("saved: every block is on disk as it is made; the index is in SQLite (WAL)")
 
     def cmd_memory(self, args: list[str]) -> None:
-        if self.session is None:
-            return
-        u = self.session.memory_usage()
-        self.note("| tier | tokens / blocks | bytes | budget |\n| --- | --- | --- | --- |\n"
-                  f"| hot (llama.cpp) | {u['hot_tokens']} / {u['hot_capacity']} tokens | {human_bytes(u['hot_bytes'])} | fit plan |\n"
-                  f"| warm (RAM) | {u['warm_blocks']} blocks | {human_bytes(u['warm_bytes'])} | {human_bytes(u['warm_budget'])} |\n"
-                  f"| cold (disk) | {u['blocks']} blocks, {u['total_tokens']} tokens | {human_bytes(u['cold_bytes'])} | {human_bytes(u['cold_budget'])} |")
+        if self.session is not None:
+            self._memory_report(self.session)
+
+    @work(thread=True, group="report")
+    def _memory_report(self, session) -> None:
+        """Off the UI thread: the format mix reads the cold files' headers once."""
+        u, mix = session.memory_usage(), session.quant_mix()
+        self.call_from_thread(
+            self.note,
+            "| tier | tokens / blocks | bytes | budget |\n| --- | --- | --- | --- |\n"
+            f"| hot (llama.cpp) | {u['hot_tokens']} / {u['hot_capacity']} tokens | {human_bytes(u['hot_bytes'])} | fit plan |\n"
+            f"| warm (RAM) | {u['warm_blocks']} blocks | {human_bytes(u['warm_bytes'])} | {human_bytes(u['warm_budget'])} |\n"
+            f"| cold (disk) | {u['blocks']} blocks, {u['total_tokens']} tokens | {human_bytes(u['cold_bytes'])} | {human_bytes(u['cold_budget'])} |\n\n"
+            f"formats (layers): warm {mix_summary(mix['warm'])}; cold {mix_summary(mix['cold'])}; "
+            f"{mix['pinned_blocks']} blocks pinned at q8 (they hold keys or long numbers)")
 
     def cmd_show(self, args: list[str]) -> None:
         if self.session is None:

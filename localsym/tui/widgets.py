@@ -6,16 +6,20 @@ from dataclasses import dataclass
 
 from textual import events
 from textual.app import ComposeResult
+from textual.binding import Binding
 from textual.containers import Vertical
 from textual.message import Message
 from textual.widgets import Label, Markdown, Static, TextArea
 
 
-class MessageView(Vertical):
-    """One message: a role line and a Markdown body that can stream."""
+class MessageView(Vertical, can_focus=True):
+    """One message: a role line and a Markdown body that can stream. Click it (or Tab to
+    it) and press c to copy it."""
 
+    BINDINGS = [Binding("c", "copy", "Copy message"), Binding("y", "copy", "Copy message", show=False)]
     DEFAULT_CSS = """
     MessageView { height: auto; margin: 0 1 1 1; padding: 0 1; }
+    MessageView:focus { background: $boost; }
     MessageView.user { border-left: thick $accent; }
     MessageView.assistant { border-left: thick $success; }
     MessageView.note { border-left: thick $warning; color: $text-muted; }
@@ -35,6 +39,10 @@ class MessageView(Vertical):
     @property
     def body(self) -> Markdown:
         return self.query_one(Markdown)
+
+    def action_copy(self) -> None:
+        self.app.copy_to_clipboard(self.text)
+        self.app.notify("message copied")
 
 
 class PromptInput(TextArea):
