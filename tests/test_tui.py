@@ -205,6 +205,15 @@ async def test_unknown_command_and_help(home):
         await wait_until(pilot, lambda: len(_messages(app, "note")) >= 2)
         texts = [m.text for m in _messages(app, "note")]
         assert "unknown command" in texts[0] and "/load PATH" in texts[1]
+        # every slash command has a palette entry
+        from localsym.tui.app import SLASH
+
+        titles = {c.title for c in app.get_system_commands(app.screen)}
+        assert {f"/{c}" for c in SLASH} <= {t.split()[0] for t in titles}
+        await _send(pilot, app, "/set system You answer in French.")
+        await wait_until(pilot, lambda: app.session is not None and not app.busy
+                         and app.session.config.system == "You answer in French.")
+        await wait_until(pilot, lambda: app.session is not None and not app.busy)
 
 
 @pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed (.ci/run installs it)")

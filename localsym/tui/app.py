@@ -105,14 +105,22 @@ class ChatApp(App):
         self.query_one(PromptInput).focus()
         self.open_session(self.session_name)
 
+    # one palette entry per slash command; those that need an argument fill the prompt
+    PALETTE = (("load", "Load a file or folder into memory", "/load "),
+               ("set system", "Set the system prompt", "/set system "),
+               ("set temp", "Set the sampling temperature", "/set temp "),
+               ("set ctx", "Set the hot context size (reopens the session)", "/set ctx "),
+               ("show", "Model and fit plan", None), ("memory", "Memory tier usage and formats", None),
+               ("sessions", "Switch session", None), ("rename", "Rename this session", "/rename "),
+               ("delete", "Delete a session", "/delete "), ("copy", "Copy the last answer", None),
+               ("save", "Save the session", None), ("clear", "Clear the screen", None),
+               ("help", "Commands", None), ("bye", "Quit", None))
+
     def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
         yield from super().get_system_commands(screen)
-        for name, help_ in (("load", "Load a file or folder into memory"), ("show", "Model and fit plan"),
-                            ("memory", "Memory tier usage"), ("sessions", "Switch session"),
-                            ("save", "Save the session"), ("clear", "Clear the screen"), ("copy", "Copy the last answer"),
-                            ("help", "Commands"), ("bye", "Quit")):
-            if name in ("load",):
-                yield SystemCommand(f"/{name}", help_, lambda n=name: self._prefill(f"/{n} "))
+        for name, help_, fill in self.PALETTE:
+            if fill is not None:
+                yield SystemCommand(f"/{name}", help_, lambda f=fill: self._prefill(f))
             else:
                 yield SystemCommand(f"/{name}", help_, lambda n=name: self.run_command(f"/{n}"))
 
@@ -341,9 +349,11 @@ class ChatApp(App):
                 self.opts.n_ctx = int(value)
                 self.open_session(self.session_name)
             elif what == "system":
+                # the system prompt is the attention sink every block sits behind: the session
+                # reopens around it (blocks already cut keep the preamble they were encoded with)
                 self.overrides["system"] = value
-                self.note("system prompt set: it applies when the session is next opened, "
-                          "to questions and to documents loaded from then on")
+                self.note("system prompt set; reopening the session around it")
+                self.open_session(self.session_name)
                 return
             else:
                 self.note(f"cannot set {what!r}: system, temp or ctx")
