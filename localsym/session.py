@@ -319,8 +319,8 @@ class Session:
         except (CorruptFile, FileNotFoundError) as e:
             log.warning("block %s of %s is damaged or missing (%s): rebuilding it from its tokens",
                         row.key[:12], row.source, e)
-            eb = self._rebuild(row)
             self.last.recomputed_blocks += 1
+            return self._rebuild(row)  # written to cold and warm again
         self.warm.put(row.key, eb)
         return eb
 

@@ -148,6 +148,8 @@ def run(args: argparse.Namespace) -> int:
             lines.append(f"{n:<10}{e['bytes_per_token']:>10.0f}{e['ratio']:>8.2f}{e['ppl']:>9.3f}{e['ppl_ratio']:>11.4f}{qg:>12}{dg:>14}")
         if "mix" in r["formats"].get("adaptive", {}):
             lines.append("adaptive mix (layer-blocks): " + ", ".join(f"{k} {v}" for k, v in sorted(r["formats"]["adaptive"]["mix"].items())))
+            lines.append("GB/s: fixed formats run the kernels over whole layers; adaptive is end to end per block "
+                         "and layer (its quantize tries formats and measures their error)")
         return "\n".join(lines)
 
     emit(result, args, table)

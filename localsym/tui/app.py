@@ -19,8 +19,8 @@ from textual.widgets import Footer, Header, Markdown, OptionList, ProgressBar
 from textual.widgets.option_list import Option
 
 from localsym.errors import LocalsymError
-from localsym.runtime.engine import GenParams, RunOptions
 from localsym.memory.kv_quant import mix_summary
+from localsym.runtime.engine import GenParams, RunOptions
 from localsym.tui.widgets import MessageView, PromptInput, StatusBar, human_bytes
 
 HELP = """\
