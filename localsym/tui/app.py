@@ -135,7 +135,9 @@ class ChatApp(App):
         view = MessageView(role, text)
         history = self.query_one("#history", VerticalScroll)
         history.mount(view)
-        history.scroll_end(animate=False)
+        # stay at the bottom while the message renders and grows, until the user scrolls up
+        # (a scroll_end here runs before the Markdown has its height)
+        history.anchor()
         return view
 
     def note(self, text: str) -> None:
@@ -229,12 +231,14 @@ class ChatApp(App):
         except LocalsymError as e:
             parts.append(f"\n\n*error: {e}*")
         finally:
-            self.busy = False
             text = "".join(parts)
             self.last_answer = text
             self.decode_tok_s = self.session.last.decode_tok_s or self.decode_tok_s
             suffix = " *(stopped)*" if self.session.last.cancelled else ""
-            self.call_from_thread(self._finish, view, stream, text + suffix)
+            try:
+                self.call_from_thread(self._finish, view, stream, text + suffix)
+            finally:
+                self.busy = False  # only once the message holds its final text
 
     def _start_stream(self, view: MessageView):
         return Markdown.get_stream(view.body)
@@ -243,7 +247,6 @@ class ChatApp(App):
         await stream.stop()
         await view.body.update(text)  # one full update: code fences render whole
         view.text = text
-        self.query_one("#history", VerticalScroll).scroll_end(animate=False)
         self.refresh_status()
 
     def action_cancel(self) -> None:
