@@ -346,12 +346,17 @@ class Session:
         self.last.restored_blocks += 1
 
     # -- ingest -----------------------------------------------------------------------------------
+    def _doc_tokens(self, text: str, source: str) -> list[int]:
+        return self.engine.model.tokenize(f"### {source}\n{text.rstrip()}\n")
+
     def ingest_text(self, text: str, source: str = "text", kind: str = "text",
-                    progress: Progress | None = None, report: LoadReport | None = None) -> LoadReport:
+                    progress: Progress | None = None, report: LoadReport | None = None,
+                    tokens: list[int] | None = None) -> LoadReport:
+        """``tokens``: the document's tokens when the caller has them already (``load``)."""
         report = report or LoadReport()
         t0 = time.perf_counter()
         eng, B = self.engine, self.config.block_tokens
-        toks = eng.model.tokenize(f"### {source}\n{text.rstrip()}\n")
+        toks = tokens if tokens is not None else self._doc_tokens(text, source)
         chunks = [toks[i:i + B] for i in range(0, len(toks), B)]
         keys, h = [], self.root_key
         for c in chunks:
@@ -431,15 +436,16 @@ class Session:
                 texts.append((f, f.read_text(encoding="utf-8", errors="replace")))
             except OSError as e:
                 report.skipped.append((str(f), f"unreadable ({e.strerror})"))
-        total = sum(len(t) for _, t in texts) // 4 + 1  # a guess for the bar, in tokens
+        todo = []  # (source, text, tokens) of new or changed files: the bar's total is exact
         for f, text in texts:
             source = str(f)
-            if known.get(source) == hashlib.sha256(text.encode()).hexdigest():
-                report.files += 1
-                continue
-            self.ingest_text(text, source, "file", (lambda d, _t, s: progress(d, total, s)) if progress else None,
-                             report)
             report.files += 1
+            if known.get(source) != hashlib.sha256(text.encode()).hexdigest():
+                todo.append((source, text, self._doc_tokens(text, source)))
+        total = sum(len(t) for _, _, t in todo)
+        for source, text, toks in todo:
+            self.ingest_text(text, source, "file", (lambda d, _t, s: progress(d, total, s)) if progress else None,
+                             report, toks)
         self.db.set("total_tokens", self.total_tokens)
         return report
 

@@ -148,10 +148,17 @@ async def test_load_with_progress_then_bad_paths(home, tmp_path):
     f.write_text("The launch code is ZEBRA-42.\n" + "Routine log line.\n" * 40)
     (tmp_path / "data.bin").write_bytes(bytes(range(256)) * 8)
     app = _app()
+    seen = []
+    real = app._progress
+    app._progress = lambda done, total: (seen.append((done, total, app.query_one("#load-progress").has_class("active"))),
+                                         real(done, total))
     async with app.run_test() as pilot:
         await _ready(pilot, app)
         await _send(pilot, app, f"/load {tmp_path}")
         await wait_until(pilot, lambda: any("loaded" in m.text for m in _messages(app, "note")))
+        # the bar moved with the tokens, then went away
+        assert len(seen) >= 2 and seen[-1][0] > seen[0][0] and seen[-1][0] == seen[-1][1]  # exact total
+        await wait_until(pilot, lambda: not app.query_one("#load-progress").has_class("active"))
         note = [m.text for m in _messages(app, "note") if "loaded" in m.text][-1]
         assert "1 files" in note and "data.bin" in note and "binary" in note
         assert app.session.total_tokens > 100
