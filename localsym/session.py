@@ -285,9 +285,8 @@ class Session:
         n_kv = self.engine.info.n_head_kv
         pinned = needle_like(self.engine.model.detokenize(tokens))
         floor = PIN_FLOOR if pinned else None
-        cold = EncodedBlock.from_state(state, kv_quant.COLD_POLICY, n_kv, floor)
+        cold, warm = EncodedBlock.tiers_from_state(state, (kv_quant.COLD_POLICY, kv_quant.WARM_POLICY), n_kv, floor)
         self.cold.put(key, cold, {"pos0": pos0, "model_id": self.model_id, "pinned": pinned})
-        warm = EncodedBlock.from_state(state, kv_quant.WARM_POLICY, n_kv, floor)
         self.warm.put(key, warm)
         return warm
 

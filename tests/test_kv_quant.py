@@ -57,6 +57,22 @@ def test_adaptive_takes_the_cheapest_format_under_threshold(block, smol_engine):
     assert set(warm.mix()) <= {"K:q8", "K:q4", "K:f16", "V:q8", "V:q4", "V:f16"}
 
 
+def test_warm_from_the_cold_trials_matches_choosing_it_alone(block, smol_engine):
+    _, _, st = block
+    s = st.caches[0][0]
+    for floor in (None, "q8"):
+        cold, warm = kq.quantize_tiers(s.k, s.v, (kq.COLD_POLICY, kq.WARM_POLICY), 3, floor)
+        assert cold.mix() == kq.quantize_layers(s.k, s.v, kq.COLD_POLICY, 3, floor).mix()
+        alone = kq.quantize_layers(s.k, s.v, kq.WARM_POLICY, 3, floor)
+        assert [(c.k.fmt, c.v.fmt) for c in warm.choices] == [(c.k.fmt, c.v.fmt) for c in alone.choices]
+        for c, a, k, v in zip(warm.choices, alone.choices, s.k, s.v):
+            assert np.array_equal(kq.dequantize(c.k), kq.dequantize(a.k))
+            assert np.array_equal(kq.dequantize(c.v), kq.dequantize(a.v))
+            # the reported error bounds the real one
+            assert kq.k_error(np.asarray(k, np.float32), kq.dequantize(c.k), 3) <= c.k_err + 1e-6
+            assert kq.v_error(np.asarray(v, np.float32), kq.dequantize(c.v)) <= c.v_err + 1e-6
+
+
 def test_restored_blocks_predict_like_f16(block, smol_engine):
     """The next 64 tokens of the file, teacher-forced after the block is restored: Q8 agrees
     with F16 on nearly every greedy choice, Q2 on fewer."""

@@ -43,22 +43,32 @@ class EncodedBlock:
     @classmethod
     def from_state(cls, state: kv_state.SeqState, policy: kq.QuantPolicy, n_head_kv: int,
                    floor: str | None = None) -> "EncodedBlock":
-        caches, mix = [], {}
+        return cls.tiers_from_state(state, (policy,), n_head_kv, floor)[0]
+
+    @classmethod
+    def tiers_from_state(cls, state: kv_state.SeqState, policies: tuple[kq.QuantPolicy, ...], n_head_kv: int,
+                         floor: str | None = None) -> list["EncodedBlock"]:
+        """One block per policy (cold and warm) from one set of format trials."""
+        caches: list[list[list[EncodedStream]]] = [[] for _ in policies]
+        mixes: list[dict[str, int]] = [{} for _ in policies]
         for cache in state.caches:
-            out = []
+            outs: list[list[EncodedStream]] = [[] for _ in policies]
             for s in cache:
                 if all(t in F16_TYPES for t in (*s.k_types, *s.v_types)):
-                    rep = kq.quantize_layers(s.k, s.v, policy, n_head_kv, floor)
-                    ks: list = [c.k for c in rep.choices]
-                    vs: list = [c.v for c in rep.choices]
-                    for key, n in rep.mix().items():
-                        mix[key] = mix.get(key, 0) + n
+                    reps = kq.quantize_tiers(s.k, s.v, policies, n_head_kv, floor)
+                    for out, mix, rep in zip(outs, mixes, reps):
+                        out.append(EncodedStream(list(s.k_types), list(s.v_types), s.v_trans,
+                                                 [c.k for c in rep.choices], [c.v for c in rep.choices]))
+                        for key, n in rep.mix().items():
+                            mix[key] = mix.get(key, 0) + n
                 else:  # quantized live cache types (-ctk q8_0 ...): keep the rows as they are
                     ks = [np.array(k) for k in s.k]
                     vs = [np.array(v) for v in s.v]
-                out.append(EncodedStream(list(s.k_types), list(s.v_types), s.v_trans, ks, vs))
-            caches.append(out)
-        return cls(state.n_cells, caches, mix)
+                    for out in outs:
+                        out.append(EncodedStream(list(s.k_types), list(s.v_types), s.v_trans, ks, vs))
+            for dst, out in zip(caches, outs):
+                dst.append(out)
+        return [cls(state.n_cells, c, mix) for c, mix in zip(caches, mixes)]
 
     def to_blob(self, base_pos: int, seq_id: int) -> bytes:
         """A state blob holding this block at positions base_pos .. base_pos + n - 1."""

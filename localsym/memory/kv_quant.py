@@ -169,13 +169,48 @@ def choose_v(v: np.ndarray, policy: QuantPolicy, floor: str | None = None) -> tu
 def quantize_layers(ks: list[np.ndarray], vs: list[np.ndarray], policy: QuantPolicy, n_head_kv: int,
                     floor: str | None = None) -> QuantReport:
     """Quantize every layer's K [cells, width] and V [cells, width] of one block."""
-    rep = QuantReport()
+    return quantize_tiers(ks, vs, (policy,), n_head_kv, floor)[0]
+
+
+def quantize_tiers(ks: list[np.ndarray], vs: list[np.ndarray], policies: tuple[QuantPolicy, ...],
+                   n_head_kv: int, floor: str | None = None) -> list[QuantReport]:
+    """One report per policy (a block sealed into cold and warm) from one set of trials.
+
+    The first policy chooses; a later one with the same thresholds takes that choice
+    raised to its own cheapest allowed format when the choice is cheaper: errors fall as
+    bits rise, so a format under the threshold means every dearer one is too. Its error is
+    then reported as the cheaper format's, an upper bound.
+    """
+    reps = [QuantReport() for _ in policies]
+    first = policies[0]
     for k, v in zip(ks, vs):
         k32, v32 = np.asarray(k, np.float32), np.asarray(v, np.float32)
-        kt, ke = choose_k(k32, policy, n_head_kv, floor)
-        vt, ve = choose_v(v32, policy, floor)
-        rep.choices.append(LayerChoice(kt, vt, ke, ve))
-    return rep
+        kt, ke = choose_k(k32, first, n_head_kv, floor)
+        vt, ve = choose_v(v32, first, floor)
+        reps[0].choices.append(LayerChoice(kt, vt, ke, ve))
+        for rep, pol in zip(reps[1:], policies[1:]):
+            k2 = _raised(k32, kt, first, pol, floor, None)
+            v2 = _raised(v32, vt, first, pol, floor, False)
+            k2, k2e = (k2, ke) if k2 is not None else choose_k(k32, pol, n_head_kv, floor)
+            v2, v2e = (v2, ve) if v2 is not None else choose_v(v32, pol, floor)
+            rep.choices.append(LayerChoice(k2, v2, k2e, v2e))
+    return reps
+
+
+def _raised(x: np.ndarray, t: QTensor, chose: QuantPolicy, pol: QuantPolicy, floor: str | None,
+            per_channel: bool | None) -> QTensor | None:
+    """What ``pol`` would choose given that ``chose`` picked ``t`` (every cheaper format it
+    tried failed, ``t`` passed), or None when that takes trials of its own."""
+    if pol.fixed or chose.fixed or (pol.k_threshold, pol.v_threshold) != (chose.k_threshold, chose.v_threshold):
+        return None
+    allowed, tried = pol.candidates(floor), chose.candidates(floor)
+    rank = ORDER.index(t.fmt)
+    if any(f not in tried for f in allowed if ORDER.index(f) < rank):
+        return None  # pol allows a cheaper format that was never tried
+    if t.fmt in allowed:
+        return t
+    dearer = [f for f in allowed if ORDER.index(f) > rank]
+    return quantize(x, dearer[0], per_channel=per_channel) if dearer else None
 
 
 def mix_summary(mix: dict[str, int]) -> str:
