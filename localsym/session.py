@@ -15,6 +15,7 @@ import hashlib
 import logging
 import re
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -293,20 +294,15 @@ class Session:
     def quant_mix(self) -> dict:
         """The formats the session's blocks are held in (layer-tensors per format, K and V
         apart) in each tier, and how many blocks are pinned at higher precision."""
-        warm: dict[str, int] = {}
-        for _, eb in self.warm.items():
-            for k, n in eb.mix.items():
-                warm[k] = warm.get(k, 0) + n
-        cold: dict[str, int] = {}
-        pinned = 0
+        warm, cold, pinned = Counter(), Counter(), 0
+        for eb in self.warm.blocks():
+            warm.update(eb.mix)
         for row in (*self.docs, *self.turns):
             meta = self._meta_cache.get(row.key)
             if meta is None:
-                meta = self.cold.meta(row.key) or {}
-                self._meta_cache[row.key] = meta
+                meta = self._meta_cache[row.key] = self.cold.meta(row.key) or {}
             pinned += bool(meta.get("pinned"))
-            for k, n in meta.get("mix", {}).items():
-                cold[k] = cold.get(k, 0) + n
+            cold.update(meta.get("mix", {}))
         return {"warm": dict(sorted(warm.items())), "cold": dict(sorted(cold.items())), "pinned_blocks": pinned}
 
     def _fetch(self, row: BlockRow) -> EncodedBlock:
@@ -350,12 +346,12 @@ class Session:
 
     def ingest_text(self, text: str, source: str = "text", kind: str = "text",
                     progress: Progress | None = None, report: LoadReport | None = None,
-                    tokens: list[int] | None = None) -> LoadReport:
+                    tokens: np.ndarray | None = None) -> LoadReport:
         """``tokens``: the document's tokens when the caller has them already (``load``)."""
         report = report or LoadReport()
         t0 = time.perf_counter()
         eng, B = self.engine, self.config.block_tokens
-        toks = tokens if tokens is not None else self._doc_tokens(text, source)
+        toks = tokens.tolist() if tokens is not None else self._doc_tokens(text, source)
         chunks = [toks[i:i + B] for i in range(0, len(toks), B)]
         keys, h = [], self.root_key
         for c in chunks:
@@ -440,7 +436,8 @@ class Session:
             source = str(f)
             report.files += 1
             if known.get(source) != hashlib.sha256(text.encode()).hexdigest():
-                todo.append((source, text, self._doc_tokens(text, source)))
+                # int32 while waiting: a list of Python ints costs 9x the memory
+                todo.append((source, text, np.asarray(self._doc_tokens(text, source), np.int32)))
         total = sum(len(t) for _, _, t in todo)
         for source, text, toks in todo:
             self.ingest_text(text, source, "file", (lambda d, _t, s: progress(d, total, s)) if progress else None,

@@ -3,6 +3,7 @@ positions, convertible back into a llama.cpp state blob at any base position."""
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,7 +51,7 @@ class EncodedBlock:
                          floor: str | None = None) -> list["EncodedBlock"]:
         """One block per policy (cold and warm) from one set of format trials."""
         caches: list[list[list[EncodedStream]]] = [[] for _ in policies]
-        mixes: list[dict[str, int]] = [{} for _ in policies]
+        mixes: list[Counter[str]] = [Counter() for _ in policies]
         for cache in state.caches:
             outs: list[list[EncodedStream]] = [[] for _ in policies]
             for s in cache:
@@ -59,8 +60,7 @@ class EncodedBlock:
                     for out, mix, rep in zip(outs, mixes, reps):
                         out.append(EncodedStream(list(s.k_types), list(s.v_types), s.v_trans,
                                                  [c.k for c in rep.choices], [c.v for c in rep.choices]))
-                        for key, n in rep.mix().items():
-                            mix[key] = mix.get(key, 0) + n
+                        mix.update(rep.mix())
                 else:  # quantized live cache types (-ctk q8_0 ...): keep the rows as they are
                     ks = [np.array(k) for k in s.k]
                     vs = [np.array(v) for v in s.v]
@@ -68,7 +68,7 @@ class EncodedBlock:
                         out.append(EncodedStream(list(s.k_types), list(s.v_types), s.v_trans, ks, vs))
             for dst, out in zip(caches, outs):
                 dst.append(out)
-        return [cls(state.n_cells, c, mix) for c, mix in zip(caches, mixes)]
+        return [cls(state.n_cells, c, dict(mix)) for c, mix in zip(caches, mixes)]
 
     def to_blob(self, base_pos: int, seq_id: int) -> bytes:
         """A state blob holding this block at positions base_pos .. base_pos + n - 1."""

@@ -103,7 +103,6 @@ class IndexDB:
             (doc_id, idx, key, pos0, len(tokens), blob, time.time(), attn))
         return int(cur.lastrowid)
 
-
     def blocks(self) -> list[BlockRow]:
         rows = self.db.execute(
             "SELECT b.id, b.doc_id, b.idx, b.key, b.pos0, b.tokens, d.kind, d.source, b.attn FROM blocks b "

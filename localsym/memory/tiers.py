@@ -47,9 +47,9 @@ class WarmTier:
             self.used -= old.nbytes
             self.evictions += 1
 
-    def items(self) -> list[tuple[str, EncodedBlock]]:
+    def blocks(self) -> list[EncodedBlock]:
         """A snapshot (reports read it from another thread while the model thread writes)."""
-        return list(self._items.items())
+        return list(self._items.values())
 
     def drop(self, key: str) -> None:
         eb = self._items.pop(key, None)

@@ -78,16 +78,18 @@ def make_plan(info: ModelInfo, opts: RunOptions, expert_usage: np.ndarray | None
     `show` prints for the laptop the user asks about); running always plans for the build.
     """
     vram = vram_budget(opts.vram)
-    cpu_build = bool(vram) and not gpu_offload_supported()
-    if cpu_build and not (what_if and opts.vram not in (None, "auto")):
-        vram = 0  # a CPU build of llama.cpp: plan for the CPU, say so in the notes
-        cpu_build = False
+    what_if_gpu = False  # planning for a GPU this build of llama.cpp cannot use
+    if vram and not gpu_offload_supported():
+        if what_if and opts.vram not in (None, "auto"):
+            what_if_gpu = True
+        else:
+            vram = 0  # a CPU build of llama.cpp: plan for the CPU, say so in the notes
     ram = psutil.virtual_memory().available
     plan = plan_fit(info, vram, ram, opts.n_ctx, opts.type_k, opts.type_v, opts.n_gpu_layers,
                     opts.flash_attn, opts.n_cpu_moe)
     if expert_usage is not None and opts.n_cpu_moe is None:  # the user's --n-cpu-moe means the first N
         place_experts(plan, info, expert_usage)
-    if cpu_build:
+    if what_if_gpu:
         plan.notes.append("this llama.cpp build has no GPU offload: `run` and `chat` here would use "
                           "the CPU (rebuild with CMAKE_ARGS=\"-DGGML_CUDA=on\")")
     return plan
