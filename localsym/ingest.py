@@ -1,18 +1,39 @@
-"""Walk a file or a tree the way a user expects: .gitignore respected (via pathspec),
-binaries and huge files skipped with a reason, symlinks never followed out of the tree."""
+"""Walk a file or a tree the way a user expects: the files git would list, binaries and huge
+files skipped with a reason, symlinks never followed out of the tree.
+
+Inside a git work tree the file set is ``git ls-files -co --exclude-standard`` (tracked, plus
+untracked and not ignored): git itself is the only exact reading of its ignore rules. Outside
+one (or when git is absent or fails) the same rules are applied here: per-directory
+``.gitignore`` files, ``.git/info/exclude`` and the global excludes file, matched the way
+git's ``dir.c`` and ``wildmatch.c`` do, on raw bytes. Either way the walk never recurses
+(an explicit stack, a depth cap), never enters a symlinked folder, and turns every odd thing
+it meets (loops, unreadable folders, FIFOs, non-UTF-8 names, garbled ignore files) into a
+skipped entry with a short reason rather than a traceback.
+"""
 
 from __future__ import annotations
 
+import errno
 import os
+import re
+import shutil
+import stat
+import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import pathspec
+from typing import NamedTuple
 
 from localsym.errors import LocalsymError
 
 MAX_FILE_BYTES = 1 << 20  # 1 MiB: bigger text files are almost always data, not code
 ALWAYS_SKIP = {".git", ".hg", ".svn", "__pycache__", "node_modules", ".venv", ".mypy_cache", ".pytest_cache"}
+MAX_DEPTH = 256  # folders deeper than this are not entered (no real tree comes close)
+GIT_TIMEOUT_S = 60.0
+SNIFF_BYTES = 8000  # git's own test: a NUL in the first 8000 bytes makes a file binary
+MAX_IGNORE_FILE_BYTES = 1 << 20  # a bigger ignore file is garbage or an attack: read its start only
+
+_ALWAYS_SKIP_B = {os.fsencode(n) for n in ALWAYS_SKIP}
+_OPEN_FLAGS = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)  # O_NONBLOCK: a FIFO never blocks
 
 
 @dataclass
@@ -21,98 +42,446 @@ class WalkResult:
     skipped: list[tuple[Path, str]] = field(default_factory=list)
 
 
-def _is_binary(path: Path) -> bool:
-    with path.open("rb") as f:
-        head = f.read(8192)
-    if b"\0" in head:
-        return True
-    try:
-        head.decode("utf-8")
-    except UnicodeDecodeError as e:
-        return e.start < len(head) - 4  # a cut multi-byte character at the end is fine
-    return False
-
-
-def _gitignore(dir_: Path, root: Path) -> pathspec.PathSpec | None:
-    gi = dir_ / ".gitignore"
-    if not gi.is_file():
-        return None
-    lines = gi.read_text(encoding="utf-8", errors="replace").splitlines()
-    rel = dir_.relative_to(root).as_posix()
-    if rel != ".":  # a nested .gitignore speaks of paths below its own folder
-        lines = [_anchor(line, rel) for line in lines]
-    return pathspec.GitIgnoreSpec.from_lines(lines)
-
-
-def _anchor(line: str, rel: str) -> str:
-    s = line.strip()
-    if not s or s.startswith("#"):
-        return s
-    neg = s.startswith("!")
-    body = s[1:] if neg else s
-    if "/" in body.rstrip("/"):
-        body = f"{rel}/{body.lstrip('/')}"
-    else:
-        body = f"{rel}/**/{body}"
-    return ("!" if neg else "") + body
-
-
 def walk(path: str | Path, max_bytes: int = MAX_FILE_BYTES) -> WalkResult:
+    """The loadable files under ``path`` (sorted) and every file or folder passed over, with why."""
     root = Path(path).expanduser()
-    if not root.exists():
-        raise LocalsymError(f"{root}: no such file or folder")
+    try:
+        st = os.stat(root)
+    except (FileNotFoundError, NotADirectoryError):
+        raise LocalsymError(f"{root}: no such file or folder") from None
+    except OSError as e:
+        raise LocalsymError(f"{root}: {_why(e).lower()}") from None
+    except ValueError:  # an embedded NUL
+        raise LocalsymError(f"{root!r}: not a valid path") from None
     if not os.access(root, os.R_OK):
         raise LocalsymError(f"{root}: permission denied")
     out = WalkResult()
-    if not root.is_dir():  # a file, or a FIFO/device/socket that _consider turns away
+    if not stat.S_ISDIR(st.st_mode):  # a file, or a FIFO/device/socket that _consider turns away
         _consider(root, out, max_bytes)
         return out
-    root = root.resolve()
-    specs: list[pathspec.PathSpec] = []
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
-        d = Path(dirpath)
-        spec = _gitignore(d, root)
-        if spec is not None:
-            specs.append(spec)
-        keep = []
-        for name in sorted(dirnames):
-            sub = d / name
-            rel = sub.relative_to(root).as_posix() + "/"
-            if name in ALWAYS_SKIP or any(s.match_file(rel) for s in specs):
-                continue
-            if sub.is_symlink():
-                out.skipped.append((sub, "symlinked folder (not followed)"))
-                continue
-            keep.append(name)
-        dirnames[:] = keep
-        for name in sorted(filenames):
-            f = d / name
-            rel = f.relative_to(root).as_posix()
-            if name == ".gitignore" or any(s.match_file(rel) for s in specs):
-                continue
-            if f.is_symlink():
-                target = f.resolve()
-                if not target.is_relative_to(root):
-                    out.skipped.append((f, "symlink out of the tree"))
-                    continue
-            _consider(f, out, max_bytes)
+    _Walker(root.resolve(), out, max_bytes).run()
+    out.files.sort()
+    out.skipped.sort(key=lambda s: s[0])
     return out
 
 
+def _why(e: OSError) -> str:
+    return e.strerror or type(e).__name__
+
+
 def _consider(f: Path, out: WalkResult, max_bytes: int) -> None:
+    """Take a regular, non-empty, not-too-big text file; say why anything else is passed over.
+    Opened non-blocking and checked with fstat, so a FIFO swapped in after a stat cannot hang us."""
     try:
-        size = f.stat().st_size
-        if not f.is_file():
-            out.skipped.append((f, "not a regular file"))
-        elif size > max_bytes:
-            out.skipped.append((f, f"too big ({size / 2**20:.1f} MiB > {max_bytes / 2**20:.1f} MiB)"))
-        elif size == 0:
-            out.skipped.append((f, "empty"))
-        elif _is_binary(f):
-            out.skipped.append((f, "binary"))
-        else:
-            out.files.append(f)
-    except PermissionError:
-        out.skipped.append((f, "permission denied"))
+        fd = os.open(f, _OPEN_FLAGS)
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                out.skipped.append((f, "not a regular file"))
+            elif st.st_size > max_bytes:
+                out.skipped.append((f, f"too big ({st.st_size / 2**20:.1f} MiB > {max_bytes / 2**20:.1f} MiB)"))
+            elif st.st_size == 0:
+                out.skipped.append((f, "empty"))
+            elif b"\0" in os.read(fd, SNIFF_BYTES):
+                out.skipped.append((f, "binary"))
+            else:
+                out.files.append(f)
+        finally:
+            os.close(fd)
     except OSError as e:
-        out.skipped.append((f, f"unreadable ({e.strerror})"))
+        out.skipped.append((f, f"unreadable ({_why(e)})"))
+
+
+# -- git itself -----------------------------------------------------------------------------------------
+def _git_ls_files(folder: Path) -> list[bytes] | None:
+    """What git lists under ``folder`` (paths relative to it, raw bytes), or None when it is not
+    a git work tree or git is absent, fails or hangs."""
+    git = shutil.which("git")
+    if git is None:
+        return None
+    try:
+        r = subprocess.run([git, "ls-files", "-co", "--exclude-standard", "-z"], check=False, cwd=folder,
+                           stdin=subprocess.DEVNULL, capture_output=True, timeout=GIT_TIMEOUT_S,
+                           env=dict(os.environ, GIT_OPTIONAL_LOCKS="0"))
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if r.returncode != 0:
+        return None
+    return [n for n in r.stdout.split(b"\0") if n]
+
+
+def _global_excludes_file(folder: Path) -> Path | None:
+    """core.excludesFile as git would read it from ``folder``, else the XDG default."""
+    git = shutil.which("git")
+    if git is not None:
+        try:
+            r = subprocess.run([git, "config", "--path", "--get", "core.excludesFile"], check=False, cwd=folder,
+                               stdin=subprocess.DEVNULL, capture_output=True, timeout=GIT_TIMEOUT_S)
+            value = r.stdout.rstrip(b"\n")
+            if r.returncode == 0 and value:
+                return folder / os.fsdecode(value)  # an absolute value replaces folder
+        except (OSError, subprocess.SubprocessError):
+            pass
+    xdg = os.environ.get("XDG_CONFIG_HOME")
+    if xdg:
+        return Path(xdg) / "git" / "ignore"
+    home = os.environ.get("HOME")
+    return Path(home) / ".config" / "git" / "ignore" if home else None
+
+
+# -- git's ignore rules, in Python ----------------------------------------------------------------------
+class _Never(Exception):
+    """A pattern git can never match (an unclosed bracket, a trailing backslash...)."""
+
+
+class _Pattern(NamedTuple):
+    regex: re.Pattern[bytes]
+    negative: bool
+    dir_only: bool
+    basename: bool  # no slash: matched against the entry's name, not its path
+
+
+class _Rules(NamedTuple):
+    base: bytes  # the folder of the ignore file, relative to the walk's root, with a trailing slash
+    patterns: tuple[_Pattern, ...]
+
+
+_CLASSES: dict[bytes, frozenset[int]] = {
+    name: frozenset(c for c in range(1, 128) if test(bytes([c])))
+    for name, test in {
+        b"alnum": bytes.isalnum, b"alpha": bytes.isalpha, b"digit": bytes.isdigit, b"lower": bytes.islower,
+        b"upper": bytes.isupper, b"space": bytes.isspace, b"blank": lambda b: b in b" \t",
+        b"cntrl": lambda b: b[0] < 32 or b[0] == 127, b"graph": lambda b: 33 <= b[0] <= 126,
+        b"print": lambda b: 32 <= b[0] <= 126, b"punct": lambda b: 33 <= b[0] <= 126 and not b.isalnum(),
+        b"xdigit": lambda b: b in b"0123456789abcdefABCDEF",
+    }.items()
+}
+
+
+def _bracket(pat: bytes, i: int) -> tuple[bytes, int]:
+    """Translate the bracket expression at ``pat[i] == '['`` as git's wildmatch reads it
+    (a ']' first is literal, '!' or '^' negates, ranges by byte, [:class:]); never '/'."""
+    n = len(pat)
+    i += 1
+    if i >= n:
+        raise _Never
+    negated = pat[i] in b"!^"
+    if negated:
+        i += 1
+    members: set[int] = set()
+    prev = 0
+    while True:
+        if i >= n:
+            raise _Never
+        c = pat[i]
+        if c == 0x5C:  # backslash
+            i += 1
+            if i >= n:
+                raise _Never
+            members.add(pat[i])
+            prev = pat[i]
+        elif c == 0x2D and prev and i + 1 < n and pat[i + 1] != 0x5D:  # a range prev-hi
+            i += 1
+            hi = pat[i]
+            if hi == 0x5C:
+                i += 1
+                if i >= n:
+                    raise _Never
+                hi = pat[i]
+            members.update(range(prev, hi + 1))
+            prev = 0
+        elif c == 0x5B and i + 1 < n and pat[i + 1] == 0x3A:  # [:class:]
+            k = i + 2
+            while k < n and pat[k] != 0x5D:
+                k += 1
+            if k >= n:
+                raise _Never
+            if k - (i + 2) - 1 < 0 or pat[k - 1] != 0x3A:  # no ":]": a plain '['
+                members.add(c)
+                prev = c
+            else:
+                cls = _CLASSES.get(pat[i + 2 : k - 1])
+                if cls is None:
+                    raise _Never
+                members |= cls
+                prev = 0
+                i = k
+        else:
+            members.add(c)
+            prev = c
+        i += 1
+        if i >= n:
+            raise _Never
+        if pat[i] == 0x5D:
+            break
+    chosen = (set(range(1, 256)) - members) if negated else members
+    chosen.discard(0x2F)
+    if not chosen:
+        return b"(?!)", i + 1
+    return b"[" + b"".join(b"\\x%02x" % v for v in sorted(chosen)) + b"]", i + 1
+
+
+def _translate(pat: bytes) -> re.Pattern[bytes]:
+    """git's wildmatch with WM_PATHNAME as a regex: '*' and '?' stop at '/', '**' between
+    slashes (or at either end) crosses them, '**/' may match no folder at all."""
+    out: list[bytes] = []
+    i, n = 0, len(pat)
+    while i < n:
+        c = pat[i]
+        if c == 0x2A:  # '*'
+            j = i
+            while j < n and pat[j] == 0x2A:
+                j += 1
+            if j - i >= 2 and (i == 0 or pat[i - 1] == 0x2F) and (j == n or pat[j] == 0x2F or pat[j : j + 2] == b"\\/"):
+                if j < n and pat[j] == 0x2F:
+                    out.append(b"(?:.*/)?")
+                    j += 1
+                else:
+                    out.append(b".*")
+            else:
+                out.append(b"[^/]*")
+            i = j
+        elif c == 0x3F:  # '?'
+            out.append(b"[^/]")
+            i += 1
+        elif c == 0x5B:  # '['
+            cls, i = _bracket(pat, i)
+            out.append(cls)
+        elif c == 0x5C:  # backslash: the next byte is literal; a trailing one never matches
+            if i + 1 >= n:
+                raise _Never
+            out.append(re.escape(pat[i + 1 : i + 2]))
+            i += 2
+        else:
+            out.append(re.escape(pat[i : i + 1]))
+            i += 1
+    return re.compile(b"".join(out), re.DOTALL)
+
+
+def _trim_trailing_spaces(line: bytes) -> bytes:
+    """git's trim_trailing_spaces: unescaped trailing spaces go, a backslash keeps the next byte."""
+    last_space = None
+    i = 0
+    while i < len(line):
+        c = line[i]
+        if c == 0x20:
+            if last_space is None:
+                last_space = i
+        elif c == 0x5C:
+            i += 1
+            if i >= len(line):
+                return line
+            last_space = None
+        else:
+            last_space = None
+        i += 1
+    return line if last_space is None else line[:last_space]
+
+
+def _parse_ignore(data: bytes, base: bytes = b"") -> tuple[_Rules, int]:
+    """Patterns of one ignore file as git reads them, and how many lines were malformed
+    (a NUL byte, which git cuts the line at, or a pattern that can never match)."""
+    if data.startswith(b"\xef\xbb\xbf"):
+        data = data[3:]
+    patterns, bad = [], 0
+    for line in data.split(b"\n"):
+        if not line or line.startswith(b"#"):
+            continue
+        if line.endswith(b"\r"):
+            line = line[:-1]
+        garbled = b"\0" in line
+        if garbled:  # git reads the line as a C string
+            line = line[: line.index(b"\0")]
+        line = _trim_trailing_spaces(line)
+        negative = line.startswith(b"!")
+        if negative:
+            line = line[1:]
+        dir_only = line.endswith(b"/")
+        if dir_only:
+            line = line[:-1]
+        basename = b"/" not in line
+        if not basename and line.startswith(b"/"):
+            line = line[1:]
+        try:
+            patterns.append(_Pattern(_translate(line), negative, dir_only, basename))
+        except (_Never, re.error):
+            garbled = True
+        bad += garbled
+    return _Rules(base, tuple(patterns)), bad
+
+
+def _is_dir(e: os.DirEntry[str]) -> bool:
+    """A real folder: a symlink to one is a file to git, and is never entered."""
+    try:
+        return e.is_dir(follow_symlinks=False)
+    except OSError:
+        return False
+
+
+def _ignored(chain: tuple[_Rules, ...], rel: bytes, name: bytes, is_dir: bool) -> bool:
+    """git's rule: the deepest ignore file with a matching pattern decides, by its last match;
+    .git/info/exclude and the global file sit at the shallow end of ``chain``."""
+    for rules in reversed(chain):
+        sub = rel[len(rules.base) :]
+        for p in reversed(rules.patterns):
+            if p.dir_only and not is_dir:
+                continue
+            if p.regex.fullmatch(name if p.basename else sub):
+                return not p.negative
+    return False
+
+
+class _Walker:
+    """One walk: a worklist of trees (git's listing first, these rules when git says no),
+    each walked with an explicit stack."""
+
+    def __init__(self, top: Path, out: WalkResult, max_bytes: int) -> None:
+        self.top, self.out, self.max_bytes = top, out, max_bytes
+        self.git = shutil.which("git") is not None  # without git, a nested repository is a plain folder
+
+    def skip(self, p: Path, why: str) -> None:
+        self.out.skipped.append((p, why))
+
+    def run(self) -> None:
+        trees = [(self.top, 0)]  # (folder, its depth below top); nested repositories join as met
+        while trees:
+            folder, depth = trees.pop()
+            names = _git_ls_files(folder)
+            if names is None:
+                self.walk_here(folder, depth, trees)
+            else:
+                self.take_listing(folder, depth, names, trees)
+
+    # -- a listing from git
+    def take_listing(self, folder: Path, depth: int, names: list[bytes], trees: list[tuple[Path, int]]) -> None:
+        too_deep: set[Path] = set()
+        for raw in sorted(set(names)):
+            parts = raw.rstrip(b"/").split(b"/")
+            if any(p in _ALWAYS_SKIP_B for p in parts[:-1]) or parts[-1] in (b".gitignore", b".git"):
+                continue
+            if depth + len(parts) - 1 > MAX_DEPTH:
+                cut = folder / os.fsdecode(b"/".join(parts[: MAX_DEPTH - depth + 1]))
+                if cut not in too_deep:
+                    too_deep.add(cut)
+                    self.skip(cut, "too deep")
+                continue
+            p = folder / os.fsdecode(b"/".join(parts))
+            try:
+                st = os.lstat(p)
+            except FileNotFoundError:  # tracked but deleted, or outside a sparse checkout
+                continue
+            except OSError as e:
+                self.skip(p, f"unreadable ({_why(e)})")
+                continue
+            if stat.S_ISDIR(st.st_mode):  # a nested repository or a submodule
+                if parts[-1] in _ALWAYS_SKIP_B:
+                    continue
+                if depth + len(parts) > MAX_DEPTH:
+                    self.skip(p, "too deep")
+                elif os.path.lexists(p / ".git"):
+                    trees.append((p, depth + len(parts)))
+                continue
+            self.take_file(p, st)
+
+    # -- no git: the rules here
+    def walk_here(self, folder: Path, depth: int, trees: list[tuple[Path, int]]) -> None:
+        stack: list[tuple[Path, bytes, int, tuple[_Rules, ...]]] = [(folder, b"", depth, self.base_rules(folder))]
+        while stack:
+            d, rel, level, chain = stack.pop()
+            try:
+                with os.scandir(d) as it:
+                    entries = sorted(it, key=lambda e: e.name)
+            except OSError as e:
+                self.skip(d, f"unreadable ({_why(e)})")
+                continue
+            for e in entries:
+                if e.name == ".gitignore" and not _is_dir(e):
+                    rules = self.read_ignore(Path(e.path), rel, follow=False)
+                    if rules is not None:
+                        chain = (*chain, rules)
+            below = []
+            for e in entries:
+                name = os.fsencode(e.name)
+                is_dir = _is_dir(e)
+                if name == b".git" or (is_dir and name in _ALWAYS_SKIP_B) or (name == b".gitignore" and not is_dir):
+                    continue
+                if _ignored(chain, rel + name, name, is_dir):
+                    continue
+                p = Path(e.path)
+                if not is_dir:
+                    self.take_file(p)
+                elif level + 1 > MAX_DEPTH:
+                    self.skip(p, "too deep")
+                elif self.git and os.path.lexists(p / ".git"):  # a nested repository: git's own listing
+                    trees.append((p, level + 1))
+                else:
+                    below.append((p, rel + name + b"/", level + 1, chain))
+            stack.extend(reversed(below))
+
+    def base_rules(self, folder: Path) -> tuple[_Rules, ...]:
+        """The global excludes file, then .git/info/exclude (which wins over it)."""
+        chain: list[_Rules] = []
+        glob = _global_excludes_file(folder)
+        if glob is not None:
+            rules = self.read_ignore(glob, b"", follow=True, quiet_missing=True)
+            if rules is not None:
+                chain.append(rules)
+        if (folder / ".git").is_dir():
+            rules = self.read_ignore(folder / ".git" / "info" / "exclude", b"", follow=True, quiet_missing=True)
+            if rules is not None:
+                chain.append(rules)
+        return tuple(chain)
+
+    def read_ignore(self, path: Path, base: bytes, follow: bool, quiet_missing: bool = False) -> _Rules | None:
+        """An ignore file's rules, or None (with a skipped entry) when it cannot be read.
+        A symlinked .gitignore in the tree is not followed: git does not either."""
+        try:
+            fd = os.open(path, _OPEN_FLAGS | (0 if follow else getattr(os, "O_NOFOLLOW", 0)))
+            try:
+                if not stat.S_ISREG(os.fstat(fd).st_mode):
+                    self.skip(path, "ignore file is not a regular file (not read)")
+                    return None
+                data = os.read(fd, MAX_IGNORE_FILE_BYTES + 1)
+            finally:
+                os.close(fd)
+        except OSError as e:
+            if e.errno in (errno.ENOENT, errno.ENOTDIR) and quiet_missing:
+                return None
+            if e.errno == errno.ELOOP and not follow:
+                self.skip(path, "symlinked ignore file (not followed)")
+            else:
+                self.skip(path, f"unreadable ({_why(e)})")
+            return None
+        notes = []
+        if len(data) > MAX_IGNORE_FILE_BYTES:
+            data = data[: data.rfind(b"\n", 0, MAX_IGNORE_FILE_BYTES) + 1]
+            notes.append(f"only its first {MAX_IGNORE_FILE_BYTES >> 20} MiB read")
+        rules, bad = _parse_ignore(data, base)
+        if bad:
+            notes.append(f"{bad} malformed pattern line{'s' if bad > 1 else ''} read as git reads them")
+        if notes:
+            self.skip(path, "ignore file: " + "; ".join(notes))
+        return rules
+
+    # -- one file
+    def take_file(self, p: Path, st: os.stat_result | None = None) -> None:
+        """Symlinks: taken only when they resolve to a file inside the tree."""
+        try:
+            st = st or os.lstat(p)
+        except OSError as e:
+            self.skip(p, f"unreadable ({_why(e)})")
+            return
+        if stat.S_ISLNK(st.st_mode):
+            try:
+                target = os.stat(p)
+            except OSError as e:
+                why = {errno.ELOOP: "symlink loop", errno.ENOENT: "dangling symlink"}.get(e.errno or 0)
+                self.skip(p, why or f"unreadable ({_why(e)})")
+                return
+            if not Path(os.path.realpath(p)).is_relative_to(self.top):
+                self.skip(p, "symlink out of the tree")
+                return
+            if stat.S_ISDIR(target.st_mode):
+                self.skip(p, "symlinked folder (not followed)")
+                return
+        _consider(p, self.out, self.max_bytes)
