@@ -5,8 +5,10 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from localsym.runtime.gguf_file import GGUFHeader, read_header
+from localsym.errors import BadModelFile
+from localsym.runtime.gguf_file import ArrayLen, GGUFHeader, read_header
 
 # llama.cpp's LLAMA_FTYPE names for general.file_type.
 FILE_TYPES = {
@@ -55,24 +57,83 @@ class ModelInfo:
         return int(self.n_layer * per_layer)
 
 
-def _get(meta: dict, arch: str, key: str, default=0):
-    return meta.get(f"{arch}.{key}", default)
+_MISSING = object()
+# Bounds far beyond any real model: past them a header is corrupt or hostile (a block_count of
+# 2^40 would otherwise allocate per-layer tables of that length).
+MAX_LAYERS = 100_000
+MAX_EMBD = 1 << 20
+MAX_HEADS = 1 << 16
+MAX_HEAD_DIM = 1 << 16
+MAX_CTX = 1 << 32
+MAX_EXPERTS = 1 << 16
+
+
+def _kind(v: Any) -> str:
+    if isinstance(v, bool):
+        return "a bool"
+    if isinstance(v, ArrayLen | list):
+        return "an array"
+    return {str: "a string", float: "a float"}.get(type(v), type(v).__name__)
+
+
+def _int(h: GGUFHeader, key: str, lo: int, hi: int, default: Any = _MISSING) -> int:
+    """An integer key in [lo, hi]; a missing required key, another type or a value out of
+    range is a malformed file, said in one line."""
+    v = h.metadata.get(key, _MISSING)
+    if v is _MISSING:
+        if default is _MISSING:
+            raise BadModelFile(f"{h.path}: {key} missing from the GGUF header")
+        return default
+    if type(v) is not int:
+        raise BadModelFile(f"{h.path}: {key} is {_kind(v)}, not an integer")
+    if not lo <= v <= hi:
+        raise BadModelFile(f"{h.path}: {key} = {v} is out of range ({lo}..{hi})")
+    return v
+
+
+def _per_layer(h: GGUFHeader, key: str, lo: int, hi: int, default: Any = _MISSING) -> int:
+    """A count that some models (OpenELM, Jamba) give per layer as an array: its max."""
+    v = h.metadata.get(key, _MISSING)
+    if isinstance(v, list):
+        if not v or any(type(x) is not int or not lo <= x <= hi for x in v):
+            raise BadModelFile(f"{h.path}: {key} holds a value that is not an integer in {lo}..{hi}")
+        return max(v)
+    return _int(h, key, lo, hi, default)
+
+
+def _str(h: GGUFHeader, key: str, default: Any = _MISSING) -> Any:
+    v = h.metadata.get(key, _MISSING)
+    if v is _MISSING:
+        if default is _MISSING:
+            raise BadModelFile(f"{h.path}: {key} missing from the GGUF header")
+        return default
+    if not isinstance(v, str):
+        raise BadModelFile(f"{h.path}: {key} is {_kind(v)}, not a string")
+    return v
 
 
 def model_info(path: str | Path, header: GGUFHeader | None = None) -> ModelInfo:
+    """The shape of a model from its header; BadModelFile (one line) when the header cannot
+    describe a model: a required key missing, of the wrong type or absurd."""
     h = header or read_header(path)
     m = h.metadata
-    arch = str(m.get("general.architecture", "unknown"))
-    n_layer = int(_get(m, arch, "block_count"))
-    n_embd = int(_get(m, arch, "embedding_length"))
-    n_head = _get(m, arch, "attention.head_count", 0)
-    n_head_kv = _get(m, arch, "attention.head_count_kv", n_head)
-    # Per-layer head counts appear as arrays in some models (OpenELM, Jamba): use the max.
-    n_head = int(max(n_head) if isinstance(n_head, list) else n_head)
-    n_head_kv = int(max(n_head_kv) if isinstance(n_head_kv, list) else n_head_kv)
+    arch = _str(h, "general.architecture")
+    n_layer = _int(h, f"{arch}.block_count", 1, MAX_LAYERS)
+    n_embd = _int(h, f"{arch}.embedding_length", 1, MAX_EMBD)
+    n_ctx_train = _int(h, f"{arch}.context_length", 1, MAX_CTX)
+    # 0 heads is an attention-free layer stack (Mamba); per-layer arrays: the max.
+    n_head = _per_layer(h, f"{arch}.attention.head_count", 0, MAX_HEADS)
+    n_head_kv = _per_layer(h, f"{arch}.attention.head_count_kv", 0, MAX_HEADS, n_head)
+    if n_head_kv > n_head:
+        raise BadModelFile(f"{h.path}: {n_head_kv} KV heads but {n_head} query heads")
     head_dim = n_embd // n_head if n_head else 0
-    hk = int(_get(m, arch, "attention.key_length", head_dim))
-    hv = int(_get(m, arch, "attention.value_length", head_dim))
+    hk = _int(h, f"{arch}.attention.key_length", 1, MAX_HEAD_DIM, head_dim)
+    hv = _int(h, f"{arch}.attention.value_length", 1, MAX_HEAD_DIM, head_dim)
+    if n_head and not (hk and hv):
+        raise BadModelFile(f"{h.path}: head size 0 ({n_head} heads in an embedding of {n_embd})")
+    n_expert = _int(h, f"{arch}.expert_count", 0, MAX_EXPERTS, 0)
+    n_expert_used = _int(h, f"{arch}.expert_used_count", 0, n_expert, 0)
+    sliding_window = _int(h, f"{arch}.attention.sliding_window", 0, MAX_CTX, 0)
     layer_bytes = [0] * n_layer
     expert_bytes = [0] * n_layer
     other = 0
@@ -86,18 +147,19 @@ def model_info(path: str | Path, header: GGUFHeader | None = None) -> ModelInfo:
         else:
             other += t.nbytes
     tokens = m.get("tokenizer.ggml.tokens")
-    n_vocab = int(_get(m, arch, "vocab_size", 0) or (tokens if tokens is not None else 0) or 0)
-    if isinstance(tokens, list):
-        n_vocab = n_vocab or len(tokens)
-    ft = m.get("general.file_type")
+    if tokens is not None and not isinstance(tokens, list) and type(tokens) is not ArrayLen:
+        raise BadModelFile(f"{h.path}: tokenizer.ggml.tokens is {_kind(tokens)}, not an array")
+    n_tokens = len(tokens) if isinstance(tokens, list) else int(tokens or 0)
+    n_vocab = _int(h, f"{arch}.vocab_size", 0, 1 << 31, 0) or n_tokens
+    ft = _int(h, "general.file_type", 0, 1 << 16, None)
     return ModelInfo(
         path=Path(h.path),
-        name=str(m.get("general.name", Path(h.path).stem)),
+        name=_str(h, "general.name", Path(h.path).stem),
         architecture=arch,
         n_params=sum(t.n_elements for t in h.tensors),
-        file_type=FILE_TYPES.get(int(ft), f"type {ft}") if ft is not None else "unknown",
+        file_type=FILE_TYPES.get(ft, f"type {ft}") if ft is not None else "unknown",
         file_size=h.file_size,
-        n_ctx_train=int(_get(m, arch, "context_length", 0)),
+        n_ctx_train=n_ctx_train,
         n_layer=n_layer,
         n_embd=n_embd,
         n_head=n_head,
@@ -105,10 +167,10 @@ def model_info(path: str | Path, header: GGUFHeader | None = None) -> ModelInfo:
         head_dim_k=hk,
         head_dim_v=hv,
         n_vocab=n_vocab,
-        n_expert=int(_get(m, arch, "expert_count", 0)),
-        n_expert_used=int(_get(m, arch, "expert_used_count", 0)),
-        sliding_window=int(_get(m, arch, "attention.sliding_window", 0)),
-        chat_template=m.get("tokenizer.chat_template"),
+        n_expert=n_expert,
+        n_expert_used=n_expert_used,
+        sliding_window=sliding_window,
+        chat_template=_str(h, "tokenizer.chat_template", None),
         weights_bytes=sum(t.nbytes for t in h.tensors),
         layer_bytes=tuple(layer_bytes),
         expert_bytes=tuple(expert_bytes),
