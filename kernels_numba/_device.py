@@ -4,6 +4,8 @@ usable, else the CPU). Kept apart so kernels stay numpy-in, numpy-out."""
 from __future__ import annotations
 
 import os
+import time
+from collections.abc import Callable
 from functools import lru_cache
 
 
@@ -26,3 +28,36 @@ def device() -> str:
     if want == "auto":
         return "cuda" if cuda_usable() and os.environ.get("NUMBA_ENABLE_CUDASIM") != "1" else "cpu"
     return want
+
+
+_CHOSEN: dict[tuple[str, tuple], Callable] = {}
+
+
+def fastest(name: str, shape: tuple, cpu: Callable, gpu: Callable) -> Callable:
+    """The implementation of kernel ``name`` to run on data of ``shape``.
+
+    ``LOCALSYM_DEVICE=cpu|cuda`` forces one. Under ``auto`` with a usable GPU the first call
+    for a shape runs both (each once to compile and warm, once timed) and keeps the faster
+    for that shape: a GPU kernel that is fast alone can lose to the CPU on small arrays,
+    where transfers and launches cost more than the work, so it is measured, not assumed.
+    """
+    mode = device()
+    if mode == "cpu" or os.environ.get("LOCALSYM_DEVICE", "auto").lower() == "cuda":
+        return cpu if mode == "cpu" else gpu
+    key = (name, tuple(shape))
+    chosen = _CHOSEN.get(key)
+    if chosen is not None:
+        return chosen
+
+    def trial(*args):
+        times = {}
+        result = None
+        for f in (cpu, gpu):
+            f(*args)
+            t0 = time.perf_counter()
+            result = f(*args)
+            times[f] = time.perf_counter() - t0
+        _CHOSEN[key] = min(times, key=times.__getitem__)
+        return result
+
+    return trial

@@ -1,88 +1,193 @@
-"""Per-block, per-layer KV quantization: F16, Q8, Q4, Q3, Q2, and an adaptive choice.
+"""Which format each layer of a block is kept in: F16, Q8, Q4, Q3 or Q2, chosen by error.
 
 Q8 groups per token (K and V). Q4/Q3/Q2 follow KIVI: K per channel (its outlier channels
-get their own ranges), V per token. The adaptive policy picks, for each layer of a block,
-the cheapest format whose error stays under a threshold, K and V apart: K's error is judged
-through attention (the change of q.k logits for sample queries, which softmax amplifies),
-V's by relative L2.
+get their own ranges), V per token. For each layer of a block, K and V apart, the policy
+takes the cheapest allowed format whose error stays under a threshold. K's error is judged
+through attention (how far a q.k/sqrt(d) logit moves, which softmax amplifies), V's by
+relative L2.
+
+The errors are estimated in closed form from the group ranges a single pass measures
+(``kernels_numba.kv_block.ranges``), not by encoding every format and measuring it: a
+group of step s rounds with an error spread evenly over [-s/2, s/2], variance s^2/12. So
+V's relative L2 is sqrt(sum n_g s_g^2 / 12) / |V|, and a query q moves a logit by a sum of
+such errors weighted by q, whose standard deviation follows from q^2 and the steps; the
+largest move over a block's cells is taken as sqrt(2 ln 2C) standard deviations. Sample
+queries are the block's own keys (within a head, queries and keys are trained into the
+same space). ``k_error``/``v_error`` measure the real thing, for calibration and tests.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import math
+from dataclasses import dataclass
 
 import numpy as np
 
-from kernels_numba import quant as qk
+from kernels_numba import kv_block as kb
 
-# name -> (bits, K grouped per channel?, group)
-FORMATS: dict[str, tuple[int, bool, int]] = {
-    "q8": (8, False, 32),
-    "q4": (4, True, 32),
-    "q3": (3, True, 32),
-    "q2": (2, True, 32),
-}
 ORDER = ("q2", "q3", "q4", "q8", "f16")  # cheapest first
-V_GROUP = 64  # V (per token) groups along channels
+BITS = {"q2": 2, "q3": 3, "q4": 4, "q8": 8, "f16": 16}
+FMT_OF_BITS = {b: f for f, b in BITS.items()}
+N_QUERIES = 16
+
+
+def k_per_channel(fmt: str) -> bool:
+    return fmt in ("q4", "q3", "q2")
 
 
 @dataclass
-class QTensor:
-    """One quantized 2-D tensor [rows, cols] as stored (maybe transposed first)."""
+class QuantPolicy:
+    """Which formats a tier may use and how much error each of K and V may take."""
 
-    fmt: str
-    shape: tuple[int, int]  # the original [cells, width]
-    transposed: bool
-    packed: np.ndarray | None  # uint8 codes; None for f16
-    zero: np.ndarray | None  # f16 per group
-    scale: np.ndarray | None  # f16 per group
-    raw: np.ndarray | None = None  # the f16 values when fmt == "f16"
-    bits: int = 16
-    group: int = 0
+    formats: tuple[str, ...] = ("q8", "q4", "q3", "q2")
+    # On SmolLM2-135M (stdlib source) K's logit change runs ~0.09 at q8, ~0.7 at q4, ~1.5 at
+    # q3, ~3.6 at q2; V's relative L2 ~0.006, ~0.10, ~0.22, ~0.5.
+    k_threshold: float = 1.0
+    v_threshold: float = 0.2
+    fixed: str | None = None  # one format for everything (benchmarks, tests)
+
+    def candidates(self, floor: str | None = None) -> list[str]:
+        if self.fixed:
+            return [self.fixed]
+        allowed = [f for f in ORDER if f in self.formats or f == "f16"]
+        if floor is not None:  # pinned blocks: nothing cheaper than ``floor``
+            allowed = [f for f in allowed if ORDER.index(f) >= ORDER.index(floor)]
+        return allowed
+
+
+DEFAULT_POLICY = QuantPolicy()
+
+
+@dataclass
+class Ranges:
+    """One pass over a run of layers [L, cells, width] (f16 bits): group ranges for the
+    error estimates and the encoder's parameters."""
+
+    tlo: np.ndarray  # per-token groups [L, cells, ceil(width / 64)]
+    thi: np.ndarray
+    clo: np.ndarray  # per-channel groups [L, width, ceil(cells / 32)] (K only)
+    chi: np.ndarray
+    sumsq: np.ndarray  # [L]
+
+    def __post_init__(self) -> None:
+        self._params: dict[tuple[str, bool], tuple[np.ndarray, np.ndarray]] = {}
 
     @property
-    def nbytes(self) -> int:
-        if self.fmt == "f16":
-            return int(self.raw.nbytes)
-        return int(self.packed.nbytes + self.zero.nbytes + self.scale.nbytes)
+    def has_channels(self) -> bool:
+        return self.clo.shape[1] > 0
+
+    @classmethod
+    def measure(cls, x: np.ndarray, channel: bool) -> "Ranges":
+        return cls(*kb.ranges(x, channel))
+
+    def params(self, fmt: str, per_channel: bool) -> tuple[np.ndarray, np.ndarray]:
+        """f16 minimum and step of every group of every layer: [L, rows, groups] each."""
+        key = (fmt, per_channel)
+        if key not in self._params:  # once per format for every layer of the run
+            lo, hi = (self.clo, self.chi) if per_channel else (self.tlo, self.thi)
+            self._params[key] = kb.params_from_ranges(lo, hi, BITS[fmt])
+        return self._params[key]
+
+def _levels(fmt: str) -> float:
+    return float((1 << BITS[fmt]) - 1)
 
 
-def quantize(x: np.ndarray, fmt: str, per_channel: bool | None = None, group: int | None = None) -> QTensor:
-    """Quantize [cells, width] float data; ``per_channel`` groups along cells (K in KIVI)."""
-    if fmt == "f16":
-        return QTensor("f16", x.shape, False, None, None, None, raw=np.asarray(x, np.float16))
-    bits, k_per_channel, k_group = FORMATS[fmt]
-    pc = k_per_channel if per_channel is None else per_channel
-    g = group or (k_group if pc else V_GROUP)
-    a = np.ascontiguousarray((x.T if pc else x), dtype=np.float32)
-    lo, hi = qk.group_minmax(a, g)
-    # Round the group parameters to f16 first, then encode against the rounded values, so
-    # what is stored decodes exactly as the encoder assumed.
-    zero = lo.astype(np.float16)
-    scale = ((hi - zero.astype(np.float32)) / ((1 << bits) - 1)).astype(np.float16)
-    packed = qk.encode(a, zero.astype(np.float32), scale.astype(np.float32), bits, g)
-    return QTensor(fmt, x.shape, pc, packed, zero, scale, bits=bits, group=g)
+def v_errors(r: Ranges, width: int) -> dict[str, np.ndarray]:
+    """Estimated relative L2 error per layer of every format: a group's step is its range
+    over the format's levels (the f16 rounding of the step moves this by < 0.1%)."""
+    gt = r.tlo.shape[2]
+    n_g = np.full(gt, kb.GROUP_TOKEN, np.float32)
+    n_g[-1] = width - kb.GROUP_TOKEN * (gt - 1)
+    span = r.thi - r.tlo
+    base = np.sqrt(((span * span) * n_g).sum(axis=(1, 2), dtype=np.float64) / 12.0)
+    base /= np.sqrt(np.maximum(r.sumsq, 1e-30))
+    out = {fmt: base / _levels(fmt) for fmt in ("q8", "q4", "q3", "q2")}
+    out["f16"] = np.zeros(len(base))
+    return out
 
 
-def dequantize(t: QTensor) -> np.ndarray:
-    """Back to float32 [cells, width]."""
-    if t.fmt == "f16":
-        return t.raw.astype(np.float32)
-    cols = t.shape[0] if t.transposed else t.shape[1]
-    out = qk.decode(t.packed, t.zero.astype(np.float32), t.scale.astype(np.float32), t.bits, t.group, cols)
-    return out.T if t.transposed else out
+def sample_queries(x: np.ndarray) -> np.ndarray:
+    """[L, q, width] float32: every (cells / 16)-th key of each layer."""
+    step = max(1, x.shape[1] // N_QUERIES)
+    return kb.H2F[x[:, ::step, :]]
 
+
+# The estimate's ratio to the measured error on real keys (SmolLM2-135M, stdlib source,
+# 60 layer-blocks; correlation 0.95-0.97): the expected maximum overstates what the block's
+# own queries see by a steady factor, larger for Q8's per-cell steps.
+K_CALIBRATION = {"per_channel": 1.46, "q8": 1.93}
+
+
+def k_errors(r: Ranges, queries: np.ndarray, n_head_kv: int, q8_layers: np.ndarray | None = None
+             ) -> dict[str, np.ndarray]:
+    """Estimated mean (over sample queries and heads) of the largest logit change over a
+    block's cells, per layer and format. Q4/Q3/Q2 share their groups, so one product serves
+    all three; Q8 only for ``q8_layers`` (rarely needed: a product over every cell), inf
+    elsewhere."""
+    L, nq, W = queries.shape
+    C = r.tlo.shape[1]
+    hd = W // n_head_kv
+    q2 = (queries * queries).reshape(L, nq, n_head_kv, hd).transpose(0, 2, 1, 3)  # [L, H, q, hd]
+    kappa = math.sqrt(2 * math.log(2 * C)) / math.sqrt(12.0 * hd)
+    span = r.chi - r.clo  # [L, W, groups]
+    var = np.matmul(q2, (span * span).reshape(L, n_head_kv, hd, -1))  # [L, H, q, groups]
+    base = kappa / K_CALIBRATION["per_channel"] * np.sqrt(var.max(axis=3)).mean(axis=(1, 2), dtype=np.float64)
+    out = {fmt: base / _levels(fmt) for fmt in ("q4", "q3", "q2")}
+    out["f16"] = np.zeros(L)
+    q8 = np.full(L, np.inf)
+    layers = np.flatnonzero(q8_layers) if q8_layers is not None else np.zeros(0, np.int64)
+    if len(layers):
+        sp = r.thi[layers] - r.tlo[layers]  # [n, C, groups of channels]
+        sc = np.repeat(sp, kb.GROUP_TOKEN, axis=2)[:, :, :W].reshape(len(layers), C, n_head_kv, hd)
+        var8 = np.matmul(q2[layers], (sc * sc).transpose(0, 2, 3, 1))  # [n, H, q, C]
+        q8[layers] = (kappa / K_CALIBRATION["q8"] / _levels("q8")
+                      * np.sqrt(var8.max(axis=3)).mean(axis=(1, 2), dtype=np.float64))
+    out["q8"] = q8
+    return out
+
+
+def choose(errors: dict[str, np.ndarray], policy: QuantPolicy, threshold: float, floor: str | None) -> list[str]:
+    """Per layer, the cheapest candidate whose error is under ``threshold`` (f16 always is)."""
+    cands = policy.candidates(floor)
+    out = []
+    for layer in range(len(errors["f16"])):
+        for fmt in cands:
+            if policy.fixed or fmt == "f16" or errors[fmt][layer] <= threshold:
+                out.append(fmt)
+                break
+    return out
+
+
+def plan_k(k: np.ndarray, policy: QuantPolicy, n_head_kv: int, floor: str | None = None
+           ) -> tuple[list[str], Ranges]:
+    """Every layer's K format for a run of layers (f16 bits [L, C, W]), and the ranges the
+    encoder reuses: one pass over the keys."""
+    r = Ranges.measure(k, True)
+    if policy.fixed:
+        return [policy.fixed] * k.shape[0], r
+    queries = sample_queries(k)
+    err = k_errors(r, queries, n_head_kv)
+    need_q8 = err["q4"] > policy.k_threshold
+    if "q8" in policy.candidates(floor) and need_q8.any():
+        err["q8"] = k_errors(r, queries, n_head_kv, need_q8)["q8"]
+    return choose(err, policy, policy.k_threshold, floor), r
+
+
+def plan_v(v: np.ndarray, policy: QuantPolicy, floor: str | None = None) -> tuple[list[str], Ranges]:
+    r = Ranges.measure(v, False)
+    if policy.fixed:
+        return [policy.fixed] * v.shape[0], r
+    return choose(v_errors(r, v.shape[2]), policy, policy.v_threshold, floor), r
+
+
+# -- measured errors (calibration and tests) ---------------------------------------------------
 
 def k_error(k: np.ndarray, k_hat: np.ndarray, n_head_kv: int, queries: np.ndarray | None = None) -> float:
-    """Mean over sample queries of the largest change in a q.k/sqrt(d) logit, per head.
-
-    Without real queries the block's own keys stand in for them: within a head, queries
-    and keys are trained into the same space.
-    """
+    """Mean over sample queries of the largest change in a q.k/sqrt(d) logit, per head."""
     cells, width = k.shape
     hd = width // n_head_kv
     q = k if queries is None else queries
-    step = max(1, len(q) // 16)
+    step = max(1, len(q) // N_QUERIES)
     q = q[::step].reshape(-1, n_head_kv, hd)
     d = (k_hat - k).reshape(cells, n_head_kv, hd)
     delta = np.einsum("qhd,chd->qhc", q, d) / np.sqrt(hd)
@@ -91,126 +196,6 @@ def k_error(k: np.ndarray, k_hat: np.ndarray, n_head_kv: int, queries: np.ndarra
 
 def v_error(v: np.ndarray, v_hat: np.ndarray) -> float:
     return float(np.linalg.norm(v_hat - v) / (np.linalg.norm(v) + 1e-12))
-
-
-@dataclass
-class QuantPolicy:
-    """Which formats a tier may use and how much error each of K and V may take."""
-
-    formats: tuple[str, ...] = ("q8", "q4", "q3", "q2")
-    # Calibrated on SmolLM2-135M with `localsym bench quant` (1024 tokens of stdlib source,
-    # 128-token blocks): K's q.k change in logit units runs ~0.8 at q4, ~1.8 at q3, ~4.3 at
-    # q2; V's relative L2 ~0.07 at q4, ~0.2 at q3, ~0.45 at q2. These thresholds gave a
-    # 4.06x ratio at a perplexity ratio of 1.034.
-    k_threshold: float = 2.0
-    v_threshold: float = 0.22
-    fixed: str | None = None  # one format for everything (benchmarks, tests)
-
-    def candidates(self, floor: str | None = None) -> list[str]:
-        allowed = [f for f in ORDER if f in self.formats or f == "f16"]
-        if floor is not None:  # pinned blocks: nothing cheaper than ``floor``
-            allowed = [f for f in allowed if ORDER.index(f) >= ORDER.index(floor)]
-        return allowed
-
-
-WARM_POLICY = QuantPolicy(formats=("q8", "q4"))
-COLD_POLICY = QuantPolicy(formats=("q8", "q4", "q3", "q2"))
-
-
-@dataclass
-class LayerChoice:
-    k: QTensor
-    v: QTensor
-    k_err: float
-    v_err: float
-
-
-@dataclass
-class QuantReport:
-    choices: list[LayerChoice] = field(default_factory=list)
-
-    @property
-    def nbytes(self) -> int:
-        return sum(c.k.nbytes + c.v.nbytes for c in self.choices)
-
-    def mix(self) -> dict[str, int]:
-        out: dict[str, int] = {}
-        for c in self.choices:
-            for t, kind in ((c.k, "K"), (c.v, "V")):
-                key = f"{kind}:{t.fmt}"
-                out[key] = out.get(key, 0) + 1
-        return out
-
-
-def _choose(x: np.ndarray, policy: QuantPolicy, floor: str | None, threshold: float,
-            per_channel: bool | None, error) -> tuple[QTensor, float]:
-    """The cheapest allowed format whose error stays under ``threshold`` (f16 always does)."""
-    if policy.fixed:
-        t = quantize(x, policy.fixed, per_channel=per_channel)
-        return t, error(dequantize(t))
-    for fmt in policy.candidates(floor):
-        t = quantize(x, fmt, per_channel=per_channel)
-        err = error(dequantize(t)) if fmt != "f16" else 0.0
-        if err <= threshold or fmt == "f16":
-            return t, err
-    raise AssertionError("unreachable: f16 always qualifies")
-
-
-def choose_k(k: np.ndarray, policy: QuantPolicy, n_head_kv: int, floor: str | None = None,
-             queries: np.ndarray | None = None) -> tuple[QTensor, float]:
-    return _choose(k, policy, floor, policy.k_threshold, None,
-                   lambda k_hat: k_error(k, k_hat, n_head_kv, queries))
-
-
-def choose_v(v: np.ndarray, policy: QuantPolicy, floor: str | None = None) -> tuple[QTensor, float]:
-    return _choose(v, policy, floor, policy.v_threshold, False, lambda v_hat: v_error(v, v_hat))
-
-
-def quantize_layers(ks: list[np.ndarray], vs: list[np.ndarray], policy: QuantPolicy, n_head_kv: int,
-                    floor: str | None = None) -> QuantReport:
-    """Quantize every layer's K [cells, width] and V [cells, width] of one block."""
-    return quantize_tiers(ks, vs, (policy,), n_head_kv, floor)[0]
-
-
-def quantize_tiers(ks: list[np.ndarray], vs: list[np.ndarray], policies: tuple[QuantPolicy, ...],
-                   n_head_kv: int, floor: str | None = None) -> list[QuantReport]:
-    """One report per policy (a block sealed into cold and warm) from one set of trials.
-
-    The first policy chooses; a later one with the same thresholds takes that choice
-    raised to its own cheapest allowed format when the choice is cheaper: errors fall as
-    bits rise, so a format under the threshold means every dearer one is too. Its error is
-    then reported as the cheaper format's, an upper bound.
-    """
-    reps = [QuantReport() for _ in policies]
-    first = policies[0]
-    for k, v in zip(ks, vs):
-        k32, v32 = np.asarray(k, np.float32), np.asarray(v, np.float32)
-        kt, ke = choose_k(k32, first, n_head_kv, floor)
-        vt, ve = choose_v(v32, first, floor)
-        reps[0].choices.append(LayerChoice(kt, vt, ke, ve))
-        for rep, pol in zip(reps[1:], policies[1:]):
-            k2 = _raised(k32, kt, first, pol, floor, None)
-            v2 = _raised(v32, vt, first, pol, floor, False)
-            k2, k2e = (k2, ke) if k2 is not None else choose_k(k32, pol, n_head_kv, floor)
-            v2, v2e = (v2, ve) if v2 is not None else choose_v(v32, pol, floor)
-            rep.choices.append(LayerChoice(k2, v2, k2e, v2e))
-    return reps
-
-
-def _raised(x: np.ndarray, t: QTensor, chose: QuantPolicy, pol: QuantPolicy, floor: str | None,
-            per_channel: bool | None) -> QTensor | None:
-    """What ``pol`` would choose given that ``chose`` picked ``t`` (every cheaper format it
-    tried failed, ``t`` passed), or None when that takes trials of its own."""
-    if pol.fixed or chose.fixed or (pol.k_threshold, pol.v_threshold) != (chose.k_threshold, chose.v_threshold):
-        return None
-    allowed, tried = pol.candidates(floor), chose.candidates(floor)
-    rank = ORDER.index(t.fmt)
-    if any(f not in tried for f in allowed if ORDER.index(f) < rank):
-        return None  # pol allows a cheaper format that was never tried
-    if t.fmt in allowed:
-        return t
-    dearer = [f for f in allowed if ORDER.index(f) > rank]
-    return quantize(x, dearer[0], per_channel=per_channel) if dearer else None
 
 
 def mix_summary(mix: dict[str, int]) -> str:

@@ -533,16 +533,25 @@ class Context:
         return bool(lc.llama_memory_can_shift(self._mem))
 
     # -- sequence state blobs -------------------------------------------------------------
-    def state_seq_get(self, seq: int, flags: int = 0) -> bytes:
+    def state_seq_get(self, seq: int, flags: int = 0) -> bytearray:
+        """A sequence's KV state blob, copied out of llama.cpp once (into the returned buffer)."""
         size = lc.llama_state_seq_get_size_ext(self._ptr, seq, flags)
-        buf = (ctypes.c_uint8 * size)()
-        n = lc.llama_state_seq_get_data_ext(self._ptr, buf, size, seq, flags)
-        return bytes(memoryview(buf)[:n])
+        buf = bytearray(size)
+        n = lc.llama_state_seq_get_data_ext(self._ptr, (ctypes.c_uint8 * size).from_buffer(buf), size, seq, flags)
+        if n != size:
+            del buf[n:]
+        return buf
 
-    def state_seq_set(self, seq: int, blob: bytes, flags: int = 0) -> int:
-        """Replace sequence ``seq`` with a saved blob; raise on a blob that does not fit."""
-        buf = (ctypes.c_uint8 * len(blob)).from_buffer_copy(blob)
-        n = lc.llama_state_seq_set_data_ext(self._ptr, buf, len(blob), seq, flags)
+    def state_seq_set(self, seq: int, blob: bytes | bytearray, flags: int = 0) -> int:
+        """Replace sequence ``seq`` with a saved blob; raise on a blob that does not fit.
+        A writable buffer (what ``EncodedBlock.to_blob`` builds) is handed over without a copy."""
+        n_bytes = len(blob)
+        if isinstance(blob, bytearray):
+            buf = (ctypes.c_uint8 * n_bytes).from_buffer(blob)
+        else:
+            buf = (ctypes.c_uint8 * n_bytes).from_buffer_copy(blob)
+        n = lc.llama_state_seq_set_data_ext(self._ptr, buf, n_bytes, seq, flags)
+        del buf
         if n == 0:
             raise LocalsymError(f"llama.cpp refused a KV state blob ({_last_error('shape or type mismatch')})")
         return n

@@ -12,6 +12,7 @@ We always hold V token-major (one row per cell) and transpose on the way in and 
 from __future__ import annotations
 
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -86,10 +87,19 @@ def _row_dtype(t: int) -> np.dtype:
     return _DTYPES.get(t, np.dtype(np.uint8))
 
 
-def _parse_stream(c: _Cursor, cell_ext: int) -> KVStream:
-    cell_count = c.take("<I")
-    if cell_count > 1 << 24:
-        raise BlobError("KV state blob is corrupt (cell count)")
+_CELL1 = np.dtype([("pos", "<i4"), ("n", "<u4"), ("seq", "<i4")])
+
+
+def _parse_cells(c: _Cursor, cell_count: int, cell_ext: int) -> tuple[np.ndarray, list[tuple[int, ...]]]:
+    """Cells of one stream; a block's cells all belong to one sequence, read in one go."""
+    if not cell_ext and c.pos + cell_count * _CELL1.itemsize <= len(c.buf):
+        cells = np.frombuffer(c.buf, _CELL1, count=cell_count, offset=c.pos)
+        if cell_count and (cells["n"] == 1).all():
+            c.pos += cell_count * _CELL1.itemsize
+            seqs = cells["seq"]
+            first = int(seqs[0])
+            ids = [(first,)] * cell_count if (seqs == first).all() else [(int(s),) for s in seqs]
+            return cells["pos"].astype(np.int32), ids
     positions = np.empty(cell_count, np.int32)
     seq_ids = []
     for i in range(cell_count):
@@ -100,6 +110,14 @@ def _parse_stream(c: _Cursor, cell_ext: int) -> KVStream:
         if n > 256:
             raise BlobError("KV state blob is corrupt (sequence ids)")
         seq_ids.append(tuple(c.take("<i") for _ in range(n)))
+    return positions, seq_ids
+
+
+def _parse_stream(c: _Cursor, cell_ext: int) -> KVStream:
+    cell_count = c.take("<I")
+    if cell_count > 1 << 24:
+        raise BlobError("KV state blob is corrupt (cell count)")
+    positions, seq_ids = _parse_cells(c, cell_count, cell_ext)
     v_trans = bool(c.take("<I"))
     n_layer = c.take("<I")
     if n_layer > 4096:
@@ -188,3 +206,102 @@ def check_compatible(state: SeqState, reference: SeqState) -> None:
         for ka, kb in zip(a.k, b.k):
             if ka.shape[1:] != kb.shape[1:]:
                 raise BlobError("KV blob row sizes differ from the live context's")
+
+
+# -- whole-block views and blobs built in place ----------------------------------------------
+
+def stacked(arrays: Sequence[np.ndarray]) -> list[tuple[int, int, np.ndarray]]:
+    """Runs ``(first, stop, view)`` of per-layer arrays that share shape, dtype and strides
+    and sit at a fixed distance in memory (a blob's layers do), each as one strided
+    [layers, cells, width] view: one kernel call then covers a whole run."""
+    runs, i, n = [], 0, len(arrays)
+    while i < n:
+        a = arrays[i]
+        j, delta = i + 1, 0
+        while j < n:
+            b = arrays[j]
+            d = b.ctypes.data - arrays[j - 1].ctypes.data
+            if b.shape != a.shape or b.dtype != a.dtype or b.strides != a.strides or d <= 0 or (delta and d != delta):
+                break
+            delta = d
+            j += 1
+        view = np.lib.stride_tricks.as_strided(a, shape=(j - i, *a.shape), strides=(delta, *a.strides),
+                                               writeable=a.flags.writeable)
+        runs.append((i, j, view))
+        i = j
+    return runs
+
+
+@dataclass(frozen=True)
+class StreamShape:
+    """What a stream's part of a blob holds besides its cells: per-layer types and row sizes."""
+
+    v_trans: bool
+    k_types: tuple[int, ...]
+    v_types: tuple[int, ...]
+    k_row_bytes: tuple[int, ...]
+    v_row_bytes: tuple[int, ...]  # a cell's V bytes (n_embd_v * element size when transposed)
+
+    @classmethod
+    def of(cls, s: KVStream) -> "StreamShape":
+        return cls(s.v_trans, tuple(s.k_types), tuple(s.v_types), tuple(k.shape[1] * k.itemsize for k in s.k),
+                   tuple(v.shape[1] * v.itemsize for v in s.v))
+
+    def as_dict(self) -> dict:
+        return {"v_trans": self.v_trans, "k_types": list(self.k_types), "v_types": list(self.v_types),
+                "k_row_bytes": list(self.k_row_bytes), "v_row_bytes": list(self.v_row_bytes)}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "StreamShape":
+        return cls(bool(d["v_trans"]), tuple(d["k_types"]), tuple(d["v_types"]), tuple(d["k_row_bytes"]),
+                   tuple(d["v_row_bytes"]))
+
+
+def new_blob(seq_id: int, positions: np.ndarray, shapes: Sequence[Sequence[StreamShape]]
+             ) -> tuple[bytearray, SeqState]:
+    """A state blob for cells at ``positions`` of sequence ``seq_id``, laid out as ``shapes``
+    (caches -> streams), with its K and V left to fill: the returned state's arrays are
+    writable views into the buffer, which then goes to llama.cpp as it is (no copy)."""
+    n = len(positions)
+    size = 8
+    for cache in shapes:
+        size += 4
+        for sh in cache:
+            size += 4 + n * _CELL1.itemsize + 8 + 12 * (len(sh.k_types) + len(sh.v_types))
+            size += n * (sum(sh.k_row_bytes) + sum(sh.v_row_bytes))
+    buf = bytearray(size)
+    struct.pack_into("<Ii", buf, 0, STATE_MAGIC, seq_id)
+    off = 8
+    state = SeqState(seq_id)
+    for cache in shapes:
+        struct.pack_into("<I", buf, off, len(cache))
+        off += 4
+        streams = []
+        for sh in cache:
+            struct.pack_into("<I", buf, off, n)
+            off += 4
+            cells = np.frombuffer(buf, _CELL1, count=n, offset=off)
+            cells["pos"], cells["n"], cells["seq"] = positions, 1, seq_id
+            off += n * _CELL1.itemsize
+            struct.pack_into("<II", buf, off, int(sh.v_trans), len(sh.k_types))
+            off += 8
+            ks, vs = [], []
+            for t, rb in zip(sh.k_types, sh.k_row_bytes):
+                dt = _row_dtype(t)
+                struct.pack_into("<iQ", buf, off, t, rb)
+                ks.append(np.frombuffer(buf, dt, count=n * rb // dt.itemsize, offset=off + 12).reshape(n, -1))
+                off += 12 + n * rb
+            for t, rb in zip(sh.v_types, sh.v_row_bytes):
+                dt = _row_dtype(t)
+                if sh.v_trans:
+                    struct.pack_into("<iII", buf, off, t, dt.itemsize, rb // dt.itemsize)
+                    vs.append(np.frombuffer(buf, dt, count=n * rb // dt.itemsize, offset=off + 12).reshape(-1, n).T)
+                else:
+                    struct.pack_into("<iQ", buf, off, t, rb)
+                    vs.append(np.frombuffer(buf, dt, count=n * rb // dt.itemsize, offset=off + 12).reshape(n, -1))
+                off += 12 + n * rb
+            streams.append(KVStream(np.asarray(positions, np.int32), [(seq_id,)] * n, sh.v_trans,
+                                    list(sh.k_types), list(sh.v_types), ks, vs))
+        state.caches.append(streams)
+    assert off == size
+    return buf, state

@@ -1,0 +1,651 @@
+"""One block's KV, every layer in one call: group ranges, encode, decode.
+
+A sealed block holds K and V as [layers, cells, width] f16, strided views into llama.cpp's
+state blob. Quantizing layer by layer and format by format cost hundreds of small calls per
+block (each a device launch under CUDA); here one call measures every layer's group
+ranges, one encodes every layer in its own format, and one decodes every layer straight
+into the state blob being built for a restore.
+
+A layer's format is its ``bits``: 16 keeps the f16 values; 8, 4, 3 and 2 are group-wise
+asymmetric codes (an f16 minimum and step per group, values packed little-endian: value i
+of a group occupies bits [i*bits, (i+1)*bits), as in ``kernels_numba.quant``). Per-token
+layers group along channels (GROUP_TOKEN values a group: V always, K at 8 bits); per-channel
+layers group along cells (GROUP_CHANNEL cells a group: K at 4/3/2 bits, as KIVI does).
+Per-token rows are cells, per-channel rows are channels; each row has ceil(cols / group)
+groups, and a layer's codes are its rows one after another.
+
+f16 data travels as uint16 bit patterns, since numba's CPU target has no float16: a table
+widens them, and an exact round-to-nearest-even narrows float32 back. Codes are computed in
+float64 and values decoded in float32 (``z + code * step`` is exact before its final
+rounding, so a GPU's fused multiply-add gives the same bits).
+
+Three versions with one signature: ``*_ref`` (numpy), ``*_cpu`` (Numba, one parallel call
+over every layer) and ``*_cuda`` (Numba-CUDA, one launch over every layer).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from llvmlite import ir
+from numba import cuda, njit, prange, types
+from numba.extending import intrinsic
+
+from kernels_numba._device import fastest
+
+GROUP_TOKEN = 64
+GROUP_CHANNEL = 32
+F16_BITS = 16
+BITS = (2, 3, 4, 8, F16_BITS)
+H2F = np.arange(1 << 16, dtype=np.uint16).view(np.float16).astype(np.float32)  # f16 bits -> value
+
+
+# ---- layout ---------------------------------------------------------------------------------
+
+def layer_shape(bits: int, per_channel: bool, cells: int, width: int) -> tuple[int, int, int]:
+    """(rows, cols, group) of one layer's codes."""
+    if per_channel:
+        return width, cells, GROUP_CHANNEL
+    return cells, width, GROUP_TOKEN
+
+
+def layer_sizes(bits: int, per_channel: bool, cells: int, width: int) -> tuple[int, int]:
+    """(code bytes, groups) of one layer."""
+    if bits == F16_BITS:
+        return cells * width * 2, 0
+    rows, cols, g = layer_shape(bits, per_channel, cells, width)
+    ng = (cols + g - 1) // g
+    return rows * ng * g * bits // 8, rows * ng
+
+
+def offsets(bits: np.ndarray, per_channel: np.ndarray, cells: int, width: int
+            ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-layer starts (and totals, the last entry) of codes, groups and rows (the tasks a
+    parallel call splits)."""
+    b = np.asarray(bits, np.int64)
+    pc = np.asarray(per_channel, np.bool_)
+    bad = ~np.isin(b, BITS)
+    if bad.any():
+        raise ValueError(f"bits must be one of {BITS}, not {int(b[bad][0])}")
+    rows = np.where(pc, width, cells)
+    cols = np.where(pc, cells, width)
+    g = np.where(pc, GROUP_CHANNEL, GROUP_TOKEN)
+    ng = -(-cols // g)
+    f16 = b == F16_BITS
+    code = np.where(f16, cells * width * 2, rows * ng * g * b // 8)
+    groups = np.where(f16, 0, rows * ng)
+    out = []
+    for per_layer in (code, groups, np.where(f16, cells, rows)):
+        o = np.zeros(len(b) + 1, np.int64)
+        np.cumsum(per_layer, out=o[1:])
+        out.append(o)
+    return out[0], out[1], out[2]
+
+
+def check_block(x: np.ndarray) -> None:
+    if not isinstance(x, np.ndarray) or x.ndim != 3 or x.dtype != np.uint16:
+        raise ValueError("expected f16 bits as a 3-D uint16 array [layers, cells, width]")
+
+
+def params_from_ranges(lo: np.ndarray, hi: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarray]:
+    """f16 minimum and step of each group; encoding uses the rounded values, so what is
+    stored decodes exactly as the encoder assumed. (Numba: numpy's f16 casts cost more
+    than the encoding on small arrays.)"""
+    lo32 = np.ascontiguousarray(lo, np.float32)
+    zero = np.empty(lo32.shape, np.uint16)
+    scale = np.empty(lo32.shape, np.uint16)
+    _params_cpu(lo32.ravel(), np.ascontiguousarray(hi, np.float32).ravel(), np.float32((1 << bits) - 1),
+                zero.reshape(-1), scale.reshape(-1))
+    return zero.view(np.float16), scale.view(np.float16)
+
+
+def params_ref(lo: np.ndarray, hi: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarray]:
+    zero = lo.astype(np.float16)
+    with np.errstate(over="ignore", invalid="ignore"):
+        scale = ((hi - zero.astype(np.float32)) / np.float32((1 << bits) - 1)).astype(np.float16)
+    return zero, scale
+
+
+# ---- numpy reference --------------------------------------------------------------------------
+
+def ranges_ref(x: np.ndarray, channel: bool) -> tuple[np.ndarray, ...]:
+    """Per-token group min/max [L, cells, ceil(width/GT)], per-channel group min/max
+    [L, width, ceil(cells/GC)] (empty unless ``channel``) and each layer's sum of squares."""
+    f = H2F[x]
+    L, C, W = f.shape
+    gt, gc = -(-W // GROUP_TOKEN), -(-C // GROUP_CHANNEL)
+    pad = np.full((L, C, gt * GROUP_TOKEN), np.nan, np.float32)
+    pad[:, :, :W] = f
+    t = pad.reshape(L, C, gt, GROUP_TOKEN)
+    tlo, thi = np.nanmin(t, axis=3), np.nanmax(t, axis=3)
+    if channel:
+        padc = np.full((L, W, gc * GROUP_CHANNEL), np.nan, np.float32)
+        padc[:, :, :C] = f.transpose(0, 2, 1)
+        c = padc.reshape(L, W, gc, GROUP_CHANNEL)
+        clo, chi = np.nanmin(c, axis=3), np.nanmax(c, axis=3)
+    else:
+        clo = chi = np.zeros((L, 0, gc), np.float32)
+    ss = (f.astype(np.float64) ** 2).sum(axis=(1, 2))
+    return tlo, thi, clo, chi, ss
+
+
+def _rows_of(f: np.ndarray, per_channel: bool) -> np.ndarray:
+    return f.T if per_channel else f
+
+
+def encode_ref(x: np.ndarray, bits: np.ndarray, per_channel: np.ndarray, zero: np.ndarray,
+               scale: np.ndarray) -> np.ndarray:
+    from kernels_numba import quant
+
+    L, C, W = x.shape
+    code_off, param_off, _ = offsets(bits, per_channel, C, W)
+    out = np.zeros(int(code_off[-1]), np.uint8)
+    for i in range(L):
+        b, pc = int(bits[i]), bool(per_channel[i])
+        if b == F16_BITS:
+            out[code_off[i]:code_off[i + 1]] = np.ascontiguousarray(x[i]).view(np.uint8).ravel()
+            continue
+        rows, cols, g = layer_shape(b, pc, C, W)
+        a = np.ascontiguousarray(_rows_of(H2F[x[i]], pc))
+        z = zero[param_off[i]:param_off[i + 1]].astype(np.float32).reshape(rows, -1)
+        s = scale[param_off[i]:param_off[i + 1]].astype(np.float32).reshape(rows, -1)
+        out[code_off[i]:code_off[i + 1]] = quant.encode_ref(a, z, s, b, g).ravel()
+    return out
+
+
+def decode_ref(codes: np.ndarray, bits: np.ndarray, per_channel: np.ndarray, zero: np.ndarray,
+               scale: np.ndarray, out: np.ndarray) -> None:
+    """Writes f16 bits into ``out`` [L, cells, width] (any strides)."""
+    L, C, W = out.shape
+    code_off, param_off, _ = offsets(bits, per_channel, C, W)
+    for i in range(L):
+        b, pc = int(bits[i]), bool(per_channel[i])
+        seg = codes[code_off[i]:code_off[i + 1]]
+        if b == F16_BITS:
+            out[i] = seg.view(np.uint16).reshape(C, W)
+            continue
+        rows, cols, g = layer_shape(b, pc, C, W)
+        ng = -(-cols // g)
+        z = zero[param_off[i]:param_off[i + 1]].astype(np.float32).reshape(rows, ng)
+        s = scale[param_off[i]:param_off[i + 1]].astype(np.float32).reshape(rows, ng)
+        stream = np.unpackbits(seg.reshape(rows, -1), axis=1, bitorder="little").reshape(rows, -1, b)
+        q = (stream.astype(np.uint32) << np.arange(b, dtype=np.uint32)).sum(axis=2)[:, :cols]
+        v = np.repeat(z, g, axis=1)[:, :cols] + q.astype(np.float32) * np.repeat(s, g, axis=1)[:, :cols]
+        out[i] = _rows_of(v.astype(np.float16).view(np.uint16), pc)
+
+
+# ---- Numba CPU --------------------------------------------------------------------------------
+
+@intrinsic
+def _h2f(typingctx, h):
+    """f16 bits -> float32 by the hardware conversion (F16C on x86-64, native on arm64)."""
+    sig = types.float32(types.uint16)
+
+    def codegen(context, builder, signature, args):
+        return builder.fpext(builder.bitcast(args[0], ir.HalfType()), ir.FloatType())
+
+    return sig, codegen
+
+
+@intrinsic
+def _f2h(typingctx, v):
+    """float32 -> f16 bits, round to nearest even, by the hardware conversion."""
+    sig = types.uint16(types.float32)
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(builder.fptrunc(args[0], ir.HalfType()), ir.IntType(16))
+
+    return sig, codegen
+
+
+@njit(nogil=True, cache=True)
+def _params_cpu(lo, hi, levels, zero, scale):
+    for k in range(lo.shape[0]):
+        z = _f2h(lo[k])
+        zero[k] = z
+        scale[k] = _f2h((hi[k] - _h2f(z)) / levels)
+
+
+# fastmath: min, max and a sum of squares only, which then vectorize (exact for min and max
+# of finite values; the sum feeds an error estimate)
+@njit(parallel=True, nogil=True, cache=True, fastmath=True)
+def _ranges_cpu(x, channel):
+    L, C, W = x.shape
+    gt = (W + GROUP_TOKEN - 1) // GROUP_TOKEN
+    gc = (C + GROUP_CHANNEL - 1) // GROUP_CHANNEL
+    tlo = np.empty((L, C, gt), np.float32)
+    thi = np.empty((L, C, gt), np.float32)
+    cw = W if channel else 0
+    clo = np.empty((L, cw, gc), np.float32)
+    chi = np.empty((L, cw, gc), np.float32)
+    ss = np.zeros(L, np.float64)
+    for i in prange(L):
+        row = np.empty(W, np.float32)
+        lo_c = np.empty(W, np.float32)
+        hi_c = np.empty(W, np.float32)
+        acc = 0.0
+        h = np.empty(W, np.uint16)
+        for c in range(C):
+            h[:] = x[i, c, :]
+            for d in range(W):
+                row[d] = _h2f(h[d])
+            for g in range(gt):
+                lo = row[g * GROUP_TOKEN]
+                hi = lo
+                for d in range(g * GROUP_TOKEN + 1, min(W, (g + 1) * GROUP_TOKEN)):
+                    lo = min(lo, row[d])
+                    hi = max(hi, row[d])
+                tlo[i, c, g] = lo
+                thi[i, c, g] = hi
+            s = np.float32(0.0)
+            for d in range(W):
+                s += row[d] * row[d]
+            acc += s
+            if channel:
+                if c % GROUP_CHANNEL == 0:
+                    lo_c[:] = row
+                    hi_c[:] = row
+                else:
+                    for d in range(W):
+                        lo_c[d] = min(lo_c[d], row[d])
+                        hi_c[d] = max(hi_c[d], row[d])
+                if c % GROUP_CHANNEL == GROUP_CHANNEL - 1 or c == C - 1:
+                    j = c // GROUP_CHANNEL
+                    for d in range(W):
+                        clo[i, d, j] = lo_c[d]
+                        chi[i, d, j] = hi_c[d]
+        ss[i] = acc
+    return tlo, thi, clo, chi, ss
+
+
+@njit(inline="always")
+def _pack(q, n_codes, b, out, o):
+    """``n_codes`` (a multiple of 8) codes -> ``n_codes * b / 8`` bytes, little-endian."""
+    if b == 8:
+        for u in range(n_codes):
+            out[o + u] = q[u]
+    elif b == 4:
+        for u in range(n_codes // 2):
+            out[o + u] = q[2 * u] | (q[2 * u + 1] << 4)
+    elif b == 2:
+        for u in range(n_codes // 4):
+            out[o + u] = q[4 * u] | (q[4 * u + 1] << 2) | (q[4 * u + 2] << 4) | (q[4 * u + 3] << 6)
+    else:  # 3 bits: 8 codes in 3 bytes
+        for k in range(n_codes // 8):
+            w = np.uint32(0)
+            for t in range(8):
+                w |= np.uint32(q[8 * k + t]) << np.uint32(3 * t)
+            out[o + 3 * k] = w & 0xFF
+            out[o + 3 * k + 1] = (w >> 8) & 0xFF
+            out[o + 3 * k + 2] = (w >> 16) & 0xFF
+
+
+@njit(inline="always")
+def _unpack(codes, o, n_codes, b, q):
+    if b == 8:
+        for u in range(n_codes):
+            q[u] = codes[o + u]
+    elif b == 4:
+        for u in range(n_codes // 2):
+            c = codes[o + u]
+            q[2 * u] = c & 15
+            q[2 * u + 1] = c >> 4
+    elif b == 2:
+        for u in range(n_codes // 4):
+            c = codes[o + u]
+            q[4 * u] = c & 3
+            q[4 * u + 1] = (c >> 2) & 3
+            q[4 * u + 2] = (c >> 4) & 3
+            q[4 * u + 3] = c >> 6
+    else:
+        for k in range(n_codes // 8):
+            w = (np.uint32(codes[o + 3 * k]) | (np.uint32(codes[o + 3 * k + 1]) << 8)
+                 | (np.uint32(codes[o + 3 * k + 2]) << 16))
+            for t in range(8):
+                q[8 * k + t] = (w >> (3 * t)) & 7
+
+
+@njit(inline="always")
+def _codes(row, n, top, q):
+    """floor(v) clamped to [0, top], as the reference computes it: for v >= 0 floor is a
+    truncation, which vectorizes."""
+    for d in range(n):
+        v = row[d]
+        v = 0.0 if v < 0.0 else (top if v > top else v)
+        q[d] = np.uint8(np.int32(v))
+
+
+@njit(inline="always")
+def _inv(s):
+    return np.float64(np.float32(1.0) / s) if s > 0 else 0.0
+
+
+@njit(parallel=True, nogil=True, cache=True)
+def _encode_cpu(x, bits, per_channel, zero, scale, code_off, param_off, out):
+    """``zero``/``scale``: float32 values of the f16 parameters, flat; ``out``: uint8 flat.
+    Per-channel layers are encoded a group of cells at a time, so every loop runs along
+    the channels of a cell (contiguous, vectorized) and nothing is transposed."""
+    L, C, W = x.shape
+    for i in prange(L):
+        b = bits[i]
+        o0, p0 = code_off[i], param_off[i]
+        if b == 16:
+            for c in range(C):
+                for d in range(W):
+                    h = x[i, c, d]
+                    out[o0 + 2 * (c * W + d)] = h & 0xFF
+                    out[o0 + 2 * (c * W + d) + 1] = h >> 8
+            continue
+        top = np.float64((1 << b) - 1)
+        if per_channel[i]:
+            g = GROUP_CHANNEL
+            ng = (C + g - 1) // g
+            gb = g * b // 8
+            zj = np.empty(W, np.float64)
+            ij = np.empty(W, np.float64)
+            row = np.empty(W, np.float64)
+            h = np.empty(W, np.uint16)
+            q = np.zeros((g, W), np.uint8)
+            for j in range(ng):
+                for d in range(W):
+                    zj[d] = zero[p0 + d * ng + j]
+                    ij[d] = _inv(scale[p0 + d * ng + j])
+                n = min(C, (j + 1) * g) - j * g
+                for u in range(n):
+                    h[:] = x[i, j * g + u, :]
+                    for d in range(W):
+                        row[d] = (np.float64(_h2f(h[d])) - zj[d]) * ij[d] + 0.5
+                    _codes(row, W, top, q[u])
+                for u in range(n, g):
+                    q[u, :] = 0
+                for d in range(W):
+                    _pack(q[:, d], g, b, out, o0 + (d * ng + j) * gb)
+        else:
+            g = GROUP_TOKEN
+            ng = (W + g - 1) // g
+            gb = g * b // 8
+            q = np.zeros(ng * g, np.uint8)
+            row = np.empty(W, np.float64)
+            zr = np.empty(W, np.float64)
+            ir = np.empty(W, np.float64)
+            h = np.empty(W, np.uint16)
+            zg = np.empty(ng, np.float64)
+            ig = np.empty(ng, np.float64)
+            for c in range(C):
+                for j in range(ng):
+                    zg[j] = zero[p0 + c * ng + j]
+                    ig[j] = _inv(scale[p0 + c * ng + j])
+                for d in range(W):
+                    zr[d] = zg[d // g]
+                    ir[d] = ig[d // g]
+                h[:] = x[i, c, :]
+                for d in range(W):
+                    row[d] = (np.float64(_h2f(h[d])) - zr[d]) * ir[d] + 0.5
+                _codes(row, W, top, q)
+                _pack(q, ng * g, b, out, o0 + c * ng * gb)
+    return out
+
+
+@njit(parallel=True, nogil=True, cache=True)
+def _decode_cpu(codes, bits, per_channel, zero, scale, code_off, param_off, out):
+    L, C, W = out.shape
+    for i in prange(L):
+        b = bits[i]
+        o0, p0 = code_off[i], param_off[i]
+        if b == 16:
+            for c in range(C):
+                for d in range(W):
+                    k = o0 + 2 * (c * W + d)
+                    out[i, c, d] = np.uint16(codes[k]) | (np.uint16(codes[k + 1]) << np.uint16(8))
+            continue
+        if per_channel[i]:
+            g = GROUP_CHANNEL
+            ng = (C + g - 1) // g
+            gb = g * b // 8
+            zj = np.empty(W, np.float32)
+            sj = np.empty(W, np.float32)
+            h = np.empty(W, np.uint16)
+            q = np.empty((W, g), np.uint8)
+            for j in range(ng):
+                for d in range(W):
+                    zj[d] = zero[p0 + d * ng + j]
+                    sj[d] = scale[p0 + d * ng + j]
+                    _unpack(codes, o0 + (d * ng + j) * gb, g, b, q[d])
+                for u in range(min(C, (j + 1) * g) - j * g):
+                    for d in range(W):
+                        h[d] = _f2h(zj[d] + np.float32(q[d, u]) * sj[d])
+                    out[i, j * g + u, :] = h
+        else:
+            g = GROUP_TOKEN
+            ng = (W + g - 1) // g
+            gb = g * b // 8
+            q = np.empty(ng * g, np.uint8)
+            h = np.empty(W, np.uint16)
+            zr = np.empty(W, np.float32)
+            sr = np.empty(W, np.float32)
+            for c in range(C):
+                _unpack(codes, o0 + c * ng * gb, ng * g, b, q)
+                for d in range(W):
+                    zr[d] = zero[p0 + c * ng + d // g]
+                    sr[d] = scale[p0 + c * ng + d // g]
+                for d in range(W):
+                    h[d] = _f2h(zr[d] + np.float32(q[d]) * sr[d])
+                out[i, c, :] = h
+    return out
+
+
+# ---- Numba CUDA -------------------------------------------------------------------------------
+
+@cuda.jit
+def _ranges_kernel(x, lut, channel, tlo, thi, clo, chi, ss):
+    # one thread per (layer, cell): token groups of its row; channel groups and the sum of
+    # squares by atomics would race on floats, so the cell-0 thread of each channel group
+    # does those
+    i, c = cuda.grid(2)
+    L, C, W = x.shape
+    if i >= L or c >= C:
+        return
+    for g in range(tlo.shape[2]):
+        lo = lut[x[i, c, g * 64]]
+        hi = lo
+        for d in range(g * 64 + 1, min(W, (g + 1) * 64)):
+            v = lut[x[i, c, d]]
+            lo = min(lo, v)
+            hi = max(hi, v)
+        tlo[i, c, g] = lo
+        thi[i, c, g] = hi
+    if c % 32 == 0:
+        j = c // 32
+        for d in range(clo.shape[1]):
+            lo = lut[x[i, c, d]]
+            hi = lo
+            for cc in range(c + 1, min(C, c + 32)):
+                v = lut[x[i, cc, d]]
+                lo = min(lo, v)
+                hi = max(hi, v)
+            clo[i, d, j] = lo
+            chi[i, d, j] = hi
+    if c == 0:
+        acc = 0.0
+        for cc in range(C):
+            for d in range(W):
+                v = lut[x[i, cc, d]]
+                acc += v * v
+        ss[i] = acc
+
+
+@cuda.jit
+def _encode_kernel(x, lut, bits, per_channel, zero, scale, code_off, param_off, row_off, out):
+    t = cuda.grid(1)
+    L, C, W = x.shape
+    if t >= row_off[L]:
+        return
+    i = 0
+    while row_off[i + 1] <= t:
+        i += 1
+    r = t - row_off[i]
+    b = bits[i]
+    if b == 16:
+        base = code_off[i] + r * W * 2
+        for d in range(W):
+            h = x[i, r, d]
+            out[base + 2 * d] = h & 0xFF
+            out[base + 2 * d + 1] = h >> 8
+        return
+    pc = per_channel[i]
+    cols = C if pc else W
+    g = 32 if pc else 64
+    ng = (cols + g - 1) // g
+    gb = g * b // 8
+    top = (1 << b) - 1
+    for j in range(ng):
+        p = param_off[i] + r * ng + j
+        z = np.float64(zero[p])
+        s = scale[p]
+        inv = np.float64(np.float32(1.0) / s) if s > 0 else 0.0
+        o = code_off[i] + (r * ng + j) * gb
+        for k in range(g // 8):
+            w = 0
+            for u in range(8):
+                c = j * g + k * 8 + u
+                if c < cols:
+                    v = lut[x[i, c, r]] if pc else lut[x[i, r, c]]
+                    q = int(math.floor((np.float64(v) - z) * inv + 0.5))
+                    q = 0 if q < 0 else (top if q > top else q)
+                    w |= q << (u * b)
+            for u in range(b):
+                out[o + k * b + u] = (w >> (8 * u)) & 0xFF
+
+
+@cuda.jit
+def _decode_kernel(codes, bits, per_channel, zero, scale, code_off, param_off, row_off, out):
+    # ``out`` is float16 here: the GPU narrows float32 with round-to-nearest-even
+    t = cuda.grid(1)
+    L, C, W = out.shape
+    if t >= row_off[L]:
+        return
+    i = 0
+    while row_off[i + 1] <= t:
+        i += 1
+    r = t - row_off[i]
+    b = bits[i]
+    if b == 16:
+        base = code_off[i] + r * W * 2
+        for d in range(W):
+            out[i, r, d] = codes[base + 2 * d] | (codes[base + 2 * d + 1] << 8)
+        return
+    pc = per_channel[i]
+    cols = C if pc else W
+    g = 32 if pc else 64
+    ng = (cols + g - 1) // g
+    gb = g * b // 8
+    mask = (1 << b) - 1
+    for j in range(ng):
+        p = param_off[i] + r * ng + j
+        z = zero[p]
+        s = scale[p]
+        o = code_off[i] + (r * ng + j) * gb
+        for k in range(g // 8):
+            w = 0
+            for u in range(b):
+                w |= codes[o + k * b + u] << (8 * u)
+            for u in range(8):
+                c = j * g + k * 8 + u
+                if c < cols:
+                    v = z + np.float32((w >> (u * b)) & mask) * s
+                    if pc:
+                        out[i, c, r] = v
+                    else:
+                        out[i, r, c] = v
+
+
+def ranges_cuda(x: np.ndarray, channel: bool) -> tuple[np.ndarray, ...]:
+    L, C, W = x.shape
+    gt, gc = -(-W // GROUP_TOKEN), -(-C // GROUP_CHANNEL)
+    tlo = cuda.device_array((L, C, gt), np.float32)
+    thi = cuda.device_array((L, C, gt), np.float32)
+    clo = cuda.device_array((L, W if channel else 0, gc), np.float32)
+    chi = cuda.device_array((L, W if channel else 0, gc), np.float32)
+    ss = cuda.device_array(L, np.float64)
+    tpb = (1, 128)
+    grid = (L, -(-C // tpb[1]))
+    _ranges_kernel[grid, tpb](cuda.to_device(np.ascontiguousarray(x)), cuda.to_device(H2F), channel,
+                              tlo, thi, clo, chi, ss)
+    return tlo.copy_to_host(), thi.copy_to_host(), clo.copy_to_host(), chi.copy_to_host(), ss.copy_to_host()
+
+
+def _tables(bits: np.ndarray, per_channel: np.ndarray, cells: int, width: int) -> tuple[np.ndarray, ...]:
+    b = np.ascontiguousarray(bits, np.uint8)
+    pc = np.ascontiguousarray(per_channel, np.bool_)
+    return (b, pc, *offsets(b, pc, cells, width))
+
+
+def encode_cuda(x: np.ndarray, bits: np.ndarray, per_channel: np.ndarray, zero: np.ndarray,
+                scale: np.ndarray) -> np.ndarray:
+    L, C, W = x.shape
+    b, pc, code_off, param_off, row_off = _tables(bits, per_channel, C, W)
+    d_out = cuda.device_array(int(code_off[-1]), np.uint8)
+    n = int(row_off[-1])
+    _encode_kernel[-(-n // 128), 128](cuda.to_device(np.ascontiguousarray(x)), cuda.to_device(H2F),
+                                       cuda.to_device(b), cuda.to_device(pc),
+                                       cuda.to_device(zero.astype(np.float32)), cuda.to_device(scale.astype(np.float32)),
+                                       cuda.to_device(code_off), cuda.to_device(param_off), cuda.to_device(row_off), d_out)
+    return d_out.copy_to_host()
+
+
+def decode_cuda(codes: np.ndarray, bits: np.ndarray, per_channel: np.ndarray, zero: np.ndarray,
+                scale: np.ndarray, out: np.ndarray) -> None:
+    L, C, W = out.shape
+    b, pc, code_off, param_off, row_off = _tables(bits, per_channel, C, W)
+    d_out = cuda.device_array(out.shape, np.float16)
+    n = int(row_off[-1])
+    _decode_kernel[-(-n // 128), 128](cuda.to_device(codes), cuda.to_device(b), cuda.to_device(pc),
+                                       cuda.to_device(zero.astype(np.float32)), cuda.to_device(scale.astype(np.float32)),
+                                       cuda.to_device(code_off), cuda.to_device(param_off), cuda.to_device(row_off), d_out)
+    out[...] = d_out.copy_to_host().view(np.uint16)
+
+
+# ---- CPU wrappers and dispatch ------------------------------------------------------------------
+
+def ranges_cpu(x: np.ndarray, channel: bool) -> tuple[np.ndarray, ...]:
+    return _ranges_cpu(x, channel)
+
+
+def encode_cpu(x: np.ndarray, bits: np.ndarray, per_channel: np.ndarray, zero: np.ndarray,
+               scale: np.ndarray) -> np.ndarray:
+    L, C, W = x.shape
+    b, pc, code_off, param_off, row_off = _tables(bits, per_channel, C, W)
+    out = np.empty(int(code_off[-1]), np.uint8)
+    return _encode_cpu(x, b, pc, zero.astype(np.float32), scale.astype(np.float32), code_off, param_off, out)
+
+
+def decode_cpu(codes: np.ndarray, bits: np.ndarray, per_channel: np.ndarray, zero: np.ndarray,
+               scale: np.ndarray, out: np.ndarray) -> None:
+    L, C, W = out.shape
+    b, pc, code_off, param_off, row_off = _tables(bits, per_channel, C, W)
+    _decode_cpu(codes, b, pc, zero.astype(np.float32), scale.astype(np.float32), code_off, param_off, out)
+
+
+def ranges(x: np.ndarray, channel: bool) -> tuple[np.ndarray, ...]:
+    check_block(x)
+    return fastest("kv_block.ranges", x.shape, ranges_cpu, ranges_cuda)(x, channel)
+
+
+def encode(x: np.ndarray, bits: np.ndarray, per_channel: np.ndarray, zero: np.ndarray,
+           scale: np.ndarray) -> np.ndarray:
+    check_block(x)
+    return fastest("kv_block.encode", x.shape, encode_cpu, encode_cuda)(x, bits, per_channel, zero, scale)
+
+
+def decode(codes: np.ndarray, bits: np.ndarray, per_channel: np.ndarray, zero: np.ndarray,
+           scale: np.ndarray, out: np.ndarray) -> None:
+    check_block(out)
+    if codes.dtype != np.uint8 or codes.ndim != 1:
+        raise ValueError("codes must be a flat uint8 array")
+    L, C, W = out.shape
+    code_off, param_off, _ = offsets(bits, per_channel, C, W)
+    if len(codes) != code_off[-1] or len(zero) != param_off[-1] or len(scale) != param_off[-1]:
+        raise ValueError(f"codes/params do not match the layout: {len(codes)} bytes and {len(zero)} groups "
+                         f"for {code_off[-1]} and {param_off[-1]}")
+    fastest("kv_block.decode", out.shape, decode_cpu, decode_cuda)(codes, bits, per_channel, zero, scale, out)
