@@ -485,7 +485,7 @@ def _encode_kernel(x, lut, bits, per_channel, zero, scale, code_off, param_off, 
     while row_off[i + 1] <= t:
         i += 1
     r = t - row_off[i]
-    b = bits[i]
+    b = int(bits[i])
     if b == 16:
         base = code_off[i] + r * W * 2
         for d in range(W):
@@ -519,7 +519,7 @@ def _encode_kernel(x, lut, bits, per_channel, zero, scale, code_off, param_off, 
 
 
 @cuda.jit
-def _decode_kernel(codes, bits, per_channel, zero, scale, code_off, param_off, row_off, out):
+def _decode_kernel(codes, lut, bits, per_channel, zero, scale, code_off, param_off, row_off, out):
     # ``out`` is float16 here: the GPU narrows float32 with round-to-nearest-even
     t = cuda.grid(1)
     L, C, W = out.shape
@@ -529,11 +529,11 @@ def _decode_kernel(codes, bits, per_channel, zero, scale, code_off, param_off, r
     while row_off[i + 1] <= t:
         i += 1
     r = t - row_off[i]
-    b = bits[i]
+    b = int(bits[i])
     if b == 16:
         base = code_off[i] + r * W * 2
         for d in range(W):
-            out[i, r, d] = codes[base + 2 * d] | (codes[base + 2 * d + 1] << 8)
+            out[i, r, d] = lut[int(codes[base + 2 * d]) | (int(codes[base + 2 * d + 1]) << 8)]  # exact
         return
     pc = per_channel[i]
     cols = C if pc else W
@@ -549,7 +549,7 @@ def _decode_kernel(codes, bits, per_channel, zero, scale, code_off, param_off, r
         for k in range(g // 8):
             w = 0
             for u in range(b):
-                w |= codes[o + k * b + u] << (8 * u)
+                w |= int(codes[o + k * b + u]) << (8 * u)
             for u in range(8):
                 c = j * g + k * 8 + u
                 if c < cols:
@@ -600,7 +600,7 @@ def decode_cuda(codes: np.ndarray, bits: np.ndarray, per_channel: np.ndarray, ze
     b, pc, code_off, param_off, row_off = _tables(bits, per_channel, C, W)
     d_out = cuda.device_array(out.shape, np.float16)
     n = int(row_off[-1])
-    _decode_kernel[-(-n // 128), 128](cuda.to_device(codes), cuda.to_device(b), cuda.to_device(pc),
+    _decode_kernel[-(-n // 128), 128](cuda.to_device(codes), cuda.to_device(H2F), cuda.to_device(b), cuda.to_device(pc),
                                        cuda.to_device(zero.astype(np.float32)), cuda.to_device(scale.astype(np.float32)),
                                        cuda.to_device(code_off), cuda.to_device(param_off), cuda.to_device(row_off), d_out)
     out[...] = d_out.copy_to_host().view(np.uint16)

@@ -10,6 +10,8 @@ import sys
 from collections.abc import Sequence
 
 from localsym.errors import LocalsymError
+from localsym.flags import add_runtime_flags, run_options
+from localsym.progress import human_bytes
 
 
 class _Parser(argparse.ArgumentParser):
@@ -20,12 +22,7 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(2)
 
 
-def _human(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return str(n)
+_human = human_bytes
 
 
 def _progress_printer():
@@ -37,7 +34,7 @@ def _progress_printer():
                    TransferSpeedColumn(), TimeRemainingColumn(), transient=False, console=Console(stderr=True))
     tasks: dict[str, int] = {}
 
-    def update(what: str, done: int, total: int) -> None:
+    def update(done: int, total: int, what: str) -> None:
         if what not in tasks:
             if not tasks:
                 bar.start()
@@ -47,33 +44,8 @@ def _progress_printer():
     return update, bar.stop
 
 
-def _add_runtime_flags(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("runtime (llama.cpp flag names)")
-    g.add_argument("-c", "--ctx-size", type=int, default=None, dest="n_ctx",
-                   help="hot context size in tokens; 0 = the model's own (default: fitted)")
-    g.add_argument("-ngl", "--n-gpu-layers", "--gpu-layers", type=int, default=None, dest="n_gpu_layers",
-                   help="layers on the GPU (-1 = all; default: fitted to --vram)")
-    g.add_argument("-ctk", "--cache-type-k", default=None, dest="type_k", help="K cache type (f16, q8_0, q4_0, ...)")
-    g.add_argument("-ctv", "--cache-type-v", default=None, dest="type_v", help="V cache type (needs -fa for quantized)")
-    g.add_argument("-fa", "--flash-attn", nargs="?", const="on", default=None, choices=["on", "off", "auto"],
-                   help="flash attention (default: on)")
-    g.add_argument("-t", "--threads", type=int, default=None, dest="n_threads", help="CPU threads")
-    g.add_argument("--n-cpu-moe", type=int, default=None, help="keep the experts of the first N layers on the CPU")
-    g.add_argument("--vram", default=None, help="VRAM budget: 8GiB, 16GiB, auto (nvidia-smi) or cpu")
-
-
-def _run_options(a: argparse.Namespace):
-    from localsym.runtime.engine import RunOptions
-
-    if a.n_ctx is not None and a.n_ctx < 0:
-        raise LocalsymError("-c must be 0 (the model's own context) or a positive token count")
-    fa = None if a.flash_attn in (None, "auto") else a.flash_attn == "on"
-    return RunOptions(n_ctx=a.n_ctx, n_gpu_layers=a.n_gpu_layers, type_k=a.type_k, type_v=a.type_v,
-                      flash_attn=fa, n_threads=a.n_threads, n_cpu_moe=a.n_cpu_moe, vram=a.vram)
-
-
 def cmd_pull(a: argparse.Namespace) -> int:
-    from localsym import model_store
+    from localsym.session import models as model_store
 
     update, stop = _progress_printer() if sys.stderr.isatty() and not a.quiet else (None, lambda: None)
     try:
@@ -86,7 +58,7 @@ def cmd_pull(a: argparse.Namespace) -> int:
 
 
 def cmd_list(a: argparse.Namespace) -> int:
-    from localsym import model_store
+    from localsym.session import models as model_store
 
     models, problems = model_store.list_all() if a.all else (model_store.list_models(), [])
     if a.json:
@@ -111,59 +83,48 @@ def cmd_list(a: argparse.Namespace) -> int:
 
 
 def cmd_show(a: argparse.Namespace) -> int:
-    from localsym import model_store
-    from localsym.runtime.engine import make_plan
-    from localsym.runtime.gguf_file import read_header
-    from localsym.runtime.model_info import model_info
+    from localsym.session import describe_model
 
-    path = model_store.resolve(a.model)
-    info = model_info(path, read_header(path))
-    usage = None
-    if info.is_moe:
-        from localsym.experts.live import learned_usage
-
-        usage = learned_usage(model_store.identity(path), info.n_layer, info.n_expert)
-    plan = make_plan(info, _run_options(a), usage, what_if=True)
+    d = describe_model(a.model, run_options(a))
+    plan = d["plan"]
     if a.json:
-        d = {k: v for k, v in info.__dict__.items() if k not in ("layer_bytes", "expert_bytes", "chat_template")}
-        d["path"] = str(info.path)
-        d["chat_template"] = info.chat_template is not None
-        d["kv_bytes_per_token"] = info.kv_bytes_per_token()
-        d["plan"] = plan.as_dict()
-        print(json.dumps(d))
+        print(json.dumps({k: v for k, v in d.items() if not k.startswith("plan_")}))
         return 0
     rows = [
-        ("file", str(info.path)),
-        ("architecture", info.architecture),
-        ("parameters", f"{info.n_params / 1e9:.2f}B" if info.n_params >= 1e9 else f"{info.n_params / 1e6:.0f}M"),
-        ("quantization", info.file_type),
-        ("size", _human(info.file_size)),
-        ("native context", str(info.n_ctx_train)),
-        ("layers", str(info.n_layer)),
-        ("embedding", str(info.n_embd)),
-        ("heads (q/kv)", f"{info.n_head}/{info.n_head_kv}, head size {info.head_dim_k}"),
-        ("KV bytes per token", f"{info.kv_bytes_per_token()} (f16)"),
-        ("sliding window", str(info.sliding_window) if info.sliding_window else "none"),
-        ("experts (total/used)", f"{info.n_expert}/{info.n_expert_used}" if info.is_moe else "none (dense)"),
-        ("chat template", "yes" if info.chat_template else "no (base model: completion form)"),
+        ("file", d["path"]),
+        ("architecture", d["architecture"]),
+        ("parameters", f"{d['n_params'] / 1e9:.2f}B" if d["n_params"] >= 1e9 else f"{d['n_params'] / 1e6:.0f}M"),
+        ("quantization", d["file_type"]),
+        ("size", _human(d["file_size"])),
+        ("native context", str(d["n_ctx_train"])),
+        ("layers", str(d["n_layer"])),
+        ("embedding", str(d["n_embd"])),
+        ("heads (q/kv)", f"{d['n_head']}/{d['n_head_kv']}, head size {d['head_dim_k']}"),
+        ("KV bytes per token", f"{d['kv_bytes_per_token']} (f16)"),
+        ("sliding window", str(d["sliding_window"]) if d["sliding_window"] else "none"),
+        ("experts (total/used)", f"{d['n_expert']}/{d['n_expert_used']}" if d["n_expert"] else "none (dense)"),
+        ("chat template", "yes" if d["chat_template"] else "no (base model: completion form)"),
     ]
     for k, v in rows:
         print(f"{k:<22}{v}")
-    print(f"\nfit plan ({'VRAM ' + _human(plan.vram_budget) if plan.vram_budget else 'CPU only'}):")
-    print(f"  {'-ngl':<20}{plan.n_gpu_layers}\n  {'-c':<20}{plan.n_ctx}\n  {'-ctk/-ctv':<20}{plan.type_k}/{plan.type_v}")
-    print(f"  {'-fa':<20}{'on' if plan.flash_attn else 'off'}\n  {'--n-cpu-moe':<20}{plan.n_cpu_moe}"
-          + (f" (layers {', '.join(map(str, plan.cpu_moe_layers))})" if plan.cpu_moe_layers else ""))
-    for part, n in plan.parts.items():
+    budget = d["plan_vram_budget"]
+    print(f"\nfit plan ({'VRAM ' + _human(budget) if budget else 'CPU only'}):")
+    print(f"  {'-ngl':<20}{plan['n_gpu_layers']}\n  {'-c':<20}{plan['n_ctx']}\n"
+          f"  {'-ctk/-ctv':<20}{plan['type_k']}/{plan['type_v']}")
+    cpu_layers = plan.get("cpu_moe_layers") or []
+    print(f"  {'-fa':<20}{'on' if plan['flash_attn'] else 'off'}\n  {'--n-cpu-moe':<20}{plan['n_cpu_moe']}"
+          + (f" (layers {', '.join(map(str, cpu_layers))})" if cpu_layers else ""))
+    for part, n in d["plan_parts"].items():
         print(f"  {part:<20}{_human(n):>10}")
-    if plan.vram_budget:
-        print(f"  {'gpu total':<20}{_human(plan.gpu_bytes):>10}")
-    for note in plan.notes:
+    if budget:
+        print(f"  {'gpu total':<20}{_human(d['plan_gpu_bytes']):>10}")
+    for note in d["plan_notes"]:
         print(f"  note: {note}")
     return 0
 
 
 def cmd_rm(a: argparse.Namespace) -> int:
-    from localsym import model_store
+    from localsym.session import models as model_store
 
     m = model_store.remove(a.model)
     print(f"removed {m.name}" + (" (file kept: it is yours)" if m.source == "local" else ""))
@@ -171,24 +132,20 @@ def cmd_rm(a: argparse.Namespace) -> int:
 
 
 def cmd_run(a: argparse.Namespace) -> int:
-    from localsym import model_store
-    from localsym.runtime.engine import Engine, GenParams, GenStats
+    from localsym.session import GenParams, OneShot
 
     prompt = a.prompt if a.prompt is not None else (sys.stdin.read() if not sys.stdin.isatty() else None)
     if not prompt:
         raise LocalsymError("no prompt: give one as an argument or on standard input")
-    path = model_store.resolve(a.model)
-    with Engine(path, _run_options(a)) as eng:
-        messages = ([{"role": "system", "content": a.system}] if a.system else []) + [{"role": "user", "content": prompt}]
-        toks = eng.chat_tokens(messages) if (eng.template.present and not a.raw) else eng.tokenize_prompt(prompt)
-        stats = GenStats()
-        params = GenParams(max_tokens=a.n_predict, temp=a.temp, seed=a.seed)
+    params = GenParams(max_tokens=a.n_predict, temp=a.temp, seed=a.seed)
+    with OneShot(a.model, prompt, run_options(a), params, a.system, a.raw) as run:
         text = []
-        for piece in eng.generate(toks, 0, params, stats=stats):
+        for piece in run:
             text.append(piece)
             if not a.json:
                 sys.stdout.write(piece)
                 sys.stdout.flush()
+        stats = run.stats
     if a.json:
         print(json.dumps({"text": "".join(text), "prompt_tokens": stats.prompt_tokens,
                           "completion_tokens": stats.completion_tokens,
@@ -204,7 +161,7 @@ def _add_session_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--warm-mb", type=float, default=None, help="RAM for the warm tier (MiB)")
     p.add_argument("--cold-gb", type=float, default=None, help="disk for the cold tier (GiB)")
     p.add_argument("--block-tokens", type=int, default=None, help="tokens per block (a new session's)")
-    _add_runtime_flags(p)
+    add_runtime_flags(p)
 
 
 def _open_session(a: argparse.Namespace):
@@ -212,7 +169,7 @@ def _open_session(a: argparse.Namespace):
 
     overrides = {k: v for k, v in (("warm_mb", a.warm_mb), ("cold_gb", a.cold_gb),
                                    ("block_tokens", a.block_tokens)) if v is not None}
-    return Session.open(a.session, a.model, _run_options(a), overrides=overrides)
+    return Session.open(a.session, a.model, run_options(a), overrides=overrides)
 
 
 def cmd_load(a: argparse.Namespace) -> int:
@@ -242,41 +199,42 @@ def cmd_load(a: argparse.Namespace) -> int:
         finally:
             if bar is not None:
                 bar.stop()
-        usage = sess.memory_usage()
+        total_tokens = sess.total_tokens
         mix = sess.quant_mix()
     if a.json:
         print(json.dumps({"files": rep.files, "tokens": rep.tokens, "blocks": rep.blocks,
                           "computed_blocks": rep.computed_blocks, "reused_blocks": rep.reused_blocks,
                           "seconds": round(rep.seconds, 3), "skipped": [{"path": p, "reason": r} for p, r in rep.skipped],
-                          "session_tokens": usage["total_tokens"], "formats": mix}))
+                          "session_tokens": total_tokens, "formats": mix}))
         return 0
     rate = rep.tokens / rep.seconds if rep.seconds else 0
     print(f"loaded {rep.files} files: {rep.tokens} new tokens in {rep.blocks} blocks "
           f"({rep.computed_blocks} computed, {rep.reused_blocks} reused) in {rep.seconds:.1f}s ({rate:.0f} tok/s); "
-          f"session now {usage['total_tokens']} tokens")
-    from localsym.memory.kv_quant import mix_summary
+          f"session now {total_tokens} tokens")
+    from localsym.session import mix_summary
 
-    print(f"  cold tier formats (layers): {mix_summary(mix['cold'])}; {mix['pinned_blocks']} blocks pinned at q8")
+    print(f"  block formats (layers): {mix_summary(mix['cold'])}; {mix['pinned_blocks']} blocks pinned at q8")
     for p, why in rep.skipped:
         print(f"  skipped {p}: {why}")
     return 0
 
 
 def cmd_ask(a: argparse.Namespace) -> int:
-    from localsym.runtime.engine import GenParams
+    from localsym.session import GenParams
 
     with _open_session(a) as sess:
         params = GenParams(max_tokens=a.n_predict, temp=a.temp, seed=a.seed)
-        for piece in sess.ask(a.question, params):
-            if not a.json:
-                sys.stdout.write(piece)
-                sys.stdout.flush()
-        last = sess.last
+        with sess.ask(a.question, params) as turn:
+            for piece in turn:
+                if not a.json:
+                    sys.stdout.write(piece)
+                    sys.stdout.flush()
+        stats = turn.stats
     if a.json:
-        d = last.as_dict()
+        d = stats.as_dict()
         print(json.dumps({k: d[k] for k in ("answer", "total_tokens", "hot_tokens", "blocks_total",
-                                            "blocks_in_working_set", "restored_blocks", "recomputed_blocks", "reinjected_blocks",
-                                            "ttft_s")}))
+                                            "blocks_in_working_set", "restored_blocks", "recomputed_blocks",
+                                            "reinjected_blocks", "ttft_s")}))
     else:
         sys.stdout.write("\n")
     return 0
@@ -300,7 +258,7 @@ def cmd_chat(a: argparse.Namespace) -> int:
     from localsym.tui import ChatApp
 
     overrides = {k: v for k, v in (("warm_mb", a.warm_mb), ("cold_gb", a.cold_gb)) if v is not None}
-    ChatApp(a.model, a.session, _run_options(a), overrides=overrides).run()
+    ChatApp(a.model, a.session, run_options(a), overrides=overrides).run()
     return 0
 
 
@@ -330,7 +288,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("show", help="a model's shape and its fit plan")
     s.add_argument("model")
     s.add_argument("--json", action="store_true")
-    _add_runtime_flags(s)
+    add_runtime_flags(s)
     s.set_defaults(func=cmd_show)
 
     s = sub.add_parser("rm", help="remove a model")
@@ -346,7 +304,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-n", "--n-predict", type=int, default=256, help="max tokens to generate")
     s.add_argument("--temp", type=float, default=0.0, help="temperature (0 = greedy)")
     s.add_argument("--seed", type=int, default=0xFFFFFFFF)
-    _add_runtime_flags(s)
+    add_runtime_flags(s)
     s.set_defaults(func=cmd_run)
 
     s = sub.add_parser("load", help="ingest a file or a tree into a session")
@@ -370,7 +328,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--session", "-s", default="default")
     s.add_argument("--warm-mb", type=float, default=None)
     s.add_argument("--cold-gb", type=float, default=None)
-    _add_runtime_flags(s)
+    add_runtime_flags(s)
     s.set_defaults(func=cmd_chat)
 
     s = sub.add_parser("sessions", help="list sessions")
@@ -380,7 +338,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("bench", help="benchmarks (JSON + a table)")
     from localsym.bench import add_parsers
 
-    add_parsers(s, _add_runtime_flags)
+    add_parsers(s, add_runtime_flags)
     s.set_defaults(func=cmd_bench)
     return p
 

@@ -17,7 +17,7 @@ from localsym import paths
 from localsym.errors import LocalsymError
 
 KNOWN = {"memory": {"warm_mb": float, "cold_gb": float, "block_tokens": int, "working_set_tokens": int,
-                    "recent_tokens": int, "ingest_window": int}}
+                    "recent_tokens": int, "ingest_window": int, "kv_format": str}}
 
 
 def load() -> dict[str, dict[str, Any]]:

@@ -20,16 +20,15 @@ import subprocess
 import sys
 import tempfile
 import zipfile
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from localsym import model_sources, paths
 from localsym.catalog import Manifest, Part, load_catalog
 from localsym.errors import BadModelFile, LocalsymError, ModelNotFound
+from localsym.progress import Progress
 from localsym.runtime.gguf_file import check_complete, read_header
 
-Progress = Callable[[str, int, int], None]  # (what, done, total)
 CHUNK = 4 << 20
 
 
@@ -77,7 +76,7 @@ def sha256_file(path: Path, progress: Progress | None = None) -> str:
             h.update(chunk)
             done += len(chunk)
             if progress:
-                progress(f"verify {path.name}", done, total)
+                progress(done, total, f"verify {path.name}")
     return h.hexdigest()
 
 
@@ -223,7 +222,7 @@ def _pull_catalog(m: Manifest, progress: Progress | None) -> LocalModel:
                     h.update(chunk)
                     done += len(chunk)
                     if progress:
-                        progress(f"pull {m.name}", done, m.size)
+                        progress(done, m.size, f"pull {m.name}")
             if src_zip:
                 src_zip.close()
     if h.hexdigest() != m.sha256:

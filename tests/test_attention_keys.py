@@ -92,18 +92,19 @@ def test_a_session_keeps_block_keys_across_restarts(home, smol_path):
     text = "\n".join(f"def helper_{i}(x):\n    return x * {i}\n" for i in range(40))
     with Session.open("attn", str(smol_path), RunOptions(n_ctx=1024, vram="cpu"), cfg) as s:
         s.ingest_text(text, "helpers.py", "file")
-        n = len(s.selector.blocks)
-        assert n >= 3 and s.selector.has_keys
-        before = [b.attn for b in s.selector.blocks]
-        query = s.attn.query(s.engine.model.tokenize("return x * 7"))
+        n = len(s.working.selector.blocks)
+        assert n >= 3 and s.working.selector.has_keys
+        before = [b.attn for b in s.working.selector.blocks]
+        query = s.working.attn.query(s.engine.model.tokenize("return x * 7"))
         assert query.shape == (2, 9, 64)
     with Session.open("attn", str(smol_path), RunOptions(n_ctx=1024, vram="cpu"), cfg) as s:
-        assert [b.attn for b in s.selector.blocks] == before  # from the index, not recomputed
-        answer = "".join(s.ask("What does helper_7 return?"))
-        assert s.last.probe_ms > 0 and answer
+        assert [b.attn for b in s.working.selector.blocks] == before  # from the index, not recomputed
+        turn = s.ask("What does helper_7 return?")
+        answer = turn.text()
+        assert turn.stats.probe_ms > 0 and answer
     with Session.open("attn-2", str(smol_path), RunOptions(n_ctx=1024, vram="cpu"), cfg) as s:
         rep = s.ingest_text(text, "helpers.py", "file")
         # the same content in another session: blocks and their keys come from the model's
         # shared stores, identical
         assert rep.reused_blocks == n and rep.computed_blocks == 0
-        assert [b.attn for b in s.selector.blocks] == before
+        assert [b.attn for b in s.working.selector.blocks] == before

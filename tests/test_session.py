@@ -34,18 +34,19 @@ def test_fact_restored_from_disk_answers_like_it_never_left(home):
     # warm tier of zero bytes: every block comes back from the cold files on disk
     with Session.open("evicted", "smollm2-135m", _opts(), _cfg(warm_mb=0)) as s:
         s.ingest_text(DOC, "notes.txt", "file")
-        assert len(s.warm) == 0 and s.cold.used > 0
-        answer = "".join(s.ask(QUESTION, GenParams(max_tokens=32)))
+        assert len(s.store.warm) == 0 and s.store.cold.used > 0
+        turn = s.ask(QUESTION, GenParams(max_tokens=32))
+        answer = turn.text()
         # every document block came back: from disk, or (the one holding the key) re-prefilled verbatim
-        assert s.last.restored_blocks + s.last.reinjected_blocks == len(s.docs)
-        assert s.last.reinjected_blocks == 2  # the block holding the key, and the one after it
+        assert turn.stats.restored_blocks + turn.stats.reinjected_blocks == len(s.docs)
+        assert turn.stats.reinjected_blocks == 2  # the block holding the key, and the one after it
         eng, fr = s.engine, s.frame
         # the reference: the same tokens decoded straight through, nothing ever left the context
         doc_tokens = [t for b in s.docs for t in b.tokens.tolist()]
         prompt = fr.sink + doc_tokens + fr.close + fr.user_prefix + eng.model.tokenize(QUESTION) + fr.user_suffix
         eng.ctx.clear()
         reference = "".join(eng.generate(prompt, 0, GenParams(max_tokens=32)))
-        s.hot.segments.clear()
+        s.working.hot.segments.clear()
     assert "KX-4471-QZ" in reference
     assert answer == reference
 
@@ -56,9 +57,9 @@ def test_resume_after_restart_without_reingesting(home):
         n_blocks = len(s.docs)
     with Session.open("resume", opts=_opts()) as s:  # model and config come from the session
         assert len(s.docs) == n_blocks and s.config.block_tokens == 64
-        answer = "".join(s.ask(QUESTION, GenParams(max_tokens=32)))
-        assert "KX-4471-QZ" in answer
-        assert s.last.restored_blocks > 0 and s.last.recomputed_blocks == 0
+        turn = s.ask(QUESTION, GenParams(max_tokens=32))
+        assert "KX-4471-QZ" in turn.text()
+        assert turn.stats.restored_blocks > 0 and turn.stats.recomputed_blocks == 0
     with Session.open("resume", opts=_opts()) as s:
         assert [m["role"] for m in s.messages()] == ["user", "assistant"]
         assert len(s.turns) >= 1
@@ -68,7 +69,7 @@ def test_blocks_holding_keys_are_pinned_at_q8_and_the_mix_is_reported(home):
     with Session.open("pinned", "smollm2-135m", _opts(), _cfg()) as s:
         s.ingest_text(DOC, "notes.txt", "file")
         text = [s.engine.model.detokenize(b.tokens.tolist()) for b in s.docs]
-        metas = [s.cold.meta(b.key) for b in s.docs]
+        metas = [s.store.cold.meta(b.key) for b in s.docs]
         for t, meta in zip(text, metas):
             formats = {k.split(":")[1] for k in meta["mix"]}
             if "4471" in t:  # the key's block: never below q8, in either tier
@@ -80,7 +81,8 @@ def test_blocks_holding_keys_are_pinned_at_q8_and_the_mix_is_reported(home):
         n_layers = s.engine.info.n_layer
         assert sum(n for k, n in mix["cold"].items() if k.startswith("K:")) == len(s.docs) * n_layers
         assert mix["pinned_blocks"] == sum(m["pinned"] for m in metas)
-        assert {k.split(":")[1] for k in mix["warm"]} <= {"q8", "q4", "f16"}  # warm never below q4
+        # one encoding serves both tiers: a block restores the same from RAM or disk
+        assert set(mix["warm"]) <= set(mix["cold"]) and mix["warm"]
 
 
 def test_bit_flipped_block_is_caught_and_rebuilt(home):
@@ -88,15 +90,16 @@ def test_bit_flipped_block_is_caught_and_rebuilt(home):
         s.ingest_text(DOC, "notes.txt", "file")
         # a block that is restored from disk (the key's block is re-prefilled, not read)
         victim = next(b for b in s.docs if "KX" not in s.engine.model.detokenize(b.tokens.tolist()))
-        path = s.cold.path(victim.key)
+        path = s.store.cold.path(victim.key)
     data = bytearray(path.read_bytes())
     data[len(data) // 2] ^= 0x40
     path.write_bytes(bytes(data))
     with Session.open("flip", opts=_opts()) as s:
-        answer = "".join(s.ask(QUESTION, GenParams(max_tokens=32)))
-        assert s.last.recomputed_blocks == 1
+        turn = s.ask(QUESTION, GenParams(max_tokens=32))
+        answer = turn.text()
+        assert turn.stats.recomputed_blocks == 1
         assert "KX-4471-QZ" in answer
-        s.cold.get(victim.key)  # the rebuilt file reads back clean
+        s.store.cold.get(victim.key)  # the rebuilt file reads back clean
 
 
 def test_reload_reuses_blocks_and_an_edit_recomputes_only_that_file(home, tmp_path):
@@ -196,7 +199,7 @@ def test_kill_9_during_load_keeps_what_was_acknowledged(home, tmp_path):
     with Session.open("k9", opts=_opts()) as s:
         assert len(s.docs) >= acknowledged
         for b in s.docs:
-            s.cold.get(b.key)  # every acknowledged block is on disk and passes its checksum
+            s.store.cold.get(b.key)  # every acknowledged block is on disk and passes its checksum
         rep = s.load(tree)
         assert rep.reused_blocks >= acknowledged - 1  # a half-ingested file restarts, its blocks reused
         assert len({b.source for b in s.docs}) == 4
@@ -209,9 +212,12 @@ def test_config_file_sets_budgets_and_bad_keys_are_clear(home):
     cfg_dir.mkdir(parents=True, exist_ok=True)
     (cfg_dir / "config.toml").write_text("[memory]\nwarm_mb = 3\ncold_gb = 0.5\n")
     with Session.open("cfg", "smollm2-135m", _opts()) as s:
-        assert s.warm.budget == 3 * 2**20 and s.cold.budget == int(0.5 * 2**30)
+        assert s.store.warm.budget == 3 * 2**20 and s.store.cold.budget == int(0.5 * 2**30)
+    (cfg_dir / "config.toml").write_text("[memory]\nwarm_mb = 4\n")
+    with Session.open("cfg", "smollm2-135m", _opts()) as s:
+        assert s.store.warm.budget == 4 * 2**20  # the file still reaches a session that exists
     with Session.open("cfg", "smollm2-135m", _opts(), overrides={"warm_mb": 5}) as s:
-        assert s.warm.budget == 5 * 2**20  # a flag beats the file
+        assert s.store.warm.budget == 5 * 2**20  # a flag beats the file
     (cfg_dir / "config.toml").write_text("[memory]\nwarm_gb = 3\n")
     with pytest.raises(LocalsymError, match="unknown key 'warm_gb'"):
         Session.open("cfg", "smollm2-135m", _opts())
@@ -227,11 +233,14 @@ def test_sliding_window_model_restores_like_it_never_left(home, gemma_path):
 
     model_store.copy_into(MODEL_CACHE, GEMMA)
     question = "What is the deploy key for the staging server?"
-    with Session.open("gemma", GEMMA, _opts(), _cfg(warm_mb=0)) as s:
+    # q8 blocks: the mechanism (two caches, shifted positions) is what is compared here; at
+    # the adaptive default the greedy answer may word itself differently (checked below)
+    with Session.open("gemma", GEMMA, _opts(), _cfg(warm_mb=0, kv_format="q8")) as s:
         assert s.n_caches == 2
         s.ingest_text(DOC, "notes.txt", "file")
-        answer = "".join(s.ask(question, GenParams(max_tokens=24)))
-        assert s.last.restored_blocks + s.last.reinjected_blocks == len(s.docs)
+        turn = s.ask(question, GenParams(max_tokens=24))
+        answer = turn.text()
+        assert turn.stats.restored_blocks + turn.stats.reinjected_blocks == len(s.docs)
         eng, fr = s.engine, s.frame
         eng.ctx.clear()
         pos = 0
@@ -240,6 +249,9 @@ def test_sliding_window_model_restores_like_it_never_left(home, gemma_path):
             pos += len(piece)
         q = fr.user_prefix + eng.model.tokenize(question) + fr.user_suffix
         reference = "".join(eng.generate(q, pos, GenParams(max_tokens=24)))
-        s.hot.segments.clear()
+        s.working.hot.segments.clear()
     assert "KX-4471-QZ" in reference
     assert answer == reference
+    with Session.open("gemma-adaptive", GEMMA, _opts(), _cfg(warm_mb=0)) as s:
+        s.ingest_text(DOC, "notes.txt", "file")
+        assert "KX-4471-QZ" in s.ask(question, GenParams(max_tokens=24)).text()

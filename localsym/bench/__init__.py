@@ -101,6 +101,7 @@ def _add_memory(sub) -> None:
     s.add_argument("--block", type=int, default=256)
     s.add_argument("--warm-mb", type=float, default=32, help="warm tier budget (full by 4K tokens)")
     s.add_argument("--hot", type=int, default=4096, help="hot context tokens")
+    s.add_argument("--vram", default=None, help="VRAM budget as for `run` (default: auto, the GPU when there is one)")
     s.add_argument("-t", "--threads", type=int, default=None)
     _common(s)
 

@@ -25,32 +25,29 @@ LENGTHS = (4096, 8192, 16384, 32768)
 REPS = 5  # decode speed: the median of this many answers, memory layer on and plain in turns
 
 
-def _docs(model_path: str, n_tokens: int) -> list[tuple[str, str]]:
+def _docs(model: str, n_tokens: int) -> list[tuple[str, str]]:
     """Whole stdlib files, in a fixed order, until about ``n_tokens`` tokens."""
-    from localsym.runtime.bridge import Model
+    from localsym.session import Tokenizer
 
-    vocab = Model(model_path, vocab_only=True)
     out, n = [], 0
-    for p in stdlib_files():
-        text = p.read_text(encoding="utf-8", errors="replace")
-        toks = vocab.tokenize(text)
-        if n + len(toks) > n_tokens:
-            cut = vocab.detokenize(toks[: n_tokens - n])
-            out.append((str(p), cut))
-            break
-        out.append((str(p), text))
-        n += len(toks)
-    vocab.close()
+    with Tokenizer(model) as vocab:
+        for p in stdlib_files():
+            text = p.read_text(encoding="utf-8", errors="replace")
+            toks = vocab.tokenize(text)
+            if n + len(toks) > n_tokens:
+                out.append((str(p), vocab.detokenize(toks[: n_tokens - n])))
+                break
+            out.append((str(p), text))
+            n += len(toks)
     return out
 
 
 def child(args: argparse.Namespace) -> None:
     """One length: ingest, then measure; prints one JSON line."""
-    from localsym.runtime.engine import RunOptions
-    from localsym.session import Session, SessionConfig
+    from localsym.session import RunOptions, Session, SessionConfig
 
     cfg = SessionConfig(block_tokens=args.block, warm_mb=args.warm_mb, cold_gb=50)
-    opts = RunOptions(n_ctx=args.hot, vram="cpu", n_threads=args.threads)
+    opts = RunOptions(n_ctx=args.hot, vram=args.vram, n_threads=args.threads)
     out: dict = {"tokens": args.child}
     with Session.open(f"bench-{args.child}-{args.tag}", args.model_path, opts, cfg) as s:
         t0 = time.perf_counter()
@@ -59,62 +56,39 @@ def child(args: argparse.Namespace) -> None:
             rep = s.ingest_text(text, source, "file", report=rep)
         out["load_s"] = time.perf_counter() - t0
         out["computed_blocks"], out["reused_blocks"] = rep.computed_blocks, rep.reused_blocks
-        usage = s.memory_usage()
-        out["warm_bytes"], out["cold_bytes"] = usage["warm_bytes"], usage["cold_bytes"]
+        st = s.status()
+        out["warm_bytes"], out["cold_bytes"], out["device"] = st.warm_bytes, st.cold_bytes, st.device
         if args.measure:
-            out.update(_restore_timings(s))
+            out.update(s.measure_blocks())
             out.update(_decode_rates(s, args))
     out["rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps(out))
-
-
-def _restore_timings(s) -> dict:
-    """One full-size block: restore from warm, from cold, and recompute it, median of 5."""
-    row = next(b for b in s.docs if b.n_tokens == s.config.block_tokens)
-    eb_warm = s._fetch(row)
-
-    def timed(fn) -> float:
-        ts = []
-        for _ in range(5):
-            s.hot.truncate(1)
-            t0 = time.perf_counter()
-            fn()
-            ts.append((time.perf_counter() - t0) * 1000)
-        s.hot.truncate(1)
-        return statistics.median(ts)
-
-    warm = timed(lambda: s.hot.restore(row.key, eb_warm.to_blob(row.pos0, 1), row.pos0, row.n_tokens))
-
-    def cold() -> None:
-        eb, _ = s.cold.get(row.key)
-        s.hot.restore(row.key, eb.to_blob(row.pos0, 1), row.pos0, row.n_tokens)
-
-    cold_ms = timed(cold)
-    recompute = timed(lambda: s.hot.decode(row.key, row.tokens.tolist()))
-    return {"restore_warm_ms": warm, "restore_cold_ms": cold_ms, "recompute_ms": recompute}
 
 
 def _decode_rates(s, args: argparse.Namespace) -> dict:
     """Decode tok/s answering through the session vs the plain runtime after a prompt as
     long as the session's working set, in one process and taking turns (this machine's
     decode speed drifts by ~10% over minutes), the median of each."""
-    from localsym.runtime.engine import Engine, GenParams, GenStats, RunOptions
+    from localsym.session import GenParams, OneShot, RunOptions, Tokenizer
 
     docs = "".join(t for _, t in _docs(args.model_path, args.child))
-    mem, plain = [], []
-    with Engine(args.model_path, RunOptions(n_ctx=args.hot, vram="cpu", n_threads=args.threads)) as eng:
-        text = eng.tokenize_prompt(docs)
+    with Tokenizer(args.model_path) as vocab:
+        text = vocab.tokenize(docs)
+        mem, plain = [], []
+        answer, hot = "", 0
         for _ in range(REPS):
-            answer = "".join(s.ask("Which module defines the function dedent?", GenParams(max_tokens=48)))
-            mem.append(s.last.decode_tok_s)
-            toks = text[: max(min(s.last.hot_tokens - 64, args.hot - 64), 16)]
-            eng.ctx.clear()
-            stats = GenStats()
-            for _ in eng.generate(toks, 0, GenParams(max_tokens=48), stats=stats):
-                pass
-            plain.append(stats.decode_tok_s)
+            with s.ask("Which module defines the function dedent?", GenParams(max_tokens=48)) as turn:
+                answer = turn.text()
+            mem.append(turn.stats.decode_tok_s)
+            hot = turn.stats.hot_tokens
+            prompt = vocab.detokenize(text[: max(min(hot - 64, args.hot - 64), 16)])
+            with OneShot(args.model_path, prompt, RunOptions(n_ctx=args.hot, vram=args.vram, n_threads=args.threads),
+                         GenParams(max_tokens=48), raw=True) as run:
+                for _ in run:
+                    pass
+            plain.append(run.stats.decode_tok_s)
     return {"memory_decode_tok_s": statistics.median(mem), "plain_decode_tok_s": statistics.median(plain),
-            "ask_hot_tokens": s.last.hot_tokens, "answer": answer}
+            "ask_hot_tokens": hot, "answer": answer}
 
 
 def _run_child(home: str, argv: list[str]) -> dict:
@@ -128,13 +102,12 @@ def _run_child(home: str, argv: list[str]) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
-    from localsym import model_store
-    from localsym.catalog import default_model
+    from localsym.session import default_model, models
 
-    model_path = str(model_store.resolve(args.model or default_model()))
+    model_path = str(models.resolve(args.model or default_model()))
     lengths = [n for n in LENGTHS if n <= args.max_tokens]
     common = ["--model-path", model_path, "--block", str(args.block), "--warm-mb", str(args.warm_mb),
-              "--hot", str(args.hot)] + (["--threads", str(args.threads)] if args.threads else [])
+              "--hot", str(args.hot), "--vram", args.vram or "auto"] + (["--threads", str(args.threads)] if args.threads else [])
     rows = {}
     with tempfile.TemporaryDirectory(prefix="localsym-bench-memory-") as home:
         for n in lengths:  # ingest only: these processes' peak RSS is what grows with context
@@ -146,7 +119,7 @@ def run(args: argparse.Namespace) -> int:
         first_load = sum(rows[n]["load_s"] for n in lengths)  # every block computed exactly once
     result = {
         "model": args.model or default_model(), "block_tokens": args.block, "warm_mb": args.warm_mb,
-        "hot_ctx": args.hot,
+        "hot_ctx": args.hot, "device": m["device"],
         "rss_mb": {str(n): round(r["rss_mb"], 1) for n, r in rows.items()},
         "rss_ratio_32k_over_4k": round(rows[top]["rss_mb"] / rows[lengths[0]]["rss_mb"], 3),
         # after the longest first load: the warm tier at its budget, every block in cold
@@ -186,6 +159,7 @@ def _main() -> None:
     p.add_argument("--warm-mb", type=float, default=32)
     p.add_argument("--hot", type=int, default=4096)
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--vram", default=None)
     p.add_argument("--measure", action="store_true")
     child(p.parse_args())
 

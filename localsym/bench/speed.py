@@ -54,14 +54,14 @@ def _llama(path, plan, threads: int, prompt: list[int], gen: int) -> tuple[float
 def run(args: argparse.Namespace) -> int:
     from localsym import model_store
     from localsym.catalog import default_model
-    from localsym.cli import _run_options
+    from localsym.flags import run_options
     from localsym.runtime.bridge import Model, default_threads
     from localsym.runtime.engine import make_plan
     from localsym.runtime.model_info import model_info
 
     name = args.model or default_model()
     path = model_store.resolve(name)
-    opts = _run_options(args)
+    opts = run_options(args)
     opts.n_threads = opts.n_threads or default_threads()
     if opts.n_ctx is None:
         opts.n_ctx = 2048

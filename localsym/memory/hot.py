@@ -36,11 +36,8 @@ class HotContext:
 
     def truncate(self, keep: int) -> None:
         """Keep the first ``keep`` segments, drop the rest from the context."""
-        if keep >= len(self.segments):
-            return
-        start = self.segments[keep].start
-        self.ctx.seq_rm(MAIN, start, -1)
         del self.segments[keep:]
+        self.ctx.seq_rm(MAIN, self.end, -1)  # also what a cancelled decode left past the end
 
     def decode(self, key: str, tokens: list[int], logits: str = "none") -> Segment:
         seg = Segment(key, self.end, len(tokens))
@@ -48,16 +45,19 @@ class HotContext:
         self.segments.append(seg)
         return seg
 
-    def save(self, start: int, n: int) -> kv_state.SeqState:
-        """Parse the KV of positions [start, start + n) of the working set."""
+    def blob(self, start: int, n: int) -> bytearray:
+        """The state blob of positions [start, start + n) of the working set (one copy)."""
         self.ctx.seq_cp(MAIN, SCRATCH, start, start + n)
         try:
-            blob = self.ctx.state_seq_get(SCRATCH)
+            return self.ctx.state_seq_get(SCRATCH)
         finally:
             self.ctx.seq_rm(SCRATCH)
-        return kv_state.parse(blob, self.n_caches)
 
-    def restore(self, key: str, blob: bytes, pos0: int, n: int) -> Segment:
+    def save(self, start: int, n: int) -> kv_state.SeqState:
+        """Parse the KV of positions [start, start + n) of the working set."""
+        return kv_state.parse(self.blob(start, n), self.n_caches)
+
+    def restore(self, key: str, blob: bytes | bytearray, pos0: int, n: int) -> Segment:
         """Bring a saved block in at the end of the working set (shifted from ``pos0``)."""
         seg = Segment(key, self.end, n)
         self.ctx.state_seq_set(SCRATCH, blob)

@@ -6,12 +6,19 @@ Schema upgrades are named functions keyed on ``PRAGMA user_version``, applied in
 from __future__ import annotations
 
 import json
+import logging
+import os
 import sqlite3
 import time
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from localsym.errors import LocalsymError
+
+log = logging.getLogger("localsym.memory")
 
 
 def _v1() -> str:
@@ -37,7 +44,21 @@ def _v2() -> str:
     return "ALTER TABLE blocks ADD COLUMN attn BLOB;"
 
 
-MIGRATIONS = [_v1, _v2]
+def _v3() -> str:
+    # a checksum of each block's exact tokens: bit rot there would silently change a needle
+    return "ALTER TABLE blocks ADD COLUMN tokens_crc INTEGER;"
+
+
+MIGRATIONS = [_v1, _v2, _v3]
+
+
+def _migrate(db: sqlite3.Connection) -> None:
+    version = db.execute("PRAGMA user_version").fetchone()[0]
+    if version > len(MIGRATIONS):
+        raise LocalsymError(f"session index v{version} is newer than this localsym (v{len(MIGRATIONS)}): upgrade")
+    for i, step in enumerate(MIGRATIONS[version:], start=version + 1):
+        # one transaction per upgrade: the schema and its version number move together
+        db.executescript(f"BEGIN IMMEDIATE; {step()} PRAGMA user_version = {i}; COMMIT;")
 
 
 @dataclass
@@ -58,18 +79,42 @@ class BlockRow:
 
 
 class IndexDB:
-    def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=NORMAL")
-        self._migrate()
+    """A session's SQLite index. A new one is built in a temp file and renamed into place,
+    so a ``session.db`` that exists always went through its first migration: an empty or
+    unreadable one is damage, reported in one line, never a fresh empty session."""
 
-    def _migrate(self) -> None:
-        version = self.db.execute("PRAGMA user_version").fetchone()[0]
-        for i, step in enumerate(MIGRATIONS[version:], start=version + 1):
-            # one transaction per upgrade: the schema and its version number move together
-            self.db.executescript(f"BEGIN; {step()} PRAGMA user_version = {i}; COMMIT;")
+    def __init__(self, path: Path, readonly: bool = False) -> None:
+        self.path = path
+        if not path.exists():
+            if readonly:
+                raise LocalsymError(f"{path}: no such session index")
+            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            tmp = path.with_name(f".{path.name}.{os.getpid()}.new")
+            try:
+                db = sqlite3.connect(str(tmp), isolation_level=None)
+                try:
+                    _migrate(db)
+                finally:
+                    db.close()
+                os.chmod(tmp, 0o600)
+                os.replace(tmp, path)
+            finally:
+                tmp.unlink(missing_ok=True)
+        elif path.stat().st_size == 0:
+            raise LocalsymError(f"{path} is empty (damaged): move it aside to start this session over "
+                                f"(its blocks stay in the shared block cache)")
+        try:
+            uri = f"file:{path}?mode=ro" if readonly else str(path)
+            self.db = sqlite3.connect(uri, uri=readonly, check_same_thread=False, isolation_level=None)
+            self.db.execute("PRAGMA busy_timeout = 5000")
+            if not readonly:
+                self.db.execute("PRAGMA journal_mode=WAL")
+                self.db.execute("PRAGMA synchronous=NORMAL")
+                _migrate(self.db)
+            self.db.execute("SELECT COUNT(*) FROM meta").fetchone()
+        except sqlite3.DatabaseError as e:
+            raise LocalsymError(f"{path} is damaged ({e}): move it aside to start this session over "
+                                f"(its blocks stay in the shared block cache)") from None
 
     def close(self) -> None:
         self.db.close()
@@ -99,15 +144,24 @@ class IndexDB:
                   attn: bytes | None = None) -> int:
         blob = np.asarray(tokens, np.int32).tobytes()
         cur = self.db.execute(
-            "INSERT INTO blocks(doc_id, idx, key, pos0, n_tokens, tokens, created, attn) VALUES (?,?,?,?,?,?,?,?)",
-            (doc_id, idx, key, pos0, len(tokens), blob, time.time(), attn))
+            "INSERT INTO blocks(doc_id, idx, key, pos0, n_tokens, tokens, created, attn, tokens_crc) "
+            "VALUES (?,?,?,?,?,?,?,?,?)", (doc_id, idx, key, pos0, len(tokens), blob, time.time(), attn, zlib.crc32(blob)))
         return int(cur.lastrowid)
 
     def blocks(self) -> list[BlockRow]:
+        """Active blocks in order; one whose stored tokens fail their checksum is left out
+        (logged): its text can no longer be trusted, and it is never used as if it could."""
         rows = self.db.execute(
-            "SELECT b.id, b.doc_id, b.idx, b.key, b.pos0, b.tokens, d.kind, d.source, b.attn FROM blocks b "
-            "JOIN docs d ON d.id = b.doc_id WHERE d.active = 1 ORDER BY b.doc_id, b.idx").fetchall()
-        return [BlockRow(r[0], r[1], r[2], r[3], r[4], np.frombuffer(r[5], np.int32), r[6], r[7], r[8]) for r in rows]
+            "SELECT b.id, b.doc_id, b.idx, b.key, b.pos0, b.tokens, d.kind, d.source, b.attn, b.tokens_crc, b.n_tokens "
+            "FROM blocks b JOIN docs d ON d.id = b.doc_id WHERE d.active = 1 ORDER BY b.doc_id, b.idx").fetchall()
+        out = []
+        for r in rows:
+            blob = r[5]
+            if (r[9] is not None and zlib.crc32(blob) != r[9]) or len(blob) != 4 * r[10]:
+                log.warning("%s: the stored tokens of block %d of %s are damaged: block left out", self.path, r[2], r[7])
+                continue
+            out.append(BlockRow(r[0], r[1], r[2], r[3], r[4], np.frombuffer(blob, np.int32), r[6], r[7], r[8]))
+        return out
 
     def doc_sources(self) -> dict[str, str]:
         """Completely ingested, active file sources -> their content sha."""

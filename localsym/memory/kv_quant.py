@@ -167,8 +167,9 @@ def plan_k(k: np.ndarray, policy: QuantPolicy, n_head_kv: int, floor: str | None
         return [policy.fixed] * k.shape[0], r
     queries = sample_queries(k)
     err = k_errors(r, queries, n_head_kv)
-    need_q8 = err["q4"] > policy.k_threshold
-    if "q8" in policy.candidates(floor) and need_q8.any():
+    cands = policy.candidates(floor)
+    need_q8 = err["q4"] > policy.k_threshold if "q4" in cands else np.ones(k.shape[0], bool)
+    if "q8" in cands and need_q8.any():
         err["q8"] = k_errors(r, queries, n_head_kv, need_q8)["q8"]
     return choose(err, policy, policy.k_threshold, floor), r
 

@@ -88,7 +88,10 @@ class ColdTier:
         p = self.path(key)
         if not p.exists():
             raise FileNotFoundError(p)
-        return EncodedBlock.load(p)
+        eb, meta = EncodedBlock.load(p)
+        if meta.get("key") != key:  # a block file copied over another passes its own checksum
+            raise container.CorruptFile(f"{p}: holds block {str(meta.get('key'))[:12]}, not {key[:12]}")
+        return eb, meta
 
     def meta(self, key: str) -> dict | None:
         """A block file's header metadata (format mix, pinning), or None if it is damaged."""

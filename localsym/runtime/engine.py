@@ -46,6 +46,7 @@ class GenStats:
     stop_reason: str = ""
     tokens: list[int] = field(default_factory=list)  # generated ids (no end-of-generation token)
     n_decoded: int = 0  # how many of them are in the KV cache (the last may not be)
+    prompt_decoded: bool = False  # the whole prompt is in the KV cache
 
     @property
     def prefill_tok_s(self) -> float:
@@ -159,8 +160,10 @@ class Engine:
         t0 = time.perf_counter()
         stats.prompt_tokens = len(prompt)
         text = ""
+        t1 = 0.0
         try:
             ctx.decode(prompt, start_pos, seq)
+            stats.prompt_decoded = True
             stats.prefill_s = time.perf_counter() - t0
             pos = start_pos + len(prompt)
             t1 = time.perf_counter()
@@ -197,6 +200,8 @@ class Engine:
             stats.stop_reason = "cancelled"
             if not stats.prefill_s:
                 stats.prefill_s = time.perf_counter() - t0
+            elif t1:
+                stats.decode_s = time.perf_counter() - t1  # the tokens decoded before the stop count
         finally:
             sampler.close()
         tail = decoder.decode(b"", final=True)

@@ -6,8 +6,10 @@ the UI never blocks. Everything goes through the Session API the CLI uses too.
 
 from __future__ import annotations
 
+import contextlib
 import shlex
-from collections.abc import Iterable
+import threading
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from textual import on, work
@@ -19,9 +21,9 @@ from textual.widgets import Footer, Header, Markdown, OptionList, ProgressBar
 from textual.widgets.option_list import Option
 
 from localsym.errors import LocalsymError
-from localsym.memory.kv_quant import mix_summary
-from localsym.runtime.engine import GenParams, RunOptions
-from localsym.tui.widgets import MessageView, PromptInput, StatusBar, human_bytes
+from localsym.progress import human_bytes
+from localsym.session import GenParams, RunOptions, Session, TurnStats, mix_summary
+from localsym.tui.widgets import MessageView, PromptInput, StatusBar
 
 HELP = """\
 **Commands**
@@ -86,10 +88,13 @@ class ChatApp(App):
         self.model_name, self.session_name = model, session
         self.opts = opts or RunOptions()
         self.overrides = dict(overrides or {})
-        self.session = None
+        self.session: Session | None = None
+        self.model_lock = threading.Lock()  # held by a worker while it uses the model
+        self._quitting = False
         self.params = GenParams(max_tokens=512)
         self.busy = False
         self.last_answer = ""
+        self.last_stats: TurnStats | None = None
         self.decode_tok_s = 0.0
 
     # -- layout ---------------------------------------------------------------------------------------
@@ -147,41 +152,39 @@ class ChatApp(App):
         s = self.session
         if s is None:
             return
-        u = s.memory_usage()
-        device = "GPU" if s.engine.plan.n_gpu_layers else "CPU"
+        u = s.status()
         self.query_one(StatusBar).update(
-            f"{s.db.get('model')} · {s.name} · {u['total_tokens']} tok · hot {u['hot_tokens']}/{u['hot_capacity']} "
-            f"({human_bytes(u['hot_bytes'])}) · warm {u['warm_blocks']} blk {human_bytes(u['warm_bytes'])} · "
-            f"cold {human_bytes(u['cold_bytes'])} · {self.decode_tok_s:.1f} tok/s · {device}")
+            f"{u.model} · {u.name} · {u.total_tokens} tok · hot {u.hot_tokens}/{u.hot_capacity} "
+            f"({human_bytes(u.hot_bytes)}) · warm {u.warm_blocks} blk {human_bytes(u.warm_bytes)} · "
+            f"cold {human_bytes(u.cold_bytes)} · {self.decode_tok_s:.1f} tok/s · {u.device}")
 
     # -- opening sessions --------------------------------------------------------------------------------
     @work(thread=True, exclusive=True, group="model")
     def open_session(self, name: str) -> None:
-        from localsym import model_store
-        from localsym.catalog import default_model, load_catalog
         from localsym.errors import ModelNotFound
-        from localsym.session import Session, session_dir
+        from localsym.session import default_model, load_catalog, models, session_exists
 
         self.busy = True
         try:
             model = self.model_name
-            if model is None and not (session_dir(name) / "session.db").exists():
+            if model is None and not session_exists(name):
                 model = default_model()
             if model is not None:
                 try:
-                    model_store.resolve(model)
+                    models.resolve(model)
                 except ModelNotFound:
                     if model not in load_catalog():
                         raise
                     self.call_from_thread(self.note, f"pulling **{model}** (first run)...")
-                    model_store.pull(model, lambda what, done, total: self.call_from_thread(self._progress, done, total))
+                    models.pull(model, lambda done, total, _what: self.call_from_thread(self._progress, done, total))
                     self.call_from_thread(self._progress_done)
-            old, self.session = self.session, None
-            if old is not None:
-                old.close()
             self.call_from_thread(self.query_one(StatusBar).update, f"loading {model or name}...")
-            self.session = Session.open(name, model, self.opts, overrides=self.overrides)
-            self.session_name = name
+            with self.using_model():
+                old, self.session = self.session, None
+                if old is not None:
+                    old.close()
+                self.session = Session.open(name, model, self.opts, overrides=self.overrides)
+                self.session_name = name
             self.call_from_thread(self._session_ready)
         except LocalsymError as e:
             self.call_from_thread(self.note, f"**cannot open the session:** {e}\n\n"
@@ -195,7 +198,7 @@ class ChatApp(App):
         history.remove_children()
         for m in self.session.messages():
             self.add_message(m["role"], m["content"])
-        self.sub_title = f"{self.session.name} · {self.session.db.get('model')}"
+        self.sub_title = f"{self.session.name} · {self.session.model}"
         self.refresh_status()
 
     def _progress(self, done: int, total: int) -> None:
@@ -224,17 +227,25 @@ class ChatApp(App):
         self.busy = True
         stream = self.call_from_thread(self._start_stream, view)
         parts: list[str] = []
+        suffix = ""
         try:
-            for piece in self.session.ask(question, self.params):
-                parts.append(piece)
-                self.call_from_thread(stream.write, piece)
+            with self.using_model():
+                if self.session is None:
+                    raise LocalsymError("no session is open")
+                with self.session.ask(question, self.params) as turn:
+                    for piece in turn:
+                        parts.append(piece)
+                        self.call_from_thread(stream.write, piece)
+                self.last_stats = turn.stats
+                self.decode_tok_s = turn.stats.decode_tok_s or self.decode_tok_s
+                suffix = " *(stopped)*" if turn.stats.cancelled else ""
         except LocalsymError as e:
             parts.append(f"\n\n*error: {e}*")
+        except Exception as e:  # shown, never fatal: the session stays usable
+            parts.append(f"\n\n*unexpected error: {type(e).__name__}: {e}*")
         finally:
             text = "".join(parts)
             self.last_answer = text
-            self.decode_tok_s = self.session.last.decode_tok_s or self.decode_tok_s
-            suffix = " *(stopped)*" if self.session.last.cancelled else ""
             try:
                 self.call_from_thread(self._finish, view, stream, text + suffix)
             finally:
@@ -310,7 +321,7 @@ class ChatApp(App):
 
     def cmd_save(self, args: list[str]) -> None:
         if self.session is not None:
-            self.session.db.set("total_tokens", self.session.total_tokens)
+            self.session.save()
             self.note("saved: every block is on disk as it is made; the index is in SQLite (WAL)")
 
     def cmd_memory(self, args: list[str]) -> None:
@@ -318,27 +329,29 @@ class ChatApp(App):
             self._memory_report(self.session)
 
     @work(thread=True, group="report")
-    def _memory_report(self, session) -> None:
+    def _memory_report(self, session: Session) -> None:
         """Off the UI thread: the format mix reads the cold files' headers once."""
-        u, mix = session.memory_usage(), session.quant_mix()
+        u, mix = session.status(), session.quant_mix()
         self.call_from_thread(
             self.note,
             "| tier | tokens / blocks | bytes | budget |\n| --- | --- | --- | --- |\n"
-            f"| hot (llama.cpp) | {u['hot_tokens']} / {u['hot_capacity']} tokens | {human_bytes(u['hot_bytes'])} | fit plan |\n"
-            f"| warm (RAM) | {u['warm_blocks']} blocks | {human_bytes(u['warm_bytes'])} | {human_bytes(u['warm_budget'])} |\n"
-            f"| cold (disk) | {u['blocks']} blocks, {u['total_tokens']} tokens | {human_bytes(u['cold_bytes'])} | {human_bytes(u['cold_budget'])} |\n\n"
+            f"| hot (llama.cpp) | {u.hot_tokens} / {u.hot_capacity} tokens | {human_bytes(u.hot_bytes)} | fit plan |\n"
+            f"| warm (RAM) | {u.warm_blocks} blocks | {human_bytes(u.warm_bytes)} | {human_bytes(u.warm_budget)} |\n"
+            f"| cold (disk) | {u.blocks} blocks, {u.total_tokens} tokens | {human_bytes(u.cold_bytes)} "
+            f"| {human_bytes(u.cold_budget)} |\n\n"
             f"formats (layers): warm {mix_summary(mix['warm'])}; cold {mix_summary(mix['cold'])}; "
             f"{mix['pinned_blocks']} blocks pinned at q8 (they hold keys or long numbers)")
 
     def cmd_show(self, args: list[str]) -> None:
         if self.session is None:
             return
-        info, plan = self.session.engine.info, self.session.engine.plan
-        self.note(f"**{info.name}** ({info.architecture}, {info.n_params / 1e6:.0f}M params, {info.file_type})\n\n"
-                  f"native context {info.n_ctx_train}, {info.n_layer} layers, KV {info.kv_bytes_per_token()} B/token, "
-                  f"experts {info.n_expert or 'none'}, chat template {'yes' if info.chat_template else 'no'}\n\n"
-                  f"fit plan: `-ngl {plan.n_gpu_layers} -c {plan.n_ctx} -ctk {plan.type_k} -ctv {plan.type_v} "
-                  f"-fa {'on' if plan.flash_attn else 'off'}` on the {plan.device.upper()}")
+        u = self.session.status()
+        m, plan = u.model_summary, u.plan
+        self.note(f"**{m['name']}** ({m['architecture']}, {m['n_params'] / 1e6:.0f}M params, {m['file_type']})\n\n"
+                  f"native context {m['n_ctx_train']}, {m['n_layer']} layers, KV {m['kv_bytes_per_token']} B/token, "
+                  f"experts {m['n_expert'] or 'none'}, chat template {'yes' if m['chat_template'] else 'no'}\n\n"
+                  f"fit plan: `-ngl {plan['n_gpu_layers']} -c {plan['n_ctx']} -ctk {plan['type_k']} "
+                  f"-ctv {plan['type_v']} -fa {'on' if plan['flash_attn'] else 'off'}` on the {plan['device'].upper()}")
 
     def cmd_set(self, args: list[str]) -> None:
         if len(args) < 2:
@@ -423,7 +436,11 @@ class ChatApp(App):
         self.busy = True
         self.call_from_thread(self.note, f"loading `{path}`...")
         try:
-            rep = self.session.load(Path(path).expanduser(), lambda d, t, s: self.call_from_thread(self._progress, d, t))
+            with self.using_model():
+                if self.session is None:
+                    raise LocalsymError("no session is open")
+                rep = self.session.load(Path(path).expanduser(),
+                                        lambda d, t, s: self.call_from_thread(self._progress, d, t))
             lines = [f"loaded **{rep.files} files**: {rep.tokens} new tokens in {rep.blocks} blocks "
                      f"({rep.computed_blocks} computed, {rep.reused_blocks} reused) in {rep.seconds:.1f}s"]
             if rep.skipped:
@@ -431,13 +448,38 @@ class ChatApp(App):
             self.call_from_thread(self.note, "\n".join(lines))
         except LocalsymError as e:
             self.call_from_thread(self.note, f"**cannot load** `{path}`: {e}")
+        except Exception as e:  # shown, never fatal
+            self.call_from_thread(self.note, f"**cannot load** `{path}`: unexpected {type(e).__name__}: {e}")
         finally:
             self.busy = False
             self.call_from_thread(self._progress_done)
             self.call_from_thread(self.refresh_status)
 
-    def on_unmount(self) -> None:
+    @contextlib.contextmanager
+    def using_model(self) -> Iterator[None]:
+        """Held by a worker while it uses the session; if the app quit meanwhile, the
+        worker closes the session as it lets go (never the UI under a running decode)."""
+        with self.model_lock:
+            try:
+                yield
+            finally:
+                if self._quitting:
+                    self._close_session()
+
+    def _close_session(self) -> None:
         if self.session is not None:
             self.session.close()
             self.session = None
 
+    def on_unmount(self) -> None:
+        # a worker may be mid-answer: stop it between tokens; close now if it lets go at
+        # once, else it closes the session itself when it does (the UI cannot wait for a
+        # worker that waits for the UI)
+        self._quitting = True
+        if self.session is not None:
+            self.session.cancel()
+        if self.model_lock.acquire(timeout=1.0):
+            try:
+                self._close_session()
+            finally:
+                self.model_lock.release()

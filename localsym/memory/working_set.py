@@ -1,0 +1,199 @@
+"""The working set: what llama.cpp's context (the hot tier) holds, and how it gets there.
+
+Sequence 0 holds, at contiguous positions: the sink (BOS and the system prompt's opening),
+the document blocks chosen for the question in their original order, the close of the
+system turn, the recent conversation, then the question and its answer. For a question
+the set is chosen (pointer index, FHRR sketches, attention keys), the longest prefix the
+context already holds is kept and the rest dropped, and each wanted block comes in one of
+three ways: restored from the block store and position-shifted (no recomputation),
+re-prefilled from its exact tokens when it holds one of the question's rare tokens (a
+needle is then read from exact KV, never a quantized copy), or rebuilt from its tokens
+when its file is damaged or missing.
+
+Ingest uses the same context for a document's sliding window of earlier blocks.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from localsym.errors import LocalsymError
+from localsym.memory.block_store import BlockStore
+from localsym.memory.encoded_block import EncodedBlock
+from localsym.memory.hot import REBUILD, HotContext, Segment
+from localsym.memory.index_db import BlockRow
+from localsym.memory.query_probe import AttentionSignal
+from localsym.memory.retrieval import Retriever
+from localsym.runtime.bridge import Context
+
+
+@dataclass
+class Arranged:
+    """What one question's working set is, and how its blocks came in."""
+
+    docs: list[BlockRow] = field(default_factory=list)
+    recent: list[BlockRow] = field(default_factory=list)
+    restored: int = 0
+    reinjected: int = 0  # needle blocks re-prefilled from their exact tokens
+    recomputed: int = 0  # damaged or missing blocks rebuilt
+    select_ms: float = 0.0
+    probe_ms: float = 0.0  # the question's probe decode for attention-native scoring
+
+
+class WorkingSet:
+    def __init__(self, ctx: Context, n_caches: int, store: BlockStore, sink: list[int], close: list[int],
+                 attn: AttentionSignal | None, pinned: Callable[[np.ndarray], bool],
+                 doc_rows: Callable[[BlockRow], list[BlockRow]]) -> None:
+        self.ctx, self.store = ctx, store
+        self.hot = HotContext(ctx, n_caches)
+        self.sink, self.close = sink, close
+        self.attn = attn
+        self._pinned = pinned
+        self._doc_rows = doc_rows  # a block's document, in order (for rebuilding it in context)
+        self.selector = self._new_selector()
+        self.recomputed = 0  # blocks rebuilt so far (any path)
+        self.hot.decode("sink", sink)
+
+    def _new_selector(self) -> Retriever:
+        return Retriever(key_shape=self.attn.shape if self.attn else None)
+
+    def index(self, rows: Sequence[BlockRow], fresh: bool = False) -> None:
+        """Make ``rows`` selectable; ``fresh`` starts the index over (files replaced)."""
+        if fresh:
+            self.selector = self._new_selector()
+        for r in rows:
+            self.selector.add(r)
+
+    # -- a question's working set ------------------------------------------------------------
+    def arrange_for(self, question: list[int], reserve: int, docs_budget: int | None, turns: list[BlockRow],
+                    recent_tokens: int, block_tokens: int) -> Arranged:
+        n_ctx = self.ctx.n_ctx
+        free = n_ctx - len(self.sink) - len(self.close) - reserve - block_tokens - 32
+        if free <= 0:
+            raise LocalsymError(f"the question and answer do not fit the {n_ctx}-token hot context: raise -c")
+        out = Arranged()
+        used = 0
+        for row in reversed(turns):
+            if used + row.n_tokens > min(recent_tokens, free // 2):
+                break
+            out.recent.insert(0, row)
+            used += row.n_tokens
+        budget = min(docs_budget or n_ctx // 2, free - used)
+        query = None
+        if self.attn is not None and self.selector.has_keys:
+            t0 = time.perf_counter()
+            query = self.attn.query(question)  # the question's own queries, from a probe decode
+            out.probe_ms = (time.perf_counter() - t0) * 1000
+        out.docs = self.selector.select(question, max(budget, 0), query)
+        out.select_ms = self.selector.last_ms
+        needles = self.selector.last_needles
+        want: list[tuple[str, BlockRow | None]] = ([("sink", None)] + [(r.key, r) for r in out.docs]
+                                                   + [("close", None)] + [(r.key, r) for r in out.recent])
+        have = [s.key for s in self.hot.segments]
+        keep = 0
+        while keep < min(len(have), len(want)) and have[keep] == want[keep][0]:
+            keep += 1
+        self.hot.truncate(keep)
+        before = self.recomputed
+        for key, row in want[keep:]:
+            if row is None:
+                self.hot.decode(key, self.close)
+            elif row.key in needles:
+                self.hot.decode(row.key, row.tokens.tolist())
+                out.reinjected += 1
+            else:
+                self.restore(row)
+                out.restored += 1
+        out.recomputed = self.recomputed - before
+        return out
+
+    # -- a document's window during ingest -----------------------------------------------------
+    def arrange_window(self, want: list[BlockRow]) -> None:
+        """Make the context hold the sink then exactly ``want`` (the document's window)."""
+        have = [s.key for s in self.hot.segments[1:]]
+        keys = [r.key for r in want]
+        if have == keys:
+            return
+        k = len(have) - len(keys)
+        if k > 0 and have[k:] == keys:  # the window slid: drop the oldest and shift back
+            self.hot.drop_front(1, k)
+            return
+        self.hot.truncate(1)
+        for r in want:
+            self.restore(r)
+
+    # -- blocks in and out ----------------------------------------------------------------------
+    def blob_of(self, start: int, n: int) -> bytearray:
+        return self.hot.blob(start, n)
+
+    def restore(self, row: BlockRow) -> Segment:
+        eb = self.store.get(row.key)
+        if eb is None:
+            eb = self.rebuild(row)
+        return self.hot.restore(row.key, eb.to_blob(row.pos0, 1), row.pos0, row.n_tokens)
+
+    def rebuild(self, row: BlockRow) -> EncodedBlock:
+        """Recompute a block from its exact tokens in the context it was first computed in
+        (for a document: the sink, then its own earlier blocks of the ingest window, at the
+        same positions), in a sequence of its own; written to the store again."""
+        ctx = self.ctx
+        context: list[int] = []
+        if row.kind != "turn":
+            for r in reversed([r for r in self._doc_rows(row) if r.idx < row.idx]):
+                if len(context) + r.n_tokens > row.pos0 - len(self.sink):
+                    break
+                context = r.tokens.tolist() + context
+        if row.kind != "turn" and len(self.sink) + len(context) == row.pos0:
+            prefix, start = self.sink + context, 0
+        else:  # a turn (its conversation is gone): the sink right before it
+            start = max(row.pos0 - len(self.sink), 0)
+            prefix = self.sink[-(row.pos0 - start):] if row.pos0 > start else []
+        ctx.seq_rm(REBUILD)
+        try:
+            ctx.decode(prefix, start, REBUILD, logits="none")
+            ctx.decode(row.tokens.tolist(), row.pos0, REBUILD, logits="none")
+            ctx.seq_rm(REBUILD, 0, row.pos0)
+            blob = ctx.state_seq_get(REBUILD)
+        finally:
+            ctx.seq_rm(REBUILD)
+        self.recomputed += 1
+        return self.store.done(self.store.seal(row.key, blob, row.pos0, self._pinned(row.tokens))).block
+
+    def adopt(self, key: str, start: int, n: int) -> None:
+        """A run already in the context (a finished turn's chunk) becomes a block segment."""
+        self.hot.segments.append(Segment(key, start, n))
+
+    # -- measuring (benchmarks) -------------------------------------------------------------------
+    def measure(self, row: BlockRow, reps: int = 5) -> dict[str, float]:
+        """Median ms to bring ``row`` into the context after the sink: restored from the warm
+        tier (dequantize into a blob, llama.cpp loads and shifts it), from its cold file (read
+        and verified too), and recomputed by prefill (the baseline)."""
+        import statistics
+
+        eb = self.store.get(row.key)
+        if eb is None:
+            eb = self.rebuild(row)
+
+        def timed(fn: Callable[[], object]) -> float:
+            ts = []
+            for _ in range(reps):
+                self.hot.truncate(1)
+                t0 = time.perf_counter()
+                fn()
+                ts.append((time.perf_counter() - t0) * 1000)
+            self.hot.truncate(1)
+            return statistics.median(ts)
+
+        def from_cold() -> None:
+            cold, _ = self.store.cold.get(row.key)
+            self.hot.restore(row.key, cold.to_blob(row.pos0, 1), row.pos0, row.n_tokens)
+
+        return {"restore_warm_ms": timed(lambda: self.hot.restore(row.key, eb.to_blob(row.pos0, 1), row.pos0,
+                                                                 row.n_tokens)),
+                "restore_cold_ms": timed(from_cold),
+                "recompute_ms": timed(lambda: self.hot.decode(row.key, row.tokens.tolist())),
+                "f16_bytes": float(eb.f16_bytes), "block_bytes": float(eb.nbytes)}

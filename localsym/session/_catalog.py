@@ -1,0 +1,63 @@
+"""The sessions on this machine: names, listing, renaming, deleting."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import sqlite3
+from pathlib import Path
+
+from localsym import paths
+from localsym.errors import LocalsymError
+from localsym.memory.index_db import IndexDB
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+def session_dir(name: str) -> Path:
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
+        raise LocalsymError(f"bad session name {name!r}: letters, digits, '.', '_' and '-', at most 64")
+    return paths.sessions_dir() / name
+
+
+def session_exists(name: str) -> bool:
+    return (session_dir(name) / "session.db").exists()
+
+
+def list_sessions() -> list[dict]:
+    """Every session with its model and size; a damaged one is listed with its problem
+    instead of taking the listing down."""
+    root = paths.sessions_dir()
+    out = []
+    if root.is_dir():
+        for d in sorted(root.iterdir()):
+            db_path = d / "session.db"
+            if not db_path.exists():
+                continue
+            try:
+                db = IndexDB(db_path, readonly=True)
+                try:
+                    out.append({"name": d.name, "model": db.get("model"), "tokens": db.get("total_tokens", 0),
+                                "updated": db.get("updated", 0)})
+                finally:
+                    db.close()
+            except (LocalsymError, sqlite3.Error) as e:
+                out.append({"name": d.name, "model": None, "tokens": 0, "updated": 0, "problem": str(e)})
+    return out
+
+
+def rename_session(old: str, new: str) -> None:
+    src, dst = session_dir(old), session_dir(new)
+    if not (src / "session.db").exists():
+        raise LocalsymError(f"no session named {old!r}")
+    if dst.exists():
+        raise LocalsymError(f"a session named {new!r} already exists")
+    src.rename(dst)
+
+
+def delete_session(name: str) -> None:
+    """Removes the session's index; its blocks stay in the model's shared block cache."""
+    d = session_dir(name)
+    if not (d / "session.db").exists():
+        raise LocalsymError(f"no session named {name!r}")
+    shutil.rmtree(d)

@@ -1,0 +1,93 @@
+"""The one-shot paths beside sessions: answering one prompt (`run`) and describing a model
+with its fit plan (`show`). No memory tiers: plain llama.cpp through the runtime."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from localsym import model_store
+from localsym.runtime.bridge import Model
+from localsym.runtime.engine import Engine, GenParams, GenStats, RunOptions, make_plan
+from localsym.runtime.gguf_file import read_header
+from localsym.runtime.model_info import model_info
+
+
+class OneShot:
+    """One prompt's answer, streamed; ``stats`` fill in as it runs. Use it in a ``with``
+    block: leaving it frees the model."""
+
+    def __init__(self, model: str, prompt: str, opts: RunOptions, params: GenParams, system: str | None = None,
+                 raw: bool = False) -> None:
+        self.engine = Engine(model_store.resolve(model), opts)
+        eng = self.engine
+        messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
+        # user text is never parsed for control tokens (a prompt that spells <|im_end|>
+        # stays text); only the template's own markup is
+        if eng.template.present and not raw:
+            self.tokens = eng.chat_tokens(messages)
+        else:
+            self.tokens = eng.tokenize_prompt("") + eng.model.tokenize(prompt)
+        self.params = params
+        self.stats = GenStats()
+
+    def __iter__(self) -> Iterator[str]:
+        return self.engine.generate(self.tokens, 0, self.params, stats=self.stats)
+
+    def cancel(self) -> None:
+        self.engine.ctx.cancel()
+
+    def close(self) -> None:
+        self.engine.close()
+
+    def __enter__(self) -> "OneShot":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def describe_model(model: str, opts: RunOptions) -> dict[str, Any]:
+    """A model's shape and the fit plan for ``opts`` (an explicit ``--vram`` is planned for
+    even on a CPU build: what `show` tells about the laptop the user asks about)."""
+    path = model_store.resolve(model)
+    info = model_info(path, read_header(path))
+    usage = None
+    if info.is_moe:
+        from localsym.experts.live import learned_usage
+
+        usage = learned_usage(model_store.identity(path), info.n_layer, info.n_expert)
+    plan = make_plan(info, opts, usage, what_if=True)
+    d = {k: v for k, v in info.__dict__.items() if k not in ("layer_bytes", "expert_bytes", "chat_template")}
+    d["path"] = str(info.path)
+    d["chat_template"] = info.chat_template is not None
+    d["kv_bytes_per_token"] = info.kv_bytes_per_token()
+    d["plan"] = plan.as_dict()
+    d["plan_vram_budget"] = plan.vram_budget
+    d["plan_gpu_bytes"] = plan.gpu_bytes
+    d["plan_parts"] = dict(plan.parts)
+    d["plan_notes"] = list(plan.notes)
+    return d
+
+
+class Tokenizer:
+    """A model's tokenizer alone: a vocab-only load (no weights), for benchmarks and tools
+    that count or cut text in the model's own tokens."""
+
+    def __init__(self, model: str) -> None:
+        self._model = Model(model_store.resolve(model), vocab_only=True)
+
+    def tokenize(self, text: str) -> list[int]:
+        return self._model.tokenize(text)
+
+    def detokenize(self, tokens: list[int]) -> str:
+        return self._model.detokenize(tokens)
+
+    def close(self) -> None:
+        self._model.close()
+
+    def __enter__(self) -> "Tokenizer":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

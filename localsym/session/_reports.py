@@ -1,0 +1,67 @@
+"""What the session reports to its faces: loads, turns and its own state."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from localsym.progress import Progress
+
+__all__ = ["LoadReport", "Progress", "SessionStatus", "TurnStats"]
+
+
+@dataclass
+class LoadReport:
+    files: int = 0
+    tokens: int = 0
+    blocks: int = 0
+    computed_blocks: int = 0
+    reused_blocks: int = 0
+    seconds: float = 0.0
+    seal_seconds: float = 0.0  # the seal worker's own time (parse, choose formats, encode)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+
+@dataclass
+class TurnStats:
+    answer: str = ""
+    total_tokens: int = 0
+    hot_tokens: int = 0
+    blocks_total: int = 0
+    blocks_in_working_set: int = 0
+    restored_blocks: int = 0
+    recomputed_blocks: int = 0
+    reinjected_blocks: int = 0  # needle blocks re-prefilled from their exact tokens
+    select_ms: float = 0.0
+    probe_ms: float = 0.0  # the question's probe decode for attention-native scoring
+    ttft_s: float = 0.0
+    decode_tok_s: float = 0.0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    stop_reason: str = ""
+    cancelled: bool = False
+
+    def as_dict(self) -> dict[str, Any]:
+        return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in self.__dict__.items()}
+
+
+@dataclass
+class SessionStatus:
+    """Everything a face shows about an open session, in one read."""
+
+    name: str
+    model: str
+    model_path: str
+    device: str  # "GPU" or "CPU"
+    total_tokens: int
+    blocks: int
+    hot_tokens: int
+    hot_capacity: int
+    hot_bytes: int
+    warm_blocks: int
+    warm_bytes: int
+    warm_budget: int
+    cold_bytes: int
+    cold_budget: int
+    model_summary: dict[str, Any]  # architecture, params, quantization, layers, context, KV bytes/token, ...
+    plan: dict[str, Any]  # the fit plan llama.cpp runs under (-ngl, -c, -ctk/-ctv, -fa, ...)

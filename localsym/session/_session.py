@@ -1,0 +1,449 @@
+"""A Session: open by name and model, load files or text, ask (a streamed turn), resume later.
+
+Every face (CLI, TUI, server, benchmarks) goes through this class. A session's context is
+a sequence of blocks of ``block_tokens`` tokens. Documents are encoded each against the
+fixed system preamble (the sink) and their own earlier blocks, so a file's blocks depend on
+nothing else in the session: they are content-addressed (a chain hash of model, cache
+layout, sink and the file's tokens up to the block) and reused by any session of the same
+model that loads the same file. The block store keeps them (warm in RAM, cold on disk);
+the working set brings the ones a question needs back into llama.cpp's context.
+
+One process at a time writes a session: a lock file beside its index; a second one gets
+a one-line "session busy" error.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import time
+from collections.abc import Iterator
+from concurrent.futures import Future
+from dataclasses import replace
+from pathlib import Path
+
+import filelock
+import numpy as np
+
+from localsym import config as config_file
+from localsym import model_store, paths
+from localsym.errors import LocalsymError
+from localsym.ingest import walk
+from localsym.memory.block_store import BlockStore, Sealed
+from localsym.memory.hot import N_SEQ
+from localsym.memory.index_db import BlockRow, IndexDB
+from localsym.memory.kv_quant import QuantPolicy, mix_summary
+from localsym.memory.pinning import needle_like
+from localsym.memory.query_probe import AttentionSignal
+from localsym.memory.working_set import WorkingSet
+from localsym.runtime.bridge import Cancelled
+from localsym.runtime.engine import Engine, GenParams, GenStats, RunOptions
+from localsym.runtime.model_info import model_info
+from localsym.session._catalog import session_dir
+from localsym.session._config import SessionConfig, resolve_config
+from localsym.session._frame import Frame
+from localsym.session._reports import LoadReport, Progress, SessionStatus, TurnStats
+
+log = logging.getLogger("localsym.session")
+
+
+def _sha(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+class SessionBusy(LocalsymError):
+    """Another process has the session open."""
+
+
+class Session:
+    def __init__(self, name: str, engine: Engine, db: IndexDB, config: SessionConfig, model: str,
+                 model_id: str, lock: filelock.BaseFileLock, experts=None) -> None:
+        self.name, self.engine, self.db, self.config = name, engine, db, config
+        self.model, self.model_id = model, model_id
+        self._lock, self.experts = lock, experts
+        info = engine.info
+        self.n_caches = 2 if info.sliding_window else 1
+        self.frame = Frame.of(engine, config.system)
+        self.root_key = hashlib.sha256(
+            f"{model_id}|{engine.plan.type_k}|{engine.plan.type_v}|{engine.plan.flash_attn}|"
+            f"{config.block_tokens}|{config.ingest_window}|{self.frame.sink}|{config.kv_format}".encode()).hexdigest()
+        attn = AttentionSignal.for_model(engine.model, engine.plan.type_k)
+        policy = QuantPolicy(fixed=None if config.kv_format == "adaptive" else config.kv_format)
+        self.store = BlockStore(paths.data_dir() / "blocks" / model_id[:24], model_id, int(config.warm_mb * 2**20),
+                                int(config.cold_gb * 2**30), self.n_caches, info.n_head_kv, attn, policy)
+        self.docs: list[BlockRow] = []
+        self.turns: list[BlockRow] = []
+        for row in db.blocks():
+            (self.turns if row.kind == "turn" else self.docs).append(row)
+        self.working = WorkingSet(engine.ctx, self.n_caches, self.store, self.frame.sink, self.frame.close, attn,
+                                  self._pinned, self._doc_rows)
+        self.working.index(self.docs)
+        self._closed = False
+
+    # -- opening and closing -------------------------------------------------------------------
+    @classmethod
+    def open(cls, name: str, model: str | None = None, opts: RunOptions | None = None,
+             config: SessionConfig | None = None, overrides: dict | None = None) -> "Session":
+        """Open (or create) a session. Settings come from ``resolve_config`` (defaults, the
+        config file, what the session stored, then ``overrides``); ``config`` replaces them
+        all. ``opts`` is not modified."""
+        d = session_dir(name)
+        d.mkdir(parents=True, exist_ok=True, mode=0o700)
+        lock = filelock.FileLock(str(d / "session.lock"), thread_local=False)  # closed from any thread
+        try:
+            lock.acquire(timeout=0)
+        except filelock.Timeout:
+            raise SessionBusy(f"session {name!r} is busy: another localsym process has it open") from None
+        db = None
+        try:
+            existing = (d / "session.db").exists()
+            db = IndexDB(d / "session.db")
+            stored_model = db.get("model")
+            if existing and stored_model and model and model != stored_model:
+                raise LocalsymError(f"session {name!r} belongs to model {stored_model!r}, not {model!r}")
+            model = model or stored_model
+            if model is None:
+                from localsym.catalog import default_model
+
+                model = default_model()
+            path = model_store.resolve(model)
+            if config is not None:
+                cfg, to_store = config, config.__dict__
+            else:
+                stored = db.get("config") or {}
+                cfg, _, to_store = resolve_config(stored if isinstance(stored, dict) else {},
+                                                  config_file.load().get("memory", {}), overrides or {})
+            o = replace(opts or RunOptions())
+            o.n_seq_max = max(o.n_seq_max, N_SEQ)
+            model_id = db.get("model_id") or model_store.identity(path)
+            experts = usage = None
+            info = model_info(path)
+            if info.is_moe:  # watch routing, learn it and prefetch experts while chatting
+                from localsym.experts.live import LiveExperts, learned_store, learned_usage
+
+                usage = learned_usage(model_id, info.n_layer, info.n_expert)
+                experts = LiveExperts(path, info, learned_store(model_id))
+            try:
+                engine = Engine(path, o, observer=experts.observer if experts else None, expert_usage=usage)
+            except BaseException:
+                if experts is not None:
+                    experts.close()
+                raise
+            try:
+                db.set("model", model)
+                db.set("model_id", model_id)
+                db.set("config", to_store)
+                if not existing:
+                    db.set("created", time.time())
+                return cls(name, engine, db, cfg, model, model_id, lock, experts)
+            except BaseException:
+                engine.close()
+                if experts is not None:
+                    experts.close()
+                raise
+        except BaseException:
+            if db is not None:
+                db.close()
+            lock.release()
+            raise
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self.store.close()  # waits for seals in flight
+            self.db.set("updated", time.time())
+            self.db.set("total_tokens", self.total_tokens)
+        finally:
+            self.db.close()
+            if self.working.attn is not None:
+                self.working.attn.close()
+            self.engine.close()
+            if self.experts is not None:
+                self.experts.close()
+            self._lock.release()
+
+    def __enter__(self) -> "Session":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- state -----------------------------------------------------------------------------------
+    @property
+    def total_tokens(self) -> int:
+        return sum(b.n_tokens for b in self.docs) + sum(b.n_tokens for b in self.turns)
+
+    def messages(self) -> list[dict]:
+        return self.db.messages()
+
+    def status(self) -> SessionStatus:
+        info, plan = self.engine.info, self.engine.plan
+        hot = self.working.hot.n_tokens
+        u = self.store.usage()
+        summary = {"name": info.name, "architecture": info.architecture, "n_params": info.n_params,
+                   "file_type": info.file_type, "n_ctx_train": info.n_ctx_train, "n_layer": info.n_layer,
+                   "kv_bytes_per_token": info.kv_bytes_per_token(), "n_expert": info.n_expert,
+                   "chat_template": info.chat_template is not None}
+        return SessionStatus(self.name, self.model, str(info.path), "GPU" if plan.n_gpu_layers else "CPU",
+                             self.total_tokens, len(self.docs) + len(self.turns), hot, self.engine.ctx.n_ctx,
+                             hot * info.kv_bytes_per_token(), u["warm_blocks"], u["warm_bytes"], u["warm_budget"],
+                             u["cold_bytes"], u["cold_budget"], summary, plan.as_dict())
+
+    def quant_mix(self) -> dict:
+        """Layer-tensors per format in each tier, and the pinned blocks."""
+        return self.store.quant_mix(b.key for b in (*self.docs, *self.turns))
+
+    def memory_report(self) -> str:
+        mix = self.quant_mix()
+        return (f"formats (layers): warm {mix_summary(mix['warm'])}; cold {mix_summary(mix['cold'])}; "
+                f"{mix['pinned_blocks']} blocks pinned at q8 (they hold keys or long numbers)")
+
+    def save(self) -> None:
+        """Every block is on disk as it is sealed; this records the session's totals now."""
+        self.db.set("total_tokens", self.total_tokens)
+        self.db.set("updated", time.time())
+
+    def measure_blocks(self, reps: int = 5) -> dict[str, float]:
+        """For benchmarks: median ms to bring one full-size document block back into the
+        context (from the warm tier, from its cold file, recomputed), and its f16 bytes."""
+        row = next((b for b in self.docs if b.n_tokens == self.config.block_tokens), None)
+        if row is None:
+            raise LocalsymError("no full-size document block to measure: load more text first")
+        return self.working.measure(row, reps)
+
+    # -- helpers for the floors below ---------------------------------------------------------------
+    def _pinned(self, tokens: np.ndarray) -> bool:
+        return needle_like(self.engine.model.detokenize(tokens.tolist()))
+
+    def _doc_rows(self, row: BlockRow) -> list[BlockRow]:
+        return [b for b in self.docs if b.doc_id == row.doc_id]
+
+    # -- ingest -------------------------------------------------------------------------------------
+    def _doc_tokens(self, text: str, source: str) -> list[int]:
+        return self.engine.model.tokenize(f"### {source}\n{text.rstrip()}\n")
+
+    def ingest_text(self, text: str, source: str = "text", kind: str = "text",
+                    progress: Progress | None = None, report: LoadReport | None = None,
+                    tokens: np.ndarray | None = None) -> LoadReport:
+        """Add a document; ``tokens``: its tokens when the caller has them already (``load``).
+        Each block is sealed by the store's worker while the next one decodes; a block is
+        acknowledged (its index row written) once its file is on disk, and the document
+        counts as loaded once all of its blocks are."""
+        report = report or LoadReport()
+        t0 = time.perf_counter()
+        eng, B = self.engine, self.config.block_tokens
+        toks = tokens.tolist() if tokens is not None else self._doc_tokens(text, source)
+        chunks = [toks[i:i + B] for i in range(0, len(toks), B)]
+        keys, h = [], self.root_key
+        for c in chunks:
+            h = hashlib.sha256(h.encode() + b"|" + repr(c).encode()).hexdigest()
+            keys.append(h)
+        doc_id = self.db.add_doc(source, kind, _sha(text), len(toks))
+        P = len(self.frame.sink)
+        window = min(eng.ctx.n_ctx - P - B - 16, self.config.ingest_window)
+        sim: list[int] = []  # the doc's blocks in the window, by chunk index
+        rows: list[BlockRow] = []
+        provisional: list[BlockRow] = []  # the doc's blocks before their index rows exist
+        pending: list[tuple[int, int, Future[Sealed] | None]] = []  # (chunk, pos0, seal) in order
+
+        def acknowledge(upto: int) -> None:
+            while pending and (len(pending) > upto or pending[0][2] is None or pending[0][2].done()):
+                j, pos0, fut = pending.pop(0)
+                attn = None
+                if fut is not None:
+                    sealed = self.store.done(fut)
+                    attn = sealed.attn
+                    report.seal_seconds += sealed.seconds
+                elif self.working.attn is not None:
+                    # the model's shared key store has every computed block's keys: a reload
+                    # reads no block to get them
+                    attn = self.store.attention_keys(keys[j])
+                bid = self.db.add_block(doc_id, j, keys[j], pos0, chunks[j], attn)
+                rows.append(BlockRow(bid, doc_id, j, keys[j], pos0, np.asarray(chunks[j], np.int32), kind, source,
+                                     attn))
+
+        for j, (chunk, key) in enumerate(zip(chunks, keys)):
+            while sim and sum(len(chunks[i]) for i in sim) + len(chunk) > window:
+                sim.pop(0)
+            pos0 = P + sum(len(chunks[i]) for i in sim)
+            provisional.append(BlockRow(0, doc_id, j, key, pos0, np.asarray(chunk, np.int32), kind, source))
+            if not self.store.has(key):
+                self.working.arrange_window([provisional[i] for i in sim])
+                seg = self.working.hot.decode(key, chunk)
+                assert seg.start == pos0
+                fut = self.store.seal(key, self.working.blob_of(seg.start, seg.n), pos0,
+                                      self._pinned(np.asarray(chunk)))
+                pending.append((j, pos0, fut))
+                report.computed_blocks += 1
+            else:
+                pending.append((j, pos0, None))
+                report.reused_blocks += 1
+            acknowledge(2)
+            sim.append(j)
+            report.tokens += len(chunk)
+            report.blocks += 1
+            if progress:
+                progress(report.tokens, -1, source)
+        acknowledge(0)
+        self.db.complete_doc(doc_id, source, kind)
+        if kind == "file":
+            replaced = any(b.source == source and b.doc_id != doc_id for b in self.docs)
+            self.docs = [b for b in self.docs if not (b.source == source and b.doc_id != doc_id)]
+            if replaced:
+                self.working.index(self.docs, fresh=True)
+        self.docs += rows
+        self.working.index(rows)
+        self.working.hot.truncate(1)
+        report.seconds += time.perf_counter() - t0
+        return report
+
+    def load(self, path: str | Path, progress: Progress | None = None) -> LoadReport:
+        """Ingest a file or a tree. Unchanged files already in the session are skipped;
+        changed ones replace their older version; their blocks come from the block cache
+        when this model has seen the same content before."""
+        found = walk(path, self.config.max_file_bytes)
+        report = LoadReport(skipped=[(str(p), why) for p, why in found.skipped])
+        known = self.db.doc_sources()
+        todo = []  # (source, text, tokens) of new or changed files: the bar's total is exact
+        for f in found.files:
+            try:
+                text = f.read_text(encoding="utf-8", errors="replace")
+            except OSError as e:
+                report.skipped.append((str(f), f"unreadable ({e.strerror})"))
+                continue
+            source = os.fsencode(f).decode("utf-8", "replace")
+            report.files += 1
+            if known.get(source) != _sha(text):
+                # int32 while waiting: a list of Python ints costs 9x the memory
+                todo.append((source, text, np.asarray(self._doc_tokens(text, source), np.int32)))
+        total = sum(len(t) for _, _, t in todo)
+        for source, text, toks in todo:
+            self.ingest_text(text, source, "file",
+                             (lambda d, _t, s: progress(d, total, s)) if progress else None, report, toks)
+        self.db.set("total_tokens", self.total_tokens)
+        return report
+
+    # -- asking ---------------------------------------------------------------------------------------
+    def ask(self, question: str, params: GenParams | None = None, raw: bool = False) -> "Turn":
+        """A turn: iterate it for the answer's pieces; its ``stats`` fill in as it runs. The
+        turn is finished (the KV made whole, the exchange stored) when it is read to the
+        end or closed, whichever comes first: a caller that stops early still leaves a
+        consistent session.
+
+        ``raw``: the question is a completion prompt, sent without the chat turn's framing
+        (base models asked in completion form)."""
+        if not question.strip():
+            raise LocalsymError("empty question")
+        return Turn(self, question, params or GenParams(), raw)
+
+    def cancel(self) -> None:
+        """Stop a running answer between tokens (callable from another thread)."""
+        self.engine.ctx.cancel()
+
+    def _store_turn(self, question: str, answer: str, turn: list[int], start: int) -> None:
+        B = self.config.block_tokens
+        doc_id = self.db.add_doc("chat", "turn", hashlib.sha256(repr(turn).encode()).hexdigest(), len(turn))
+        h = self.turns[-1].key if self.turns else self.root_key
+        sealing = []
+        # the transient turn run becomes block segments, so the next question can keep them
+        for j in range(0, len(turn), B):
+            chunk = turn[j:j + B]
+            h = hashlib.sha256(h.encode() + b"|turn|" + repr(chunk).encode()).hexdigest()
+            pos0 = start + j
+            sealing.append((j // B, h, pos0, chunk, self.store.seal(h, self.working.blob_of(pos0, len(chunk)), pos0,
+                                                                  self._pinned(np.asarray(chunk)))))
+            self.working.adopt(h, pos0, len(chunk))
+        for idx, key, pos0, chunk, fut in sealing:
+            self.store.done(fut)
+            bid = self.db.add_block(doc_id, idx, key, pos0, chunk)
+            self.turns.append(BlockRow(bid, doc_id, idx, key, pos0, np.asarray(chunk, np.int32), "turn", "chat"))
+        self.db.complete_doc(doc_id, "chat", "turn")
+        self.db.add_message("user", question, doc_id)
+        self.db.add_message("assistant", answer, doc_id)
+        self.save()
+
+
+class Turn:
+    """One question and its answer, streamed. Iterate for text pieces; ``stats`` holds the
+    turn's numbers (complete once it is finished); ``close()`` (or leaving a ``with``
+    block, or reading to the end) finishes it."""
+
+    def __init__(self, session: Session, question: str, params: GenParams, raw: bool) -> None:
+        self.session, self.question, self.params, self.raw = session, question, params, raw
+        self.stats = TurnStats()
+        self._gen: Iterator[str] | None = None
+        self._finished = False
+
+    def __iter__(self) -> Iterator[str]:
+        if self._gen is None:
+            self._gen = self._run()
+        return self._gen
+
+    def text(self) -> str:
+        """Read the whole answer."""
+        return "".join(self)
+
+    def close(self) -> None:
+        if self._gen is not None:
+            self._gen.close()  # runs the generator's finally: the turn is finished there
+        self._finished = True
+
+    def __enter__(self) -> "Turn":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _run(self) -> Iterator[str]:
+        s, p, st = self.session, self.params, self.stats
+        eng, fr = s.engine, s.frame
+        t0 = time.perf_counter()
+        q_ids = eng.model.tokenize(self.question)
+        q_toks = q_ids if self.raw else fr.user_prefix + q_ids + fr.user_suffix
+        eng.ctx.clear_cancel()
+        try:
+            ws = s.working.arrange_for(q_ids, len(q_toks) + p.max_tokens + len(fr.answer_end),
+                                       s.config.working_set_tokens, s.turns, s.config.recent_tokens,
+                                       s.config.block_tokens)
+        except Cancelled:
+            st.cancelled, st.stop_reason = True, "cancelled"
+            s.working.hot.truncate(1)
+            return
+        st.restored_blocks, st.reinjected_blocks, st.recomputed_blocks = ws.restored, ws.reinjected, ws.recomputed
+        st.select_ms, st.probe_ms = ws.select_ms, ws.probe_ms
+        st.blocks_in_working_set = len(ws.docs) + len(ws.recent)
+        turn_start = s.working.hot.end
+        gen = GenStats()
+        pieces: list[str] = []
+        try:
+            for piece in eng.generate(q_toks, turn_start, p, seq=0, stats=gen):
+                if not pieces:
+                    st.ttft_s = time.perf_counter() - t0
+                pieces.append(piece)
+                yield piece
+        finally:
+            self._finish(q_toks, gen, "".join(pieces), turn_start, t0)
+
+    def _finish(self, q_toks: list[int], gen: GenStats, answer: str, turn_start: int, t0: float) -> None:
+        """Bring the KV in line with the whole turn (the undecoded tail and the end-of-turn
+        marker) and store it, however the turn ended."""
+        s, st = self.session, self.stats
+        fr, ctx = s.frame, s.engine.ctx
+        ctx.clear_cancel()
+        if gen.prompt_decoded:
+            tail, pos = gen.tokens[gen.n_decoded:] + fr.answer_end, turn_start + len(q_toks) + gen.n_decoded
+        else:  # stopped during the prompt's prefill: decode it whole again
+            tail, pos = q_toks + fr.answer_end, turn_start
+        ctx.seq_rm(0, pos, -1)
+        ctx.decode(tail, pos, 0, logits="none")
+        s._store_turn(self.question, answer, q_toks + gen.tokens + fr.answer_end, turn_start)
+        st.answer, st.ttft_s = answer, st.ttft_s or (time.perf_counter() - t0)
+        st.total_tokens, st.hot_tokens = s.total_tokens, s.working.hot.n_tokens
+        st.blocks_total = len(s.docs) + len(s.turns)
+        st.decode_tok_s, st.prompt_tokens, st.completion_tokens = gen.decode_tok_s, gen.prompt_tokens, gen.completion_tokens
+        st.cancelled = gen.cancelled
+        st.stop_reason = gen.stop_reason or "closed"  # closed by the caller before it ended
+        self._finished = True
