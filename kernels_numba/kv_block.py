@@ -65,7 +65,7 @@ def offsets(bits: np.ndarray, per_channel: np.ndarray, cells: int, width: int
     parallel call splits)."""
     b = np.asarray(bits, np.int64)
     pc = np.asarray(per_channel, np.bool_)
-    bad = ~np.isin(b, BITS)
+    bad = (b != 2) & (b != 3) & (b != 4) & (b != 8) & (b != F16_BITS)
     if bad.any():
         raise ValueError(f"bits must be one of {BITS}, not {int(b[bad][0])}")
     rows = np.where(pc, width, cells)
@@ -376,9 +376,10 @@ def _encode_cpu(x, bits, per_channel, zero, scale, code_off, param_off, out):
                 for j in range(ng):
                     zg[j] = zero[p0 + c * ng + j]
                     ig[j] = _inv(scale[p0 + c * ng + j])
-                for d in range(W):
-                    zr[d] = zg[d // g]
-                    ir[d] = ig[d // g]
+                for j in range(ng):
+                    for d in range(j * g, min(W, (j + 1) * g)):
+                        zr[d] = zg[j]
+                        ir[d] = ig[j]
                 h[:] = x[i, c, :]
                 for d in range(W):
                     row[d] = (np.float64(_h2f(h[d])) - zr[d]) * ir[d] + 0.5
@@ -426,11 +427,11 @@ def _decode_cpu(codes, bits, per_channel, zero, scale, code_off, param_off, out)
             sr = np.empty(W, np.float32)
             for c in range(C):
                 _unpack(codes, o0 + c * ng * gb, ng * g, b, q)
-                for d in range(W):
-                    zr[d] = zero[p0 + c * ng + d // g]
-                    sr[d] = scale[p0 + c * ng + d // g]
-                for d in range(W):
-                    h[d] = _f2h(zr[d] + np.float32(q[d]) * sr[d])
+                for j in range(ng):
+                    z = zero[p0 + c * ng + j]
+                    s = scale[p0 + c * ng + j]
+                    for d in range(j * g, min(W, (j + 1) * g)):
+                        h[d] = _f2h(z + np.float32(q[d]) * s)
                 out[i, c, :] = h
     return out
 

@@ -1,4 +1,4 @@
-"""The model catalog: one TOML manifest per model in the repository's ``models/`` folder."""
+"""The model catalog: one TOML manifest per model in ``localsym/_models/`` (package data)."""
 
 from __future__ import annotations
 
@@ -31,13 +31,8 @@ class Manifest:
 
 
 def _manifest_files() -> list[Path]:
-    # In a source checkout (or an editable install) the folder sits beside the package;
-    # an installed wheel carries it as the package data ``localsym/_models``.
-    here = Path(__file__).resolve().parent
-    for folder in (here.parent / "models", Path(str(resources.files("localsym") / "_models"))):
-        if folder.is_dir():
-            return sorted(folder.glob("*.toml"))
-    return []
+    folder = Path(str(resources.files("localsym") / "_models"))
+    return sorted(folder.glob("*.toml")) if folder.is_dir() else []
 
 
 def load_catalog() -> dict[str, Manifest]:

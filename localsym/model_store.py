@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -284,20 +283,6 @@ def remove(name: str) -> LocalModel:
         Path(r["path"]).unlink(missing_ok=True)
     _save_registry(reg)
     return _entry(name, r)
-
-
-def copy_into(src_home: Path, name: str) -> None:
-    """Hard-link (or copy) a pulled model from another LOCALSYM_HOME: fast test isolation."""
-    src = src_home / "data" / "models"
-    reg = json.loads((src / "registry.json").read_text())
-    entry = reg[name]
-    dest = paths.ensure(paths.models_dir()) / Path(entry["path"]).name
-    if not dest.exists():
-        try:
-            os.link(entry["path"], dest)
-        except OSError:
-            shutil.copy2(entry["path"], dest)
-    _record(name, dest, entry["sha256"], entry["source"])
 
 
 def identity(path: Path) -> str:

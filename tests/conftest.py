@@ -8,6 +8,8 @@ import os
 # (NUMBA_ENABLE_CUDASIM=0 on a machine with one). Must be set before numba.cuda loads.
 os.environ.setdefault("NUMBA_ENABLE_CUDASIM", "1")
 
+import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -40,14 +42,32 @@ def gemma_path() -> Path:
     return _pull(GEMMA)
 
 
+def register_cached(name: str) -> None:
+    """Register a model pulled into MODEL_CACHE in the current LOCALSYM_HOME: its file
+    hard-linked (instant, no copy), its registry entry as the store writes it."""
+    from localsym import paths
+
+    entry = dict(json.loads((MODEL_CACHE / "data" / "models" / "registry.json").read_text())[name])
+    models = paths.ensure(paths.models_dir())
+    dest = models / Path(entry["path"]).name
+    if not dest.exists():
+        try:
+            os.link(entry["path"], dest)
+        except OSError:
+            shutil.copy2(entry["path"], dest)
+    entry["path"] = str(dest)
+    reg_path = models / "registry.json"
+    reg = json.loads(reg_path.read_text()) if reg_path.exists() else {}
+    reg[name] = entry
+    reg_path.write_text(json.dumps(reg))
+
+
 @pytest.fixture
 def home(tmp_path, monkeypatch, smol_path) -> Path:
     """An isolated LOCALSYM_HOME with the default model already registered."""
-    from localsym import model_store
-
     h = tmp_path / "home"
     monkeypatch.setenv("LOCALSYM_HOME", str(h))
-    model_store.copy_into(MODEL_CACHE, SMOL)
+    register_cached(SMOL)
     return h
 
 

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import numpy as np
 from gguf import GGUFWriter
-from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType as T
+from gguf.constants import GGML_QUANT_SIZES
+from gguf.constants import GGMLQuantizationType as T
 
 
 def _info(w: GGUFWriter, name: str, shape: tuple[int, ...], qtype: T) -> None:

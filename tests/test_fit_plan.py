@@ -2,8 +2,8 @@
 
 import numpy as np
 import pytest
-
 from gguf_shapes import llama_7b, qwen3_30b_a3b
+
 from localsym.errors import BudgetError, LocalsymError
 from localsym.runtime.fit_plan import GiB, MiB, parse_size, plan_fit
 from localsym.runtime.gguf_file import read_header

@@ -7,11 +7,10 @@ import sqlite3
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
-
 from conftest import run_cli
+
 from localsym.errors import BudgetError
 from localsym.runtime.engine import GenParams, RunOptions
 from localsym.session import Session, SessionConfig
@@ -228,10 +227,9 @@ def test_sliding_window_model_restores_like_it_never_left(home, gemma_path):
     restored from disk give the same greedy continuation as the same decode calls with
     nothing ever leaving the context. (The reference keeps the decode calls' boundaries:
     llama.cpp's Q4_K CPU kernels give batch-size-dependent results, by up to 27 in K.)"""
-    from localsym import model_store
-    from conftest import GEMMA, MODEL_CACHE
+    from conftest import GEMMA, register_cached
 
-    model_store.copy_into(MODEL_CACHE, GEMMA)
+    register_cached(GEMMA)
     question = "What is the deploy key for the staging server?"
     # q8 blocks: the mechanism (two caches, shifted positions) is what is compared here; at
     # the adaptive default the greedy answer may word itself differently (checked below)

@@ -1,6 +1,5 @@
 """The Textual chat, driven by Pilot against the real model, plus one run in real tmux."""
 
-import asyncio
 import os
 import shutil
 import subprocess

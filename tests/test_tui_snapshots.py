@@ -2,10 +2,11 @@
 
 Update after a deliberate UI change with `pytest tests/test_tui_snapshots.py --snapshot-update`."""
 
+from test_tui import _ready, wait_until
+
 from localsym.session import RunOptions
 from localsym.tui import ChatApp
 from localsym.tui.widgets import PromptInput
-from test_tui import _ready, wait_until
 
 SIZE = (110, 36)
 

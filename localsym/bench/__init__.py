@@ -14,7 +14,7 @@ import tempfile
 from collections.abc import Callable, Iterator
 from typing import Any
 
-BENCHES = ("speed", "quant", "memory", "retrieval", "passkey", "experts", "needle", "attention")
+BENCHES = ("speed", "quant", "memory", "ingest", "retrieval", "passkey", "experts", "needle", "attention")
 
 
 def add_parsers(parser: argparse.ArgumentParser, add_runtime_flags: Callable) -> None:
@@ -28,6 +28,18 @@ def add_parsers(parser: argparse.ArgumentParser, add_runtime_flags: Callable) ->
     add_runtime_flags(s)
 
     _add_memory(sub)
+
+    s = sub.add_parser("ingest", help="ingest through the memory layer vs plain prefill; seal/restore MB/s")
+    s.add_argument("--model", default=None, help="a model, a GGUF path, or synthetic:7b / synthetic:1.5b")
+    s.add_argument("--tokens", type=int, default=8192, help="stdlib source tokens to ingest")
+    s.add_argument("--block", type=int, default=256)
+    s.add_argument("--hot", type=int, default=4096, help="hot context tokens")
+    s.add_argument("--warm-mb", type=float, default=256)
+    s.add_argument("--reps", type=int, default=3)
+    s.add_argument("--vram", default=None, help="VRAM budget as for `run` (default: auto, the GPU when there is one)")
+    s.add_argument("-ngl", "--n-gpu-layers", type=int, default=None, dest="n_gpu_layers")
+    s.add_argument("-t", "--threads", type=int, default=None)
+    _common(s)
 
     s = sub.add_parser("passkey", help="passkey retrieval far past the native context, vs plain llama-cpp-python")
     s.add_argument("--model", default=None)

@@ -20,31 +20,29 @@ def _stats(ranks: list[int]) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
-    from localsym import model_store
     from localsym.bench.corpus import stdlib_text
-    from localsym.catalog import default_model
     from localsym.errors import LocalsymError
-    from localsym.runtime.engine import RunOptions
-    from localsym.session import Session, SessionConfig
+    from localsym.session import RunOptions, Session, SessionConfig, default_model, models
 
-    path = model_store.resolve(args.model or default_model())
+    path = models.resolve(args.model or default_model())
     rng = np.random.default_rng(args.seed)
     ranks: dict[str, list[int]] = {"sketch": [], "attention": [], "combined": []}
     probe_ms = []
     with private_home("localsym-bench-attention-"):
         cfg = SessionConfig(block_tokens=args.block, system="")
         with Session.open("attention", str(path), RunOptions(n_ctx=2048, vram="cpu"), cfg) as s:
-            if s.attn is None:
+            attn = s.working.attn
+            if attn is None:
                 raise LocalsymError(f"{path.name}: no attention-native signal (its RoPE is not a plain one)")
             s.ingest_text(stdlib_text(args.tokens * 4), "stdlib.py", "file")
-            sel = s.selector
+            sel = s.working.selector
             n = len(sel.blocks)
             for b in rng.choice(n, min(args.queries, n), replace=False):
                 toks = sel.blocks[b].tokens.tolist()
                 i = int(rng.integers(0, max(1, len(toks) - args.snippet)))
                 q = toks[i:i + args.snippet]
                 t0 = time.perf_counter()
-                query = s.attn.query(q)
+                query = attn.query(q)
                 probe_ms.append((time.perf_counter() - t0) * 1000)
                 att, _ = sel.attention(np.arange(n), query)
                 ranks["attention"].append(int((att > att[b]).sum()))
@@ -52,9 +50,9 @@ def run(args: argparse.Namespace) -> int:
                 w = np.array([sel.pointers.idf(t) for t in qt.tolist()], np.float32)
                 sk = sel.sketches.matrix @ sel.sketches.sketch(qt[w > 0], w[w > 0])
                 ranks["sketch"].append(int((sk > sk[b]).sum()))
-                order = list(sel._rerank(np.arange(n), sk, query))
+                order = list(sel.rerank(np.arange(n), sk, query))
                 ranks["combined"].append(order.index(b))
-            layers = s.attn.layers
+            layers = attn.layers
     result = {"model": path.name, "blocks": n, "block_tokens": args.block, "queries": len(probe_ms),
               "snippet_tokens": args.snippet, "layers": layers,
               "methods": {k: _stats(v) for k, v in ranks.items()},

@@ -16,7 +16,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from pathlib import Path
 
 from localsym.bench import emit
 from localsym.bench.corpus import stdlib_files

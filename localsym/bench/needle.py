@@ -56,17 +56,12 @@ def _pages(lines: list[tuple[str, int]], length: int, depth: float, needle: str,
 
 
 def run(args: argparse.Namespace) -> int:
-    from localsym import model_store
-    from localsym.runtime.bridge import Model
-    from localsym.runtime.engine import GenParams, RunOptions
-    from localsym.runtime.model_info import model_info
-    from localsym.session import Session, SessionConfig
+    from localsym.session import GenParams, RunOptions, Session, SessionConfig, Tokenizer, models
 
-    path = model_store.resolve(args.model)
-    native = model_info(path).n_ctx_train
-    vocab = Model(path, vocab_only=True)
-    lines = _haystack_lines(vocab, max(args.lengths))
-    vocab.close()
+    path = models.resolve(args.model)
+    with Tokenizer(str(path)) as vocab:
+        native = vocab.n_ctx_train
+        lines = _haystack_lines(vocab, max(args.lengths))
     rng = random.Random(args.seed)
     cells = []
     t_start = time.perf_counter()
@@ -82,9 +77,10 @@ def run(args: argparse.Namespace) -> int:
                     rep = None
                     for j, page in enumerate(_pages(lines, length, depth, needle, args.page)):
                         rep = s.ingest_text(page, f"stdlib-{j:04d}.py", "file", report=rep)
-                    answer = "".join(s.ask(QUESTION, GenParams(max_tokens=12), raw=True))
+                    with s.ask(QUESTION, GenParams(max_tokens=12), raw=True) as turn:
+                        answer = turn.text()
                     cells.append({"length": length, "depth": depth, "token": token, "answer": answer,
-                                  "correct": answer.startswith(token), "select_ms": s.last.select_ms,
+                                  "correct": answer.startswith(token), "select_ms": turn.stats.select_ms,
                                   "computed_blocks": rep.computed_blocks, "seconds": round(time.perf_counter() - t0, 1)})
                 print(f"  {length:>6} tokens, depth {depth:.1f}: {'ok  ' if cells[-1]['correct'] else 'MISS'} "
                       f"{answer!r} ({cells[-1]['seconds']}s)", file=sys.stderr)

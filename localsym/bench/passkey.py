@@ -39,20 +39,13 @@ def _found(answer: str, key: str) -> bool:
 
 
 def run(args: argparse.Namespace) -> int:
-    from localsym import model_store
-    from localsym.catalog import default_model
-    from localsym.runtime.bridge import Model
-    from localsym.runtime.engine import GenParams, RunOptions
-    from localsym.session import Session, SessionConfig
+    from localsym.session import GenParams, RunOptions, Session, SessionConfig, Tokenizer, default_model, models
 
     name = args.model or default_model()
-    path = model_store.resolve(name)
-    from localsym.runtime.model_info import model_info
-
-    vocab = Model(path, vocab_only=True)
-    per_line = len(vocab.tokenize(FILLER))
-    vocab.close()
-    native = model_info(path).n_ctx_train
+    path = models.resolve(name)
+    with Tokenizer(str(path)) as vocab:
+        per_line = len(vocab.tokenize(FILLER))
+        native = vocab.n_ctx_train
     n_filler = args.tokens // per_line
     per_page = max(1, args.page // per_line)
     rng = random.Random(args.seed)
@@ -68,12 +61,13 @@ def run(args: argparse.Namespace) -> int:
                 rep = None
                 for j, page in enumerate(_pages(n_filler, per_page, depth, key)):
                     rep = s.ingest_text(page, f"page-{j:04d}", "file", report=rep)
-                answer = "".join(s.ask(QUESTION, GenParams(max_tokens=16)))
-                select_ms.append(s.last.select_ms)
+                with s.ask(QUESTION, GenParams(max_tokens=16)) as turn:
+                    answer = turn.text()
+                select_ms.append(turn.stats.select_ms)
                 cells.append({"trial": i, "depth": round(depth, 3), "key": key, "answer": answer.strip(),
                               "correct": _found(answer, key), "tokens": s.total_tokens,
                               "computed_blocks": rep.computed_blocks, "reused_blocks": rep.reused_blocks,
-                              "reinjected_blocks": s.last.reinjected_blocks, "seconds": round(time.perf_counter() - t0, 1)})
+                              "reinjected_blocks": turn.stats.reinjected_blocks, "seconds": round(time.perf_counter() - t0, 1)})
             print(f"  trial {i}: depth {depth:.2f} key {key} -> {answer.strip()!r} "
                   f"({cells[-1]['seconds']}s, {rep.computed_blocks} blocks computed)", file=sys.stderr)
     ours_s = time.perf_counter() - t_start

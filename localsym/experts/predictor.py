@@ -56,7 +56,7 @@ class MarkovPredictor:
         tmp.replace(path)
 
     @classmethod
-    def load(cls, path: Path, n_layer: int, n_expert: int) -> "MarkovPredictor":
+    def load(cls, path: Path, n_layer: int, n_expert: int) -> MarkovPredictor:
         p = cls(n_layer, n_expert)
         if path.exists():
             with np.load(path) as z:

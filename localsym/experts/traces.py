@@ -80,7 +80,7 @@ class MarkovSource:
 
     @classmethod
     def random(cls, n_layer: int = 16, n_expert: int = 64, n_used: int = 4, alpha: float = 0.05,
-               seed: int = 0) -> "MarkovSource":
+               seed: int = 0) -> MarkovSource:
         rng = np.random.default_rng(seed)
         layer_T = rng.dirichlet(np.full(n_expert, alpha), size=(n_layer - 1, n_expert))
         token_T = rng.dirichlet(np.full(n_expert, alpha), size=n_expert)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import Counter
 from collections.abc import Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -86,12 +87,14 @@ class BlockStore:
                 if f is fut:
                     del self._pending[k]
 
-    def _seal(self, key: str, blob: bytearray, pos0: int, pinned: bool) -> Sealed:
-        import time
-
-        t0 = time.perf_counter()
+    def encode(self, blob: bytearray, pinned: bool) -> tuple[EncodedBlock, kv_state.SeqState]:
+        """A blob parsed in place and encoded (no tier touched)."""
         state = kv_state.parse(blob, self.n_caches)
-        eb = EncodedBlock.seal(state, self.policy, self.n_head_kv, PIN_FLOOR if pinned else None)
+        return EncodedBlock.seal(state, self.policy, self.n_head_kv, PIN_FLOOR if pinned else None), state
+
+    def _seal(self, key: str, blob: bytearray, pos0: int, pinned: bool) -> Sealed:
+        t0 = time.perf_counter()
+        eb, state = self.encode(blob, pinned)
         attn = self.attn.keys_of(state) if self.attn is not None else None
         seconds = time.perf_counter() - t0
         self.cold.put(key, eb, {"pos0": pos0, "model_id": self.model_id, "pinned": pinned})

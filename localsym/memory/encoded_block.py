@@ -71,7 +71,7 @@ class EncodedBlock:
     # -- from / to llama.cpp ------------------------------------------------------------------
     @classmethod
     def seal(cls, state: kv_state.SeqState, policy: kq.QuantPolicy, n_head_kv: int,
-             floor: str | None = None) -> "EncodedBlock":
+             floor: str | None = None) -> EncodedBlock:
         mix: Counter[str] = Counter()
         caches = []
         for cache in state.caches:
@@ -110,7 +110,7 @@ class EncodedBlock:
         return container.write(path, full, arrays)
 
     @classmethod
-    def load(cls, path: Path) -> tuple["EncodedBlock", dict]:
+    def load(cls, path: Path) -> tuple[EncodedBlock, dict]:
         """Read and verify a block file; any inconsistency is ``CorruptFile``."""
         meta, arrays = container.read(path)
         if meta.get("llama_state_version") != kv_state.STATE_VERSION:

@@ -77,7 +77,7 @@ class Ranges:
         return self.clo.shape[1] > 0
 
     @classmethod
-    def measure(cls, x: np.ndarray, channel: bool) -> "Ranges":
+    def measure(cls, x: np.ndarray, channel: bool) -> Ranges:
         return cls(*kb.ranges(x, channel))
 
     def params(self, fmt: str, per_channel: bool) -> tuple[np.ndarray, np.ndarray]:

@@ -67,7 +67,7 @@ class AttentionSignal:
         self._failed = False
 
     @classmethod
-    def for_model(cls, model: Model, type_k: str) -> "AttentionSignal | None":
+    def for_model(cls, model: Model, type_k: str) -> AttentionSignal | None:
         """None where keys cannot be read as floats (a quantized K cache) or the model's
         RoPE is not a plain one (see ``Model.rope``)."""
         rope = model.rope

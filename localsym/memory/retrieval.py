@@ -210,7 +210,7 @@ class Retriever:
             out[mask] = attention_keys.scores(self._keys[ids[mask]], query)
         return out, mask
 
-    def _rerank(self, ids: np.ndarray, sketch: np.ndarray, query: np.ndarray) -> np.ndarray:
+    def rerank(self, ids: np.ndarray, sketch: np.ndarray, query: np.ndarray) -> np.ndarray:
         """Order candidates by the sum of their sketch and attention z-scores."""
         att, mask = self.attention(ids, query)
         combined = _z(sketch)
@@ -239,7 +239,7 @@ class Retriever:
             q = self.sketches.sketch(q_tokens[keep], weights[keep])
             ids, sk = self.search(q, q_tokens[keep], RERANK_POOL * k if use_attn else k)
             if use_attn:  # the second signal reorders the sketch's candidates
-                ids = self._rerank(ids, sk, query)[:k]
+                ids = self.rerank(ids, sk, query)[:k]
             ranked += [int(i) for i in ids if int(i) not in hits]
         elif use_attn:  # no word of the question is rare enough to weigh: attention alone
             ids = np.flatnonzero(self._has_keys[:n])

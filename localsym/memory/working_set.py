@@ -15,6 +15,7 @@ Ingest uses the same context for a document's sliding window of earlier blocks.
 
 from __future__ import annotations
 
+import statistics
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -169,11 +170,10 @@ class WorkingSet:
 
     # -- measuring (benchmarks) -------------------------------------------------------------------
     def measure(self, row: BlockRow, reps: int = 5) -> dict[str, float]:
-        """Median ms to bring ``row`` into the context after the sink: restored from the warm
+        """Median ms to seal ``row`` (its blob parsed, formats chosen, every layer encoded; no
+        file written) and to bring it into the context after the sink: restored from the warm
         tier (dequantize into a blob, llama.cpp loads and shifts it), from its cold file (read
         and verified too), and recomputed by prefill (the baseline)."""
-        import statistics
-
         eb = self.store.get(row.key)
         if eb is None:
             eb = self.rebuild(row)
@@ -192,7 +192,17 @@ class WorkingSet:
             cold, _ = self.store.cold.get(row.key)
             self.hot.restore(row.key, cold.to_blob(row.pos0, 1), row.pos0, row.n_tokens)
 
-        return {"restore_warm_ms": timed(lambda: self.hot.restore(row.key, eb.to_blob(row.pos0, 1), row.pos0,
+        self.hot.truncate(1)
+        self.hot.restore(row.key, eb.to_blob(row.pos0, 1), row.pos0, row.n_tokens)
+        seg = self.hot.segments[-1]
+        blob = self.hot.blob(seg.start, seg.n)
+        seal_ms = []
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            self.store.encode(blob, False)
+            seal_ms.append((time.perf_counter() - t0) * 1000)
+        return {"seal_ms": statistics.median(seal_ms),
+                "restore_warm_ms": timed(lambda: self.hot.restore(row.key, eb.to_blob(row.pos0, 1), row.pos0,
                                                                  row.n_tokens)),
                 "restore_cold_ms": timed(from_cold),
                 "recompute_ms": timed(lambda: self.hot.decode(row.key, row.tokens.tolist())),

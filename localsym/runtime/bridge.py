@@ -16,9 +16,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
 import llama_cpp as lc
+import numpy as np
 
 from localsym.errors import BadModelFile, BudgetError, LocalsymError
 
@@ -27,19 +26,27 @@ log = logging.getLogger("localsym.llama")
 CACHE_TYPES = {"f32": 0, "f16": 1, "q4_0": 2, "q4_1": 3, "q5_0": 6, "q5_1": 7, "q8_0": 8,
                "iq4_nl": 20, "bf16": 30}
 STATE_SEQ_FLAGS_SWA_ONLY = 1
+GGML_LOG_LEVEL_WARN, GGML_LOG_LEVEL_ERROR = 3, 4  # ggml.h (pinned version)
 _init_lock = threading.Lock()
 _initialised = False
-_recent_errors: list[str] = []
+_recent = threading.local()  # llama.cpp logs on the calling thread: each thread its own errors
+
+
+def _recent_errors() -> list[str]:
+    if not hasattr(_recent, "errors"):
+        _recent.errors = []
+    return _recent.errors
 
 
 @lc.llama_log_callback
 def _log_callback(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
     # llama.cpp is chatty on stderr; route it to logging and keep recent errors for messages.
     msg = text.decode("utf-8", errors="replace").rstrip()
-    if level == 3:
-        _recent_errors.append(msg)
-        del _recent_errors[:-20]
-    log.debug(msg)
+    if level == GGML_LOG_LEVEL_ERROR:
+        errors = _recent_errors()
+        errors.append(msg)
+        del errors[:-20]
+    log.log(logging.WARNING if level >= GGML_LOG_LEVEL_WARN else logging.DEBUG, msg)
 
 
 def _ensure_backend() -> None:
@@ -52,7 +59,8 @@ def _ensure_backend() -> None:
 
 
 def _last_error(default: str) -> str:
-    return _recent_errors[-1] if _recent_errors else default
+    errors = _recent_errors()
+    return errors[-1] if errors else default
 
 
 def default_threads() -> int:
@@ -78,7 +86,7 @@ class Model:
         self._overrides = _cpu_moe_overrides(n_cpu_moe) if n_cpu_moe and n_gpu_layers else None
         if self._overrides is not None:
             params.tensor_buft_overrides = ctypes.cast(self._overrides[0], ctypes.c_void_p)
-        _recent_errors.clear()
+        _recent_errors().clear()
         ptr = lc.llama_model_load_from_file(str(self.path).encode(), params)
         if not ptr:
             raise BadModelFile(f"{self.path}: llama.cpp could not load it ({_last_error('unknown reason')})")
@@ -412,7 +420,7 @@ class Context:
 
             self._eval_cb = lc.ggml_backend_sched_eval_callback(_cb)
             p.cb_eval = self._eval_cb
-        _recent_errors.clear()
+        _recent_errors().clear()
         ptr = lc.llama_init_from_model(model.ptr, p)
         if not ptr:
             raise BudgetError(f"llama.cpp could not create a {n_ctx}-token context ({_last_error('out of memory?')})")
@@ -517,9 +525,6 @@ class Context:
     def seq_cp(self, src: int, dst: int, p0: int = -1, p1: int = -1) -> None:
         lc.llama_memory_seq_cp(self._mem, src, dst, p0, p1)
 
-    def seq_keep(self, seq: int) -> None:
-        lc.llama_memory_seq_keep(self._mem, seq)
-
     def seq_add(self, seq: int, p0: int, p1: int, delta: int) -> None:
         lc.llama_memory_seq_add(self._mem, seq, p0, p1, delta)
 
@@ -528,9 +533,6 @@ class Context:
 
     def seq_pos_max(self, seq: int) -> int:
         return lc.llama_memory_seq_pos_max(self._mem, seq)
-
-    def can_shift(self) -> bool:
-        return bool(lc.llama_memory_can_shift(self._mem))
 
     # -- sequence state blobs -------------------------------------------------------------
     def state_seq_get(self, seq: int, flags: int = 0) -> bytearray:

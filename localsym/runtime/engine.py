@@ -124,7 +124,7 @@ class Engine:
         self.ctx.close()
         self.model.close()
 
-    def __enter__(self) -> "Engine":
+    def __enter__(self) -> Engine:
         return self
 
     def __exit__(self, *exc) -> None:

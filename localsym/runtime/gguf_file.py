@@ -42,12 +42,6 @@ class TensorInfo:
             n *= d
         return n
 
-    @property
-    def type_name(self) -> str:
-        try:
-            return GGMLQuantizationType(self.ggml_type).name
-        except ValueError:
-            return f"type{self.ggml_type}"
 
 
 @dataclass

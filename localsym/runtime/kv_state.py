@@ -243,7 +243,7 @@ class StreamShape:
     v_row_bytes: tuple[int, ...]  # a cell's V bytes (n_embd_v * element size when transposed)
 
     @classmethod
-    def of(cls, s: KVStream) -> "StreamShape":
+    def of(cls, s: KVStream) -> StreamShape:
         return cls(s.v_trans, tuple(s.k_types), tuple(s.v_types), tuple(k.shape[1] * k.itemsize for k in s.k),
                    tuple(v.shape[1] * v.itemsize for v in s.v))
 
@@ -252,7 +252,7 @@ class StreamShape:
                 "k_row_bytes": list(self.k_row_bytes), "v_row_bytes": list(self.v_row_bytes)}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "StreamShape":
+    def from_dict(cls, d: dict) -> StreamShape:
         return cls(bool(d["v_trans"]), tuple(d["k_types"]), tuple(d["v_types"]), tuple(d["k_row_bytes"]),
                    tuple(d["v_row_bytes"]))
 

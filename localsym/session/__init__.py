@@ -10,12 +10,12 @@ from localsym.memory.kv_quant import mix_summary
 from localsym.runtime.engine import GenParams, GenStats, RunOptions
 from localsym.session._catalog import delete_session, list_sessions, rename_session, session_dir, session_exists
 from localsym.session._config import DEFAULT_SYSTEM, SessionConfig, check_value, resolve_config
-from localsym.session._oneshot import OneShot, Tokenizer, describe_model
+from localsym.session._oneshot import OneShot, PlainModel, Tokenizer, describe_model
 from localsym.session._reports import LoadReport, Progress, SessionStatus, TurnStats
 from localsym.session._session import Session, SessionBusy, Turn
 
 __all__ = [
-    "DEFAULT_SYSTEM", "GenParams", "default_model", "load_catalog", "models", "GenStats", "LoadReport", "OneShot", "Progress", "RunOptions", "Session",
+    "DEFAULT_SYSTEM", "GenParams", "default_model", "load_catalog", "models", "GenStats", "LoadReport", "OneShot", "PlainModel", "Progress", "RunOptions", "Session",
     "SessionBusy", "SessionConfig", "SessionStatus", "Tokenizer", "Turn", "TurnStats", "check_value", "delete_session",
     "describe_model", "list_sessions", "mix_summary", "rename_session", "resolve_config", "session_dir",
     "session_exists",

@@ -16,7 +16,7 @@ class Frame:
     answer_end: list[int]  # closes the assistant turn
 
     @classmethod
-    def of(cls, eng: Engine, system: str) -> "Frame":
+    def of(cls, eng: Engine, system: str) -> Frame:
         """Render the template around marker strings and split on them, so documents, the
         question and the answer can each be decoded on their own and still read as one
         conversation. Base models (no template) get a plain document, questions in

@@ -3,6 +3,7 @@ with its fit plan (`show`). No memory tiers: plain llama.cpp through the runtime
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -40,7 +41,7 @@ class OneShot:
     def close(self) -> None:
         self.engine.close()
 
-    def __enter__(self) -> "OneShot":
+    def __enter__(self) -> OneShot:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -75,7 +76,9 @@ class Tokenizer:
     that count or cut text in the model's own tokens."""
 
     def __init__(self, model: str) -> None:
-        self._model = Model(model_store.resolve(model), vocab_only=True)
+        path = model_store.resolve(model)
+        self._model = Model(path, vocab_only=True)
+        self.n_ctx_train = model_info(path).n_ctx_train  # the model's native context
 
     def tokenize(self, text: str) -> list[int]:
         return self._model.tokenize(text)
@@ -86,7 +89,49 @@ class Tokenizer:
     def close(self) -> None:
         self._model.close()
 
-    def __enter__(self) -> "Tokenizer":
+    def __enter__(self) -> Tokenizer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class PlainModel:
+    """The model alone, no memory layer: the same-run baseline of benchmarks (plain
+    prefill of the same tokens on the same device)."""
+
+    def __init__(self, model: str, opts: RunOptions) -> None:
+        self.engine = Engine(model_store.resolve(model), opts)
+
+    def tokenize(self, text: str) -> list[int]:
+        return self.engine.model.tokenize(text)
+
+    def prefill(self, tokens: list[int], window: int, block: int) -> float:
+        """Seconds to decode ``tokens`` as a session ingests a document, without the memory
+        layer: ``block`` tokens a call, each after at most ``window`` earlier tokens (the
+        oldest blocks dropped and the rest shifted back, as the hot context slides)."""
+        ctx = self.engine.ctx
+        window = min(window, ctx.n_ctx - block - 16)
+        ctx.clear()
+        sizes: list[int] = []
+        t0 = time.perf_counter()
+        for i in range(0, len(tokens), block):
+            chunk = tokens[i:i + block]
+            while sizes and sum(sizes) + len(chunk) > window:
+                first = sizes.pop(0)
+                ctx.seq_rm(0, 0, first)
+                ctx.seq_add(0, first, -1, -first)
+            ctx.decode(chunk, sum(sizes), 0, logits="last")
+            sizes.append(len(chunk))
+        ctx.logits()  # the decode is done (GPU backends run asynchronously)
+        seconds = time.perf_counter() - t0
+        ctx.clear()
+        return seconds
+
+    def close(self) -> None:
+        self.engine.close()
+
+    def __enter__(self) -> "PlainModel":
         return self
 
     def __exit__(self, *exc: object) -> None:

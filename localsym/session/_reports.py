@@ -19,6 +19,7 @@ class LoadReport:
     reused_blocks: int = 0
     seconds: float = 0.0
     seal_seconds: float = 0.0  # the seal worker's own time (parse, choose formats, encode)
+    seals: list[tuple[float, int]] = field(default_factory=list)  # per sealed block: (seconds, f16 bytes)
     skipped: list[tuple[str, str]] = field(default_factory=list)
 
 

@@ -84,7 +84,7 @@ class Session:
     # -- opening and closing -------------------------------------------------------------------
     @classmethod
     def open(cls, name: str, model: str | None = None, opts: RunOptions | None = None,
-             config: SessionConfig | None = None, overrides: dict | None = None) -> "Session":
+             config: SessionConfig | None = None, overrides: dict | None = None) -> Session:
         """Open (or create) a session. Settings come from ``resolve_config`` (defaults, the
         config file, what the session stored, then ``overrides``); ``config`` replaces them
         all. ``opts`` is not modified."""
@@ -165,7 +165,7 @@ class Session:
                 self.experts.close()
             self._lock.release()
 
-    def __enter__(self) -> "Session":
+    def __enter__(self) -> Session:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -257,6 +257,7 @@ class Session:
                     sealed = self.store.done(fut)
                     attn = sealed.attn
                     report.seal_seconds += sealed.seconds
+                    report.seals.append((sealed.seconds, sealed.block.f16_bytes))
                 elif self.working.attn is not None:
                     # the model's shared key store has every computed block's keys: a reload
                     # reads no block to get them
@@ -327,7 +328,7 @@ class Session:
         return report
 
     # -- asking ---------------------------------------------------------------------------------------
-    def ask(self, question: str, params: GenParams | None = None, raw: bool = False) -> "Turn":
+    def ask(self, question: str, params: GenParams | None = None, raw: bool = False) -> Turn:
         """A turn: iterate it for the answer's pieces; its ``stats`` fill in as it runs. The
         turn is finished (the KV made whole, the exchange stored) when it is read to the
         end or closed, whichever comes first: a caller that stops early still leaves a
@@ -391,7 +392,7 @@ class Turn:
             self._gen.close()  # runs the generator's finally: the turn is finished there
         self._finished = True
 
-    def __enter__(self) -> "Turn":
+    def __enter__(self) -> Turn:
         return self
 
     def __exit__(self, *exc: object) -> None:

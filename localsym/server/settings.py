@@ -1,0 +1,27 @@
+"""What `localsym serve` was started with: one model, the roots files may be loaded from,
+the key, and the bounds on open sessions and waiting requests."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from localsym.session import RunOptions
+
+LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
+DEFAULT_PORT = 11435  # beside Ollama's 11434
+MAX_BODY = 8 * 2**20
+
+
+@dataclass
+class ServerSettings:
+    model: str  # a registered name or a GGUF path: every session of this server runs it
+    opts: RunOptions = field(default_factory=RunOptions)
+    host: str = "127.0.0.1"
+    port: int = DEFAULT_PORT
+    allow_roots: list[Path] = field(default_factory=list)  # resolved; loads outside them are refused
+    api_key: str | None = None
+    max_sessions: int = 4  # open sessions (each its own llama.cpp context); the least recently used is closed
+    queue: int = 8  # requests that may wait for one session (and for a free slot) before a 503
+    max_body: int = MAX_BODY
+    default_max_tokens: int = 512
