@@ -77,7 +77,8 @@ def lsh_codes_ref(vectors: np.ndarray, planes: np.ndarray, bits: int) -> np.ndar
 
 @njit(cache=True, inline="always")
 def _phase(seed, token, d):
-    x = np.uint64(seed) + np.uint64(token) * np.uint64(0x9E3779B97F4A7C15) + np.uint64(d) * np.uint64(0x94D049BB133111EB)
+    x = (np.uint64(seed) + np.uint64(token) * np.uint64(0x9E3779B97F4A7C15)
+         + np.uint64(d) * np.uint64(0x94D049BB133111EB))
     x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
     x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
     x = x ^ (x >> np.uint64(31))
@@ -155,7 +156,8 @@ def lsh_codes_cpu(vectors, planes, bits):
 
 @cuda.jit(device=True, inline=True)
 def _phase_dev(seed, token, d):
-    x = np.uint64(seed) + np.uint64(token) * np.uint64(0x9E3779B97F4A7C15) + np.uint64(d) * np.uint64(0x94D049BB133111EB)
+    x = (np.uint64(seed) + np.uint64(token) * np.uint64(0x9E3779B97F4A7C15)
+         + np.uint64(d) * np.uint64(0x94D049BB133111EB))
     x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
     x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
     x = x ^ (x >> np.uint64(31))
@@ -164,14 +166,14 @@ def _phase_dev(seed, token, d):
 
 @cuda.jit
 def _phases_kernel(tokens, dim, seed, out):
-    i, d = cuda.grid(2)
+    i, d = cuda.grid(2)  # type: ignore[call-arg, var-annotated]
     if i < tokens.shape[0] and d < dim:
         out[i, d] = _phase_dev(seed, tokens[i], d)
 
 
 @cuda.jit
 def _sketch_kernel(tokens, weights, dim, seed, re, im):
-    d = cuda.grid(1)
+    d = cuda.grid(1)  # type: ignore[call-arg, var-annotated]
     if d < dim:
         n = tokens.shape[0]
         dp = (d - 1 + dim) % dim
@@ -192,7 +194,7 @@ def _sketch_kernel(tokens, weights, dim, seed, re, im):
 
 @cuda.jit
 def _score_kernel(matrix, query, out):
-    i = cuda.grid(1)
+    i = cuda.grid(1)  # type: ignore[call-arg, var-annotated]
     if i < matrix.shape[0]:
         acc = np.float32(0.0)
         for j in range(matrix.shape[1]):
@@ -202,7 +204,7 @@ def _score_kernel(matrix, query, out):
 
 @cuda.jit
 def _lsh_kernel(vectors, planes, bits, out):
-    i, t = cuda.grid(2)
+    i, t = cuda.grid(2)  # type: ignore[call-arg, var-annotated]
     if i < vectors.shape[0] and t < out.shape[1]:
         code = 0
         for b in range(bits):
@@ -238,7 +240,8 @@ def score_cuda(matrix: np.ndarray, query: np.ndarray) -> np.ndarray:
 def lsh_codes_cuda(vectors: np.ndarray, planes: np.ndarray, bits: int) -> np.ndarray:
     tables = planes.shape[0] // bits
     out = cuda.device_array((len(vectors), tables), np.uint32)
-    _lsh_kernel[((len(vectors) + 31) // 32, (tables + 3) // 4), (32, 4)](cuda.to_device(vectors), cuda.to_device(planes), bits, out)
+    _lsh_kernel[((len(vectors) + 31) // 32, (tables + 3) // 4), (32, 4)](
+        cuda.to_device(vectors), cuda.to_device(planes), bits, out)
     return out.copy_to_host()
 
 

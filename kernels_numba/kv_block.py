@@ -202,7 +202,7 @@ def _f2h(typingctx, v):
 @njit(nogil=True, cache=True)
 def _params_cpu(lo, hi, levels, zero, scale):
     for k in range(lo.shape[0]):
-        z = _f2h(lo[k])
+        z = _f2h(lo[k])  # type: ignore[call-arg, var-annotated]
         zero[k] = z
         scale[k] = _f2h((hi[k] - _h2f(z)) / levels)
 
@@ -229,7 +229,7 @@ def _ranges_cpu(x, channel):
         for c in range(C):
             h[:] = x[i, c, :]
             for d in range(W):
-                row[d] = _h2f(h[d])
+                row[d] = _h2f(h[d])  # type: ignore[call-arg]
             for g in range(gt):
                 lo = row[g * GROUP_TOKEN]
                 hi = lo
@@ -241,7 +241,7 @@ def _ranges_cpu(x, channel):
             s = np.float32(0.0)
             for d in range(W):
                 s += row[d] * row[d]
-            acc += s
+            acc += s  # type: ignore[assignment]
             if channel:
                 if c % GROUP_CHANNEL == 0:
                     lo_c[:] = row
@@ -355,7 +355,7 @@ def _encode_cpu(x, bits, per_channel, zero, scale, code_off, param_off, out):
                 for u in range(n):
                     h[:] = x[i, j * g + u, :]
                     for d in range(W):
-                        row[d] = (np.float64(_h2f(h[d])) - zj[d]) * ij[d] + 0.5
+                        row[d] = (np.float64(_h2f(h[d])) - zj[d]) * ij[d] + 0.5  # type: ignore[call-arg]
                     _codes(row, W, top, q[u])
                 for u in range(n, g):
                     q[u, :] = 0
@@ -382,7 +382,7 @@ def _encode_cpu(x, bits, per_channel, zero, scale, code_off, param_off, out):
                         ir[d] = ig[j]
                 h[:] = x[i, c, :]
                 for d in range(W):
-                    row[d] = (np.float64(_h2f(h[d])) - zr[d]) * ir[d] + 0.5
+                    row[d] = (np.float64(_h2f(h[d])) - zr[d]) * ir[d] + 0.5  # type: ignore[call-arg]
                 _codes(row, W, top, q)
                 _pack(q, ng * g, b, out, o0 + c * ng * gb)
     return out
@@ -415,7 +415,7 @@ def _decode_cpu(codes, bits, per_channel, zero, scale, code_off, param_off, out)
                     _unpack(codes, o0 + (d * ng + j) * gb, g, b, q[d])
                 for u in range(min(C, (j + 1) * g) - j * g):
                     for d in range(W):
-                        h[d] = _f2h(zj[d] + np.float32(q[d, u]) * sj[d])
+                        h[d] = _f2h(zj[d] + np.float32(q[d, u]) * sj[d])  # type: ignore[call-arg]
                     out[i, j * g + u, :] = h
         else:
             g = GROUP_TOKEN
@@ -423,15 +423,13 @@ def _decode_cpu(codes, bits, per_channel, zero, scale, code_off, param_off, out)
             gb = g * b // 8
             q = np.empty(ng * g, np.uint8)
             h = np.empty(W, np.uint16)
-            zr = np.empty(W, np.float32)
-            sr = np.empty(W, np.float32)
             for c in range(C):
                 _unpack(codes, o0 + c * ng * gb, ng * g, b, q)
                 for j in range(ng):
                     z = zero[p0 + c * ng + j]
                     s = scale[p0 + c * ng + j]
                     for d in range(j * g, min(W, (j + 1) * g)):
-                        h[d] = _f2h(z + np.float32(q[d]) * s)
+                        h[d] = _f2h(z + np.float32(q[d]) * s)  # type: ignore[call-arg]
                 out[i, c, :] = h
     return out
 
@@ -443,7 +441,7 @@ def _ranges_kernel(x, lut, channel, tlo, thi, clo, chi, ss):
     # one thread per (layer, cell): token groups of its row; channel groups and the sum of
     # squares by atomics would race on floats, so the cell-0 thread of each channel group
     # does those
-    i, c = cuda.grid(2)
+    i, c = cuda.grid(2)  # type: ignore[call-arg, var-annotated]
     L, C, W = x.shape
     if i >= L or c >= C:
         return
@@ -478,7 +476,7 @@ def _ranges_kernel(x, lut, channel, tlo, thi, clo, chi, ss):
 
 @cuda.jit
 def _encode_kernel(x, lut, bits, per_channel, zero, scale, code_off, param_off, row_off, out):
-    t = cuda.grid(1)
+    t = cuda.grid(1)  # type: ignore[call-arg, var-annotated]
     L, C, W = x.shape
     if t >= row_off[L]:
         return
@@ -522,7 +520,7 @@ def _encode_kernel(x, lut, bits, per_channel, zero, scale, code_off, param_off, 
 @cuda.jit
 def _decode_kernel(codes, lut, bits, per_channel, zero, scale, code_off, param_off, row_off, out):
     # ``out`` is float16 here: the GPU narrows float32 with round-to-nearest-even
-    t = cuda.grid(1)
+    t = cuda.grid(1)  # type: ignore[call-arg, var-annotated]
     L, C, W = out.shape
     if t >= row_off[L]:
         return
@@ -590,8 +588,10 @@ def encode_cuda(x: np.ndarray, bits: np.ndarray, per_channel: np.ndarray, zero: 
     n = int(row_off[-1])
     _encode_kernel[-(-n // 128), 128](cuda.to_device(np.ascontiguousarray(x)), cuda.to_device(H2F),
                                        cuda.to_device(b), cuda.to_device(pc),
-                                       cuda.to_device(zero.astype(np.float32)), cuda.to_device(scale.astype(np.float32)),
-                                       cuda.to_device(code_off), cuda.to_device(param_off), cuda.to_device(row_off), d_out)
+                                       cuda.to_device(zero.astype(np.float32)),
+                                       cuda.to_device(scale.astype(np.float32)),
+                                       cuda.to_device(code_off), cuda.to_device(param_off),
+                                       cuda.to_device(row_off), d_out)
     return d_out.copy_to_host()
 
 
@@ -601,9 +601,12 @@ def decode_cuda(codes: np.ndarray, bits: np.ndarray, per_channel: np.ndarray, ze
     b, pc, code_off, param_off, row_off = _tables(bits, per_channel, C, W)
     d_out = cuda.device_array(out.shape, np.float16)
     n = int(row_off[-1])
-    _decode_kernel[-(-n // 128), 128](cuda.to_device(codes), cuda.to_device(H2F), cuda.to_device(b), cuda.to_device(pc),
-                                       cuda.to_device(zero.astype(np.float32)), cuda.to_device(scale.astype(np.float32)),
-                                       cuda.to_device(code_off), cuda.to_device(param_off), cuda.to_device(row_off), d_out)
+    _decode_kernel[-(-n // 128), 128](cuda.to_device(codes), cuda.to_device(H2F),
+                                       cuda.to_device(b), cuda.to_device(pc),
+                                       cuda.to_device(zero.astype(np.float32)),
+                                       cuda.to_device(scale.astype(np.float32)),
+                                       cuda.to_device(code_off), cuda.to_device(param_off),
+                                       cuda.to_device(row_off), d_out)
     out[...] = d_out.copy_to_host().view(np.uint16)
 
 

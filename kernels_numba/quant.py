@@ -189,7 +189,7 @@ def decode_cpu(packed, zero, scale, bits, group, cols):
 
 @cuda.jit
 def _minmax_kernel(x, group, lo, hi):
-    r, j = cuda.grid(2)
+    r, j = cuda.grid(2)  # type: ignore[call-arg, var-annotated]
     rows, cols = x.shape
     if r < rows and j < lo.shape[1]:
         a = x[r, j * group]
@@ -205,7 +205,7 @@ def _minmax_kernel(x, group, lo, hi):
 @cuda.jit
 def _encode_kernel(x, zero, scale, bits, group, out):
     # one thread per output byte: it gathers the codes that touch it, so no atomics
-    r, byte = cuda.grid(2)
+    r, byte = cuda.grid(2)  # type: ignore[call-arg, var-annotated]
     rows, cols = x.shape
     if r < rows and byte < out.shape[1]:
         top = (1 << bits) - 1
@@ -228,7 +228,7 @@ def _encode_kernel(x, zero, scale, bits, group, out):
 
 @cuda.jit
 def _decode_kernel(packed, zero, scale, bits, group, out):
-    r, c = cuda.grid(2)
+    r, c = cuda.grid(2)  # type: ignore[call-arg, var-annotated]
     rows, cols = out.shape
     if r < rows and c < cols:
         bit = c * bits

@@ -6,11 +6,13 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
+import threading
 from collections.abc import Sequence
 
 from localsym.errors import LocalsymError
-from localsym.flags import add_runtime_flags, run_options
+from localsym.flags import add_runtime_flags, gen_params, run_options
 from localsym.progress import human_bytes
 
 
@@ -124,20 +126,30 @@ def cmd_show(a: argparse.Namespace) -> int:
 
 
 def cmd_rm(a: argparse.Namespace) -> int:
-    from localsym.session import models as model_store
+    from localsym.session import remove_model
 
-    m = model_store.remove(a.model)
-    print(f"removed {m.name}" + (" (file kept: it is yours)" if m.source == "local" else ""))
+    for name in a.model:
+        m, freed = remove_model(name)
+        kept = " (file kept: it is yours)" if m.source not in ("catalog",) else ""
+        print(f"removed {m.name}{kept}" + (f"; freed {_human(freed)} of its blocks" if freed else ""))
+    return 0
+
+
+def cmd_prune(a: argparse.Namespace) -> int:
+    from localsym.session import prune_blocks
+
+    files, freed = prune_blocks()
+    print(f"removed {files} blocks no session uses ({_human(freed)})")
     return 0
 
 
 def cmd_run(a: argparse.Namespace) -> int:
-    from localsym.session import GenParams, OneShot
+    from localsym.session import OneShot
 
     prompt = a.prompt if a.prompt is not None else (sys.stdin.read() if not sys.stdin.isatty() else None)
     if not prompt:
         raise LocalsymError("no prompt: give one as an argument or on standard input")
-    params = GenParams(max_tokens=a.n_predict, temp=a.temp, seed=a.seed)
+    params = gen_params(a)
     with OneShot(a.model, prompt, run_options(a), params, a.system, a.raw) as run:
         text = []
         for piece in run:
@@ -223,7 +235,7 @@ def cmd_ask(a: argparse.Namespace) -> int:
     from localsym.session import GenParams
 
     with _open_session(a) as sess:
-        params = GenParams(max_tokens=a.n_predict, temp=a.temp, seed=a.seed)
+        params = gen_params(a)
         with sess.ask(a.question, params) as turn:
             for piece in turn:
                 if not a.json:
@@ -262,6 +274,17 @@ def cmd_chat(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(a: argparse.Namespace) -> int:
+    from localsym.server import serve
+    from localsym.server.settings import ServerSettings, resolve_roots
+    from localsym.session import default_model
+
+    serve(ServerSettings(model=a.model or default_model(), opts=run_options(a), host=a.host, port=a.port,
+                         allow_roots=resolve_roots(a.allow_root), max_sessions=a.max_sessions, queue=a.queue,
+                         api_key=a.api_key or os.environ.get("LOCALSYM_API_KEY") or None))
+    return 0
+
+
 def cmd_bench(a: argparse.Namespace) -> int:
     from localsym import bench
 
@@ -291,9 +314,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_runtime_flags(s)
     s.set_defaults(func=cmd_show)
 
-    s = sub.add_parser("rm", help="remove a model")
-    s.add_argument("model")
+    s = sub.add_parser("rm", help="remove models, their block caches and learned routing")
+    s.add_argument("model", nargs="+")
     s.set_defaults(func=cmd_rm)
+
+    s = sub.add_parser("prune", help="delete cached blocks that no session uses")
+    s.set_defaults(func=cmd_prune)
 
     s = sub.add_parser("run", help="answer one prompt, streaming to stdout")
     s.add_argument("model")
@@ -301,7 +327,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true", help="print one JSON object at the end")
     s.add_argument("--system", default=None, help="system prompt")
     s.add_argument("--raw", action="store_true", help="no chat template: plain completion")
-    s.add_argument("-n", "--n-predict", type=int, default=256, help="max tokens to generate")
+    s.add_argument("-n", "--n-predict", type=int, default=256, help="max tokens to generate (-1: no limit)")
     s.add_argument("--temp", type=float, default=0.0, help="temperature (0 = greedy)")
     s.add_argument("--seed", type=int, default=0xFFFFFFFF)
     add_runtime_flags(s)
@@ -335,6 +361,18 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_sessions)
 
+    s = sub.add_parser("serve", help="OpenAI- and Ollama-compatible HTTP server over sessions")
+    s.add_argument("--model", "-m", default=None, help="the model every session runs (default: the catalog default)")
+    s.add_argument("--host", default="127.0.0.1", help="address to listen on (any but localhost needs --api-key)")
+    s.add_argument("--port", type=int, default=11435)
+    s.add_argument("--allow-root", action="append", default=[], metavar="DIR",
+                   help="a directory /localsym/load may read (repeatable; none: loading is off)")
+    s.add_argument("--api-key", default=None, help="require this key (Bearer or x-api-key; default $LOCALSYM_API_KEY)")
+    s.add_argument("--max-sessions", type=int, default=4, help="sessions open at once (each its own llama.cpp context)")
+    s.add_argument("--queue", type=int, default=8, help="requests that may wait for a session before a 503")
+    add_runtime_flags(s)
+    s.set_defaults(func=cmd_serve)
+
     s = sub.add_parser("bench", help="benchmarks (JSON + a table)")
     from localsym.bench import add_parsers
 
@@ -349,17 +387,47 @@ def main(argv: Sequence[str] | None = None) -> int:
                         format="%(name)s: %(message)s")
     if not args.verbose:
         logging.getLogger("localsym.llama").setLevel(logging.ERROR + 10)
+    interrupted = threading.Event()
+
+    def on_sigint(signum: int, frame: object) -> None:
+        # llama.cpp polls an abort callback written in Python: raising there only prints
+        # "Exception ignored", so the first Ctrl+C asks every decode to stop and the
+        # command unwinds through its own cleanup; a second one interrupts at once
+        if interrupted.is_set():
+            raise KeyboardInterrupt
+        interrupted.set()
+        from localsym.session import cancel_all
+
+        cancel_all()
+
+    if args.command not in ("chat", "serve"):  # Textual and uvicorn handle their own keys
+        signal.signal(signal.SIGINT, on_sigint)
     try:
-        return args.func(args)
+        rc = args.func(args)
+        if interrupted.is_set():
+            raise KeyboardInterrupt
+        return rc
     except LocalsymError as e:
+        if interrupted.is_set():
+            return _interrupted()
         sys.stderr.write(f"localsym: error: {e}\n")
         return 1
     except KeyboardInterrupt:
-        sys.stderr.write("localsym: interrupted\n")
-        return 130
+        return _interrupted()
     except BrokenPipeError:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except Exception as e:
+        from localsym.session import Cancelled
+
+        if isinstance(e, Cancelled):
+            return _interrupted()
+        raise
+
+
+def _interrupted() -> int:
+    sys.stderr.write("\nlocalsym: interrupted\n" if sys.stdout.isatty() else "localsym: interrupted\n")
+    return 130
 
 
 if __name__ == "__main__":

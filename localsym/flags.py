@@ -28,6 +28,25 @@ def run_options(a: argparse.Namespace):
 
     if a.n_ctx is not None and a.n_ctx < 0:
         raise LocalsymError("-c must be 0 (the model's own context) or a positive token count")
+    if a.n_threads is not None and a.n_threads < 1:
+        raise LocalsymError(f"--threads must be at least 1, not {a.n_threads}")
     fa = None if a.flash_attn in (None, "auto") else a.flash_attn == "on"
     return RunOptions(n_ctx=a.n_ctx, n_gpu_layers=a.n_gpu_layers, type_k=a.type_k, type_v=a.type_v,
                       flash_attn=fa, n_threads=a.n_threads, n_cpu_moe=a.n_cpu_moe, vram=a.vram)
+
+
+def gen_params(a: argparse.Namespace):
+    """GenParams from `-n`, `--temp` and `--seed`, checked (``-n -1``: no limit but the context)."""
+    import math
+
+    from localsym.session import GenParams
+
+    if a.n_predict == -1:
+        n = 1 << 30
+    elif a.n_predict < 1:
+        raise LocalsymError(f"-n must be -1 (no limit) or at least 1, not {a.n_predict}")
+    else:
+        n = a.n_predict
+    if not math.isfinite(a.temp) or a.temp < 0:
+        raise LocalsymError(f"--temp must be a number >= 0, not {a.temp}")
+    return GenParams(max_tokens=n, temp=a.temp, seed=a.seed & 0xFFFFFFFF)

@@ -391,8 +391,8 @@ class _Walker:
             try:
                 with os.scandir(d) as it:
                     entries = sorted(it, key=lambda e: e.name)
-            except OSError as e:
-                self.skip(d, f"unreadable ({_why(e)})")
+            except OSError as err:
+                self.skip(d, f"unreadable ({_why(err)})")
                 continue
             for e in entries:
                 if e.name == ".gitignore" and not _is_dir(e):

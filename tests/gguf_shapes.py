@@ -13,7 +13,6 @@ from gguf.constants import GGMLQuantizationType as T
 def _info(w: GGUFWriter, name: str, shape: tuple[int, ...], qtype: T) -> None:
     block, size = GGML_QUANT_SIZES[qtype]
     n = int(np.prod(shape))
-    byte_shape = (*shape[:-1][::-1], shape[-1] // block * size) if False else None
     nbytes = n // block * size
     # gguf wants numpy (row-major) order; ggml order is reversed.
     np_shape = tuple(reversed(shape))

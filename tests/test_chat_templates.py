@@ -125,7 +125,8 @@ def test_system_role_refused_is_folded_into_the_first_user_turn(templates: Path)
     assert text == f"<bos><start_of_turn>user\n{SYSTEM}\n{USER1}<end_of_turn>\n<start_of_turn>model\n"
     assert tmpl.render(MESSAGES[1:2]) == f"<bos><start_of_turn>user\n{USER1}<end_of_turn>\n<start_of_turn>model\n"
     # A lone system turn has no next turn to join: it becomes a user turn rather than being lost.
-    assert tmpl.render(MESSAGES[:1], add_generation_prompt=False) == f"<bos><start_of_turn>user\n{SYSTEM}<end_of_turn>\n"
+    assert (tmpl.render(MESSAGES[:1], add_generation_prompt=False)
+            == f"<bos><start_of_turn>user\n{SYSTEM}<end_of_turn>\n")
 
 
 def test_environment_matches_transformers() -> None:

@@ -34,8 +34,10 @@ def test_formats_sizes_and_measured_errors_order(block):
         eb = EncodedBlock.seal(st, kq.QuantPolicy(fixed=fmt), 3)
         sizes[fmt] = eb.nbytes
         b = _back(eb)
-        kerr[fmt] = np.mean([kq.k_error(np.asarray(a, np.float32), np.asarray(c, np.float32), 3) for a, c in zip(s.k, b.k)])
-        verr[fmt] = np.mean([kq.v_error(np.asarray(a, np.float32), np.asarray(c, np.float32)) for a, c in zip(s.v, b.v)])
+        kerr[fmt] = np.mean([kq.k_error(np.asarray(a, np.float32), np.asarray(c, np.float32), 3)
+                             for a, c in zip(s.k, b.k)])
+        verr[fmt] = np.mean([kq.v_error(np.asarray(a, np.float32), np.asarray(c, np.float32))
+                             for a, c in zip(s.v, b.v)])
         if fmt == "f16":
             assert bytes(eb.to_blob(128, 1)) == bytes(blob)  # f16 is exact, layout and all
     f16 = sizes["f16"]

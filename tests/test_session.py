@@ -145,10 +145,17 @@ def test_walker_skips_what_a_user_expects(home, tmp_path):
     assert reasons["link.txt"] == "symlink out of the tree"
 
 
-def test_cold_budget_is_a_clear_error(home):
-    with Session.open("tiny", "smollm2-135m", _opts(), _cfg(cold_gb=1e-4)) as s:
-        with pytest.raises(BudgetError, match="cold store is full"):
-            s.ingest_text(DOC * 3, "big.txt", "file")
+def test_cold_tier_keeps_its_budget_and_evicted_blocks_come_back(home):
+    with Session.open("tiny", "smollm2-135m", _opts(), _cfg(cold_gb=1.2e-3, warm_mb=0)) as s:  # ~3 blocks
+        s.ingest_text(DOC * 3, "big.txt", "file")
+        cold = s.store.cold
+        assert cold.evictions > 0 and cold.used <= cold.budget
+        assert sum(cold.has(b.key) for b in s.docs) < len(s.docs)
+        turn = s.ask(QUESTION, GenParams(max_tokens=24))
+        assert "KX-4471-QZ" in turn.text() and turn.stats.recomputed_blocks > 0
+    with pytest.raises(BudgetError, match="more than the whole cold budget"):
+        with Session.open("tinier", "smollm2-135m", _opts(), _cfg(cold_gb=1e-6)) as s:
+            s.ingest_text(DOC, "small.txt", "file")
 
 
 def test_cli_load_and_ask(home, tmp_path):

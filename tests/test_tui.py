@@ -149,8 +149,9 @@ async def test_load_with_progress_then_bad_paths(home, tmp_path):
     app = _app()
     seen = []
     real = app._progress
-    app._progress = lambda done, total: (seen.append((done, total, app.query_one("#load-progress").has_class("active"))),
-                                         real(done, total))
+    app._progress = lambda done, total: (
+        seen.append((done, total, app.query_one("#load-progress").has_class("active"))),
+        real(done, total))
     async with app.run_test() as pilot:
         await _ready(pilot, app)
         await _send(pilot, app, f"/load {tmp_path}")
@@ -180,7 +181,8 @@ async def test_load_with_progress_then_bad_paths(home, tmp_path):
             why = "permission denied"
         for name, reason in (("blob.bin", "binary"), ("huge.txt", "too big"), ("locked.txt", why)):
             await _send(pilot, app, f"/load {bad / name}")
-            await wait_until(pilot, lambda: any(reason in m.text and name in m.text for m in _messages(app, "note")))
+            await wait_until(pilot, lambda r=reason, n=name: any(r in m.text and n in m.text
+                                                                 for m in _messages(app, "note")))
         assert app.session.total_tokens == before
         await _send(pilot, app, "/memory")
         await wait_until(pilot, lambda: any("warm (RAM)" in m.text for m in _messages(app, "note")))

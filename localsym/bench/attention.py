@@ -43,6 +43,7 @@ def run(args: argparse.Namespace) -> int:
                 q = toks[i:i + args.snippet]
                 t0 = time.perf_counter()
                 query = attn.query(q)
+                assert query is not None  # the probe ran for this model (attn is not None)
                 probe_ms.append((time.perf_counter() - t0) * 1000)
                 att, _ = sel.attention(np.arange(n), query)
                 ranks["attention"].append(int((att > att[b]).sum()))

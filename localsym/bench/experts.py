@@ -110,6 +110,7 @@ def _prefetch_speed(path: Path, n_tokens: int) -> dict:
 
             def done():
                 if live is not None:
+                    assert live.prefetch is not None  # LiveExperts prefetches by default
                     issued[0] = max(issued[0], live.prefetch.issued)
                     live.close()
                 model.close()
@@ -184,18 +185,21 @@ def run(args: argparse.Namespace) -> int:
 
     def table(r: dict) -> str:
         lines = [f"bench experts: synthetic Markov traces ({r['synthetic']['tokens']} tokens, "
-                 f"{r['synthetic']['layers']} layers x {r['synthetic']['experts']} experts, {r['synthetic']['used']} used)"]
+                 f"{r['synthetic']['layers']} layers x {r['synthetic']['experts']} experts, "
+                 f"{r['synthetic']['used']} used)"]
         head = "  capacity " + "".join(f"{c:>8}" for c in CAPACITIES)
         lines.append(head)
         for name, row in list(r["policies"].items()) + [("bayes", r["bayes_optimal"])]:
             lines.append(f"  {name:<9}" + "".join(f"{row[str(c)]:>8.3f}" for c in CAPACITIES))
-        lines.append(f"  prediction hit rate: {r['prediction_hit_rate']}; predict {r['predict_us_per_token_layer']} us per token per layer")
+        lines.append(f"  prediction hit rate: {r['prediction_hit_rate']}; "
+                     f"predict {r['predict_us_per_token_layer']} us per token per layer")
         rec = r["recorded"]
         lines.append(f"recorded: {rec['model']}")
         if "policies" in rec:
             for name, row in rec["policies"].items():
                 lines.append(f"  {name:<9}" + "".join(f"{row[str(c)]:>8.3f}" for c in CAPACITIES))
-            lines.append(f"  observer on/off decode ratio {rec['observer_ratio']}; prefetch/plain decode ratio {rec['prefetch_ratio']}")
+            lines.append(f"  observer on/off decode ratio {rec['observer_ratio']}; "
+                         f"prefetch/plain decode ratio {rec['prefetch_ratio']}")
         else:
             lines.append(f"  {rec['note']}")
         return "\n".join(lines)

@@ -36,7 +36,7 @@ class _VramPeak:
                 return
             self._stop.wait(0.2)
 
-    def __enter__(self) -> "_VramPeak":
+    def __enter__(self) -> _VramPeak:
         if self._thread is not None:
             self._thread.start()
         return self
@@ -56,6 +56,7 @@ def _model(spec: str | None) -> str:
     shape = sm.parse_spec(spec) if spec else None
     if shape is None:  # a path: the bench runs in a private home, where names are not registered
         return str(models.resolve(spec or default_model()))
+    assert spec is not None  # parse_spec found a shape in it
     path = paths.ensure(paths.cache_dir() / "synthetic") / f"{spec.split(':', 1)[1]}.gguf"
     return str(sm.ensure(path, models.resolve(default_model()), **shape))
 

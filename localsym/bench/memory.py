@@ -54,6 +54,7 @@ def child(args: argparse.Namespace) -> None:
         for source, text in _docs(args.model_path, args.child):
             rep = s.ingest_text(text, source, "file", report=rep)
         out["load_s"] = time.perf_counter() - t0
+        assert rep is not None  # _docs yields at least one document
         out["computed_blocks"], out["reused_blocks"] = rep.computed_blocks, rep.reused_blocks
         st = s.status()
         out["warm_bytes"], out["cold_bytes"], out["device"] = st.warm_bytes, st.cold_bytes, st.device
@@ -106,7 +107,8 @@ def run(args: argparse.Namespace) -> int:
     model_path = str(models.resolve(args.model or default_model()))
     lengths = [n for n in LENGTHS if n <= args.max_tokens]
     common = ["--model-path", model_path, "--block", str(args.block), "--warm-mb", str(args.warm_mb),
-              "--hot", str(args.hot), "--vram", args.vram or "auto"] + (["--threads", str(args.threads)] if args.threads else [])
+              "--hot", str(args.hot), "--vram", args.vram or "auto"]
+    common += ["--threads", str(args.threads)] if args.threads else []
     rows = {}
     with tempfile.TemporaryDirectory(prefix="localsym-bench-memory-") as home:
         for n in lengths:  # ingest only: these processes' peak RSS is what grows with context
@@ -127,15 +129,18 @@ def run(args: argparse.Namespace) -> int:
         "recompute_ms": round(m["recompute_ms"], 1),
         "warm_speedup": round(m["recompute_ms"] / m["restore_warm_ms"], 1),
         "cold_speedup": round(m["recompute_ms"] / m["restore_cold_ms"], 1),
-        "decode_tok_s_memory": round(m["memory_decode_tok_s"], 2), "decode_tok_s_plain": round(m["plain_decode_tok_s"], 2),
-        "decode_ratio": round(m["memory_decode_tok_s"] / m["plain_decode_tok_s"], 3) if m["plain_decode_tok_s"] else None,
+        "decode_tok_s_memory": round(m["memory_decode_tok_s"], 2),
+        "decode_tok_s_plain": round(m["plain_decode_tok_s"], 2),
+        "decode_ratio": (round(m["memory_decode_tok_s"] / m["plain_decode_tok_s"], 3)
+                         if m["plain_decode_tok_s"] else None),
         "first_load_s": round(first_load, 2), "reload_s": round(m["load_s"], 3),
         "reload_speedup": round(first_load / max(m["load_s"], 1e-6), 1),
         "reload_computed_blocks": m["computed_blocks"],
     }
 
     def table(r: dict) -> str:
-        lines = [f"bench memory: {r['model']}, {r['block_tokens']}-token blocks, warm {r['warm_mb']} MB, hot {r['hot_ctx']}"]
+        lines = [f"bench memory: {r['model']}, {r['block_tokens']}-token blocks, warm {r['warm_mb']} MB, "
+                 f"hot {r['hot_ctx']}"]
         lines += [f"  {n:>6} tokens  peak RSS {mb:8.1f} MB" for n, mb in r["rss_mb"].items()]
         lines += [f"  RSS ratio {list(r['rss_mb'])[-1]} / {list(r['rss_mb'])[0]}: {r['rss_ratio_32k_over_4k']}",
                   f"  one block: warm restore {r['restore_warm_ms']} ms, cold restore {r['restore_cold_ms']} ms, "

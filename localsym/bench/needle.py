@@ -12,6 +12,7 @@ import string
 import sys
 import time
 from pathlib import Path
+from typing import cast
 
 from localsym.bench import emit, private_home
 from localsym.bench.corpus import stdlib_text
@@ -77,11 +78,13 @@ def run(args: argparse.Namespace) -> int:
                     rep = None
                     for j, page in enumerate(_pages(lines, length, depth, needle, args.page)):
                         rep = s.ingest_text(page, f"stdlib-{j:04d}.py", "file", report=rep)
+                    assert rep is not None  # every length has at least one page
                     with s.ask(QUESTION, GenParams(max_tokens=12), raw=True) as turn:
                         answer = turn.text()
                     cells.append({"length": length, "depth": depth, "token": token, "answer": answer,
                                   "correct": answer.startswith(token), "select_ms": turn.stats.select_ms,
-                                  "computed_blocks": rep.computed_blocks, "seconds": round(time.perf_counter() - t0, 1)})
+                                  "computed_blocks": rep.computed_blocks,
+                                  "seconds": round(time.perf_counter() - t0, 1)})
                 print(f"  {length:>6} tokens, depth {depth:.1f}: {'ok  ' if cells[-1]['correct'] else 'MISS'} "
                       f"{answer!r} ({cells[-1]['seconds']}s)", file=sys.stderr)
     ours_s = time.perf_counter() - t_start
@@ -92,7 +95,8 @@ def run(args: argparse.Namespace) -> int:
         "accuracy": round(sum(c["correct"] for c in cells) / len(cells), 4),
         "baseline_accuracy": round(sum(b["correct"] for b in base) / len(base), 4) if base else None,
         "per_cell": cells, "baseline_cells": base,
-        "select_ms_p50": round(sel[len(sel) // 2], 3), "select_ms_p99": round(sel[min(len(sel) - 1, int(0.99 * len(sel)))], 3),
+        "select_ms_p50": round(sel[len(sel) // 2], 3),
+        "select_ms_p99": round(sel[min(len(sel) - 1, int(0.99 * len(sel)))], 3),
         "seconds": round(ours_s, 1),
     }
     grid = [[next((float(c["correct"]) for c in cells if c["length"] == L and c["depth"] == d), None)
@@ -106,7 +110,8 @@ def run(args: argparse.Namespace) -> int:
         rows = [f"{d:<14.1f}" + "".join(f"{'  ok' if g else 'miss':>8}" if g is not None else f"{'-':>8}"
                                         for g in grid[i]) for i, d in enumerate(r["depths"])]
         return "\n".join([f"bench needle: {r['model']} (native {r['native_context']}), accuracy {r['accuracy']}, "
-                          f"baseline {r['baseline_accuracy']}, select p50 {r['select_ms_p50']} ms, heatmap {r['heatmap']}",
+                          f"baseline {r['baseline_accuracy']}, select p50 {r['select_ms_p50']} ms, "
+                          f"heatmap {r['heatmap']}",
                           head, *rows])
 
     emit(result, args, table)
@@ -115,7 +120,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _baseline(path, native: int, lines, cells, args) -> list[dict]:
     """Plain llama-cpp-python on the cells that fit its native context."""
-    from llama_cpp import Llama
+    from llama_cpp import Llama, llama_types
 
     from localsym.runtime.bridge import default_threads
 
@@ -130,7 +135,8 @@ def _baseline(path, native: int, lines, cells, args) -> list[dict]:
         for c in fit:
             t0 = time.perf_counter()
             text = "".join(_pages(lines, c["length"], c["depth"], f'SERVICE_TOKEN = "{c["token"]}"\n', 10**9))
-            r = llm.create_completion(text + QUESTION, max_tokens=12, temperature=0.0, top_k=1)
+            r = cast(llama_types.CreateCompletionResponse,  # not streamed: one response
+                     llm.create_completion(text + QUESTION, max_tokens=12, temperature=0.0, top_k=1))
             answer = r["choices"][0]["text"]
             out.append({"length": c["length"], "depth": c["depth"], "answer": answer,
                         "correct": answer.startswith(c["token"]), "seconds": round(time.perf_counter() - t0, 1)})

@@ -14,6 +14,7 @@ import re
 import statistics
 import sys
 import time
+from typing import cast
 
 from localsym.bench import emit, private_home
 
@@ -50,7 +51,8 @@ def run(args: argparse.Namespace) -> int:
     per_page = max(1, args.page // per_line)
     rng = random.Random(args.seed)
     trials = [(str(rng.randint(10000, 99999)), rng.uniform(0.05, 0.95)) for _ in range(args.trials)]
-    cells, select_ms = [], []
+    cells: list[dict] = []
+    select_ms = []
     t_start = time.perf_counter()
     with private_home("localsym-bench-passkey-"):  # the first trial pays for the haystack
         opts = RunOptions(n_ctx=args.hot, vram=args.vram, n_threads=args.threads)
@@ -61,17 +63,20 @@ def run(args: argparse.Namespace) -> int:
                 rep = None
                 for j, page in enumerate(_pages(n_filler, per_page, depth, key)):
                     rep = s.ingest_text(page, f"page-{j:04d}", "file", report=rep)
+                assert rep is not None  # the haystack has at least one page
                 with s.ask(QUESTION, GenParams(max_tokens=16)) as turn:
                     answer = turn.text()
                 select_ms.append(turn.stats.select_ms)
                 cells.append({"trial": i, "depth": round(depth, 3), "key": key, "answer": answer.strip(),
                               "correct": _found(answer, key), "tokens": s.total_tokens,
                               "computed_blocks": rep.computed_blocks, "reused_blocks": rep.reused_blocks,
-                              "reinjected_blocks": turn.stats.reinjected_blocks, "seconds": round(time.perf_counter() - t0, 1)})
+                              "reinjected_blocks": turn.stats.reinjected_blocks,
+                              "seconds": round(time.perf_counter() - t0, 1)})
             print(f"  trial {i}: depth {depth:.2f} key {key} -> {answer.strip()!r} "
                   f"({cells[-1]['seconds']}s, {rep.computed_blocks} blocks computed)", file=sys.stderr)
     ours_s = time.perf_counter() - t_start
-    base = _baseline(path, native, per_line, trials[: args.baseline_trials], args.threads) if args.baseline_trials else []
+    base = (_baseline(path, native, per_line, trials[: args.baseline_trials], args.threads)
+            if args.baseline_trials else [])
     result = {
         "model": name, "tokens": args.tokens, "native_context": native, "trials": len(cells),
         "accuracy": round(sum(c["correct"] for c in cells) / len(cells), 4),
@@ -99,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _baseline(path, native: int, per_line: int, trials, threads) -> list[dict]:
     """Plain llama-cpp-python with the haystack cut to its native context."""
-    from llama_cpp import Llama
+    from llama_cpp import Llama, llama_types
 
     from localsym.runtime.bridge import default_threads
 
@@ -111,8 +116,9 @@ def _baseline(path, native: int, per_line: int, trials, threads) -> list[dict]:
         for key, depth in trials:
             t0 = time.perf_counter()
             text = "".join(_pages(n_filler, n_filler, depth, key))
-            r = llm.create_chat_completion([{"role": "user", "content": text + "\n" + QUESTION}],
-                                           max_tokens=16, temperature=0.0, top_k=1)
+            r = cast(llama_types.CreateChatCompletionResponse,  # not streamed: one response
+                     llm.create_chat_completion([{"role": "user", "content": text + "\n" + QUESTION}],
+                                                max_tokens=16, temperature=0.0, top_k=1))
             answer = r["choices"][0]["message"]["content"] or ""
             out.append({"depth": round(depth, 3), "key": key, "answer": answer.strip(), "correct": _found(answer, key),
                         "tokens": r["usage"]["prompt_tokens"], "seconds": round(time.perf_counter() - t0, 1)})

@@ -22,7 +22,7 @@ from localsym.runtime import kv_state
 NAMES = ("f16", "q8", "q4", "q3", "q2", "adaptive")
 
 
-def perplexity(ctx, blob: bytes, start: int, tokens: list[int]) -> float:
+def perplexity(ctx, blob: bytes | bytearray, start: int, tokens: list[int]) -> float:
     ctx.clear()
     ctx.state_seq_set(0, blob)
     ctx.decode(tokens, start, 0, logits="all")
@@ -40,7 +40,8 @@ def roundtrip(stream: kv_state.KVStream, policy: kq.QuantPolicy, n_head_kv: int,
     sealing, seconds decoding into blobs, the format mix)."""
     ks = [np.array(k) for k in stream.k]
     vs = [np.array(v) for v in stream.v]
-    nbytes, tq, td, mix = 0, 0.0, 0.0, Counter()
+    nbytes, tq, td = 0, 0.0, 0.0
+    mix: Counter[str] = Counter()
     for b0 in range(0, stream.n_cells, block):
         sl = slice(b0, b0 + block)
         part = kv_state.KVStream(stream.positions[sl], stream.seq_ids[sl], stream.v_trans, stream.k_types,
@@ -133,17 +134,21 @@ def run(args: argparse.Namespace) -> int:
     def table(r: dict) -> str:
         lines = [f"bench quant: {r['model']}, {r['context_tokens']} context tokens in {r['block_tokens']}-token "
                  f"blocks, perplexity of the next {r['follow_tokens']}; memcpy {r['memcpy_gbs']:.2f} GB/s",
-                 f"{'format':<10}{'B/token':>10}{'ratio':>8}{'ppl':>9}{'ppl ratio':>11}{'quant GB/s':>12}{'dequant GB/s':>14}"]
+                 f"{'format':<10}{'B/token':>10}{'ratio':>8}{'ppl':>9}{'ppl ratio':>11}"
+                 f"{'quant GB/s':>12}{'dequant GB/s':>14}"]
         for n, e in r["formats"].items():
             qg = "-" if e["quant_gbs"] is None else f"{e['quant_gbs']:.2f}"
             dg = "-" if e["dequant_gbs"] is None else f"{e['dequant_gbs']:.2f}"
-            lines.append(f"{n:<10}{e['bytes_per_token']:>10.0f}{e['ratio']:>8.2f}{e['ppl']:>9.3f}{e['ppl_ratio']:>11.4f}{qg:>12}{dg:>14}")
+            lines.append(f"{n:<10}{e['bytes_per_token']:>10.0f}{e['ratio']:>8.2f}{e['ppl']:>9.3f}"
+                         f"{e['ppl_ratio']:>11.4f}{qg:>12}{dg:>14}")
         if "mix" in r["formats"].get("adaptive", {}):
-            lines.append("adaptive mix (layer-blocks): " + ", ".join(f"{k} {v}" for k, v in sorted(r["formats"]["adaptive"]["mix"].items())))
+            lines.append("adaptive mix (layer-blocks): "
+                         + ", ".join(f"{k} {v}" for k, v in sorted(r["formats"]["adaptive"]["mix"].items())))
             lines.append("GB/s: f16 bytes per second sealing whole blocks (choosing formats, all layers in one set "
                          "of kernel calls) and decoding them into state blobs")
             lines.append(f"adaptive on the Pareto front of the uniform formats: {r['adaptive_on_front']}"
-                         + (f" (dominated by {', '.join(r['adaptive_dominated_by'])})" if r["adaptive_dominated_by"] else ""))
+                         + (f" (dominated by {', '.join(r['adaptive_dominated_by'])})"
+                            if r["adaptive_dominated_by"] else ""))
         return "\n".join(lines)
 
     emit(result, args, table)

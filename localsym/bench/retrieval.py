@@ -56,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
     lat_brute, lat_lsh, lat_cand, lat_select = [], [], [], []
     hit_brute = hit_lsh = hit_cand = hit_select = 0
     overlap, overlap_cand = [], []
-    for qi, b in enumerate(planted):
+    for b in planted:
         # a question: 4 of the planted block's own tokens (its rarest) among common words
         own = blocks[b][np.argsort([r.pointers.df[t] for t in blocks[b].tolist()])[:4]]
         q = np.concatenate([own, rng.choice(common, 8)]).astype(np.int64)

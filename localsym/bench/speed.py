@@ -83,8 +83,9 @@ def run(args: argparse.Namespace) -> int:
         "llama_cpp_python": {"prefill_tok_s": round(med(theirs, 0), 2), "decode_tok_s": round(med(theirs, 1), 2)},
         "same_text": ours[0][2] == theirs[0][2],
     }
-    result["prefill_ratio"] = round(result["localsym"]["prefill_tok_s"] / max(result["llama_cpp_python"]["prefill_tok_s"], 1e-9), 3)
-    result["decode_ratio"] = round(result["localsym"]["decode_tok_s"] / max(result["llama_cpp_python"]["decode_tok_s"], 1e-9), 3)
+    ours_r, theirs_r = result["localsym"], result["llama_cpp_python"]
+    result["prefill_ratio"] = round(ours_r["prefill_tok_s"] / max(theirs_r["prefill_tok_s"], 1e-9), 3)
+    result["decode_ratio"] = round(ours_r["decode_tok_s"] / max(theirs_r["decode_tok_s"], 1e-9), 3)
 
     def table(r: dict) -> str:
         return "\n".join([

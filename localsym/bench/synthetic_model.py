@@ -10,6 +10,7 @@ tokenizes and runs it like any model. Its output is noise, so it measures speed 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -82,8 +83,10 @@ def _validate(s: Shape) -> None:
 
 def _copy_tokenizer(w: GGUFWriter, meta: dict[str, Any]) -> int:
     """Copy every tokenizer.* key with the type llama.cpp expects; returns the vocabulary size."""
-    lists = {"tokenizer.ggml.tokens": w.add_token_list, "tokenizer.ggml.token_type": w.add_token_types,
-             "tokenizer.ggml.scores": w.add_token_scores, "tokenizer.ggml.merges": w.add_token_merges}
+    lists: dict[str, Callable[[Any], None]] = {"tokenizer.ggml.tokens": w.add_token_list,
+                                               "tokenizer.ggml.token_type": w.add_token_types,
+                                               "tokenizer.ggml.scores": w.add_token_scores,
+                                               "tokenizer.ggml.merges": w.add_token_merges}
     for key, val in meta.items():
         if not key.startswith("tokenizer."):
             continue

@@ -16,7 +16,7 @@ import numpy as np
 
 def _ids(trace: np.ndarray, n_expert: int) -> list[list[np.ndarray]]:
     T, L, _ = trace.shape
-    return [[trace[t, l][trace[t, l] >= 0] for l in range(L)] for t in range(T)]
+    return [[trace[t, i][trace[t, i] >= 0] for i in range(L)] for t in range(T)]
 
 
 def lru(trace: np.ndarray, n_expert: int, capacity: int, predictor=None, k: int | None = None) -> float:

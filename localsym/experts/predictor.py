@@ -4,8 +4,9 @@
 layer to layer (experts at L -> L+1, same token) and token to token (layer L at t -> layer
 L at t+1), each a row-normalised conditional P(next | one active expert), fitted as a
 mixture by online EM; the prediction for the next layer is the mixture over the active
-experts, plus a smaller weight of the token-to-token mixture. ``CoFiringPredictor`` is seed paper 003's baseline: raw co-firing
-counts between adjacent layers, rows of the active experts summed.
+experts, plus a smaller weight of the token-to-token mixture. ``CoFiringPredictor`` is seed
+paper 003's baseline: raw co-firing counts between adjacent layers, rows of the active
+experts summed.
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ class MarkovPredictor:
         self.token_c = np.full((n_layer, n_expert, n_expert), prior, np.float64)
         self.freq = np.full((n_layer, n_expert), prior, np.float64)
 
-    def scores(self, layer: int, same_token_prev: np.ndarray | None, prev_token_same_layer: np.ndarray | None) -> np.ndarray:
+    def scores(self, layer: int, same_token_prev: np.ndarray | None,
+               prev_token_same_layer: np.ndarray | None) -> np.ndarray:
         s = np.zeros(self.n_expert)
         has_layer = same_token_prev is not None and layer > 0 and len(same_token_prev) > 0
         if has_layer:

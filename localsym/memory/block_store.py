@@ -139,7 +139,9 @@ class BlockStore:
     def quant_mix(self, keys: Iterable[str]) -> dict:
         """The formats the blocks are held in (layer-tensors per format, K and V apart) in
         each tier, and how many blocks are pinned at higher precision."""
-        warm, cold, pinned = Counter(), Counter(), 0
+        warm: Counter[str] = Counter()
+        cold: Counter[str] = Counter()
+        pinned = 0
         with self._lock:
             for eb in self.warm.blocks():
                 warm.update(eb.mix)

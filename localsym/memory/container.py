@@ -45,7 +45,8 @@ def atomic_write(path: Path, parts: Iterable[bytes | memoryview], sync: bool = T
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     n = 0
     try:
-        with open(tmp, "wb") as f:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # sessions' text: the owner's alone
+        with os.fdopen(fd, "wb") as f:
             for p in parts:
                 n += f.write(p)
             f.flush()
@@ -66,10 +67,11 @@ def atomic_write(path: Path, parts: Iterable[bytes | memoryview], sync: bool = T
 
 def write(path: Path, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> int:
     """Write atomically; returns the file's size in bytes."""
-    table, chunks, offset = [], [], 0
+    table, offset = [], 0
+    chunks: list[bytes | memoryview] = []
     for name, a in arrays.items():
         a = np.ascontiguousarray(a)
-        raw = memoryview(a).cast("B") if a.size else memoryview(b"")
+        raw = a.data.cast("B") if a.size else memoryview(b"")
         table.append({"name": name, "dtype": a.dtype.str, "shape": list(a.shape), "offset": offset,
                       "nbytes": raw.nbytes})
         chunks += [raw, b"\0" * _pad(raw.nbytes)]

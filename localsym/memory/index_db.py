@@ -131,6 +131,7 @@ class IndexDB:
     def add_doc(self, source: str, kind: str, content_sha: str, n_tokens: int) -> int:
         cur = self.db.execute("INSERT INTO docs(source, kind, content_sha, n_tokens, created) VALUES (?,?,?,?,?)",
                               (source, kind, content_sha, n_tokens, time.time()))
+        assert cur.lastrowid is not None  # set by every INSERT
         return int(cur.lastrowid)
 
     def complete_doc(self, doc_id: int, source: str, kind: str) -> None:
@@ -138,14 +139,17 @@ class IndexDB:
         (a file reloaded after an edit, or after a load that was killed half-way)."""
         self.db.execute("UPDATE docs SET complete = 1 WHERE id = ?", (doc_id,))
         if kind == "file":
-            self.db.execute("UPDATE docs SET active = 0 WHERE source = ? AND id != ? AND kind = 'file'", (source, doc_id))
+            self.db.execute("UPDATE docs SET active = 0 WHERE source = ? AND id != ? AND kind = 'file'",
+                            (source, doc_id))
 
     def add_block(self, doc_id: int, idx: int, key: str, pos0: int, tokens: list[int],
                   attn: bytes | None = None) -> int:
         blob = np.asarray(tokens, np.int32).tobytes()
         cur = self.db.execute(
             "INSERT INTO blocks(doc_id, idx, key, pos0, n_tokens, tokens, created, attn, tokens_crc) "
-            "VALUES (?,?,?,?,?,?,?,?,?)", (doc_id, idx, key, pos0, len(tokens), blob, time.time(), attn, zlib.crc32(blob)))
+            "VALUES (?,?,?,?,?,?,?,?,?)",
+            (doc_id, idx, key, pos0, len(tokens), blob, time.time(), attn, zlib.crc32(blob)))
+        assert cur.lastrowid is not None  # set by every INSERT
         return int(cur.lastrowid)
 
     def blocks(self) -> list[BlockRow]:
@@ -158,7 +162,8 @@ class IndexDB:
         for r in rows:
             blob = r[5]
             if (r[9] is not None and zlib.crc32(blob) != r[9]) or len(blob) != 4 * r[10]:
-                log.warning("%s: the stored tokens of block %d of %s are damaged: block left out", self.path, r[2], r[7])
+                log.warning("%s: the stored tokens of block %d of %s are damaged: block left out",
+                            self.path, r[2], r[7])
                 continue
             out.append(BlockRow(r[0], r[1], r[2], r[3], r[4], np.frombuffer(blob, np.int32), r[6], r[7], r[8]))
         return out

@@ -207,5 +207,6 @@ def mix_summary(mix: dict[str, int]) -> str:
     for kind in ("K", "V"):
         counts = {k.split(":", 1)[1]: n for k, n in mix.items() if k.startswith(kind + ":")}
         total = sum(counts.values()) or 1
-        parts.append(f"{kind} " + " ".join(f"{f} {100 * counts[f] / total:.0f}%" for f in reversed(ORDER) if f in counts))
+        parts.append(f"{kind} "
+                     + " ".join(f"{f} {100 * counts[f] / total:.0f}%" for f in reversed(ORDER) if f in counts))
     return ", ".join(parts)

@@ -63,18 +63,21 @@ class PointerIndex:
     def blocks_with(self, token: int) -> set[int]:
         return set(self.postings.get(token, ()))
 
-    def shortlist(self, tokens: Sequence[int], max_blocks: int) -> np.ndarray:
+    def shortlist(self, tokens: Sequence[int] | np.ndarray, max_blocks: int) -> np.ndarray:
         """Blocks holding the question's tokens, rarest first, until ``max_blocks`` postings:
         the blocks whose sketches can score above noise, since an FHRR score is a weighted
         sum over shared tokens (a sub-linear candidate set, as an inverted index gives)."""
         toks = sorted((t for t in dict.fromkeys(tokens) if self.df.get(t, 0)), key=lambda t: self.df[t])
-        lists, total = [], 0
+        lists: list[list[int]] = []
+        total = 0
         for t in toks:
             if lists and total + self.df[t] > max_blocks:
                 break
             lists.append(self.postings[t])
             total += self.df[t]
-        return np.unique(np.fromiter((b for ps in lists for b in ps), np.int64, total)) if lists else np.zeros(0, np.int64)
+        if not lists:
+            return np.zeros(0, np.int64)
+        return np.unique(np.fromiter((b for ps in lists for b in ps), np.int64, total))
 
 
 class SketchIndex:
@@ -178,7 +181,7 @@ class Retriever:
         self.sketches = SketchIndex()
         self.needle_df = needle_df
         self.last_ms = 0.0
-        self.last_needles: set[int] = set()
+        self.last_needles: set[str] = set()  # keys of the needle blocks chosen
         # attention-native signal: representative keys per block (zeros where a block has none)
         self.key_shape = key_shape
         self._keys = np.zeros((0, *key_shape), np.float16) if key_shape else None
@@ -191,6 +194,7 @@ class Retriever:
         if self._keys is not None:
             n = len(self.blocks)
             self._keys, self._has_keys = _room(self._keys, n), _room(self._has_keys, n)
+            assert self.key_shape is not None  # keys are kept only with a shape
             size = int(np.prod(self.key_shape)) * 2
             if block.attn is not None and len(block.attn) == size:
                 self._keys[n - 1] = np.frombuffer(block.attn, np.float16).reshape(self.key_shape)
@@ -207,6 +211,7 @@ class Retriever:
         mask = self._has_keys[ids] if self._keys is not None else np.zeros(len(ids), bool)
         out = np.zeros(len(ids), np.float32)
         if mask.any():
+            assert self._keys is not None  # without keys the mask is all False
             out[mask] = attention_keys.scores(self._keys[ids[mask]], query)
         return out, mask
 
@@ -239,22 +244,26 @@ class Retriever:
             q = self.sketches.sketch(q_tokens[keep], weights[keep])
             ids, sk = self.search(q, q_tokens[keep], RERANK_POOL * k if use_attn else k)
             if use_attn:  # the second signal reorders the sketch's candidates
+                assert query is not None
                 ids = self.rerank(ids, sk, query)[:k]
             ranked += [int(i) for i in ids if int(i) not in hits]
         elif use_attn:  # no word of the question is rare enough to weigh: attention alone
+            assert query is not None
             ids = np.flatnonzero(self._has_keys[:n])
             att, _ = self.attention(ids, query)
             ranked += [int(i) for i in ids[np.argsort(-att)[:k]] if int(i) not in hits]
         return ranked, needles
 
-    def search(self, q: np.ndarray, q_tokens: Sequence[int], k: int, force: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def search(self, q: np.ndarray, q_tokens: Sequence[int] | np.ndarray, k: int,
+               force: str | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Sketch search: brute force for small sessions; beyond, exact rescoring of the LSH
         candidates plus the postings of the question's rarer tokens (sign projections alone
         miss most blocks that share only a few tokens with a short question: their cosine
         is ~0.1, where a 10-bit bucket collides with probability ~0.3%)."""
         if force == "brute" or (force is None and self.sketches.n <= BRUTE_FORCE_MAX):
             return self.sketches.brute(q, k)
-        extra = None if force == "lsh" else self.pointers.shortlist(q_tokens, max(SHORTLIST_MIN, self.sketches.n // 16))
+        extra = (None if force == "lsh"
+                 else self.pointers.shortlist(q_tokens, max(SHORTLIST_MIN, self.sketches.n // 16)))
         return self.sketches.lsh(q, k, extra=extra)
 
     def select(self, question: Sequence[int], budget_tokens: int, query: np.ndarray | None = None) -> list[BlockRow]:
@@ -262,7 +271,8 @@ class Retriever:
         ranked, needles = self.rank(question, k=max(8, budget_tokens // 64), query=query)
         # a needle's value may run past its block's end (`KEY = "ab` | `cd"`): the next
         # block of the same document comes with it, verbatim too
-        follow = {b + 1 for b in needles if b + 1 < len(self.blocks) and self.blocks[b + 1].doc_id == self.blocks[b].doc_id}
+        follow = {b + 1 for b in needles
+                  if b + 1 < len(self.blocks) and self.blocks[b + 1].doc_id == self.blocks[b].doc_id}
         needles = set(needles) | follow
         order = []
         for b in ranked:

@@ -63,6 +63,7 @@ class ColdTier:
     def __init__(self, root: Path, budget_bytes: int) -> None:
         self.root = root
         self.budget = budget_bytes
+        self.evictions = 0
         root.mkdir(parents=True, exist_ok=True)
         self.used = sum(e.stat().st_size for d in os.scandir(root) if d.is_dir() for e in os.scandir(d.path)
                         if e.name.endswith(".lsb"))
@@ -76,12 +77,39 @@ class ColdTier:
     def put(self, key: str, eb: EncodedBlock, meta: dict) -> int:
         p = self.path(key)
         old = p.stat().st_size if p.exists() else 0
-        if self.used - old + eb.nbytes > self.budget:
-            raise BudgetError(f"the cold store is full ({self.used / 2**30:.2f} of {self.budget / 2**30:.2f} GiB): "
-                              f"raise --cold-gb or remove old sessions")
+        if eb.nbytes > self.budget:
+            raise BudgetError(f"one block ({eb.nbytes / 2**20:.1f} MiB) is more than the whole cold budget "
+                              f"({self.budget / 2**20:.1f} MiB): raise --cold-gb")
+        if self.used - old + eb.nbytes > self.budget:  # make room down to 90%, not one block at a time
+            self.evict(self.used - old + eb.nbytes - int(self.budget * 0.9), keep=key)
         size = eb.save(p, dict(meta, key=key))
         self.used += size - old
         return size
+
+    def evict(self, need: int, keep: str | None = None) -> int:
+        """Free ``need`` bytes, least recently used blocks first (a read touches a file). A
+        block is content-addressed: whoever needs it again rebuilds it from its tokens."""
+        files = []
+        for d in os.scandir(self.root):
+            if d.is_dir():
+                for e in os.scandir(d.path):
+                    if e.name.endswith(".lsb") and e.name != f"{keep}.lsb":
+                        st = e.stat()
+                        files.append((st.st_mtime, e.path, st.st_size))
+        freed = 0
+        for _, path, size in sorted(files):
+            if freed >= need:
+                break
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                continue  # another process evicted it
+            freed += size
+            self.used -= size
+            self.evictions += 1
+        if freed:
+            log.info("cold tier over budget: evicted %.1f MiB of least recently used blocks", freed / 2**20)
+        return freed
 
     def get(self, key: str) -> tuple[EncodedBlock, dict]:
         """Raises container.CorruptFile on a damaged file and FileNotFoundError on a missing one."""
@@ -91,6 +119,10 @@ class ColdTier:
         eb, meta = EncodedBlock.load(p)
         if meta.get("key") != key:  # a block file copied over another passes its own checksum
             raise container.CorruptFile(f"{p}: holds block {str(meta.get('key'))[:12]}, not {key[:12]}")
+        try:
+            os.utime(p)  # recently used: evicted last
+        except OSError:
+            pass
         return eb, meta
 
     def meta(self, key: str) -> dict | None:
@@ -116,12 +148,24 @@ class SharedKeys:
 
     def __init__(self, root: Path) -> None:
         root.mkdir(parents=True, exist_ok=True)
-        self.db = sqlite3.connect(str(root / "keys.sqlite"), check_same_thread=False, isolation_level=None)
+        path = root / "keys.sqlite"
+        try:
+            self._open(path)
+        except sqlite3.DatabaseError as e:  # a cache of what blocks hold: start it over
+            log.warning("%s is damaged (%s): starting it over (block keys are recomputed as blocks are sealed)",
+                        path, e)
+            for p in (path, path.with_name("keys.sqlite-wal"), path.with_name("keys.sqlite-shm")):
+                p.unlink(missing_ok=True)
+            self._open(path)
+
+    def _open(self, path: Path) -> None:
+        self.db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")  # WAL: no fsync per block; the keys can be recomputed
         if self.db.execute("PRAGMA user_version").fetchone()[0] == 0:
             self.db.executescript("BEGIN; CREATE TABLE IF NOT EXISTS keys (key TEXT PRIMARY KEY, attn BLOB NOT NULL); "
                                   f"PRAGMA user_version = {self.VERSION}; COMMIT;")
+        self.db.execute("SELECT COUNT(*) FROM keys").fetchone()
 
     def get(self, key: str) -> bytes | None:
         row = self.db.execute("SELECT attn FROM keys WHERE key = ?", (key,)).fetchone()

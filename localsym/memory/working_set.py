@@ -15,6 +15,7 @@ Ingest uses the same context for a document's sliding window of earlier blocks.
 
 from __future__ import annotations
 
+import logging
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -30,6 +31,8 @@ from localsym.memory.index_db import BlockRow
 from localsym.memory.query_probe import AttentionSignal
 from localsym.memory.retrieval import Retriever
 from localsym.runtime.bridge import Context
+
+log = logging.getLogger("localsym.memory")
 
 
 @dataclass
@@ -78,11 +81,11 @@ class WorkingSet:
             raise LocalsymError(f"the question and answer do not fit the {n_ctx}-token hot context: raise -c")
         out = Arranged()
         used = 0
-        for row in reversed(turns):
-            if used + row.n_tokens > min(recent_tokens, free // 2):
+        for turn in reversed(turns):
+            if used + turn.n_tokens > min(recent_tokens, free // 2):
                 break
-            out.recent.insert(0, row)
-            used += row.n_tokens
+            out.recent.insert(0, turn)
+            used += turn.n_tokens
         budget = min(docs_budget or n_ctx // 2, free - used)
         query = None
         if self.attn is not None and self.selector.has_keys:
@@ -92,8 +95,8 @@ class WorkingSet:
         out.docs = self.selector.select(question, max(budget, 0), query)
         out.select_ms = self.selector.last_ms
         needles = self.selector.last_needles
-        want: list[tuple[str, BlockRow | None]] = ([("sink", None)] + [(r.key, r) for r in out.docs]
-                                                   + [("close", None)] + [(r.key, r) for r in out.recent])
+        want: list[tuple[str, BlockRow | None]] = [("sink", None), *[(r.key, r) for r in out.docs],
+                                                   ("close", None), *[(r.key, r) for r in out.recent]]
         have = [s.key for s in self.hot.segments]
         keep = 0
         while keep < min(len(have), len(want)) and have[keep] == want[keep][0]:
@@ -133,8 +136,13 @@ class WorkingSet:
 
     def restore(self, row: BlockRow) -> Segment:
         eb = self.store.get(row.key)
-        if eb is None:
-            eb = self.rebuild(row)
+        if eb is not None:
+            try:
+                return self.hot.restore(row.key, eb.to_blob(row.pos0, 1), row.pos0, row.n_tokens)
+            except (LocalsymError, ValueError) as e:  # a block that reads clean but llama.cpp refuses
+                log.warning("block %s could not be restored (%s): rebuilding it from its tokens", row.key[:12], e)
+                self.hot.truncate(len(self.hot.segments))
+        eb = self.rebuild(row)
         return self.hot.restore(row.key, eb.to_blob(row.pos0, 1), row.pos0, row.n_tokens)
 
     def rebuild(self, row: BlockRow) -> EncodedBlock:

@@ -12,6 +12,7 @@ import ctypes
 import logging
 import os
 import threading
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,6 +62,16 @@ def _ensure_backend() -> None:
 def _last_error(default: str) -> str:
     errors = _recent_errors()
     return errors[-1] if errors else default
+
+
+_live: weakref.WeakSet[Context] = weakref.WeakSet()  # every open context, for cancel_all
+
+
+def cancel_all() -> None:
+    """Ask every running decode to stop at its next graph split (Ctrl+C: a Python signal
+    handler must not raise inside llama.cpp's abort callback)."""
+    for ctx in list(_live):
+        ctx.cancel()
 
 
 def default_threads() -> int:
@@ -291,8 +302,9 @@ def _routing_callback():
     if _tap_cb is None:
         from numba import carray, cfunc, types
 
-        get = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_size_t, ctypes.c_size_t)(
-            ctypes.cast(_ggml().ggml_backend_tensor_get, ctypes.c_void_p).value)
+        addr = ctypes.cast(_ggml().ggml_backend_tensor_get, ctypes.c_void_p).value
+        assert addr is not None  # a loaded symbol's address
+        get = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_size_t, ctypes.c_size_t)(addr)
         prefix = _TOPK_PREFIX
         npre = len(prefix)
 
@@ -376,6 +388,7 @@ class Context:
         if type_v not in ("f16", "f32", "bf16") and not flash_attn:
             raise LocalsymError("a quantized V cache needs flash attention (-fa on)")
         self.model = model
+        n_batch = max(1, min(n_batch, n_ctx)) if n_ctx > 0 else n_batch  # llama.cpp aborts on n_batch > n_ctx
         p = lc.llama_context_default_params()
         p.n_ctx = n_ctx
         p.n_batch = n_batch
@@ -395,7 +408,7 @@ class Context:
         p.abort_callback = self._abort_cb
         self._eval_cb = None
         self._tap = observer if isinstance(observer, RoutingTap) else None
-        if self._tap is not None:
+        if isinstance(observer, RoutingTap):
             observer.reserve(n_batch)
             self._eval_cb = observer.c_callback
             p.cb_eval = self._eval_cb
@@ -433,6 +446,7 @@ class Context:
         self.n_threads = threads
         self._batch = lc.llama_batch_init(n_batch, 0, n_seq_max)
         self._n_vocab = model.n_vocab
+        _live.add(self)
 
     def close(self) -> None:
         if getattr(self, "_ptr", None):

@@ -15,7 +15,7 @@ from __future__ import annotations
 import datetime
 import json
 from collections.abc import Callable, Sequence
-from typing import Any, ClassVar
+from typing import Any
 
 import jinja2
 import jinja2.ext
@@ -49,7 +49,7 @@ class _Generation(jinja2.ext.Extension):
     ``AssistantTracker`` (a call block), so ``set`` inside it does not leak out.
     """
 
-    tags: ClassVar[set[str]] = {"generation"}
+    tags: set[str] = {"generation"}
 
     def parse(self, parser: Parser) -> nodes.Node:
         lineno = next(parser.stream).lineno

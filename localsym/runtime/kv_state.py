@@ -22,7 +22,7 @@ from localsym.errors import LocalsymError
 STATE_MAGIC = 0xAF143CD8  # 'ggsq' as llama.cpp writes it
 STATE_VERSION = 3
 GGML_F32, GGML_F16, GGML_BF16 = 0, 1, 30
-_DTYPES = {GGML_F32: np.dtype("<f4"), GGML_F16: np.dtype("<f2"), GGML_BF16: np.dtype("<u2")}
+_DTYPES: dict[int, np.dtype] = {GGML_F32: np.dtype("<f4"), GGML_F16: np.dtype("<f2"), GGML_BF16: np.dtype("<u2")}
 
 
 class BlobError(LocalsymError):
@@ -62,7 +62,7 @@ class SeqState:
 
 
 class _Cursor:
-    def __init__(self, buf: bytes) -> None:
+    def __init__(self, buf: bytes | bytearray) -> None:
         self.buf = memoryview(buf)
         self.pos = 0
 
@@ -98,7 +98,7 @@ def _parse_cells(c: _Cursor, cell_count: int, cell_ext: int) -> tuple[np.ndarray
             c.pos += cell_count * _CELL1.itemsize
             seqs = cells["seq"]
             first = int(seqs[0])
-            ids = [(first,)] * cell_count if (seqs == first).all() else [(int(s),) for s in seqs]
+            ids: list[tuple[int, ...]] = [(first,)] * cell_count if (seqs == first).all() else [(int(s),) for s in seqs]
             return cells["pos"].astype(np.int32), ids
     positions = np.empty(cell_count, np.int32)
     seq_ids = []
@@ -143,7 +143,7 @@ def _parse_stream(c: _Cursor, cell_ext: int) -> KVStream:
     return KVStream(positions, seq_ids, v_trans, k_types, v_types, ks, vs)
 
 
-def parse(blob: bytes, n_caches: int = 1, cell_ext: int = 0) -> SeqState:
+def parse(blob: bytes | bytearray, n_caches: int = 1, cell_ext: int = 0) -> SeqState:
     """Parse a blob; ``n_caches`` is 2 for iSWA models (full cache, then SWA cache)."""
     c = _Cursor(blob)
     magic, seq_id = c.take("<Ii")

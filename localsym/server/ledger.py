@@ -52,7 +52,7 @@ class Ledger:
         self.covered, self.n_messages, self.loads = covered, n_messages, loads
 
     @classmethod
-    def load(cls, name: str, messages: list[dict], ephemeral: bool) -> "Ledger":
+    def load(cls, name: str, messages: list[dict], ephemeral: bool) -> Ledger:
         path = None if ephemeral else session_dir(name) / FILE
         data: dict[str, Any] = {}
         if path is not None:

@@ -62,7 +62,7 @@ async def settle(fut: asyncio.Future[T]) -> T:
 class Lease:
     """A request's exclusive use of one open session."""
 
-    def __init__(self, pool: "SessionPool", entry: Entry, waited_s: float) -> None:
+    def __init__(self, pool: SessionPool, entry: Entry, waited_s: float) -> None:
         self.pool, self.entry, self.waited_s = pool, entry, waited_s
         self.released = False
 

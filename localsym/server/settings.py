@@ -3,6 +3,7 @@ the key, and the bounds on open sessions and waiting requests."""
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,3 +26,8 @@ class ServerSettings:
     queue: int = 8  # requests that may wait for one session (and for a free slot) before a 503
     max_body: int = MAX_BODY
     default_max_tokens: int = 512
+
+
+def resolve_roots(roots: list[str]) -> list[Path]:
+    """``--allow-root`` values as real paths (symlinks resolved), the form paths are judged in."""
+    return [Path(os.path.expanduser(r)).resolve(strict=False) for r in roots]

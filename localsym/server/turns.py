@@ -5,6 +5,7 @@ between two tokens (``Session.cancel``); either way the turn is finished and sto
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 from collections.abc import AsyncIterator
 from typing import Any
@@ -67,7 +68,8 @@ class TurnRun:
         loop = asyncio.get_running_loop()
 
         def put(kind: str, value: Any) -> None:
-            loop.call_soon_threadsafe(self._queue.put_nowait, (kind, value))
+            with contextlib.suppress(RuntimeError):  # the loop closed under us (shutdown)
+                loop.call_soon_threadsafe(self._queue.put_nowait, (kind, value))
 
         def work() -> None:
             try:
@@ -114,10 +116,13 @@ class TurnRun:
         return "".join(self.sent)
 
     def stop(self) -> None:
-        """Stop the answer between tokens (the client left)."""
+        """Stop the answer (the client left): the worker stops pulling tokens after the
+        current one and closes the turn, which stores it as far as it got.
+
+        Not ``Session.cancel()``: its flag outlives a turn that ends on its own just as the
+        client leaves (or one stopped while its working set is restored), and a flag left
+        set aborts the session's next decode, e.g. the next request's history ingest."""
         self._stop.set()
-        if self.lease.entry.session is not None:
-            self.lease.session.cancel()
 
     async def wait(self) -> TurnStats | None:
         """Wait for the worker to finish the turn; the stats it ended with."""

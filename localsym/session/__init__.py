@@ -7,16 +7,18 @@ Faces import from here (plus ``localsym.config``, ``localsym.paths`` and
 from localsym import model_store as models
 from localsym.catalog import default_model, load_catalog
 from localsym.memory.kv_quant import mix_summary
+from localsym.runtime.bridge import Cancelled, cancel_all
 from localsym.runtime.engine import GenParams, GenStats, RunOptions
 from localsym.session._catalog import delete_session, list_sessions, rename_session, session_dir, session_exists
 from localsym.session._config import DEFAULT_SYSTEM, SessionConfig, check_value, resolve_config
 from localsym.session._oneshot import OneShot, PlainModel, Tokenizer, describe_model
 from localsym.session._reports import LoadReport, Progress, SessionStatus, TurnStats
 from localsym.session._session import Session, SessionBusy, Turn
+from localsym.session._storage import prune_blocks, remove_model
 
 __all__ = [
-    "DEFAULT_SYSTEM", "GenParams", "default_model", "load_catalog", "models", "GenStats", "LoadReport", "OneShot", "PlainModel", "Progress", "RunOptions", "Session",
+    "Cancelled", "cancel_all", "DEFAULT_SYSTEM", "GenParams", "default_model", "load_catalog", "models", "GenStats", "LoadReport", "OneShot", "PlainModel", "Progress", "RunOptions", "Session",
     "SessionBusy", "SessionConfig", "SessionStatus", "Tokenizer", "Turn", "TurnStats", "check_value", "delete_session",
-    "describe_model", "list_sessions", "mix_summary", "rename_session", "resolve_config", "session_dir",
+    "describe_model", "list_sessions", "mix_summary", "prune_blocks", "remove_model", "rename_session", "resolve_config", "session_dir",
     "session_exists",
 ]

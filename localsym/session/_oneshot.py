@@ -131,7 +131,7 @@ class PlainModel:
     def close(self) -> None:
         self.engine.close()
 
-    def __enter__(self) -> "PlainModel":
+    def __enter__(self) -> PlainModel:
         return self
 
     def __exit__(self, *exc: object) -> None:

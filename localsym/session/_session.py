@@ -18,7 +18,7 @@ import hashlib
 import logging
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from concurrent.futures import Future
 from dataclasses import replace
 from pathlib import Path
@@ -375,7 +375,7 @@ class Turn:
     def __init__(self, session: Session, question: str, params: GenParams, raw: bool) -> None:
         self.session, self.question, self.params, self.raw = session, question, params, raw
         self.stats = TurnStats()
-        self._gen: Iterator[str] | None = None
+        self._gen: Generator[str, None, None] | None = None
         self._finished = False
 
     def __iter__(self) -> Iterator[str]:
@@ -398,7 +398,7 @@ class Turn:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _run(self) -> Iterator[str]:
+    def _run(self) -> Generator[str, None, None]:
         s, p, st = self.session, self.params, self.stats
         eng, fr = s.engine, s.frame
         t0 = time.perf_counter()
@@ -444,7 +444,8 @@ class Turn:
         st.answer, st.ttft_s = answer, st.ttft_s or (time.perf_counter() - t0)
         st.total_tokens, st.hot_tokens = s.total_tokens, s.working.hot.n_tokens
         st.blocks_total = len(s.docs) + len(s.turns)
-        st.decode_tok_s, st.prompt_tokens, st.completion_tokens = gen.decode_tok_s, gen.prompt_tokens, gen.completion_tokens
+        st.decode_tok_s = gen.decode_tok_s
+        st.prompt_tokens, st.completion_tokens = gen.prompt_tokens, gen.completion_tokens
         st.cancelled = gen.cancelled
         st.stop_reason = gen.stop_reason or "closed"  # closed by the caller before it ended
         self._finished = True

@@ -52,7 +52,8 @@ class SessionPicker(ModalScreen[str | None]):
     """Pick a session to switch to (or a new one)."""
 
     BINDINGS = [Binding("escape", "dismiss(None)", "Close")]
-    DEFAULT_CSS = "SessionPicker { align: center middle; } SessionPicker > OptionList { width: 60; height: auto; max-height: 20; border: round $accent; }"
+    DEFAULT_CSS = ("SessionPicker { align: center middle; } "
+                   "SessionPicker > OptionList { width: 60; height: auto; max-height: 20; border: round $accent; }")
 
     def __init__(self, names: list[tuple[str, str]]) -> None:
         super().__init__()
@@ -194,6 +195,7 @@ class ChatApp(App):
             self.busy = False
 
     def _session_ready(self) -> None:
+        assert self.session is not None  # called once the session is open
         history = self.query_one("#history", VerticalScroll)
         history.remove_children()
         for m in self.session.messages():
@@ -247,7 +249,8 @@ class ChatApp(App):
             text = "".join(parts)
             self.last_answer = text
             try:
-                self.call_from_thread(self._finish, view, stream, text + suffix)
+                # mypy cannot solve textual's `T | Awaitable[T]` for an async callback returning None
+                self.call_from_thread(self._finish, view, stream, text + suffix)  # type: ignore[arg-type]
             finally:
                 self.busy = False  # only once the message holds its final text
 
@@ -444,7 +447,8 @@ class ChatApp(App):
             lines = [f"loaded **{rep.files} files**: {rep.tokens} new tokens in {rep.blocks} blocks "
                      f"({rep.computed_blocks} computed, {rep.reused_blocks} reused) in {rep.seconds:.1f}s"]
             if rep.skipped:
-                lines.append(f"\nskipped {len(rep.skipped)}:\n" + "\n".join(f"- `{p}`: {why}" for p, why in rep.skipped[:20]))
+                lines.append(f"\nskipped {len(rep.skipped)}:\n"
+                             + "\n".join(f"- `{p}`: {why}" for p, why in rep.skipped[:20]))
             self.call_from_thread(self.note, "\n".join(lines))
         except LocalsymError as e:
             self.call_from_thread(self.note, f"**cannot load** `{path}`: {e}")

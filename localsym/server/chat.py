@@ -1,0 +1,225 @@
+"""A chat request from either API, end to end: take the session, bring it in line with the
+request's conversation, run the turn, record what the client got, give the session back.
+
+How a request's messages meet a named session's memory (the ledger records what it holds):
+
+- The leading system message is the session's ``system`` setting; when it differs, the
+  session is reopened with it. Without one the session keeps its own.
+- Only the new user message, no earlier ones: the session's memory stands and the question
+  is asked after all it holds (``continue``): clients that send one message at a time get
+  localsym's memory. Start over with a new session name, or DELETE the session.
+- The session's conversation is a prefix of the request's earlier messages (the usual
+  resend): messages it has not seen yet (e.g. answers from elsewhere) are ingested as
+  history text, then only the last user message is asked (``incremental``). A resent long
+  conversation costs its new message, not its length, and n_ctx does not bound it.
+- Otherwise the request contradicts the session (an edited earlier message, a regenerated
+  answer): the client's copy is the truth. The session is moved aside as ``NAME.prev``
+  (one level of undo), a new ``NAME`` is opened with the same system prompt, files loaded
+  into the old one through this server are loaded again (their blocks are reused, nothing
+  is recomputed), the request's earlier messages are ingested as history text and the
+  question asked (``reset``).
+
+Without a session name the request runs in an ephemeral session (``ephemeral``), deleted
+afterwards: its earlier messages are ingested as history text. Blocks are content-addressed
+and shared by every session of the model, so the same history in a later request, or after
+a restart, is reused rather than recomputed: prompt caching without a session name too.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import anyio
+
+from localsym.errors import LocalsymError
+from localsym.server.errors import ApiError
+from localsym.server.ledger import Ledger, Msg, transcript
+from localsym.server.roots import allowed_path
+from localsym.server.sessions import Gone, Lease, SessionPool
+from localsym.server.turns import TurnRun
+from localsym.session import GenParams, LoadReport, TurnStats, delete_session, rename_session, session_exists
+
+
+@dataclass
+class ChatInput:
+    session: str | None
+    system: str | None
+    history: list[Msg]
+    question: str
+    params: GenParams = field(default_factory=GenParams)
+    raw: bool = False  # completion form, no chat framing
+    resend: bool = True  # chat APIs: the messages are the conversation; completion APIs: continue the session
+
+
+@dataclass
+class Prepared:
+    mode: str  # new, continue, incremental, reset, ephemeral
+    history_messages: int = 0
+    history: LoadReport | None = None
+
+
+def finish_reason(stats: TurnStats | None) -> str:
+    return "length" if stats is not None and stats.stop_reason in ("length", "context") else "stop"
+
+
+class ChatRun:
+    def __init__(self, lease: Lease, inp: ChatInput, prepared: Prepared, turn: TurnRun, t0: float) -> None:
+        self.lease, self.inp, self.prepared, self.turn, self.t0 = lease, inp, prepared, turn, t0
+        self.load_s = time.perf_counter() - t0  # waiting, opening and history, before the turn
+        self.finished = False
+
+    @classmethod
+    async def begin(cls, pool: SessionPool, inp: ChatInput, gone: Gone) -> ChatRun:
+        """Take the session, bring it in line with the request, start the turn. Raises
+        ApiError (and gives the session back) when the request cannot run."""
+        t0 = time.perf_counter()
+        lease = await pool.acquire(inp.session, inp.system, gone)
+        try:
+            prepared = await lease.call(prepare, lease, inp)
+            params = inp.params
+            cap = max(16, lease.entry.hot_capacity // 2)  # the answer's room in the hot context
+            if params.max_tokens > cap:
+                params = replace(params, max_tokens=cap)
+            turn = TurnRun(lease, inp.question, params, inp.raw)
+            turn.start()
+        except BaseException as e:
+            await lease.release()
+            if isinstance(e, LocalsymError):
+                raise ApiError(400, str(e)) from None
+            raise
+        return cls(lease, inp, prepared, turn, t0)
+
+    # -- what the client is told ----------------------------------------------------------------
+    @property
+    def stats(self) -> TurnStats | None:
+        return self.turn.stats or self.turn.live
+
+    def headers(self) -> dict[str, str]:
+        st, h = self.stats, self.prepared.history
+        out = {"X-Localsym-Session": self.lease.name, "X-Localsym-Mode": self.prepared.mode,
+               "X-Localsym-History-Reused-Blocks": str(h.reused_blocks if h else 0),
+               "X-Localsym-History-Computed-Blocks": str(h.computed_blocks if h else 0)}
+        if st is not None:
+            out |= {"X-Localsym-Restored-Blocks": str(st.restored_blocks),
+                    "X-Localsym-Recomputed-Blocks": str(st.recomputed_blocks),
+                    "X-Localsym-Reinjected-Blocks": str(st.reinjected_blocks)}
+        return out
+
+    def usage(self) -> tuple[int, int]:
+        """(prompt tokens prefilled for this request, completion tokens)."""
+        st, h = self.turn.stats, self.prepared.history
+        prompt = (st.prompt_tokens if st else 0) + (h.tokens if h else 0)
+        return prompt, st.completion_tokens if st else 0
+
+    def extra(self) -> dict[str, Any]:
+        """The ``localsym`` field of a final response: how the request met the session."""
+        st, h = self.turn.stats, self.prepared.history
+        d: dict[str, Any] = {"session": None if self.lease.entry.ephemeral else self.lease.name,
+                             "mode": self.prepared.mode, "history_messages": self.prepared.history_messages,
+                             "history_tokens": h.tokens if h else 0,
+                             "history_reused_blocks": h.reused_blocks if h else 0,
+                             "history_computed_blocks": h.computed_blocks if h else 0}
+        if st is not None:
+            d |= {k: getattr(st, k) for k in ("restored_blocks", "recomputed_blocks", "reinjected_blocks",
+                                              "prompt_tokens", "completion_tokens", "stop_reason", "total_tokens")}
+            d["ttft_s"] = round(st.ttft_s, 4)
+        return d
+
+    def durations_ns(self) -> dict[str, int]:
+        """Ollama's timing fields."""
+        st = self.turn.stats
+        ns = lambda s: int(s * 1e9)  # noqa: E731
+        eval_s = st.completion_tokens / st.decode_tok_s if st and st.decode_tok_s else 0.0
+        return {"total_duration": ns(time.perf_counter() - self.t0), "load_duration": ns(self.load_s),
+                "prompt_eval_duration": ns(st.ttft_s if st else 0.0), "eval_duration": ns(eval_s)}
+
+    # -- the end ---------------------------------------------------------------------------------
+    async def finish(self, client_gone: bool = False) -> None:
+        """Stop the turn if it still runs, wait for it to be stored, record what the client
+        was sent, give the session back. Safe to call twice."""
+        if self.finished:
+            return
+        self.finished = True
+        with anyio.CancelScope(shield=True):
+            try:
+                if self.turn.stats is None:
+                    self.turn.stop()
+                await self.turn.wait()
+                await self.lease.call(_record, self.lease, self.inp.question, self.turn.text, self.turn.stats)
+            finally:
+                await self.lease.release()
+
+
+def _record(lease: Lease, question: str, sent: str, stats: TurnStats | None) -> None:
+    """(worker) Add the finished turn to the ledger, as the client saw it."""
+    e = lease.entry
+    if e.ledger is None or e.session is None:
+        return
+    n = len(e.session.messages())
+    if n >= e.ledger.n_messages + 2:
+        stopped = stats is not None and (stats.cancelled or stats.stop_reason in ("cancelled", "closed"))
+        e.ledger.add_turn(question, sent, stopped, n)
+        e.ledger.save()
+
+
+def prepare(lease: Lease, inp: ChatInput) -> Prepared:
+    """(worker) Bring the session in line with the request; see the module's docstring."""
+    e = lease.entry
+    s = lease.session
+    if inp.system is not None and s.config.system != inp.system:
+        lease.close_session()
+        s = lease.open_session({"system": inp.system})
+    if not e.hot_capacity:
+        e.hot_capacity = s.status().hot_capacity
+    messages = s.messages()
+    if e.ledger is None:
+        e.ledger = Ledger.load(e.name, messages, e.ephemeral)
+    else:
+        e.ledger.sync(messages)
+    led = e.ledger
+    if e.ephemeral:
+        mode, new = "ephemeral", inp.history
+    elif not inp.resend or not inp.history:
+        mode, new = ("continue" if led.covered else "new"), []
+    else:
+        found = led.match(inp.history)
+        if found is None:
+            _reset(lease)
+            mode, new = "reset", inp.history
+        else:
+            mode, new = ("incremental" if led.covered else "new"), found
+    report = None
+    if new:
+        report = lease.session.ingest_text(transcript(new), source="chat-history", kind="text")
+        assert e.ledger is not None
+        e.ledger.extend(new)
+        e.ledger.save()
+    return Prepared(mode, len(new), report)
+
+
+def _reset(lease: Lease) -> None:
+    """(worker) Move the session aside as NAME.prev and open a new NAME with the same system
+    prompt and the files this server loaded into the old one."""
+    e, pool = lease.entry, lease.pool
+    system = lease.session.config.system
+    loads = list(e.ledger.loads) if e.ledger else []
+    lease.close_session()
+    prev = f"{e.name[:59]}.prev"
+    if prev in pool.entries:  # someone uses NAME.prev as a session of its own: keep it, drop the old NAME
+        delete_session(e.name)
+    else:
+        if session_exists(prev):
+            delete_session(prev)
+        rename_session(e.name, prev)
+    s = lease.open_session({"system": system})
+    e.ledger = Ledger.load(e.name, s.messages(), False)
+    for path in loads:
+        try:
+            real = allowed_path(path, pool.settings.allow_roots)
+        except ApiError:
+            continue  # gone, or no longer under a root
+        s.load(real)
+        e.ledger.add_load(str(real))
+    e.ledger.save()

@@ -1,0 +1,155 @@
+"""Ollama's API: /api/chat, /api/generate (NDJSON streaming by default, ``"stream": false``
+for one object), /api/tags, /api/ps, /api/version, so clients that only know Ollama work
+unchanged."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from localsym.server.chat import ChatInput, ChatRun, finish_reason
+from localsym.server.errors import ApiError, ClientGone
+from localsym.server.inputs import integer, number, read_json, session_name, split_messages, stops
+from localsym.server.state import ServerState
+from localsym.server.streaming import JSON, NDJSON, Streamed, ndjson
+from localsym.session import GenParams
+
+# Ollama clients gate features on the server's version; this is the API level we follow
+OLLAMA_API_VERSION = "0.9.0"
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat().replace("+00:00", "Z")
+
+
+def _iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")
+
+
+def _params(body: dict[str, Any], default_max: int) -> GenParams:
+    opts = body.get("options") or {}
+    if not isinstance(opts, dict):
+        raise ApiError(400, "options must be an object")
+    n = integer(opts, "num_predict", -2, 1 << 20)
+    seed = integer(opts, "seed", -(1 << 63), (1 << 64) - 1)
+    return GenParams(max_tokens=default_max if n is None or n <= 0 else n,
+                     temp=number(opts, "temperature", 0, 100, 0.8), top_p=number(opts, "top_p", 0, 1, 0.9),
+                     top_k=integer(opts, "top_k", 0, 1 << 20, 40), min_p=number(opts, "min_p", 0, 1, 0.0),
+                     seed=0xFFFFFFFF if seed is None or seed < 0 else seed & 0xFFFFFFFF, stop=stops(opts))
+
+
+def _stream(body: dict[str, Any]) -> bool:
+    stream = body.get("stream", True)
+    if stream is None:
+        return True
+    if not isinstance(stream, bool):
+        raise ApiError(400, "stream must be true or false")
+    return stream
+
+
+def _final(run: ChatRun) -> dict[str, Any]:
+    prompt, completion = run.usage()
+    return {"done": True, "done_reason": finish_reason(run.turn.stats), **run.durations_ns(),
+            "prompt_eval_count": prompt, "eval_count": completion, "localsym": run.extra()}
+
+
+def _loaded(model: str, key: str) -> Response:
+    """An empty prompt or message list: Ollama's way to load a model. Sessions open on demand."""
+    empty: Any = "" if key == "response" else {"role": "assistant", "content": ""}
+    return JSONResponse({"model": model, "created_at": _now(), key: empty, "done": True, "done_reason": "load"})
+
+
+async def _respond(run: ChatRun, stream: bool, model: str, key: str) -> Response:
+    """``key``: "message" (chat) or "response" (generate)."""
+    def part(text: str) -> Any:
+        return {"role": "assistant", "content": text} if key == "message" else text
+
+    async def streamed():
+        async for piece in run.turn.pieces():
+            yield ndjson({"model": model, "created_at": _now(), key: part(piece), "done": False})
+        yield ndjson({"model": model, "created_at": _now(), key: part("")} | _final(run))
+
+    async def whole():
+        text = "".join([p async for p in run.turn.pieces()])
+        yield json.dumps({"model": model, "created_at": _now(), key: part(text)} | _final(run)).encode()
+
+    return Streamed(streamed() if stream else whole(), NDJSON if stream else JSON, headers=run.headers,
+                    on_close=run.finish, whole=not stream)  # type: ignore[return-value]
+
+
+async def chat(request: Request) -> Response:
+    st: ServerState = request.app.state.server
+    body = await read_json(request, st.settings.max_body)
+    st.check_model(body.get("model"))
+    model = body.get("model") or st.card.name
+    stream = _stream(body)
+    if not body.get("messages"):
+        return _loaded(model, "message")
+    system, history, question = split_messages(body.get("messages"))
+    inp = ChatInput(session_name(request, body, False), system, history, question,
+                    _params(body, st.settings.default_max_tokens))
+    try:
+        run = await ChatRun.begin(st.pool, inp, request.is_disconnected)
+    except ClientGone:
+        return Response(status_code=499)
+    return await _respond(run, stream, model, "message")
+
+
+async def generate(request: Request) -> Response:
+    """A prompt (with ``system`` and ``raw`` as Ollama has them); with a session, it continues it."""
+    st: ServerState = request.app.state.server
+    body = await read_json(request, st.settings.max_body)
+    st.check_model(body.get("model"))
+    model = body.get("model") or st.card.name
+    stream = _stream(body)
+    prompt, system = body.get("prompt"), body.get("system")
+    if prompt is not None and not isinstance(prompt, str):
+        raise ApiError(400, "prompt must be a string")
+    if system is not None and not isinstance(system, str):
+        raise ApiError(400, "system must be a string")
+    if body.get("images"):
+        raise ApiError(400, "images are not supported: this server runs text models")
+    if not prompt or not prompt.strip():
+        return _loaded(model, "response")
+    inp = ChatInput(session_name(request, body, False), system or None, [], prompt,
+                    _params(body, st.settings.default_max_tokens), raw=body.get("raw") is True, resend=False)
+    try:
+        run = await ChatRun.begin(st.pool, inp, request.is_disconnected)
+    except ClientGone:
+        return Response(status_code=499)
+    return await _respond(run, stream, model, "response")
+
+
+def _model_entry(st: ServerState) -> dict[str, Any]:
+    c = st.card
+    return {"name": f"{c.name}:latest", "model": f"{c.name}:latest", "modified_at": _iso(c.modified),
+            "size": c.size, "digest": c.digest, "details": c.details}
+
+
+async def tags(request: Request) -> Response:
+    st: ServerState = request.app.state.server
+    return JSONResponse({"models": [_model_entry(st)]})
+
+
+async def ps(request: Request) -> Response:
+    """The model is "loaded" while any session is open; each open session has its own context."""
+    st: ServerState = request.app.state.server
+    open_ = st.pool.open_sessions()
+    if not open_:
+        return JSONResponse({"models": []})
+    entry = _model_entry(st) | {"expires_at": "9999-12-31T23:59:59Z",
+                                "size_vram": st.card.size if st.card.gpu_layers else 0,
+                                "context_length": st.card.n_ctx,
+                                "localsym": {"sessions": [e.name for e in open_ if not e.ephemeral]}}
+    return JSONResponse({"models": [entry]})
+
+
+async def version(request: Request) -> Response:
+    from localsym import __version__
+
+    return JSONResponse({"version": OLLAMA_API_VERSION, "localsym": __version__})
+

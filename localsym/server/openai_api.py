@@ -1,0 +1,159 @@
+"""OpenAI's API: /v1/chat/completions, /v1/completions, /v1/models. A response carries a
+``localsym`` field (how the request met the session) and X-Localsym-* headers."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from localsym.server.chat import ChatInput, ChatRun, finish_reason
+from localsym.server.errors import ApiError, ClientGone
+from localsym.server.inputs import content_text, integer, number, read_json, session_name, split_messages, stops
+from localsym.server.state import ServerState
+from localsym.server.streaming import JSON, SSE, Streamed, sse
+from localsym.session import GenParams
+
+GONE = Response(status_code=499)  # nginx's "client closed request": nobody reads it
+
+
+def _params(body: dict[str, Any], default_max: int) -> GenParams:
+    if integer(body, "n", 1, 1, 1) != 1:
+        raise ApiError(400, "n must be 1", param="n")
+    max_tokens = integer(body, "max_completion_tokens", 1, 1 << 20) or integer(body, "max_tokens", 1, 1 << 20)
+    seed = integer(body, "seed", -(1 << 63), (1 << 64) - 1)
+    return GenParams(max_tokens=max_tokens or default_max, temp=number(body, "temperature", 0, 2, 1.0),
+                     top_p=number(body, "top_p", 0, 1, 1.0), seed=0xFFFFFFFF if seed is None else seed & 0xFFFFFFFF,
+                     stop=stops(body))
+
+
+def _stream_flags(body: dict[str, Any]) -> tuple[bool, bool]:
+    stream = body.get("stream", False)
+    if stream is None:
+        stream = False
+    if not isinstance(stream, bool):
+        raise ApiError(400, "stream must be true or false", param="stream")
+    opts = body.get("stream_options") or {}
+    if not isinstance(opts, dict):
+        raise ApiError(400, "stream_options must be an object", param="stream_options")
+    return stream, bool(opts.get("include_usage"))
+
+
+def _usage(run: ChatRun) -> dict[str, int]:
+    prompt, completion = run.usage()
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+
+async def chat_completions(request: Request) -> Response:
+    st: ServerState = request.app.state.server
+    body = await read_json(request, st.settings.max_body)
+    st.check_model(body.get("model"))
+    system, history, question = split_messages(body.get("messages"))
+    params = _params(body, st.settings.default_max_tokens)
+    stream, include_usage = _stream_flags(body)
+    inp = ChatInput(session_name(request, body, True), system, history, question, params)
+    try:
+        run = await ChatRun.begin(st.pool, inp, request.is_disconnected)
+    except ClientGone:
+        return GONE
+    cid, created, model = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time()), st.card.name
+
+    def chunk(delta: dict[str, Any], reason: str | None = None) -> dict[str, Any]:
+        return {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model,
+                "system_fingerprint": None,
+                "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": reason}]}
+
+    async def streamed():
+        opened = False
+        async for piece in run.turn.pieces():
+            if not opened:
+                opened = True
+                yield sse(chunk({"role": "assistant", "content": ""}))
+            yield sse(chunk({"content": piece}))
+        if not opened:
+            yield sse(chunk({"role": "assistant", "content": ""}))
+        last = chunk({}, finish_reason(run.turn.stats))
+        last["localsym"] = run.extra()
+        yield sse(last)
+        if include_usage:
+            yield sse(chunk({}) | {"choices": [], "usage": _usage(run)})
+        yield sse("[DONE]")
+
+    async def whole():
+        text = "".join([p async for p in run.turn.pieces()])
+        yield json.dumps({
+            "id": cid, "object": "chat.completion", "created": created, "model": model, "system_fingerprint": None,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": text, "refusal": None},
+                         "logprobs": None, "finish_reason": finish_reason(run.turn.stats)}],
+            "usage": _usage(run), "localsym": run.extra()}).encode()
+
+    return Streamed(streamed() if stream else whole(), SSE if stream else JSON, headers=run.headers,
+                    on_close=run.finish, whole=not stream)  # type: ignore[return-value]
+
+
+async def completions(request: Request) -> Response:
+    """Prompt in, completion out, no chat framing. With a session, the prompt continues it."""
+    st: ServerState = request.app.state.server
+    body = await read_json(request, st.settings.max_body)
+    st.check_model(body.get("model"))
+    prompt = body.get("prompt")
+    if isinstance(prompt, list) and len(prompt) == 1:
+        prompt = prompt[0]
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise ApiError(400, "prompt must be a non-empty string (one prompt per request)", param="prompt")
+    for unsupported in ("suffix", "logprobs", "best_of"):
+        if body.get(unsupported) not in (None, 0, 1, False):
+            raise ApiError(400, f"{unsupported} is not supported", param=unsupported)
+    echo = body.get("echo") is True
+    params = _params(body, st.settings.default_max_tokens)
+    stream, include_usage = _stream_flags(body)
+    inp = ChatInput(session_name(request, body, True), None, [], content_text(prompt, "prompt"), params,
+                    raw=True, resend=False)
+    try:
+        run = await ChatRun.begin(st.pool, inp, request.is_disconnected)
+    except ClientGone:
+        return GONE
+    cid, created, model = f"cmpl-{uuid.uuid4().hex[:24]}", int(time.time()), st.card.name
+
+    def choice(text: str, reason: str | None) -> dict[str, Any]:
+        return {"id": cid, "object": "text_completion", "created": created, "model": model,
+                "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": reason}]}
+
+    async def streamed():
+        if echo:
+            yield sse(choice(prompt, None))
+        async for piece in run.turn.pieces():
+            yield sse(choice(piece, None))
+        last = choice("", finish_reason(run.turn.stats))
+        last["localsym"] = run.extra()
+        yield sse(last)
+        if include_usage:
+            yield sse(choice("", None) | {"choices": [], "usage": _usage(run)})
+        yield sse("[DONE]")
+
+    async def whole():
+        text = "".join([p async for p in run.turn.pieces()])
+        out = choice((prompt if echo else "") + text, finish_reason(run.turn.stats))
+        yield json.dumps(out | {"usage": _usage(run), "localsym": run.extra()}).encode()
+
+    return Streamed(streamed() if stream else whole(), SSE if stream else JSON, headers=run.headers,
+                    on_close=run.finish, whole=not stream)  # type: ignore[return-value]
+
+
+def _model_obj(st: ServerState) -> dict[str, Any]:
+    return {"id": st.card.name, "object": "model", "created": int(st.card.modified), "owned_by": "localsym"}
+
+
+async def list_models(request: Request) -> Response:
+    st: ServerState = request.app.state.server
+    return JSONResponse({"object": "list", "data": [_model_obj(st)]})
+
+
+async def get_model(request: Request) -> Response:
+    st: ServerState = request.app.state.server
+    st.check_model(request.path_params["model"])
+    return JSONResponse(_model_obj(st))
