@@ -17,8 +17,9 @@ from localsym.session._session import Session, SessionBusy, Turn
 from localsym.session._storage import prune_blocks, remove_model
 
 __all__ = [
-    "Cancelled", "cancel_all", "DEFAULT_SYSTEM", "GenParams", "default_model", "load_catalog", "models", "GenStats", "LoadReport", "OneShot", "PlainModel", "Progress", "RunOptions", "Session",
+    "Cancelled", "cancel_all", "DEFAULT_SYSTEM", "GenParams", "default_model", "load_catalog", "models", "GenStats",
+    "LoadReport", "OneShot", "PlainModel", "Progress", "RunOptions", "Session",
     "SessionBusy", "SessionConfig", "SessionStatus", "Tokenizer", "Turn", "TurnStats", "check_value", "delete_session",
-    "describe_model", "list_sessions", "mix_summary", "prune_blocks", "remove_model", "rename_session", "resolve_config", "session_dir",
-    "session_exists",
+    "describe_model", "list_sessions", "mix_summary", "prune_blocks", "remove_model", "rename_session",
+    "resolve_config", "session_dir", "session_exists",
 ]
