@@ -122,6 +122,15 @@ def cmd_show(a: argparse.Namespace) -> int:
         print(f"  {'gpu total':<20}{_human(d['plan_gpu_bytes']):>10}")
     for note in d["plan_notes"]:
         print(f"  note: {note}")
+    ol = d.get("ollama")
+    if ol:
+        print("\nollama:")
+        if ol["system"]:
+            print(f"  {'system prompt':<20}{ol['system'][:80]!r} (the default system prompt here)")
+        if ol["stop"]:
+            print(f"  {'stop words':<20}{', '.join(map(repr, ol['stop']))} (used as stop strings)")
+        if ol["note"]:
+            print(f"  note: {ol['note']}")
     return 0
 
 
@@ -173,14 +182,16 @@ def _add_session_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--warm-mb", type=float, default=None, help="RAM for the warm tier (MiB)")
     p.add_argument("--cold-gb", type=float, default=None, help="disk for the cold tier (GiB)")
     p.add_argument("--block-tokens", type=int, default=None, help="tokens per block (a new session's)")
+    p.add_argument("--kv-format", default=None, choices=["adaptive", "f16", "q8", "q4", "q3", "q2"],
+                   help="how sealed blocks keep their KV (default: adaptive, chosen per block and layer)")
     add_runtime_flags(p)
 
 
 def _open_session(a: argparse.Namespace):
     from localsym.session import Session
 
-    overrides = {k: v for k, v in (("warm_mb", a.warm_mb), ("cold_gb", a.cold_gb),
-                                   ("block_tokens", a.block_tokens)) if v is not None}
+    overrides = {k: v for k, v in (("warm_mb", a.warm_mb), ("cold_gb", a.cold_gb), ("block_tokens", a.block_tokens),
+                                   ("kv_format", a.kv_format)) if v is not None}
     return Session.open(a.session, a.model, run_options(a), overrides=overrides)
 
 
@@ -232,8 +243,6 @@ def cmd_load(a: argparse.Namespace) -> int:
 
 
 def cmd_ask(a: argparse.Namespace) -> int:
-    from localsym.session import GenParams
-
     with _open_session(a) as sess:
         params = gen_params(a)
         with sess.ask(a.question, params) as turn:

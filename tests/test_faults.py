@@ -14,8 +14,8 @@ import sys
 import time
 
 import pytest
-
 from conftest import run_cli
+
 from localsym.session import GenParams, RunOptions, Session, SessionConfig
 
 FACT = "The deploy key for the staging server is KX-4471-QZ."

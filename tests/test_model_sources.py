@@ -309,6 +309,12 @@ def test_cli_list_pull_run_show(stores, home, smol_path):
     assert r.stdout.strip()
     r = run_cli("show", "smollm2:135m", home=home)
     assert r.returncode == 0 and "llama" in r.stdout and "Q4_1" in r.stdout, r.stderr
+    # Ollama's system prompt and stop words are used; its Go template is not (the GGUF's is)
+    assert SYSTEM in r.stdout and "'<|im_end|>'" in r.stdout and "GGUF's own, which is used" in r.stdout
+    from localsym.session import RunOptions, Session
+
+    with Session.open("ollama-defaults", "smollm2:135m", RunOptions(n_ctx=1024, vram="cpu")) as s:
+        assert s.config.system == SYSTEM and "<|im_end|>" in s.ask("Say hi").params.stop
     r = run_cli("show", "owner/Smol-GGUF", home=home)  # LM Studio's name, never pulled
     assert r.returncode == 0 and str(stores["lmstudio"]) in r.stdout, r.stderr
 

@@ -68,12 +68,13 @@ def check_value(name: str, value: Any) -> Any:
     return v
 
 
-def resolve_config(stored: dict[str, Any], file: dict[str, Any], overrides: dict[str, Any]
-                   ) -> tuple[SessionConfig, dict[str, str], dict[str, Any]]:
-    """(the settings, where each came from, what the session should store)."""
+def resolve_config(stored: dict[str, Any], file: dict[str, Any], overrides: dict[str, Any],
+                   model: dict[str, Any] | None = None) -> tuple[SessionConfig, dict[str, str], dict[str, Any]]:
+    """(the settings, where each came from, what the session should store). ``model``: what
+    the model's own store suggests (Ollama's system prompt), just above the defaults."""
     values = asdict(SessionConfig())
     source = dict.fromkeys(values, "default")
-    for origin, layer in (("config file", file), ("session", stored), ("flag", overrides)):
+    for origin, layer in (("model", model or {}), ("config file", file), ("session", stored), ("flag", overrides)):
         for k, v in layer.items():
             if k not in values:
                 if origin == "session":

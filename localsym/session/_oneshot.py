@@ -68,7 +68,28 @@ def describe_model(model: str, opts: RunOptions) -> dict[str, Any]:
     d["plan_gpu_bytes"] = plan.gpu_bytes
     d["plan_parts"] = dict(plan.parts)
     d["plan_notes"] = list(plan.notes)
+    d["ollama"] = ollama_summary(path, info.chat_template is not None)
     return d
+
+
+def ollama_summary(path, gguf_has_template: bool) -> dict[str, Any] | None:
+    """What Ollama keeps beside a model it stores, and which of it localsym uses: its
+    system prompt and stop words as defaults; never its template (Go syntax), since the
+    GGUF's own Jinja template comes first (and a GGUF without one runs in completion form)."""
+    from localsym.model_sources import ollama_extras
+
+    ex = ollama_extras(path)
+    if ex is None:
+        return None
+    params = ex.get("params") or {}
+    stop = params.get("stop")
+    note = None
+    if ex.get("template"):
+        note = ("Ollama's template (Go syntax) differs from the GGUF's own, which is used" if gguf_has_template
+                else "Ollama has a template (Go syntax) but the GGUF has none: localsym uses completion form")
+    return {"system": ex.get("system"), "stop": list(stop) if isinstance(stop, list) else ([stop] if stop else []),
+            "parameters": params, "template": bool(ex.get("template")), "license": bool(ex.get("license")),
+            "note": note}
 
 
 class Tokenizer:

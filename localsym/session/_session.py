@@ -43,6 +43,7 @@ from localsym.runtime.model_info import model_info
 from localsym.session._catalog import session_dir
 from localsym.session._config import SessionConfig, resolve_config
 from localsym.session._frame import Frame
+from localsym.session._oneshot import ollama_summary
 from localsym.session._reports import LoadReport, Progress, SessionStatus, TurnStats
 
 log = logging.getLogger("localsym.session")
@@ -80,6 +81,7 @@ class Session:
                                   self._pinned, self._doc_rows)
         self.working.index(self.docs)
         self._closed = False
+        self.default_stop: tuple[str, ...] = ()  # stop strings the model's store asks for (Ollama)
 
     # -- opening and closing -------------------------------------------------------------------
     @classmethod
@@ -108,12 +110,14 @@ class Session:
 
                 model = default_model()
             path = model_store.resolve(model)
+            ollama = ollama_summary(path, True)
             if config is not None:
                 cfg, to_store = config, config.__dict__
             else:
                 stored = db.get("config") or {}
+                suggested = {"system": ollama["system"]} if ollama and ollama["system"] else {}
                 cfg, _, to_store = resolve_config(stored if isinstance(stored, dict) else {},
-                                                  config_file.load().get("memory", {}), overrides or {})
+                                                  config_file.load().get("memory", {}), overrides or {}, suggested)
             o = replace(opts or RunOptions())
             o.n_seq_max = max(o.n_seq_max, N_SEQ)
             model_id = db.get("model_id") or model_store.identity(path)
@@ -136,7 +140,9 @@ class Session:
                 db.set("config", to_store)
                 if not existing:
                     db.set("created", time.time())
-                return cls(name, engine, db, cfg, model, model_id, lock, experts)
+                sess = cls(name, engine, db, cfg, model, model_id, lock, experts)
+                sess.default_stop = tuple(ollama["stop"]) if ollama else ()
+                return sess
             except BaseException:
                 engine.close()
                 if experts is not None:
@@ -338,7 +344,11 @@ class Session:
         (base models asked in completion form)."""
         if not question.strip():
             raise LocalsymError("empty question")
-        return Turn(self, question, params or GenParams(), raw)
+        params = params or GenParams()
+        if self.default_stop:
+            params = replace(params, stop=tuple(params.stop) + tuple(s for s in self.default_stop
+                                                                      if s not in params.stop))
+        return Turn(self, question, params, raw)
 
     def cancel(self) -> None:
         """Stop a running answer between tokens (callable from another thread)."""
