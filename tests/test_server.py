@@ -13,15 +13,11 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx  # the test extra has them all: a missing one fails here rather than skipping
+import ollama
+import openai
 import pytest
-
-httpx = pytest.importorskip("httpx")
-openai = pytest.importorskip("openai")
-ollama = pytest.importorskip("ollama")
-pytest.importorskip("uvicorn")
-pytest.importorskip("sse_starlette")
-
-from conftest import SMOL, register_cached  # noqa: E402
+from conftest import SMOL, register_cached
 
 MODEL = SMOL
 SESSION = "X-Localsym-Session"
@@ -41,8 +37,12 @@ class Server:
         self.log = home / f"server-{self.port}.log"
         env = dict(os.environ, LOCALSYM_HOME=str(home))
         with open(self.log, "wb") as log:
-            self.proc = subprocess.Popen([sys.executable, "-m", "localsym", "serve", "--port", str(self.port),
-                                          *FLAGS, *args], env=env, stdout=log, stderr=subprocess.STDOUT)
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "localsym", "serve", "--port", str(self.port), *FLAGS, *args],
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
         deadline = time.monotonic() + 60
         while True:
             try:
@@ -65,8 +65,9 @@ class Server:
                 self.proc.wait()
 
     def oa(self, **kw) -> openai.OpenAI:
-        return openai.OpenAI(base_url=f"{self.url}/v1", api_key=kw.pop("api_key", "unused"), max_retries=0,
-                             timeout=120, **kw)
+        return openai.OpenAI(
+            base_url=f"{self.url}/v1", api_key=kw.pop("api_key", "unused"), max_retries=0, timeout=120, **kw
+        )
 
     def messages(self, session: str) -> list[dict]:
         r = httpx.get(f"{self.url}/localsym/sessions/{session}", timeout=60)
@@ -101,16 +102,24 @@ def server(server_home, root) -> Iterator[Server]:
 
 def test_openai_chat_streaming_and_not(server):
     client = server.oa()
-    r = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Name three colors."}],
-                                       max_tokens=8, temperature=0)
+    r = client.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "Name three colors."}], max_tokens=8, temperature=0
+    )
     text = r.choices[0].message.content
     assert text and r.choices[0].finish_reason in ("stop", "length")
     assert 0 < r.usage.completion_tokens <= 8 and r.usage.prompt_tokens > 0
     assert r.model_extra["localsym"]["mode"] == "ephemeral"  # no session named: nothing kept
 
-    chunks = list(client.chat.completions.create(
-        model=MODEL, messages=[{"role": "user", "content": "Name three colors."}], max_tokens=8, temperature=0,
-        stream=True, stream_options={"include_usage": True}))
+    chunks = list(
+        client.chat.completions.create(
+            model=MODEL,
+            messages=[{"role": "user", "content": "Name three colors."}],
+            max_tokens=8,
+            temperature=0,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
     streamed = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert streamed == text  # greedy, same prompt, fresh session each time
     assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] in ("stop", "length")
@@ -118,9 +127,14 @@ def test_openai_chat_streaming_and_not(server):
 
     # a stop string is cut off, as OpenAI does
     word = text.split()[1]
-    cut = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Name three colors."}],
-                                         max_tokens=8, temperature=0, stop=[word])
-    assert cut.choices[0].message.content == text[:text.index(word)]
+    cut = client.chat.completions.create(
+        model=MODEL,
+        messages=[{"role": "user", "content": "Name three colors."}],
+        max_tokens=8,
+        temperature=0,
+        stop=[word],
+    )
+    assert cut.choices[0].message.content == text[: text.index(word)]
 
     done = client.completions.create(model=MODEL, prompt="def add(a, b):\n", max_tokens=6, temperature=0)
     assert done.choices[0].text and done.usage.completion_tokens <= 6
@@ -133,22 +147,35 @@ def test_openai_chat_streaming_and_not(server):
 
 def test_ollama_chat_and_generate(server):
     client = ollama.Client(host=server.url, headers={SESSION: "olla"})
-    r = client.chat(model=f"{MODEL}:latest", messages=[{"role": "user", "content": "Say hello."}], stream=False,
-                    options={"temperature": 0, "num_predict": 8})
+    r = client.chat(
+        model=f"{MODEL}:latest",
+        messages=[{"role": "user", "content": "Say hello."}],
+        stream=False,
+        options={"temperature": 0, "num_predict": 8},
+    )
     assert r.done and r.done_reason in ("stop", "length") and r.message.content
     assert 0 < r.eval_count <= 8 and r.prompt_eval_count > 0 and r.total_duration > 0
-    parts = list(client.chat(model=MODEL, messages=[
-        {"role": "user", "content": "Say hello."}, {"role": "assistant", "content": r.message.content},
-        {"role": "user", "content": "Again."}], stream=True, options={"temperature": 0, "num_predict": 6}))
+    parts = list(
+        client.chat(
+            model=MODEL,
+            messages=[
+                {"role": "user", "content": "Say hello."},
+                {"role": "assistant", "content": r.message.content},
+                {"role": "user", "content": "Again."},
+            ],
+            stream=True,
+            options={"temperature": 0, "num_predict": 6},
+        )
+    )
     assert parts[-1].done and not any(p.done for p in parts[:-1])
     assert "".join(p.message.content for p in parts)
     assert [m["role"] for m in server.messages("olla")] == ["user", "assistant"] * 2  # resend: only the new turn
 
-    g = client.generate(model=MODEL, prompt="The sky is", options={"temperature": 0, "num_predict": 5},
-                        stream=False)
+    g = client.generate(model=MODEL, prompt="The sky is", options={"temperature": 0, "num_predict": 5}, stream=False)
     assert g.done and g.response and g.eval_count <= 5
     assert [m.model for m in client.list().models] == [f"{MODEL}:latest"]
     assert client.ps().models  # a session is open
+    assert client.show(MODEL).modelinfo["llama.context_length"] == 2048
     with pytest.raises(ollama.ResponseError) as e:
         client.chat(model="llama3", messages=[{"role": "user", "content": "hi"}])
     assert e.value.status_code == 404
@@ -159,13 +186,25 @@ def test_two_sessions_keep_separate_histories(server):
     q = {"a": "My cat is called Tom. Reply with OK.", "b": "My dog is called Rex. Reply with OK."}
     first = {}
     for name, text in q.items():
-        r = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": text}], max_tokens=6,
-                                           temperature=0, extra_headers={SESSION: f"sep-{name}"})
+        r = client.chat.completions.create(
+            model=MODEL,
+            messages=[{"role": "user", "content": text}],
+            max_tokens=6,
+            temperature=0,
+            extra_headers={SESSION: f"sep-{name}"},
+        )
         first[name] = r.choices[0].message.content
     raw = client.chat.completions.with_raw_response.create(
-        model=MODEL, max_tokens=6, temperature=0, user="sep-a",  # OpenAI's `user` names the session too
-        messages=[{"role": "user", "content": q["a"]}, {"role": "assistant", "content": first["a"]},
-                  {"role": "user", "content": "What is my cat called?"}])
+        model=MODEL,
+        max_tokens=6,
+        temperature=0,
+        user="sep-a",  # OpenAI's `user` names the session too
+        messages=[
+            {"role": "user", "content": q["a"]},
+            {"role": "assistant", "content": first["a"]},
+            {"role": "user", "content": "What is my cat called?"},
+        ],
+    )
     assert raw.headers["x-localsym-mode"] == "incremental"  # session a's own history, not b's
     a, b = server.messages("sep-a"), server.messages("sep-b")
     assert [m["content"] for m in a][::2] == [q["a"], "What is my cat called?"]
@@ -176,7 +215,7 @@ def _turn_text(i: int) -> str:
     from localsym.bench.corpus import stdlib_text
 
     src = stdlib_text(20000)
-    return f"Here is some code:\n{src[i * 900:(i + 1) * 900]}\nWhat does it define?"
+    return f"Here is some code:\n{src[i * 900 : (i + 1) * 900]}\nWhat does it define?"
 
 
 def test_resent_conversation_costs_only_its_new_message(server):
@@ -185,8 +224,9 @@ def test_resent_conversation_costs_only_its_new_message(server):
     seen = []
     for i in range(4):
         convo.append({"role": "user", "content": _turn_text(i)})
-        r = client.chat.completions.create(model=MODEL, messages=convo, max_tokens=8, temperature=0,
-                                           extra_headers={SESSION: "long"})
+        r = client.chat.completions.create(
+            model=MODEL, messages=convo, max_tokens=8, temperature=0, extra_headers={SESSION: "long"}
+        )
         info = r.model_extra["localsym"]
         seen.append((r.usage.prompt_tokens, info))
         convo.append({"role": "assistant", "content": r.choices[0].message.content})
@@ -199,12 +239,14 @@ def test_resent_conversation_costs_only_its_new_message(server):
     # close "long" (two other sessions take the two slots), then resend: its blocks come
     # back from the tiers, restored rather than recomputed
     for other in ("lru-1", "lru-2"):
-        client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=1,
-                                       extra_headers={SESSION: other})
+        client.chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=1, extra_headers={SESSION: other}
+        )
     assert "long" not in httpx.get(f"{server.url}/api/ps").json()["models"][0]["localsym"]["sessions"]
     convo.append({"role": "user", "content": "Which of these was longest?"})
-    raw = client.chat.completions.with_raw_response.create(model=MODEL, messages=convo, max_tokens=4, temperature=0,
-                                                           extra_headers={SESSION: "long"})
+    raw = client.chat.completions.with_raw_response.create(
+        model=MODEL, messages=convo, max_tokens=4, temperature=0, extra_headers={SESSION: "long"}
+    )
     assert raw.headers["x-localsym-mode"] == "incremental"
     assert int(raw.headers["x-localsym-restored-blocks"]) >= 1
     assert int(raw.headers["x-localsym-recomputed-blocks"]) == 0
@@ -214,21 +256,23 @@ def test_resent_conversation_costs_only_its_new_message(server):
     # reused block for block (content-addressed), nothing recomputed
     reports = []
     for _ in range(2):
-        r = client.chat.completions.create(model=MODEL, messages=convo[:5] + [convo[-1]], max_tokens=2,
-                                           temperature=0)
+        r = client.chat.completions.create(model=MODEL, messages=convo[:5] + [convo[-1]], max_tokens=2, temperature=0)
         reports.append(r.model_extra["localsym"])
     assert reports[0]["mode"] == "ephemeral" and reports[0]["history_messages"] == 5
     assert reports[0]["history_computed_blocks"] >= 2
     assert reports[1]["history_computed_blocks"] == 0
-    assert reports[1]["history_reused_blocks"] == reports[0]["history_computed_blocks"] + reports[0][
-        "history_reused_blocks"]
+    assert (
+        reports[1]["history_reused_blocks"]
+        == reports[0]["history_computed_blocks"] + reports[0]["history_reused_blocks"]
+    )
 
 
 def test_disconnect_stops_the_answer(server):
     client = server.oa()
     ask = [{"role": "user", "content": "Count from 1 to 300, separated by commas."}]
-    stream = client.chat.completions.create(model=MODEL, messages=ask, max_tokens=400, temperature=0,
-                                            stream=True, extra_headers={SESSION: "cut"})
+    stream = client.chat.completions.create(
+        model=MODEL, messages=ask, max_tokens=400, temperature=0, stream=True, extra_headers={SESSION: "cut"}
+    )
     got = []
     for chunk in stream:
         if chunk.choices and chunk.choices[0].delta.content:
@@ -237,8 +281,13 @@ def test_disconnect_stops_the_answer(server):
             break
     stream.close()  # the client leaves
     t0 = time.monotonic()
-    r = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Thanks."}],
-                                       max_tokens=3, temperature=0, extra_headers={SESSION: "cut"})
+    r = client.chat.completions.create(
+        model=MODEL,
+        messages=[{"role": "user", "content": "Thanks."}],
+        max_tokens=3,
+        temperature=0,
+        extra_headers={SESSION: "cut"},
+    )
     assert time.monotonic() - t0 < 30  # a 400-token answer was not run to its end first
     assert r.model_extra["localsym"]["mode"] == "continue"
     msgs = server.messages("cut")
@@ -247,29 +296,64 @@ def test_disconnect_stops_the_answer(server):
     assert stopped.startswith("".join(got)) and len(stopped) < 120  # stopped a few tokens after the client left
 
     # the client may send the stopped turn back as far as it got it: still the same conversation
-    back = ask + [{"role": "assistant", "content": "".join(got)}, {"role": "user", "content": "Thanks."},
-                  {"role": "assistant", "content": r.choices[0].message.content}, {"role": "user", "content": "Bye."}]
+    back = ask + [
+        {"role": "assistant", "content": "".join(got)},
+        {"role": "user", "content": "Thanks."},
+        {"role": "assistant", "content": r.choices[0].message.content},
+        {"role": "user", "content": "Bye."},
+    ]
     r2 = client.chat.completions.create(model=MODEL, messages=back, max_tokens=2, extra_headers={SESSION: "cut"})
     assert r2.model_extra["localsym"]["mode"] == "incremental"
 
 
+COUNTING = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10,"  # a raw prompt SmolLM2 goes on counting from, to max_tokens
+
+
 def test_queue_full_is_503_with_retry_after(server):
     """--queue 1: one request runs on a session, one waits, the next is refused."""
-    body = {"model": MODEL, "max_tokens": 300, "temperature": 0, "stream": True,
-            "messages": [{"role": "user", "content": "Count from 1 to 300, separated by commas."}]}
     h = {SESSION: "queue"}
     results: list[int] = []
-    with httpx.Client(timeout=120) as c, c.stream("POST", f"{server.url}/v1/chat/completions", json=body,
-                                                  headers=h) as running:
-        next(running.iter_lines())  # it runs
-        waiter = threading.Thread(target=lambda: results.append(httpx.post(
-            f"{server.url}/api/chat", headers=h, timeout=120,
-            json={"model": MODEL, "stream": False, "messages": [{"role": "user", "content": "hi"}],
-                  "options": {"num_predict": 1}}).status_code))
+
+    def waiting() -> int:
+        rows = httpx.get(f"{server.url}/localsym/sessions").json()["sessions"]
+        return next((r["waiting"] for r in rows if r["name"] == "queue"), 0)
+
+    with (
+        httpx.Client(timeout=120) as c,
+        c.stream(
+            "POST",
+            f"{server.url}/v1/completions",
+            headers=h,
+            json={"model": MODEL, "prompt": COUNTING, "max_tokens": 400, "temperature": 0, "stream": True},
+        ) as running,
+    ):
+        lines = running.iter_lines()  # kept: a dropped iterator closes the connection, which stops the turn
+        next(lines)
+        waiter = threading.Thread(
+            target=lambda: results.append(
+                httpx.post(
+                    f"{server.url}/api/chat",
+                    headers=h,
+                    timeout=120,
+                    json={
+                        "model": MODEL,
+                        "stream": False,
+                        "messages": [{"role": "user", "content": "hi"}],
+                        "options": {"num_predict": 1},
+                    },
+                ).status_code
+            )
+        )
         waiter.start()
-        time.sleep(1.0)
-        refused = httpx.post(f"{server.url}/api/chat", headers=h, timeout=30,
-                             json={"model": MODEL, "messages": [{"role": "user", "content": "hi"}]})
+        deadline = time.monotonic() + 30
+        while waiting() < 1 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        refused = httpx.post(
+            f"{server.url}/api/chat",
+            headers=h,
+            timeout=30,
+            json={"model": MODEL, "messages": [{"role": "user", "content": "hi"}]},
+        )
         assert refused.status_code == 503 and refused.headers["retry-after"]
         assert "busy" in refused.json()["error"]
     waiter.join(60)
@@ -301,8 +385,13 @@ def test_api_key(auth_server):
 def test_refuses_other_hosts_without_a_key(server_home):
     env = dict(os.environ, LOCALSYM_HOME=str(server_home))
     env.pop("LOCALSYM_API_KEY", None)
-    r = subprocess.run([sys.executable, "-m", "localsym", "serve", "--host", "0.0.0.0", "--port",
-                        str(_free_port())], env=env, capture_output=True, text=True, timeout=60)
+    r = subprocess.run(
+        [sys.executable, "-m", "localsym", "serve", "--host", "0.0.0.0", "--port", str(_free_port())],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert r.returncode == 1 and "--api-key" in r.stderr and len(r.stderr.strip().splitlines()) == 1
 
 
@@ -314,8 +403,10 @@ def test_bad_json_is_400_in_each_shape(server):
     for path in ("/api/chat", "/api/generate"):
         r = httpx.post(server.url + path, content=b"\xff\xfe[", headers={"content-type": "application/json"})
         assert r.status_code == 400 and isinstance(r.json()["error"], str)
-    r = httpx.post(server.url + "/api/chat", json={"model": MODEL, "messages": [{"role": "user", "content": "x"}],
-                                                   "options": {"temperature": "hot"}})
+    r = httpx.post(
+        server.url + "/api/chat",
+        json={"model": MODEL, "messages": [{"role": "user", "content": "x"}], "options": {"temperature": "hot"}},
+    )
     assert r.status_code == 400 and "temperature" in r.json()["error"]
 
 
@@ -333,6 +424,30 @@ def test_load_only_under_the_roots(server, root):
     assert events[-1]["files"] == 1 and events[-1]["tokens"] > 0
     again = load(str(root / "pkg"), stream=False).json()
     assert again["files"] == 1 and again["computed_blocks"] == 0  # unchanged: nothing recomputed
+
+
+def test_web_pages_cannot_drive_it(server, auth_server):
+    """A page on another site (text/plain POSTs need no preflight) or behind DNS rebinding
+    (a foreign Host) is refused; a local web UI gets CORS."""
+    chat = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1}
+    r = httpx.post(
+        f"{server.url}/v1/chat/completions",
+        content=json.dumps(chat),
+        headers={"Origin": "https://evil.example", "Content-Type": "text/plain"},
+    )
+    assert r.status_code == 403 and r.json()["error"]["code"] == "origin_not_allowed"
+    r = httpx.get(f"{server.url}/localsym/sessions", headers={"Host": "rebound.example:11435"})
+    assert r.status_code == 403 and r.json()["error"]["code"] == "host_not_allowed"
+    pre = httpx.options(
+        f"{server.url}/v1/chat/completions",
+        headers={"Origin": "http://localhost:3000", "Access-Control-Request-Method": "POST"},
+    )
+    assert pre.status_code == 204 and pre.headers["access-control-allow-origin"] == "http://localhost:3000"
+    r = httpx.get(f"{server.url}/v1/models", headers={"Origin": "http://127.0.0.1:8080"})
+    assert r.status_code == 200 and r.headers["access-control-allow-origin"] == "http://127.0.0.1:8080"
+    # with a key, the key is what protects: any origin that has it may call
+    r = httpx.get(f"{auth_server.url}/v1/models", headers={"Origin": "https://ui.example", "x-api-key": "s3cret"})
+    assert r.status_code == 200
 
 
 def test_body_too_large_is_413(server):

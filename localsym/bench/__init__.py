@@ -14,7 +14,7 @@ import tempfile
 from collections.abc import Callable, Iterator
 from typing import Any
 
-BENCHES = ("speed", "quant", "memory", "ingest", "retrieval", "passkey", "experts", "needle", "attention")
+BENCHES = ("speed", "quant", "memory", "ingest", "retrieval", "passkey", "experts", "needle", "attention", "serve")
 
 
 def add_parsers(parser: argparse.ArgumentParser, add_runtime_flags: Callable) -> None:
@@ -104,6 +104,17 @@ def add_parsers(parser: argparse.ArgumentParser, add_runtime_flags: Callable) ->
     s.add_argument("--v-threshold", type=float, default=None, help="adaptive V threshold (default: the policy's)")
     s.add_argument("-t", "--threads", type=int, default=None)
     _common(s)
+
+    s = sub.add_parser("serve", help="`localsym serve`: TTFT of a resent conversation's k-th turn vs llama-cpp-python")
+    s.add_argument("--model", default=None)
+    s.add_argument("--turns", type=int, default=10, help="turns of the resent conversation")
+    s.add_argument("--turn-tokens", type=int, default=256, help="tokens of code pasted per turn")
+    s.add_argument("--gen", type=int, default=16, help="tokens generated per answer")
+    s.add_argument("--clients", type=int, default=4, help="concurrent clients (each its own session); 0: skip")
+    s.add_argument("--requests", type=int, default=3, help="requests per concurrent client")
+    s.add_argument("--baseline-ctx", type=int, default=32768, help="the largest context given llama-cpp-python")
+    _common(s)
+    add_runtime_flags(s)
 
 
 def _add_memory(sub) -> None:

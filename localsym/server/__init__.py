@@ -22,8 +22,9 @@ def serve(settings) -> None:
     """Run the server until interrupted (``settings``: a ServerSettings)."""
     missing = missing_extra()
     if missing:
-        raise LocalsymError(f"`localsym serve` needs the serve extra ({', '.join(missing)} missing): "
-                            "pip install 'localsym[serve]'")
+        raise LocalsymError(
+            f"`localsym serve` needs the serve extra ({', '.join(missing)} missing): pip install 'localsym[serve]'"
+        )
     from localsym.server.run import run
 
     run(settings)

@@ -17,6 +17,7 @@ from starlette.types import ASGIApp
 from localsym.server import load_api, ollama_api, openai_api
 from localsym.server.errors import ApiError, error_response
 from localsym.server.guard import Guard
+from localsym.server.settings import LOCAL_HOSTS
 from localsym.server.state import ServerState
 
 log = logging.getLogger("localsym.server")
@@ -30,8 +31,10 @@ async def _api_error(request: Request, exc: Exception) -> Response:
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     msg = {404: f"no route {request.url.path}", 405: f"{request.method} is not allowed on {request.url.path}"}
-    return error_response(request.url.path, ApiError(exc.status_code, msg.get(exc.status_code, str(exc.detail)),
-                                                     headers=dict(exc.headers or {})))
+    return error_response(
+        request.url.path,
+        ApiError(exc.status_code, msg.get(exc.status_code, str(exc.detail)), headers=dict(exc.headers or {})),
+    )
 
 
 async def _crash(request: Request, exc: Exception) -> Response:
@@ -54,6 +57,7 @@ def build_app(state: ServerState) -> ASGIApp:
         Route("/api/generate", ollama_api.generate, methods=["POST"]),
         Route("/api/tags", ollama_api.tags, methods=["GET"]),
         Route("/api/ps", ollama_api.ps, methods=["GET"]),
+        Route("/api/show", ollama_api.show, methods=["POST"]),
         Route("/api/version", ollama_api.version, methods=["GET"]),
         Route("/localsym/load", load_api.load, methods=["POST"]),
         Route("/localsym/sessions", load_api.sessions, methods=["GET"]),
@@ -66,7 +70,11 @@ def build_app(state: ServerState) -> ASGIApp:
         yield
         await state.pool.close_all()
 
-    app = Starlette(routes=routes, lifespan=lifespan,
-                    exception_handlers={ApiError: _api_error, HTTPException: _http_error, Exception: _crash})
+    app = Starlette(
+        routes=routes,
+        lifespan=lifespan,
+        exception_handlers={ApiError: _api_error, HTTPException: _http_error, Exception: _crash},
+    )
     app.state.server = state
-    return Guard(app, state.settings.api_key, state.settings.max_body)
+    st = state.settings
+    return Guard(app, st.api_key, st.max_body, local=st.host in LOCAL_HOSTS)

@@ -98,13 +98,18 @@ class ChatRun:
 
     def headers(self) -> dict[str, str]:
         st, h = self.stats, self.prepared.history
-        out = {"X-Localsym-Session": self.lease.name, "X-Localsym-Mode": self.prepared.mode,
-               "X-Localsym-History-Reused-Blocks": str(h.reused_blocks if h else 0),
-               "X-Localsym-History-Computed-Blocks": str(h.computed_blocks if h else 0)}
+        out = {
+            "X-Localsym-Session": self.lease.name,
+            "X-Localsym-Mode": self.prepared.mode,
+            "X-Localsym-History-Reused-Blocks": str(h.reused_blocks if h else 0),
+            "X-Localsym-History-Computed-Blocks": str(h.computed_blocks if h else 0),
+        }
         if st is not None:
-            out |= {"X-Localsym-Restored-Blocks": str(st.restored_blocks),
-                    "X-Localsym-Recomputed-Blocks": str(st.recomputed_blocks),
-                    "X-Localsym-Reinjected-Blocks": str(st.reinjected_blocks)}
+            out |= {
+                "X-Localsym-Restored-Blocks": str(st.restored_blocks),
+                "X-Localsym-Recomputed-Blocks": str(st.recomputed_blocks),
+                "X-Localsym-Reinjected-Blocks": str(st.reinjected_blocks),
+            }
         return out
 
     def usage(self) -> tuple[int, int]:
@@ -116,14 +121,27 @@ class ChatRun:
     def extra(self) -> dict[str, Any]:
         """The ``localsym`` field of a final response: how the request met the session."""
         st, h = self.turn.stats, self.prepared.history
-        d: dict[str, Any] = {"session": None if self.lease.entry.ephemeral else self.lease.name,
-                             "mode": self.prepared.mode, "history_messages": self.prepared.history_messages,
-                             "history_tokens": h.tokens if h else 0,
-                             "history_reused_blocks": h.reused_blocks if h else 0,
-                             "history_computed_blocks": h.computed_blocks if h else 0}
+        d: dict[str, Any] = {
+            "session": None if self.lease.entry.ephemeral else self.lease.name,
+            "mode": self.prepared.mode,
+            "history_messages": self.prepared.history_messages,
+            "history_tokens": h.tokens if h else 0,
+            "history_reused_blocks": h.reused_blocks if h else 0,
+            "history_computed_blocks": h.computed_blocks if h else 0,
+        }
         if st is not None:
-            d |= {k: getattr(st, k) for k in ("restored_blocks", "recomputed_blocks", "reinjected_blocks",
-                                              "prompt_tokens", "completion_tokens", "stop_reason", "total_tokens")}
+            d |= {
+                k: getattr(st, k)
+                for k in (
+                    "restored_blocks",
+                    "recomputed_blocks",
+                    "reinjected_blocks",
+                    "prompt_tokens",
+                    "completion_tokens",
+                    "stop_reason",
+                    "total_tokens",
+                )
+            }
             d["ttft_s"] = round(st.ttft_s, 4)
         return d
 
@@ -132,8 +150,12 @@ class ChatRun:
         st = self.turn.stats
         ns = lambda s: int(s * 1e9)  # noqa: E731
         eval_s = st.completion_tokens / st.decode_tok_s if st and st.decode_tok_s else 0.0
-        return {"total_duration": ns(time.perf_counter() - self.t0), "load_duration": ns(self.load_s),
-                "prompt_eval_duration": ns(st.ttft_s if st else 0.0), "eval_duration": ns(eval_s)}
+        return {
+            "total_duration": ns(time.perf_counter() - self.t0),
+            "load_duration": ns(self.load_s),
+            "prompt_eval_duration": ns(st.ttft_s if st else 0.0),
+            "eval_duration": ns(eval_s),
+        }
 
     # -- the end ---------------------------------------------------------------------------------
     async def finish(self, client_gone: bool = False) -> None:

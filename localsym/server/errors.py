@@ -10,16 +10,30 @@ from typing import Any
 from starlette.responses import Response
 
 # status -> OpenAI's error type for it
-_OPENAI_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
-                 404: "not_found_error", 405: "invalid_request_error", 409: "conflict_error",
-                 413: "invalid_request_error", 503: "server_overloaded", 500: "server_error"}
+_OPENAI_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    405: "invalid_request_error",
+    409: "conflict_error",
+    413: "invalid_request_error",
+    503: "server_overloaded",
+    500: "server_error",
+}
 
 
 class ApiError(Exception):
     """An error meant for the client as it stands, with its HTTP status."""
 
-    def __init__(self, status: int, message: str, code: str | None = None, param: str | None = None,
-                 headers: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        code: str | None = None,
+        param: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(message)
         self.status, self.message, self.code, self.param = status, message, code, param
         self.headers = headers or {}
@@ -37,8 +51,14 @@ def flavour(path: str) -> str:
 def error_body(kind: str, status: int, message: str, code: str | None = None, param: str | None = None) -> dict:
     if kind == "ollama":
         return {"error": message}
-    return {"error": {"message": message, "type": _OPENAI_TYPES.get(status, "invalid_request_error"),
-                      "param": param, "code": code}}
+    return {
+        "error": {
+            "message": message,
+            "type": _OPENAI_TYPES.get(status, "invalid_request_error"),
+            "param": param,
+            "code": code,
+        }
+    }
 
 
 def error_response(path: str, err: ApiError) -> Response:

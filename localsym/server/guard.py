@@ -1,13 +1,34 @@
-"""The outer ASGI layer: the API key and the body size limit, checked before any route runs
-and answered in the API's own error shape."""
+"""The outer ASGI layer, before any route runs, errors in the API's own shape:
+
+- web pages: a browser page on another site must not drive a local server (a text/plain
+  POST needs no CORS preflight, and DNS rebinding makes a page look same-origin). So a
+  request whose ``Origin`` is not a local address is refused unless the server has an API
+  key, and a server listening on localhost answers only requests addressed to localhost
+  (the ``Host`` header). Local pages (a web UI on localhost) get CORS.
+- the API key (``Authorization: Bearer KEY`` or ``x-api-key: KEY``);
+- the body size limit (413), by Content-Length and while reading a chunked body."""
 
 from __future__ import annotations
 
 import hmac
+import re
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from localsym.server.errors import ApiError, error_response
+
+_LOCAL = re.compile(r"^(localhost|127\.0\.0\.1|\[::1\])(:\d+)?$", re.IGNORECASE)
+_LOCAL_ORIGIN = re.compile(r"^https?://(localhost|127\.0\.0\.1|\[::1\])(:\d+)?$", re.IGNORECASE)
+CORS_HEADERS = [
+    (b"access-control-allow-methods", b"GET, POST, DELETE, OPTIONS"),
+    (b"access-control-allow-headers", b"authorization, content-type, x-api-key, x-localsym-session"),
+    (
+        b"access-control-expose-headers",
+        b"x-localsym-session, x-localsym-mode, x-localsym-restored-blocks, x-localsym-recomputed-blocks, "
+        b"x-localsym-reinjected-blocks, x-localsym-history-reused-blocks, x-localsym-history-computed-blocks",
+    ),
+    (b"access-control-max-age", b"600"),
+]
 
 
 class BodyTooLarge(Exception):
@@ -30,29 +51,54 @@ def presented_key(scope: Scope) -> str | None:
 
 
 class Guard:
-    def __init__(self, app: ASGIApp, api_key: str | None, max_body: int) -> None:
-        self.app, self.api_key, self.max_body = app, api_key, max_body
+    def __init__(self, app: ASGIApp, api_key: str | None, max_body: int, local: bool = True) -> None:
+        """``local``: the server listens on localhost only (the Host header is checked)."""
+        self.app, self.api_key, self.max_body, self.local = app, api_key, max_body, local
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         path = scope.get("path", "")
+
+        async def refuse(err: ApiError) -> None:
+            await error_response(path, err)(scope, receive, send)
+
+        if self.local and not _LOCAL.match(_header(scope, b"host") or ""):
+            await refuse(ApiError(403, "this server answers requests addressed to localhost only", "host_not_allowed"))
+            return
+        origin = _header(scope, b"origin")
+        local_origin = origin is not None and bool(_LOCAL_ORIGIN.match(origin))
+        if origin is not None and not local_origin and self.api_key is None:
+            await refuse(ApiError(403, f"requests from web pages of {origin} are refused", "origin_not_allowed"))
+            return
+        cors = [(b"access-control-allow-origin", origin.encode("latin-1")), (b"vary", b"origin")] if origin else []
+        if scope["method"] == "OPTIONS" and origin is not None:  # a CORS preflight: no key sent with it
+            await send({"type": "http.response.start", "status": 204, "headers": cors + CORS_HEADERS})
+            await send({"type": "http.response.body", "body": b""})
+            return
+        if cors:
+            inner = send
+
+            async def send(msg: Message) -> None:
+                if msg["type"] == "http.response.start":
+                    msg = {**msg, "headers": [*msg.get("headers", []), *cors, CORS_HEADERS[2]]}
+                await inner(msg)
+
         if self.api_key is not None:
             got = presented_key(scope)
             if got is None or not hmac.compare_digest(got.encode(), self.api_key.encode()):
-                err = ApiError(401, "missing or wrong API key (send Authorization: Bearer KEY or x-api-key: KEY)",
-                               "invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
-                await error_response(path, err)(scope, receive, send)
+                msg = "missing or wrong API key (send Authorization: Bearer KEY or x-api-key: KEY)"
+                await refuse(ApiError(401, msg, "invalid_api_key", headers={"WWW-Authenticate": "Bearer"}))
                 return
         length = _header(scope, b"content-length")
         try:
             too_big = length is not None and int(length) > self.max_body
         except ValueError:
-            await error_response(path, ApiError(400, "bad Content-Length"))(scope, receive, send)
+            await refuse(ApiError(400, "bad Content-Length"))
             return
         if too_big:
-            await error_response(path, too_large(self.max_body))(scope, receive, send)
+            await refuse(too_large(self.max_body))
             return
         seen = 0
 

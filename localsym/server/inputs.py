@@ -54,8 +54,11 @@ def content_text(content: Any, where: str) -> str:
         for part in content:
             if isinstance(part, str):
                 out.append(part)
-            elif isinstance(part, dict) and part.get("type") in ("text", "input_text") and isinstance(
-                    part.get("text"), str):
+            elif (
+                isinstance(part, dict)
+                and part.get("type") in ("text", "input_text")
+                and isinstance(part.get("text"), str)
+            ):
                 out.append(part["text"])
             elif isinstance(part, dict) and part.get("type") in ("image_url", "input_image", "input_audio"):
                 raise ApiError(400, f"{where}: only text content is supported", param="messages")
@@ -90,7 +93,7 @@ def split_messages(messages: Any) -> tuple[str | None, list[Msg], str]:
 
 
 # -- sampling fields ------------------------------------------------------------------------------
-def number(body: dict[str, Any], key: str, lo: float, hi: float, default: float | None = None) -> float | None:
+def number(body: dict[str, Any], key: str, lo: float, hi: float, default: float) -> float:
     v = body.get(key)
     if v is None:
         return default
@@ -99,12 +102,17 @@ def number(body: dict[str, Any], key: str, lo: float, hi: float, default: float 
     return float(v)
 
 
-def integer(body: dict[str, Any], key: str, lo: int, hi: int, default: int | None = None) -> int | None:
+def integer(body: dict[str, Any], key: str, lo: int, hi: int) -> int | None:
+    """The field as an int, or None when absent."""
     v = body.get(key)
     if v is None:
-        return default
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or (isinstance(v, float) and not v.is_integer()) \
-            or not lo <= v <= hi:
+        return None
+    if (
+        isinstance(v, bool)
+        or not isinstance(v, (int, float))
+        or (isinstance(v, float) and not v.is_integer())
+        or not lo <= v <= hi
+    ):
         raise ApiError(400, f"{key} must be an integer between {lo} and {hi}", param=key)
     return int(v)
 

@@ -46,8 +46,7 @@ def transcript(msgs: list[Msg]) -> str:
 
 
 class Ledger:
-    def __init__(self, path: Path | None, covered: list[dict[str, Any]], n_messages: int,
-                 loads: list[str]) -> None:
+    def __init__(self, path: Path | None, covered: list[dict[str, Any]], n_messages: int, loads: list[str]) -> None:
         self.path = path  # None: an ephemeral session, never written
         self.covered, self.n_messages, self.loads = covered, n_messages, loads
 
@@ -61,8 +60,12 @@ class Ledger:
             except (OSError, ValueError):
                 data = {}
         ok = isinstance(data, dict) and isinstance(data.get("covered"), list)
-        led = cls(path, data["covered"] if ok else [], int(data.get("n_messages", 0)) if ok else 0,
-                  [p for p in data.get("loads", []) if isinstance(p, str)] if ok else [])
+        led = cls(
+            path,
+            data["covered"] if ok else [],
+            int(data.get("n_messages", 0)) if ok else 0,
+            [p for p in data.get("loads", []) if isinstance(p, str)] if ok else [],
+        )
         led.sync(messages)
         return led
 
@@ -71,7 +74,7 @@ class Ledger:
         the session's own messages when the ledger is not about this session any more."""
         if self.n_messages > len(messages):
             self.covered, self.n_messages = [], 0
-        for m in messages[self.n_messages:]:
+        for m in messages[self.n_messages :]:
             self.covered.append({"d": digest(m["role"], m["content"]), "role": m["role"]})
         self.n_messages = len(messages)
 
@@ -95,8 +98,12 @@ class Ledger:
         if c["d"] == m.digest:
             return True
         sent = c.get("sent")
-        return (sent is not None and m.role == "assistant" and c["role"] == "assistant"
-                and sent.strip().startswith(m.text.strip()))
+        return (
+            sent is not None
+            and m.role == "assistant"
+            and c["role"] == "assistant"
+            and sent.strip().startswith(m.text.strip())
+        )
 
     # -- recording ----------------------------------------------------------------------------------
     def extend(self, msgs: list[Msg]) -> None:

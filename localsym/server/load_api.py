@@ -24,10 +24,17 @@ PROGRESS_EVERY_S = 0.2
 
 
 def _report(rep: LoadReport, lease: Lease) -> dict[str, Any]:
-    return {"session": lease.name, "files": rep.files, "tokens": rep.tokens, "blocks": rep.blocks,
-            "computed_blocks": rep.computed_blocks, "reused_blocks": rep.reused_blocks,
-            "seconds": round(rep.seconds, 3), "skipped": [{"path": p, "reason": r} for p, r in rep.skipped],
-            "session_tokens": lease.session.total_tokens}
+    return {
+        "session": lease.name,
+        "files": rep.files,
+        "tokens": rep.tokens,
+        "blocks": rep.blocks,
+        "computed_blocks": rep.computed_blocks,
+        "reused_blocks": rep.reused_blocks,
+        "seconds": round(rep.seconds, 3),
+        "skipped": [{"path": p, "reason": r} for p, r in rep.skipped],
+        "session_tokens": lease.session.total_tokens,
+    }
 
 
 async def load(request: Request) -> Response:
@@ -39,8 +46,9 @@ async def load(request: Request) -> Response:
     real = allowed_path(body.get("path"), st.settings.allow_roots)
     name = body.get("session") or request.headers.get(SESSION_HEADER)
     if not isinstance(name, str) or not name:
-        raise ApiError(400, "name the session to load into (\"session\" or the X-Localsym-Session header)",
-                       param="session")
+        raise ApiError(
+            400, 'name the session to load into ("session" or the X-Localsym-Session header)', param="session"
+        )
     stream = body.get("stream", True) is not False
     try:
         lease = await st.pool.acquire(name, None, request.is_disconnected)
@@ -55,8 +63,9 @@ async def load(request: Request) -> Response:
         if now - last[0] >= PROGRESS_EVERY_S:
             last[0] = now
             with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(events.put_nowait, ("progress", {"done": done, "total": total,
-                                                                          "source": source}))
+                loop.call_soon_threadsafe(
+                    events.put_nowait, ("progress", {"done": done, "total": total, "source": source})
+                )
 
     def work() -> dict[str, Any]:
         s, e = lease.session, lease.entry
@@ -97,14 +106,22 @@ async def load(request: Request) -> Response:
         await asyncio.wait({job})
         await lease.release()
 
-    return Streamed(streamed() if stream else whole(), SSE if stream else JSON, on_close=close,
-                    whole=not stream)  # type: ignore[return-value]
+    return Streamed(streamed() if stream else whole(), SSE if stream else JSON, on_close=close, whole=not stream)  # type: ignore[return-value]
 
 
 async def sessions(request: Request) -> Response:
     st: ServerState = request.app.state.server
-    open_ = {e.name for e in st.pool.open_sessions()}
-    rows = [r | {"open": r["name"] in open_} for r in list_sessions() if not r["name"].startswith("ephemeral-")]
+    pool = st.pool.entries
+
+    def live(name: str) -> dict[str, Any]:
+        e = pool.get(name)
+        return {
+            "open": bool(e and e.session is not None),
+            "running": bool(e and e.lock.locked()),
+            "waiting": e.waiting if e else 0,
+        }
+
+    rows = [r | live(r["name"]) for r in list_sessions() if not r["name"].startswith("ephemeral-")]
     return JSONResponse({"sessions": rows})
 
 
@@ -125,12 +142,22 @@ async def session_info(request: Request) -> Response:
     if lease is None:
         return Response(status_code=499)
     try:
+
         def read() -> dict[str, Any]:
             s = lease.session
             stt = s.status()
-            return {"name": s.name, "model": s.model, "system": s.config.system, "messages": s.messages(),
-                    "total_tokens": stt.total_tokens, "blocks": stt.blocks, "hot_tokens": stt.hot_tokens,
-                    "hot_capacity": stt.hot_capacity, "warm_blocks": stt.warm_blocks, "cold_bytes": stt.cold_bytes}
+            return {
+                "name": s.name,
+                "model": s.model,
+                "system": s.config.system,
+                "messages": s.messages(),
+                "total_tokens": stt.total_tokens,
+                "blocks": stt.blocks,
+                "hot_tokens": stt.hot_tokens,
+                "hot_capacity": stt.hot_capacity,
+                "warm_blocks": stt.warm_blocks,
+                "cold_bytes": stt.cold_bytes,
+            }
 
         return JSONResponse(await lease.call(read))
     finally:

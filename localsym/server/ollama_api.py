@@ -36,10 +36,15 @@ def _params(body: dict[str, Any], default_max: int) -> GenParams:
         raise ApiError(400, "options must be an object")
     n = integer(opts, "num_predict", -2, 1 << 20)
     seed = integer(opts, "seed", -(1 << 63), (1 << 64) - 1)
-    return GenParams(max_tokens=default_max if n is None or n <= 0 else n,
-                     temp=number(opts, "temperature", 0, 100, 0.8), top_p=number(opts, "top_p", 0, 1, 0.9),
-                     top_k=integer(opts, "top_k", 0, 1 << 20, 40), min_p=number(opts, "min_p", 0, 1, 0.0),
-                     seed=0xFFFFFFFF if seed is None or seed < 0 else seed & 0xFFFFFFFF, stop=stops(opts))
+    return GenParams(
+        max_tokens=default_max if n is None or n <= 0 else n,
+        temp=number(opts, "temperature", 0, 100, 0.8),
+        top_p=number(opts, "top_p", 0, 1, 0.9),
+        top_k=integer(opts, "top_k", 0, 1 << 20) or 40,
+        min_p=number(opts, "min_p", 0, 1, 0.0),
+        seed=0xFFFFFFFF if seed is None or seed < 0 else seed & 0xFFFFFFFF,
+        stop=stops(opts),
+    )
 
 
 def _stream(body: dict[str, Any]) -> bool:
@@ -53,8 +58,14 @@ def _stream(body: dict[str, Any]) -> bool:
 
 def _final(run: ChatRun) -> dict[str, Any]:
     prompt, completion = run.usage()
-    return {"done": True, "done_reason": finish_reason(run.turn.stats), **run.durations_ns(),
-            "prompt_eval_count": prompt, "eval_count": completion, "localsym": run.extra()}
+    return {
+        "done": True,
+        "done_reason": finish_reason(run.turn.stats),
+        **run.durations_ns(),
+        "prompt_eval_count": prompt,
+        "eval_count": completion,
+        "localsym": run.extra(),
+    }
 
 
 def _loaded(model: str, key: str) -> Response:
@@ -65,6 +76,7 @@ def _loaded(model: str, key: str) -> Response:
 
 async def _respond(run: ChatRun, stream: bool, model: str, key: str) -> Response:
     """``key``: "message" (chat) or "response" (generate)."""
+
     def part(text: str) -> Any:
         return {"role": "assistant", "content": text} if key == "message" else text
 
@@ -77,8 +89,13 @@ async def _respond(run: ChatRun, stream: bool, model: str, key: str) -> Response
         text = "".join([p async for p in run.turn.pieces()])
         yield json.dumps({"model": model, "created_at": _now(), key: part(text)} | _final(run)).encode()
 
-    return Streamed(streamed() if stream else whole(), NDJSON if stream else JSON, headers=run.headers,
-                    on_close=run.finish, whole=not stream)  # type: ignore[return-value]
+    return Streamed(
+        streamed() if stream else whole(),
+        NDJSON if stream else JSON,
+        headers=run.headers,
+        on_close=run.finish,
+        whole=not stream,
+    )  # type: ignore[return-value]
 
 
 async def chat(request: Request) -> Response:
@@ -90,8 +107,9 @@ async def chat(request: Request) -> Response:
     if not body.get("messages"):
         return _loaded(model, "message")
     system, history, question = split_messages(body.get("messages"))
-    inp = ChatInput(session_name(request, body, False), system, history, question,
-                    _params(body, st.settings.default_max_tokens))
+    inp = ChatInput(
+        session_name(request, body, False), system, history, question, _params(body, st.settings.default_max_tokens)
+    )
     try:
         run = await ChatRun.begin(st.pool, inp, request.is_disconnected)
     except ClientGone:
@@ -115,8 +133,15 @@ async def generate(request: Request) -> Response:
         raise ApiError(400, "images are not supported: this server runs text models")
     if not prompt or not prompt.strip():
         return _loaded(model, "response")
-    inp = ChatInput(session_name(request, body, False), system or None, [], prompt,
-                    _params(body, st.settings.default_max_tokens), raw=body.get("raw") is True, resend=False)
+    inp = ChatInput(
+        session_name(request, body, False),
+        system or None,
+        [],
+        prompt,
+        _params(body, st.settings.default_max_tokens),
+        raw=body.get("raw") is True,
+        resend=False,
+    )
     try:
         run = await ChatRun.begin(st.pool, inp, request.is_disconnected)
     except ClientGone:
@@ -126,8 +151,14 @@ async def generate(request: Request) -> Response:
 
 def _model_entry(st: ServerState) -> dict[str, Any]:
     c = st.card
-    return {"name": f"{c.name}:latest", "model": f"{c.name}:latest", "modified_at": _iso(c.modified),
-            "size": c.size, "digest": c.digest, "details": c.details}
+    return {
+        "name": f"{c.name}:latest",
+        "model": f"{c.name}:latest",
+        "modified_at": _iso(c.modified),
+        "size": c.size,
+        "digest": c.digest,
+        "details": c.details,
+    }
 
 
 async def tags(request: Request) -> Response:
@@ -141,15 +172,40 @@ async def ps(request: Request) -> Response:
     open_ = st.pool.open_sessions()
     if not open_:
         return JSONResponse({"models": []})
-    entry = _model_entry(st) | {"expires_at": "9999-12-31T23:59:59Z",
-                                "size_vram": st.card.size if st.card.gpu_layers else 0,
-                                "context_length": st.card.n_ctx,
-                                "localsym": {"sessions": [e.name for e in open_ if not e.ephemeral]}}
+    entry = _model_entry(st) | {
+        "expires_at": "9999-12-31T23:59:59Z",
+        "size_vram": st.card.size if st.card.gpu_layers else 0,
+        "context_length": st.card.n_ctx,
+        "localsym": {"sessions": [e.name for e in open_ if not e.ephemeral]},
+    }
     return JSONResponse({"models": [entry]})
+
+
+async def show(request: Request) -> Response:
+    """What Ollama clients read before a chat (the context length, what the model can do)."""
+    st: ServerState = request.app.state.server
+    body = await read_json(request, st.settings.max_body)
+    name = body.get("model") or body.get("name")
+    if not name:
+        raise ApiError(400, "model is required")
+    st.check_model(name)
+    c = st.card
+    arch = c.details.get("family", "")
+    return JSONResponse(
+        {
+            "license": "",
+            "modelfile": "",
+            "parameters": "",
+            "template": "",
+            "details": c.details,
+            "model_info": {"general.architecture": arch, f"{arch}.context_length": c.n_ctx},
+            "capabilities": ["completion"],
+            "modified_at": _iso(c.modified),
+        }
+    )
 
 
 async def version(request: Request) -> Response:
     from localsym import __version__
 
     return JSONResponse({"version": OLLAMA_API_VERSION, "localsym": __version__})
-

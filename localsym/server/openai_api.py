@@ -22,13 +22,17 @@ GONE = Response(status_code=499)  # nginx's "client closed request": nobody read
 
 
 def _params(body: dict[str, Any], default_max: int) -> GenParams:
-    if integer(body, "n", 1, 1, 1) != 1:
+    if integer(body, "n", 1, 1) not in (None, 1):
         raise ApiError(400, "n must be 1", param="n")
     max_tokens = integer(body, "max_completion_tokens", 1, 1 << 20) or integer(body, "max_tokens", 1, 1 << 20)
     seed = integer(body, "seed", -(1 << 63), (1 << 64) - 1)
-    return GenParams(max_tokens=max_tokens or default_max, temp=number(body, "temperature", 0, 2, 1.0),
-                     top_p=number(body, "top_p", 0, 1, 1.0), seed=0xFFFFFFFF if seed is None else seed & 0xFFFFFFFF,
-                     stop=stops(body))
+    return GenParams(
+        max_tokens=max_tokens or default_max,
+        temp=number(body, "temperature", 0, 2, 1.0),
+        top_p=number(body, "top_p", 0, 1, 1.0),
+        seed=0xFFFFFFFF if seed is None else seed & 0xFFFFFFFF,
+        stop=stops(body),
+    )
 
 
 def _stream_flags(body: dict[str, Any]) -> tuple[bool, bool]:
@@ -63,9 +67,14 @@ async def chat_completions(request: Request) -> Response:
     cid, created, model = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time()), st.card.name
 
     def chunk(delta: dict[str, Any], reason: str | None = None) -> dict[str, Any]:
-        return {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model,
-                "system_fingerprint": None,
-                "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": reason}]}
+        return {
+            "id": cid,
+            "object": "chat.completion.chunk",
+            "created": created,
+            "model": model,
+            "system_fingerprint": None,
+            "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": reason}],
+        }
 
     async def streamed():
         opened = False
@@ -85,14 +94,33 @@ async def chat_completions(request: Request) -> Response:
 
     async def whole():
         text = "".join([p async for p in run.turn.pieces()])
-        yield json.dumps({
-            "id": cid, "object": "chat.completion", "created": created, "model": model, "system_fingerprint": None,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": text, "refusal": None},
-                         "logprobs": None, "finish_reason": finish_reason(run.turn.stats)}],
-            "usage": _usage(run), "localsym": run.extra()}).encode()
+        yield json.dumps(
+            {
+                "id": cid,
+                "object": "chat.completion",
+                "created": created,
+                "model": model,
+                "system_fingerprint": None,
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": text, "refusal": None},
+                        "logprobs": None,
+                        "finish_reason": finish_reason(run.turn.stats),
+                    }
+                ],
+                "usage": _usage(run),
+                "localsym": run.extra(),
+            }
+        ).encode()
 
-    return Streamed(streamed() if stream else whole(), SSE if stream else JSON, headers=run.headers,
-                    on_close=run.finish, whole=not stream)  # type: ignore[return-value]
+    return Streamed(
+        streamed() if stream else whole(),
+        SSE if stream else JSON,
+        headers=run.headers,
+        on_close=run.finish,
+        whole=not stream,
+    )  # type: ignore[return-value]
 
 
 async def completions(request: Request) -> Response:
@@ -111,8 +139,9 @@ async def completions(request: Request) -> Response:
     echo = body.get("echo") is True
     params = _params(body, st.settings.default_max_tokens)
     stream, include_usage = _stream_flags(body)
-    inp = ChatInput(session_name(request, body, True), None, [], content_text(prompt, "prompt"), params,
-                    raw=True, resend=False)
+    inp = ChatInput(
+        session_name(request, body, True), None, [], content_text(prompt, "prompt"), params, raw=True, resend=False
+    )
     try:
         run = await ChatRun.begin(st.pool, inp, request.is_disconnected)
     except ClientGone:
@@ -120,8 +149,13 @@ async def completions(request: Request) -> Response:
     cid, created, model = f"cmpl-{uuid.uuid4().hex[:24]}", int(time.time()), st.card.name
 
     def choice(text: str, reason: str | None) -> dict[str, Any]:
-        return {"id": cid, "object": "text_completion", "created": created, "model": model,
-                "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": reason}]}
+        return {
+            "id": cid,
+            "object": "text_completion",
+            "created": created,
+            "model": model,
+            "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": reason}],
+        }
 
     async def streamed():
         if echo:
@@ -140,8 +174,13 @@ async def completions(request: Request) -> Response:
         out = choice((prompt if echo else "") + text, finish_reason(run.turn.stats))
         yield json.dumps(out | {"usage": _usage(run), "localsym": run.extra()}).encode()
 
-    return Streamed(streamed() if stream else whole(), SSE if stream else JSON, headers=run.headers,
-                    on_close=run.finish, whole=not stream)  # type: ignore[return-value]
+    return Streamed(
+        streamed() if stream else whole(),
+        SSE if stream else JSON,
+        headers=run.headers,
+        on_close=run.finish,
+        whole=not stream,
+    )  # type: ignore[return-value]
 
 
 def _model_obj(st: ServerState) -> dict[str, Any]:

@@ -9,7 +9,7 @@ from pathlib import Path
 from localsym.server.errors import ApiError
 
 
-def allowed_path(path: str, roots: list[Path]) -> Path:
+def allowed_path(path: object, roots: list[Path]) -> Path:
     """The real path of ``path`` if it lies under a root; ApiError 403 (outside, or no roots
     at all) or 404 (missing) otherwise."""
     if not isinstance(path, str) or not path or "\0" in path:

@@ -14,8 +14,9 @@ from localsym.server.state import ServerState
 
 def check(settings: ServerSettings) -> None:
     if settings.host not in LOCAL_HOSTS and not settings.api_key:
-        raise LocalsymError(f"refusing to listen on {settings.host} without an API key: "
-                            "give --api-key KEY (or set LOCALSYM_API_KEY)")
+        raise LocalsymError(
+            f"refusing to listen on {settings.host} without an API key: give --api-key KEY (or set LOCALSYM_API_KEY)"
+        )
     if settings.max_sessions < 1:
         raise LocalsymError("--max-sessions must be at least 1")
     if settings.queue < 0:
@@ -32,9 +33,12 @@ def run(settings: ServerSettings) -> None:
     state = ServerState.create(settings)
     host = f"[{settings.host}]" if ":" in settings.host else settings.host
     roots = ", ".join(map(str, settings.allow_roots)) or "none (loading files is off)"
-    sys.stderr.write(f"localsym serve: {state.card.name} on http://{host}:{settings.port} "
-                     f"(OpenAI: /v1, Ollama: /api); up to {settings.max_sessions} open sessions; "
-                     f"load roots: {roots}; {'API key required' if settings.api_key else 'no API key'}\n")
+    sys.stderr.write(
+        f"localsym serve: {state.card.name} on http://{host}:{settings.port} "
+        f"(OpenAI: /v1, Ollama: /api); up to {settings.max_sessions} open sessions; "
+        f"load roots: {roots}; {'API key required' if settings.api_key else 'no API key'}\n"
+    )
     sys.stderr.flush()
-    uvicorn.run(build_app(state), host=settings.host, port=settings.port, log_level="warning",
-                timeout_graceful_shutdown=10)
+    uvicorn.run(
+        build_app(state), host=settings.host, port=settings.port, log_level="warning", timeout_graceful_shutdown=10
+    )

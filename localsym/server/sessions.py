@@ -137,8 +137,12 @@ class SessionPool:
         return self._cond
 
     def busy(self, what: str) -> ApiError:
-        return ApiError(503, f"{what}: too many requests waiting, try again shortly", "queue_full",
-                        headers={"Retry-After": RETRY_AFTER})
+        return ApiError(
+            503,
+            f"{what}: too many requests waiting, try again shortly",
+            "queue_full",
+            headers={"Retry-After": RETRY_AFTER},
+        )
 
     # -- taking and giving back -------------------------------------------------------------------
     async def acquire(self, name: str | None, system: str | None, gone: Gone) -> Lease:
@@ -153,26 +157,30 @@ class SessionPool:
             session_dir(name)
         except LocalsymError as e:
             raise ApiError(400, str(e), "bad_session_name") from None
-        e = self.entries.get(name)
-        if e is None:
-            e = self.entries[name] = Entry(name, ephemeral)
-        if (e.lock.locked() or e.waiting) and e.waiting >= self.settings.queue:
+        entry = self.entries.get(name)
+        if entry is None:
+            entry = self.entries[name] = Entry(name, ephemeral)
+        if (entry.lock.locked() or entry.waiting) and entry.waiting >= self.settings.queue:
             raise self.busy(f"session {name!r} is busy")
-        e.waiting += 1
+        entry.waiting += 1
         try:
-            await _lock(e.lock, gone)
-        finally:
-            e.waiting -= 1
-        try:
-            if e.session is None:
-                await self._open(e, system, gone)
+            await _lock(entry.lock, gone)
         except BaseException:
-            e.lock.release()
+            entry.waiting -= 1
             with anyio.CancelScope(shield=True):
-                await self.idle(e)
+                await self.idle(entry)
             raise
-        e.last_used = time.monotonic()
-        return Lease(self, e, time.monotonic() - t0)
+        entry.waiting -= 1
+        try:
+            if entry.session is None:
+                await self._open(entry, system, gone)
+        except BaseException:
+            entry.lock.release()
+            with anyio.CancelScope(shield=True):
+                await self.idle(entry)
+            raise
+        entry.last_used = time.monotonic()
+        return Lease(self, entry, time.monotonic() - t0)
 
     async def idle(self, e: Entry) -> None:
         """A session was given back: forget a closed, unwanted entry; wake slot waiters."""
@@ -202,8 +210,9 @@ class SessionPool:
         overrides = {"system": system} if system is not None else None
         s = self.settings
         try:
-            fut = asyncio.get_running_loop().run_in_executor(self.executor, lambda: Session.open(
-                e.name, s.model, s.opts, overrides=overrides))
+            fut = asyncio.get_running_loop().run_in_executor(
+                self.executor, lambda: Session.open(e.name, s.model, s.opts, overrides=overrides)
+            )
             e.session = await settle(fut)
         except BaseException as exc:
             if isinstance(exc, SessionBusy):
@@ -218,8 +227,11 @@ class SessionPool:
         e.hot_capacity = 0
 
     def _least_recent_idle(self, exclude: Entry) -> Entry | None:
-        idle = [x for x in self.entries.values() if x is not exclude and x.session is not None
-                and not x.lock.locked() and not x.waiting and not x.ephemeral]
+        idle = [
+            x
+            for x in self.entries.values()
+            if x is not exclude and x.session is not None and not x.lock.locked() and not x.waiting and not x.ephemeral
+        ]
         return min(idle, key=lambda x: x.last_used) if idle else None
 
     async def _close(self, e: Entry) -> None:
@@ -238,13 +250,16 @@ class SessionPool:
         return [e for e in self.entries.values() if e.session is not None]
 
     async def close_all(self) -> None:
+        """At shutdown: let the workers finish what they run (a turn stores itself), then
+        close every session, so nothing sealed is left in flight."""
+        await asyncio.get_running_loop().run_in_executor(None, self.executor.shutdown, True)
         for e in list(self.entries.values()):
-            if e.session is not None and not e.lock.locked():
-                await self._close(e)
+            session, e.session = e.session, None
+            if session is not None:
+                session.close()
                 if e.ephemeral:
                     with contextlib.suppress(LocalsymError, OSError):
                         delete_session(e.name)
-        self.executor.shutdown(wait=True)
 
 
 async def _lock(lock: asyncio.Lock, gone: Gone) -> None:

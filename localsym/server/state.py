@@ -36,13 +36,26 @@ class ModelCard:
         d = describe_model(model, settings.opts)
         n = d.get("n_params") or 0
         size = f"{n / 1e9:.1f}B" if n >= 1e9 else f"{n / 1e6:.0f}M"
-        details = {"parent_model": "", "format": "gguf", "family": d.get("architecture", ""),
-                   "families": [d.get("architecture", "")], "parameter_size": size,
-                   "quantization_level": str(d.get("file_type", ""))}
+        details = {
+            "parent_model": "",
+            "format": "gguf",
+            "family": d.get("architecture", ""),
+            "families": [d.get("architecture", "")],
+            "parameter_size": size,
+            "quantization_level": str(d.get("file_type", "")),
+        }
         st = os.stat(path)
         plan = d.get("plan", {})
-        return cls(name, path, st.st_size, entry.sha256 if entry else "", st.st_mtime, details,
-                   int(plan.get("n_ctx") or 0), int(plan.get("n_gpu_layers") or 0))
+        return cls(
+            name,
+            path,
+            st.st_size,
+            entry.sha256 if entry else "",
+            st.st_mtime,
+            details,
+            int(plan.get("n_ctx") or 0),
+            int(plan.get("n_gpu_layers") or 0),
+        )
 
     def names(self) -> set[str]:
         return {self.name, f"{self.name}:latest"}
@@ -70,6 +83,10 @@ class ServerState:
         if not isinstance(name, str):
             raise ApiError(400, "model must be a string", param="model")
         if name not in self.card.names():
-            raise ApiError(404, f"model {name!r} not found: this server runs {self.card.name!r} "
-                                f"(restart `localsym serve --model {name}` for another)", "model_not_found",
-                           param="model")
+            raise ApiError(
+                404,
+                f"model {name!r} not found: this server runs {self.card.name!r} "
+                f"(restart `localsym serve --model {name}` for another)",
+                "model_not_found",
+                param="model",
+            )

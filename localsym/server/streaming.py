@@ -36,9 +36,15 @@ def ndjson(obj: Any) -> bytes:
 
 
 class Streamed:
-    def __init__(self, body: AsyncIterator[bytes], media_type: str, *,
-                 headers: Callable[[], dict[str, str]] | None = None,
-                 on_close: Callable[[bool], Awaitable[None]] | None = None, whole: bool = False) -> None:
+    def __init__(
+        self,
+        body: AsyncIterator[bytes],
+        media_type: str,
+        *,
+        headers: Callable[[], dict[str, str]] | None = None,
+        on_close: Callable[[bool], Awaitable[None]] | None = None,
+        whole: bool = False,
+    ) -> None:
         """``whole``: gather the body and send it with a Content-Length (a non-streamed
         answer, still stopped if the client leaves while it is made)."""
         self.body, self.media_type, self.headers, self.on_close, self.whole = body, media_type, headers, on_close, whole
@@ -47,6 +53,7 @@ class Streamed:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
             async with anyio.create_task_group() as tg:
+
                 async def watch() -> None:
                     while True:
                         msg = await receive()
@@ -85,7 +92,8 @@ class Streamed:
         except Exception:  # noqa: BLE001 - logged; the client gets a plain 500, never a traceback
             log.exception("request failed")
             await error_response(scope.get("path", ""), ApiError(500, "internal error (see the server's log)"))(
-                scope, receive, send)
+                scope, receive, send
+            )
             return
         first = b"".join(chunks)
         headers = [(b"content-type", self.media_type.encode())]

@@ -35,10 +35,12 @@ class StopFilter:
         if cut >= 0:
             out, self.buf, self.hit = self.buf[:cut], "", True
             return out
-        keep = max((k for s in self.stops for k in range(min(len(s) - 1, len(self.buf)), 0, -1)
-                    if self.buf.endswith(s[:k])), default=0)
-        out = self.buf[:len(self.buf) - keep]
-        self.buf = self.buf[len(out):]
+        keep = max(
+            (k for s in self.stops for k in range(min(len(s) - 1, len(self.buf)), 0, -1) if self.buf.endswith(s[:k])),
+            default=0,
+        )
+        out = self.buf[: len(self.buf) - keep]
+        self.buf = self.buf[len(out) :]
         return out
 
     def flush(self) -> str:
