@@ -260,3 +260,27 @@ def test_sliding_window_model_restores_like_it_never_left(home, gemma_path):
     with Session.open("gemma-adaptive", GEMMA, _opts(), _cfg(warm_mb=0)) as s:
         s.ingest_text(DOC, "notes.txt", "file")
         assert "KX-4471-QZ" in s.ask(question, GenParams(max_tokens=24)).text()
+
+
+def test_a_turn_stopped_early_still_leaves_a_whole_session(home):
+    """A caller that stops reading (a disconnecting HTTP client) closes the turn: the KV is
+    made whole, the partial exchange stored, and the next question works."""
+    opts = _opts()
+    before = dict(opts.__dict__)
+    with Session.open("early", "smollm2-135m", opts, _cfg()) as s:
+        assert opts.__dict__ == before  # open does not touch the caller's options
+        s.ingest_text(DOC, "notes.txt", "file")
+        turn = s.ask("Write a long story about the sea.", GenParams(max_tokens=200))
+        pieces = []
+        for piece in turn:
+            pieces.append(piece)
+            if len(pieces) == 3:
+                break
+        turn.close()
+        assert turn.stats.stop_reason == "closed" and turn.stats.completion_tokens >= 3
+        hot = s.working.hot
+        assert s.engine.ctx.seq_pos_max(0) + 1 == hot.end  # nothing past the stored turn
+        assert [m["role"] for m in s.messages()] == ["user", "assistant"]
+        assert s.messages()[1]["content"] == "".join(pieces)
+        turn = s.ask(QUESTION, GenParams(max_tokens=32))
+        assert "KX-4471-QZ" in turn.text()
