@@ -39,11 +39,11 @@ def _check_dim(dim: int) -> None:
 
 # ---- numpy reference ---------------------------------------------------------------------
 
+
 def phases_ref(tokens: np.ndarray, dim: int, seed: int) -> np.ndarray:
     """[n, dim] float32 phases in [0, 2pi): splitmix64 of (seed, token, d), top 24 bits."""
     with np.errstate(over="ignore"):
-        x = (np.uint64(seed) + tokens.astype(np.uint64)[:, None] * _GOLD
-             + np.arange(dim, dtype=np.uint64)[None, :] * _M2)
+        x = np.uint64(seed) + tokens.astype(np.uint64)[:, None] * _GOLD + np.arange(dim, dtype=np.uint64)[None, :] * _M2
         x = (x ^ (x >> np.uint64(30))) * _M1
         x = (x ^ (x >> np.uint64(27))) * _M2
         x = x ^ (x >> np.uint64(31))
@@ -75,10 +75,14 @@ def lsh_codes_ref(vectors: np.ndarray, planes: np.ndarray, bits: int) -> np.ndar
 
 # ---- Numba CPU -----------------------------------------------------------------------------
 
+
 @njit(cache=True, inline="always")
 def _phase(seed, token, d):
-    x = (np.uint64(seed) + np.uint64(token) * np.uint64(0x9E3779B97F4A7C15)
-         + np.uint64(d) * np.uint64(0x94D049BB133111EB))
+    x = (
+        np.uint64(seed)
+        + np.uint64(token) * np.uint64(0x9E3779B97F4A7C15)
+        + np.uint64(d) * np.uint64(0x94D049BB133111EB)
+    )
     x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
     x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
     x = x ^ (x >> np.uint64(31))
@@ -154,10 +158,14 @@ def lsh_codes_cpu(vectors, planes, bits):
 
 # ---- Numba CUDA ----------------------------------------------------------------------------
 
+
 @cuda.jit(device=True, inline=True)
 def _phase_dev(seed, token, d):
-    x = (np.uint64(seed) + np.uint64(token) * np.uint64(0x9E3779B97F4A7C15)
-         + np.uint64(d) * np.uint64(0x94D049BB133111EB))
+    x = (
+        np.uint64(seed)
+        + np.uint64(token) * np.uint64(0x9E3779B97F4A7C15)
+        + np.uint64(d) * np.uint64(0x94D049BB133111EB)
+    )
     x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
     x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
     x = x ^ (x >> np.uint64(31))
@@ -241,11 +249,13 @@ def lsh_codes_cuda(vectors: np.ndarray, planes: np.ndarray, bits: int) -> np.nda
     tables = planes.shape[0] // bits
     out = cuda.device_array((len(vectors), tables), np.uint32)
     _lsh_kernel[((len(vectors) + 31) // 32, (tables + 3) // 4), (32, 4)](
-        cuda.to_device(vectors), cuda.to_device(planes), bits, out)
+        cuda.to_device(vectors), cuda.to_device(planes), bits, out
+    )
     return out.copy_to_host()
 
 
 # ---- dispatch --------------------------------------------------------------------------------
+
 
 def phases(tokens: np.ndarray, dim: int, seed: int = 0) -> np.ndarray:
     _check_tokens(tokens)

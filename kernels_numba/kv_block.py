@@ -43,6 +43,7 @@ H2F = np.arange(1 << 16, dtype=np.uint16).view(np.float16).astype(np.float32)  #
 
 # ---- layout ---------------------------------------------------------------------------------
 
+
 def layer_shape(bits: int, per_channel: bool, cells: int, width: int) -> tuple[int, int, int]:
     """(rows, cols, group) of one layer's codes."""
     if per_channel:
@@ -59,8 +60,9 @@ def layer_sizes(bits: int, per_channel: bool, cells: int, width: int) -> tuple[i
     return rows * ng * g * bits // 8, rows * ng
 
 
-def offsets(bits: np.ndarray, per_channel: np.ndarray, cells: int, width: int
-            ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def offsets(
+    bits: np.ndarray, per_channel: np.ndarray, cells: int, width: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per-layer starts (and totals, the last entry) of codes, groups and rows (the tasks a
     parallel call splits)."""
     b = np.asarray(bits, np.int64)
@@ -95,8 +97,13 @@ def params_from_ranges(lo: np.ndarray, hi: np.ndarray, bits: int) -> tuple[np.nd
     lo32 = np.ascontiguousarray(lo, np.float32)
     zero = np.empty(lo32.shape, np.uint16)
     scale = np.empty(lo32.shape, np.uint16)
-    _params_cpu(lo32.ravel(), np.ascontiguousarray(hi, np.float32).ravel(), np.float32((1 << bits) - 1),
-                zero.reshape(-1), scale.reshape(-1))
+    _params_cpu(
+        lo32.ravel(),
+        np.ascontiguousarray(hi, np.float32).ravel(),
+        np.float32((1 << bits) - 1),
+        zero.reshape(-1),
+        scale.reshape(-1),
+    )
     return zero.view(np.float16), scale.view(np.float16)
 
 
@@ -108,6 +115,7 @@ def params_ref(lo: np.ndarray, hi: np.ndarray, bits: int) -> tuple[np.ndarray, n
 
 
 # ---- numpy reference --------------------------------------------------------------------------
+
 
 def ranges_ref(x: np.ndarray, channel: bool) -> tuple[np.ndarray, ...]:
     """Per-token group min/max [L, cells, ceil(width/GT)], per-channel group min/max
@@ -134,8 +142,9 @@ def _rows_of(f: np.ndarray, per_channel: bool) -> np.ndarray:
     return f.T if per_channel else f
 
 
-def encode_ref(x: np.ndarray, bits: np.ndarray, per_channel: np.ndarray, zero: np.ndarray,
-               scale: np.ndarray) -> np.ndarray:
+def encode_ref(
+    x: np.ndarray, bits: np.ndarray, per_channel: np.ndarray, zero: np.ndarray, scale: np.ndarray
+) -> np.ndarray:
     from kernels_numba import quant
 
     L, C, W = x.shape
@@ -144,31 +153,32 @@ def encode_ref(x: np.ndarray, bits: np.ndarray, per_channel: np.ndarray, zero: n
     for i in range(L):
         b, pc = int(bits[i]), bool(per_channel[i])
         if b == F16_BITS:
-            out[code_off[i]:code_off[i + 1]] = np.ascontiguousarray(x[i]).view(np.uint8).ravel()
+            out[code_off[i] : code_off[i + 1]] = np.ascontiguousarray(x[i]).view(np.uint8).ravel()
             continue
         rows, cols, g = layer_shape(b, pc, C, W)
         a = np.ascontiguousarray(_rows_of(H2F[x[i]], pc))
-        z = zero[param_off[i]:param_off[i + 1]].astype(np.float32).reshape(rows, -1)
-        s = scale[param_off[i]:param_off[i + 1]].astype(np.float32).reshape(rows, -1)
-        out[code_off[i]:code_off[i + 1]] = quant.encode_ref(a, z, s, b, g).ravel()
+        z = zero[param_off[i] : param_off[i + 1]].astype(np.float32).reshape(rows, -1)
+        s = scale[param_off[i] : param_off[i + 1]].astype(np.float32).reshape(rows, -1)
+        out[code_off[i] : code_off[i + 1]] = quant.encode_ref(a, z, s, b, g).ravel()
     return out
 
 
-def decode_ref(codes: np.ndarray, bits: np.ndarray, per_channel: np.ndarray, zero: np.ndarray,
-               scale: np.ndarray, out: np.ndarray) -> None:
+def decode_ref(
+    codes: np.ndarray, bits: np.ndarray, per_channel: np.ndarray, zero: np.ndarray, scale: np.ndarray, out: np.ndarray
+) -> None:
     """Writes f16 bits into ``out`` [L, cells, width] (any strides)."""
     L, C, W = out.shape
     code_off, param_off, _ = offsets(bits, per_channel, C, W)
     for i in range(L):
         b, pc = int(bits[i]), bool(per_channel[i])
-        seg = codes[code_off[i]:code_off[i + 1]]
+        seg = codes[code_off[i] : code_off[i + 1]]
         if b == F16_BITS:
             out[i] = seg.view(np.uint16).reshape(C, W)
             continue
         rows, cols, g = layer_shape(b, pc, C, W)
         ng = -(-cols // g)
-        z = zero[param_off[i]:param_off[i + 1]].astype(np.float32).reshape(rows, ng)
-        s = scale[param_off[i]:param_off[i + 1]].astype(np.float32).reshape(rows, ng)
+        z = zero[param_off[i] : param_off[i + 1]].astype(np.float32).reshape(rows, ng)
+        s = scale[param_off[i] : param_off[i + 1]].astype(np.float32).reshape(rows, ng)
         stream = np.unpackbits(seg.reshape(rows, -1), axis=1, bitorder="little").reshape(rows, -1, b)
         q = (stream.astype(np.uint32) << np.arange(b, dtype=np.uint32)).sum(axis=2)[:, :cols]
         v = np.repeat(z, g, axis=1)[:, :cols] + q.astype(np.float32) * np.repeat(s, g, axis=1)[:, :cols]
@@ -176,6 +186,7 @@ def decode_ref(codes: np.ndarray, bits: np.ndarray, per_channel: np.ndarray, zer
 
 
 # ---- Numba CPU --------------------------------------------------------------------------------
+
 
 @intrinsic
 def _h2f(typingctx, h):
@@ -300,8 +311,11 @@ def _unpack(codes, o, n_codes, b, q):
             q[4 * u + 3] = c >> 6
     else:
         for k in range(n_codes // 8):
-            w = (np.uint32(codes[o + 3 * k]) | (np.uint32(codes[o + 3 * k + 1]) << 8)
-                 | (np.uint32(codes[o + 3 * k + 2]) << 16))
+            w = (
+                np.uint32(codes[o + 3 * k])
+                | (np.uint32(codes[o + 3 * k + 1]) << 8)
+                | (np.uint32(codes[o + 3 * k + 2]) << 16)
+            )
             for t in range(8):
                 q[8 * k + t] = (w >> (3 * t)) & 7
 
@@ -436,6 +450,7 @@ def _decode_cpu(codes, bits, per_channel, zero, scale, code_off, param_off, out)
 
 # ---- Numba CUDA -------------------------------------------------------------------------------
 
+
 @cuda.jit
 def _ranges_kernel(x, lut, channel, tlo, thi, clo, chi, ss):
     # one thread per (layer, cell): token groups of its row; channel groups and the sum of
@@ -569,8 +584,9 @@ def ranges_cuda(x: np.ndarray, channel: bool) -> tuple[np.ndarray, ...]:
     ss = cuda.device_array(L, np.float64)
     tpb = (1, 128)
     grid = (L, -(-C // tpb[1]))
-    _ranges_kernel[grid, tpb](cuda.to_device(np.ascontiguousarray(x)), cuda.to_device(H2F), channel,
-                              tlo, thi, clo, chi, ss)
+    _ranges_kernel[grid, tpb](
+        cuda.to_device(np.ascontiguousarray(x)), cuda.to_device(H2F), channel, tlo, thi, clo, chi, ss
+    )
     return tlo.copy_to_host(), thi.copy_to_host(), clo.copy_to_host(), chi.copy_to_host(), ss.copy_to_host()
 
 
@@ -580,52 +596,69 @@ def _tables(bits: np.ndarray, per_channel: np.ndarray, cells: int, width: int) -
     return (b, pc, *offsets(b, pc, cells, width))
 
 
-def encode_cuda(x: np.ndarray, bits: np.ndarray, per_channel: np.ndarray, zero: np.ndarray,
-                scale: np.ndarray) -> np.ndarray:
+def encode_cuda(
+    x: np.ndarray, bits: np.ndarray, per_channel: np.ndarray, zero: np.ndarray, scale: np.ndarray
+) -> np.ndarray:
     L, C, W = x.shape
     b, pc, code_off, param_off, row_off = _tables(bits, per_channel, C, W)
     d_out = cuda.device_array(int(code_off[-1]), np.uint8)
     n = int(row_off[-1])
-    _encode_kernel[-(-n // 128), 128](cuda.to_device(np.ascontiguousarray(x)), cuda.to_device(H2F),
-                                       cuda.to_device(b), cuda.to_device(pc),
-                                       cuda.to_device(zero.astype(np.float32)),
-                                       cuda.to_device(scale.astype(np.float32)),
-                                       cuda.to_device(code_off), cuda.to_device(param_off),
-                                       cuda.to_device(row_off), d_out)
+    _encode_kernel[-(-n // 128), 128](
+        cuda.to_device(np.ascontiguousarray(x)),
+        cuda.to_device(H2F),
+        cuda.to_device(b),
+        cuda.to_device(pc),
+        cuda.to_device(zero.astype(np.float32)),
+        cuda.to_device(scale.astype(np.float32)),
+        cuda.to_device(code_off),
+        cuda.to_device(param_off),
+        cuda.to_device(row_off),
+        d_out,
+    )
     return d_out.copy_to_host()
 
 
-def decode_cuda(codes: np.ndarray, bits: np.ndarray, per_channel: np.ndarray, zero: np.ndarray,
-                scale: np.ndarray, out: np.ndarray) -> None:
+def decode_cuda(
+    codes: np.ndarray, bits: np.ndarray, per_channel: np.ndarray, zero: np.ndarray, scale: np.ndarray, out: np.ndarray
+) -> None:
     L, C, W = out.shape
     b, pc, code_off, param_off, row_off = _tables(bits, per_channel, C, W)
     d_out = cuda.device_array(out.shape, np.float16)
     n = int(row_off[-1])
-    _decode_kernel[-(-n // 128), 128](cuda.to_device(codes), cuda.to_device(H2F),
-                                       cuda.to_device(b), cuda.to_device(pc),
-                                       cuda.to_device(zero.astype(np.float32)),
-                                       cuda.to_device(scale.astype(np.float32)),
-                                       cuda.to_device(code_off), cuda.to_device(param_off),
-                                       cuda.to_device(row_off), d_out)
+    _decode_kernel[-(-n // 128), 128](
+        cuda.to_device(codes),
+        cuda.to_device(H2F),
+        cuda.to_device(b),
+        cuda.to_device(pc),
+        cuda.to_device(zero.astype(np.float32)),
+        cuda.to_device(scale.astype(np.float32)),
+        cuda.to_device(code_off),
+        cuda.to_device(param_off),
+        cuda.to_device(row_off),
+        d_out,
+    )
     out[...] = d_out.copy_to_host().view(np.uint16)
 
 
 # ---- CPU wrappers and dispatch ------------------------------------------------------------------
 
+
 def ranges_cpu(x: np.ndarray, channel: bool) -> tuple[np.ndarray, ...]:
     return _ranges_cpu(x, channel)
 
 
-def encode_cpu(x: np.ndarray, bits: np.ndarray, per_channel: np.ndarray, zero: np.ndarray,
-               scale: np.ndarray) -> np.ndarray:
+def encode_cpu(
+    x: np.ndarray, bits: np.ndarray, per_channel: np.ndarray, zero: np.ndarray, scale: np.ndarray
+) -> np.ndarray:
     L, C, W = x.shape
     b, pc, code_off, param_off, row_off = _tables(bits, per_channel, C, W)
     out = np.empty(int(code_off[-1]), np.uint8)
     return _encode_cpu(x, b, pc, zero.astype(np.float32), scale.astype(np.float32), code_off, param_off, out)
 
 
-def decode_cpu(codes: np.ndarray, bits: np.ndarray, per_channel: np.ndarray, zero: np.ndarray,
-               scale: np.ndarray, out: np.ndarray) -> None:
+def decode_cpu(
+    codes: np.ndarray, bits: np.ndarray, per_channel: np.ndarray, zero: np.ndarray, scale: np.ndarray, out: np.ndarray
+) -> None:
     L, C, W = out.shape
     b, pc, code_off, param_off, row_off = _tables(bits, per_channel, C, W)
     _decode_cpu(codes, b, pc, zero.astype(np.float32), scale.astype(np.float32), code_off, param_off, out)
@@ -636,20 +669,22 @@ def ranges(x: np.ndarray, channel: bool) -> tuple[np.ndarray, ...]:
     return fastest("kv_block.ranges", x.shape, ranges_cpu, ranges_cuda)(x, channel)
 
 
-def encode(x: np.ndarray, bits: np.ndarray, per_channel: np.ndarray, zero: np.ndarray,
-           scale: np.ndarray) -> np.ndarray:
+def encode(x: np.ndarray, bits: np.ndarray, per_channel: np.ndarray, zero: np.ndarray, scale: np.ndarray) -> np.ndarray:
     check_block(x)
     return fastest("kv_block.encode", x.shape, encode_cpu, encode_cuda)(x, bits, per_channel, zero, scale)
 
 
-def decode(codes: np.ndarray, bits: np.ndarray, per_channel: np.ndarray, zero: np.ndarray,
-           scale: np.ndarray, out: np.ndarray) -> None:
+def decode(
+    codes: np.ndarray, bits: np.ndarray, per_channel: np.ndarray, zero: np.ndarray, scale: np.ndarray, out: np.ndarray
+) -> None:
     check_block(out)
     if codes.dtype != np.uint8 or codes.ndim != 1:
         raise ValueError("codes must be a flat uint8 array")
     L, C, W = out.shape
     code_off, param_off, _ = offsets(bits, per_channel, C, W)
     if len(codes) != code_off[-1] or len(zero) != param_off[-1] or len(scale) != param_off[-1]:
-        raise ValueError(f"codes/params do not match the layout: {len(codes)} bytes and {len(zero)} groups "
-                         f"for {code_off[-1]} and {param_off[-1]}")
+        raise ValueError(
+            f"codes/params do not match the layout: {len(codes)} bytes and {len(zero)} groups "
+            f"for {code_off[-1]} and {param_off[-1]}"
+        )
     fastest("kv_block.decode", out.shape, decode_cpu, decode_cuda)(codes, bits, per_channel, zero, scale, out)

@@ -47,6 +47,7 @@ def packed_cols(cols: int, bits: int, group: int) -> int:
 
 # ---- numpy reference ------------------------------------------------------------------
 
+
 def group_minmax_ref(x: np.ndarray, group: int) -> tuple[np.ndarray, np.ndarray]:
     rows, cols = x.shape
     g = n_groups(cols, group)
@@ -71,8 +72,7 @@ def encode_ref(x: np.ndarray, zero: np.ndarray, scale: np.ndarray, bits: int, gr
     return np.packbits(stream, axis=1, bitorder="little")
 
 
-def decode_ref(packed: np.ndarray, zero: np.ndarray, scale: np.ndarray, bits: int, group: int,
-               cols: int) -> np.ndarray:
+def decode_ref(packed: np.ndarray, zero: np.ndarray, scale: np.ndarray, bits: int, group: int, cols: int) -> np.ndarray:
     rows = packed.shape[0]
     stream = np.unpackbits(packed, axis=1, bitorder="little").reshape(rows, -1, bits)
     codes = (stream.astype(np.uint32) << np.arange(bits, dtype=np.uint32)).sum(axis=2)[:, :cols]
@@ -82,6 +82,7 @@ def decode_ref(packed: np.ndarray, zero: np.ndarray, scale: np.ndarray, bits: in
 
 
 # ---- Numba CPU -------------------------------------------------------------------------
+
 
 @njit(parallel=True, cache=True)
 def group_minmax_cpu(x, group):
@@ -133,8 +134,9 @@ def encode_cpu(x, zero, scale, bits, group):
                     out[r, p + i] = codes[2 * i] | (codes[2 * i + 1] << 4)
             elif bits == 2:
                 for i in range(gb):
-                    out[r, p + i] = (codes[4 * i] | (codes[4 * i + 1] << 2) | (codes[4 * i + 2] << 4)
-                                     | (codes[4 * i + 3] << 6))
+                    out[r, p + i] = (
+                        codes[4 * i] | (codes[4 * i + 1] << 2) | (codes[4 * i + 2] << 4) | (codes[4 * i + 3] << 6)
+                    )
             else:  # 3 bits: 8 values in every 3 bytes
                 for i in range(group // 8):
                     w = np.uint32(0)
@@ -178,14 +180,18 @@ def decode_cpu(packed, zero, scale, bits, group, cols):
                     out[r, o + 4 * i + 3] = z + np.float64(b >> 6) * s
             else:  # 3 bits: 8 values in every 3 bytes
                 for i in range(group // 8):
-                    w = (np.uint32(packed[r, p + 3 * i]) | (np.uint32(packed[r, p + 3 * i + 1]) << 8)
-                         | (np.uint32(packed[r, p + 3 * i + 2]) << 16))
+                    w = (
+                        np.uint32(packed[r, p + 3 * i])
+                        | (np.uint32(packed[r, p + 3 * i + 1]) << 8)
+                        | (np.uint32(packed[r, p + 3 * i + 2]) << 16)
+                    )
                     for t in range(8):
                         out[r, o + 8 * i + t] = z + np.float64((w >> (3 * t)) & 7) * s
     return out[:, :cols]
 
 
 # ---- Numba CUDA ------------------------------------------------------------------------
+
 
 @cuda.jit
 def _minmax_kernel(x, group, lo, hi):
@@ -264,8 +270,9 @@ def encode_cuda(x: np.ndarray, zero: np.ndarray, scale: np.ndarray, bits: int, g
     return out.copy_to_host()
 
 
-def decode_cuda(packed: np.ndarray, zero: np.ndarray, scale: np.ndarray, bits: int, group: int,
-                cols: int) -> np.ndarray:
+def decode_cuda(
+    packed: np.ndarray, zero: np.ndarray, scale: np.ndarray, bits: int, group: int, cols: int
+) -> np.ndarray:
     rows = packed.shape[0]
     out = cuda.device_array((rows, cols), np.float32)
     blocks, tpb = _grid(rows, cols)
@@ -274,6 +281,7 @@ def decode_cuda(packed: np.ndarray, zero: np.ndarray, scale: np.ndarray, bits: i
 
 
 # ---- dispatch --------------------------------------------------------------------------
+
 
 def group_minmax(x: np.ndarray, group: int) -> tuple[np.ndarray, np.ndarray]:
     check_args(x, 8, group)
@@ -291,8 +299,7 @@ def encode(x: np.ndarray, zero: np.ndarray, scale: np.ndarray, bits: int, group:
     return encode_cuda(*args) if device() == "cuda" else encode_cpu(*args)
 
 
-def decode(packed: np.ndarray, zero: np.ndarray, scale: np.ndarray, bits: int, group: int,
-           cols: int) -> np.ndarray:
+def decode(packed: np.ndarray, zero: np.ndarray, scale: np.ndarray, bits: int, group: int, cols: int) -> np.ndarray:
     if bits not in BITS:
         raise ValueError(f"bits must be one of {BITS}, not {bits}")
     if group <= 0 or group % 8:

@@ -66,8 +66,10 @@ def main() -> None:
         g_dec = ((rows + 3) // 4, (cols + 63) // 64)
         enc_k = _cuda_kernel_time(lambda: quant._encode_kernel[g_enc, (4, 64)](dx, dlo, dsc, bits, group, dout8))
         dec_k = _cuda_kernel_time(lambda: quant._decode_kernel[g_dec, (4, 64)](dpk, dlo, dsc, bits, group, doutf))
-        assert np.array_equal(quant.decode_cuda(packed, lo, scale, bits, group, cols),
-                              quant.decode_cpu(packed, lo, scale, bits, group, cols))
+        assert np.array_equal(
+            quant.decode_cuda(packed, lo, scale, bits, group, cols),
+            quant.decode_cpu(packed, lo, scale, bits, group, cols),
+        )
         assert np.array_equal(quant.encode_cuda(x, lo, scale, bits, group), packed)
         dm, dq, ds = cuda.to_device(m), cuda.to_device(q), cuda.device_array(8000, np.float32)
         score_k = _cuda_kernel_time(lambda: fhrr._score_kernel[(8000 + 127) // 128, 128](dm, dq, ds))
@@ -75,11 +77,14 @@ def main() -> None:
         dre, dim_ = cuda.device_array(1024, np.float64), cuda.device_array(1024, np.float64)
         sketch_k = _cuda_kernel_time(lambda: fhrr._sketch_kernel[8, 128](db, dw, 1024, 1, dre, dim_))
         out["cuda"] = {
-            "encode_kernel_gbs": f16_bytes / enc_k / 1e9, "decode_kernel_gbs": f16_bytes / dec_k / 1e9,
+            "encode_kernel_gbs": f16_bytes / enc_k / 1e9,
+            "decode_kernel_gbs": f16_bytes / dec_k / 1e9,
             "encode_e2e_gbs": f16_bytes / _best(lambda: quant.encode_cuda(x, lo, scale, bits, group)) / 1e9,
             "decode_e2e_gbs": f16_bytes / _best(lambda: quant.decode_cuda(packed, lo, scale, bits, group, cols)) / 1e9,
-            "score_8000_kernel_ms": score_k * 1000, "sketch_kernel_ms": sketch_k * 1000,
-            "device": cuda.get_current_device().name.decode() if isinstance(cuda.get_current_device().name, bytes)
+            "score_8000_kernel_ms": score_k * 1000,
+            "sketch_kernel_ms": sketch_k * 1000,
+            "device": cuda.get_current_device().name.decode()
+            if isinstance(cuda.get_current_device().name, bytes)
             else str(cuda.get_current_device().name),
         }
     print(json.dumps({k: (round(v, 3) if isinstance(v, float) else v) for k, v in out.items()}, default=str))

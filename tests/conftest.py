@@ -25,8 +25,7 @@ GEMMA = "gemma3-270m"
 
 def _pull(name: str) -> Path:
     env = dict(os.environ, LOCALSYM_HOME=str(MODEL_CACHE))
-    r = subprocess.run([sys.executable, "-m", "localsym", "pull", "-q", name], env=env,
-                       capture_output=True, text=True)
+    r = subprocess.run([sys.executable, "-m", "localsym", "pull", "-q", name], env=env, capture_output=True, text=True)
     if r.returncode != 0:
         pytest.fail(f"could not pull {name}: {r.stderr.strip()}")
     return Path(r.stdout.split(": ", 1)[1].split(" (", 1)[0])
@@ -83,5 +82,6 @@ def smol_engine(smol_path):
 
 def run_cli(*args: str, home: Path, timeout: float = 300, stdin: str | None = None) -> subprocess.CompletedProcess:
     env = dict(os.environ, LOCALSYM_HOME=str(home))
-    return subprocess.run([sys.executable, "-m", "localsym", *args], env=env, capture_output=True,
-                          text=True, timeout=timeout, input=stdin)
+    return subprocess.run(
+        [sys.executable, "-m", "localsym", *args], env=env, capture_output=True, text=True, timeout=timeout, input=stdin
+    )

@@ -23,9 +23,21 @@ def _info(w: GGUFWriter, name: str, shape: tuple[int, ...], qtype: T) -> None:
         w.add_tensor_info(name, bshape, np.uint8, nbytes, raw_dtype=qtype)
 
 
-def write_shape(path: Path, arch: str, n_layer: int, n_embd: int, n_head: int, n_head_kv: int,
-                n_ff: int, n_vocab: int, n_ctx: int, n_expert: int = 0, n_expert_used: int = 0,
-                n_ff_exp: int = 0, head_dim: int | None = None) -> Path:
+def write_shape(
+    path: Path,
+    arch: str,
+    n_layer: int,
+    n_embd: int,
+    n_head: int,
+    n_head_kv: int,
+    n_ff: int,
+    n_vocab: int,
+    n_ctx: int,
+    n_expert: int = 0,
+    n_expert_used: int = 0,
+    n_ff_exp: int = 0,
+    head_dim: int | None = None,
+) -> Path:
     w = GGUFWriter(str(path), arch)
     hd = head_dim or n_embd // n_head
     w.add_block_count(n_layer)
@@ -77,5 +89,18 @@ def llama_7b(path: Path) -> Path:
 
 def qwen3_30b_a3b(path: Path) -> Path:
     """Qwen3-30B-A3B's shape at Q4_K_M: 48 layers, 128 experts, 8 used."""
-    return write_shape(path, "qwen3moe", 48, 2048, 32, 4, 6144, 151936, 40960,
-                       n_expert=128, n_expert_used=8, n_ff_exp=768, head_dim=128)
+    return write_shape(
+        path,
+        "qwen3moe",
+        48,
+        2048,
+        32,
+        4,
+        6144,
+        151936,
+        40960,
+        n_expert=128,
+        n_expert_used=8,
+        n_ff_exp=768,
+        head_dim=128,
+    )

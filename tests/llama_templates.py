@@ -35,8 +35,9 @@ def templates_dir() -> Path:
     try:
         _fetch(dest)
     except Exception as e:  # any failure here means "no templates": say why
-        raise TemplatesUnavailable(f"could not get llama.cpp's chat templates from the llama-cpp-python=={VERSION} "
-                                   f"sdist into {dest}: {e}") from e
+        raise TemplatesUnavailable(
+            f"could not get llama.cpp's chat templates from the llama-cpp-python=={VERSION} sdist into {dest}: {e}"
+        ) from e
     return dest
 
 
@@ -57,9 +58,24 @@ def _fetch(dest: Path) -> None:
         dl = Path(tmp) / "dl"
         # --no-binary for this package only: the sdist is what holds the vendored tree, while the build
         # tools pip installs to read its metadata may come as wheels (faster, fewer ways to fail).
-        r = subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps",
-                            "--no-binary", "llama-cpp-python", f"llama-cpp-python=={VERSION}", "-d", str(dl)],
-                           check=False, capture_output=True, text=True)
+        r = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "--quiet",
+                "--no-deps",
+                "--no-binary",
+                "llama-cpp-python",
+                f"llama-cpp-python=={VERSION}",
+                "-d",
+                str(dl),
+            ],
+            check=False,
+            capture_output=True,
+            text=True,
+        )
         if r.returncode != 0:
             lines = (r.stderr.strip() or r.stdout.strip()).splitlines()
             errors = [ln for ln in lines if ln.startswith("ERROR")] or lines[-3:]

@@ -27,5 +27,5 @@ def test_heatmap_png_is_valid(tmp_path):
     w, h = struct.unpack(">II", data[16:24])
     assert (w, h) == (8, 8)
     idat_len = struct.unpack(">I", data[33:37])[0]
-    raw = zlib.decompress(data[41:41 + idat_len])
+    raw = zlib.decompress(data[41 : 41 + idat_len])
     assert len(raw) == h * (1 + 3 * w)

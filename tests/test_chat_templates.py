@@ -30,7 +30,7 @@ BOS, EOS = "<s>", "</s>"
 
 # Non-ASCII, markup and Jinja-looking text: all of it must come through unescaped and unevaluated.
 SYSTEM = "You are terse. Grüße, 你好, émoji 🙂 <b>&amp; \"q\" 'a' {{ x }}"
-USER1 = "First question: Grüße, 你好, émoji 🙂 <tag> & \"quotes\""
+USER1 = 'First question: Grüße, 你好, émoji 🙂 <tag> & "quotes"'
 ASSISTANT = "First answer — naïve café, 你好 🙂 {% raw %}"
 USER2 = "Second question:\nline two, émoji 🙂\ttab"
 MESSAGES: list[Message] = [
@@ -47,21 +47,26 @@ DROPS_SYSTEM: dict[str, str] = {}
 # Where llama-cpp-python's formatter raises, and why (ours renders all of these).
 LCP_FAILS: dict[str, str] = {
     "CohereForAI-c4ai-command-r-plus-tool_use": "it passes tools=None, which the template iterates; "
-                                                "llama.cpp and ChatTemplate leave tools undefined",
+    "llama.cpp and ChatTemplate leave tools undefined",
     "NousResearch-Hermes-2-Pro-Llama-3-8B-tool_use": "it passes tools=None, which the template iterates",
     "NousResearch-Hermes-3-Llama-3.1-8B-tool_use": "it passes tools=None, which the template iterates",
     "fireworks-ai-llama-3-firefunction-v2": "it passes functions=None and no datetime; the template "
-                                            "concatenates both as strings (llama.cpp passes \"\" and the date)",
+    'concatenates both as strings (llama.cpp passes "" and the date)',
     "google-gemma-2-2b-it": "the template raises 'System role not supported' and it does not fold the system "
-                            "text into the first user turn as llama.cpp does",
+    "text into the first user turn as llama.cpp does",
 }
 
 # Where both render but differ on purpose: the variables that explain it, handed to llama-cpp-python's
 # formatter as extra context, must make the outputs equal.
 _TODAY = datetime.date.today().strftime("%d %b %Y")
 LCP_DIFFERS: dict[str, tuple[str, dict[str, str]]] = {
-    name: (("ChatTemplate passes llama.cpp's date_string (today); llama-cpp-python passes none, so the "
-            "template's fixed 'Today Date: 26 Jul 2024' appears"), {"date_string": _TODAY})
+    name: (
+        (
+            "ChatTemplate passes llama.cpp's date_string (today); llama-cpp-python passes none, so the "
+            "template's fixed 'Today Date: 26 Jul 2024' appears"
+        ),
+        {"date_string": _TODAY},
+    )
     for name in ("meta-llama-Llama-3.1-8B-Instruct", "meta-llama-Llama-3.3-70B-Instruct")
 }
 
@@ -125,23 +130,28 @@ def test_system_role_refused_is_folded_into_the_first_user_turn(templates: Path)
     assert text == f"<bos><start_of_turn>user\n{SYSTEM}\n{USER1}<end_of_turn>\n<start_of_turn>model\n"
     assert tmpl.render(MESSAGES[1:2]) == f"<bos><start_of_turn>user\n{USER1}<end_of_turn>\n<start_of_turn>model\n"
     # A lone system turn has no next turn to join: it becomes a user turn rather than being lost.
-    assert (tmpl.render(MESSAGES[:1], add_generation_prompt=False)
-            == f"<bos><start_of_turn>user\n{SYSTEM}<end_of_turn>\n")
+    assert (
+        tmpl.render(MESSAGES[:1], add_generation_prompt=False) == f"<bos><start_of_turn>user\n{SYSTEM}<end_of_turn>\n"
+    )
 
 
 def test_environment_matches_transformers() -> None:
     """The pieces the shipped templates need, checked on their own: loop controls, {% generation %},
     tojson as transformers defines it, raise_exception, strftime_now, and caller-supplied variables."""
-    src = ("{% for m in messages %}{% if loop.index > 2 %}{% break %}{% endif %}"
-           "{% if m.role == 'system' %}{% continue %}{% endif %}"
-           "{% generation %}{% set inner = 1 %}[{{ m.content }}]{% endgeneration %}{% endfor %}"
-           "{{ inner is defined }}|{{ messages[0] | tojson }}|{{ {'a': [1]} | tojson(indent=2) }}"
-           "|{{ 'x' | tojson(ensure_ascii=True) }}|{{ strftime_now('%Y') }}|{{ enable_thinking is defined }}"
-           "|{{ flag }}")
+    src = (
+        "{% for m in messages %}{% if loop.index > 2 %}{% break %}{% endif %}"
+        "{% if m.role == 'system' %}{% continue %}{% endif %}"
+        "{% generation %}{% set inner = 1 %}[{{ m.content }}]{% endgeneration %}{% endfor %}"
+        "{{ inner is defined }}|{{ messages[0] | tojson }}|{{ {'a': [1]} | tojson(indent=2) }}"
+        "|{{ 'x' | tojson(ensure_ascii=True) }}|{{ strftime_now('%Y') }}|{{ enable_thinking is defined }}"
+        "|{{ flag }}"
+    )
     text = ChatTemplate(src).render(MESSAGES, flag="on")
     year = str(datetime.date.today().year)
-    assert text == ("[" + USER1 + "]False|" + '{"role": "system", "content": "You are terse. Grüße, 你好, émoji 🙂 '
-                    '<b>&amp; \\"q\\" \'a\' {{ x }}"}|{\n  "a": [\n    1\n  ]\n}|"x"|' + year + "|False|on")
+    assert text == (
+        "[" + USER1 + "]False|" + '{"role": "system", "content": "You are terse. Grüße, 你好, émoji 🙂 '
+        '<b>&amp; \\"q\\" \'a\' {{ x }}"}|{\n  "a": [\n    1\n  ]\n}|"x"|' + year + "|False|on"
+    )
     with pytest.raises(LocalsymError, match="chat template failed: nope"):
         ChatTemplate("{{ raise_exception('nope') }}").render(MESSAGES[1:])
     with pytest.raises(LocalsymError, match="TypeError"):

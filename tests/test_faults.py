@@ -58,7 +58,7 @@ def test_damaged_block_files_are_rebuilt_and_the_answer_stays_right(home, damage
     data = victim.read_bytes()
     if damage == "header_dtype":  # a dtype in the header's array table: "<f2" -> "<f4"
         i = data.index(b'"dtype":"<f2"')
-        victim.write_bytes(data[:i + 11] + b"4" + data[i + 12:])
+        victim.write_bytes(data[: i + 11] + b"4" + data[i + 12 :])
     elif damage == "payload_bit":
         b = bytearray(data)
         b[-200] ^= 0x10
@@ -136,8 +136,9 @@ def test_a_second_process_on_a_session_is_told_it_is_busy(home):
 def test_bad_settings_are_refused_before_anything_is_saved(home):
     _loaded()
     for flag, value in (("--cold-gb", "nan"), ("--warm-mb", "inf"), ("--warm-mb", "-3")):
-        line = _one_line(run_cli("ask", QUESTION, "--session", "f", flag, value, "-c", "2048", "--vram", "cpu",
-                                 home=home))
+        line = _one_line(
+            run_cli("ask", QUESTION, "--session", "f", flag, value, "-c", "2048", "--vram", "cpu", home=home)
+        )
         assert flag.strip("-").replace("-", "_") in line
     cfg = home / "config"
     cfg.mkdir(exist_ok=True)
@@ -148,8 +149,9 @@ def test_bad_settings_are_refused_before_anything_is_saved(home):
     assert "KX-4471-QZ" in _ask().answer  # nothing bad was stored in the session
 
 
-@pytest.mark.parametrize("args,word", [(["-n", "0"], "-n"), (["-n", "-5"], "-n"), (["--temp", "nan"], "temp"),
-                                       (["-t", "0"], "threads")])
+@pytest.mark.parametrize(
+    "args,word", [(["-n", "0"], "-n"), (["-n", "-5"], "-n"), (["--temp", "nan"], "temp"), (["-t", "0"], "threads")]
+)
 def test_bad_run_flags_are_one_line(home, args, word):
     line = _one_line(run_cli("run", "smollm2-135m", "Tell me a long story about the sea.", *args, home=home))
     assert word in line
@@ -188,14 +190,35 @@ def test_a_full_disk_is_one_line_and_leaves_no_temp_files(home, tmp_path):
         resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, 200_000))
 
     env = dict(os.environ, LOCALSYM_HOME=str(home))
-    r = subprocess.run([sys.executable, "-m", "localsym", "load", str(f), "--session", "disk", "-q", "-c", "2048",
-                        "--block-tokens", "64", "--vram", "cpu"], env=env, capture_output=True, text=True,
-                       timeout=300, preexec_fn=small_files)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "localsym",
+            "load",
+            str(f),
+            "--session",
+            "disk",
+            "-q",
+            "-c",
+            "2048",
+            "--block-tokens",
+            "64",
+            "--vram",
+            "cpu",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        preexec_fn=small_files,
+    )
     line = _one_line(r)
     assert "cannot write" in line and "disk space" in line
     assert not list(home.rglob("*.tmp")) and not list(home.rglob(".*.new"))
-    r = run_cli("load", str(f), "--session", "disk", "-q", "-c", "2048", "--block-tokens", "64", "--vram", "cpu",
-                home=home)  # with room again, the same load completes
+    r = run_cli(
+        "load", str(f), "--session", "disk", "-q", "-c", "2048", "--block-tokens", "64", "--vram", "cpu", home=home
+    )  # with room again, the same load completes
     assert r.returncode == 0, r.stderr
 
 
@@ -205,9 +228,28 @@ def test_ctrl_c_during_load_exits_130_and_keeps_what_was_acknowledged(home, tmp_
     for i in range(6):
         (tree / f"m{i}.py").write_text("".join(f"value_{i}_{j} = {j * 7}\n" for j in range(40)))
     env = dict(os.environ, LOCALSYM_HOME=str(home))
-    proc = subprocess.Popen([sys.executable, "-m", "localsym", "load", str(tree), "--session", "c", "-q", "-c", "2048",
-                             "--block-tokens", "64", "--vram", "cpu"], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "localsym",
+            "load",
+            str(tree),
+            "--session",
+            "c",
+            "-q",
+            "-c",
+            "2048",
+            "--block-tokens",
+            "64",
+            "--vram",
+            "cpu",
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     db_path = home / "data" / "sessions" / "c" / "session.db"
     deadline = time.time() + 240
     n = 0

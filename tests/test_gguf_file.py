@@ -36,7 +36,7 @@ def test_gemma_is_sliding_window(gemma_path):
 
 def test_truncated_file_is_detected(tmp_path, smol_path):
     cut = tmp_path / "cut.gguf"
-    cut.write_bytes(smol_path.read_bytes()[: 50_000_000])
+    cut.write_bytes(smol_path.read_bytes()[:50_000_000])
     h = read_header(cut)  # the header is intact ...
     with pytest.raises(BadModelFile, match="truncated GGUF"):
         check_complete(h)  # ... the weights are not
@@ -88,9 +88,19 @@ BASE_KV = {
 BASE_TENSORS = [("token_embd.weight", (64, 10), F32_T), ("blk.0.attn_q.weight", (64, 64), F32_T)]
 
 
-def craft(path: Path, kv: dict | None = None, tensors: list | None = None, *, magic: bytes = b"GGUF",
-          version: int = 3, n_tensors: int | None = None, n_kv: int | None = None, raw_kv: bytes = b"",
-          offsets: list[int] | None = None, data: bool = True) -> Path:
+def craft(
+    path: Path,
+    kv: dict | None = None,
+    tensors: list | None = None,
+    *,
+    magic: bytes = b"GGUF",
+    version: int = 3,
+    n_tensors: int | None = None,
+    n_kv: int | None = None,
+    raw_kv: bytes = b"",
+    offsets: list[int] | None = None,
+    data: bool = True,
+) -> Path:
     """A GGUF written byte by byte: BASE_KV updated by ``kv`` (a None value drops the key), the
     tensors packed at 32-byte alignment (or at ``offsets``), then zeros for their data."""
     kv = {**BASE_KV, **(kv or {})}
@@ -132,42 +142,59 @@ def test_crafted_base_file_is_valid(tmp_path):
     h = read_header(p)
     check_complete(h)
     info = model_info(p, h)
-    assert (info.n_layer, info.n_embd, info.n_head, info.n_head_kv, info.head_dim_k, info.n_ctx_train) == \
-        (2, 64, 4, 4, 16, 128)
+    assert (info.n_layer, info.n_embd, info.n_head, info.n_head_kv, info.head_dim_k, info.n_ctx_train) == (
+        2,
+        64,
+        4,
+        4,
+        16,
+        128,
+    )
     assert info.layer_bytes == (64 * 64 * 4, 0) and info.other_bytes == 64 * 10 * 4
 
 
-@pytest.mark.parametrize("kw, match", [
-    ({"magic": b"GGML"}, "not a GGUF file"),
-    ({"version": 1}, "unsupported GGUF version 1"),
-    ({"version": 3 << 24}, "big-endian GGUF"),
-    ({"n_tensors": 1 << 40}, "absurd counts"),
-    ({"n_kv": 1 << 40}, "absurd counts"),
-    ({"n_kv": 5000}, r"truncated GGUF header \(2 tensors and 5000 keys need"),
-    ({"tensors": []}, "no tensors"),
-    ({"raw_kv": _s("x") + struct.pack("<I", 13), "n_kv": 6}, "unknown value type 13"),
-    ({"raw_kv": _s("x") + struct.pack("<IIQ", ARR, 99, 0), "n_kv": 6}, "array of unknown value type 99"),
-    ({"raw_kv": _s("x") + struct.pack("<IIQ", ARR, U32, 1 << 61), "n_kv": 6}, "more than the whole file"),
-    ({"raw_kv": _s("x") + struct.pack("<IIQ", ARR, U32, 60), "n_kv": 6, "data": False},
-     r"truncated GGUF header \(key 'x': an array of 60 needs 240 bytes at offset \d+, \d+ left\)"),
-    ({"raw_kv": struct.pack("<Q", 1 << 62), "n_kv": 6},
-     "a string needs 4611686018427387904 bytes, more than the whole file"),
-    ({"raw_kv": _s("x") + struct.pack("<I", ARR) + struct.pack("<IQ", ARR, 1) * 5000, "n_kv": 6},
-     "arrays nested more than 2 deep"),
-    ({"kv": {"llama.block_count": (U32, 3)}, "raw_kv": _kv("llama.block_count", U32, 2), "n_kv": 6},
-     "duplicate key 'llama.block_count'"),
-    ({"kv": {"general.alignment": (U32, 0)}}, "general.alignment is 0, not a power of two"),
-    ({"kv": {"general.alignment": (U32, 48)}}, "general.alignment is 48"),
-    ({"kv": {"general.alignment": (STR, "32")}}, "general.alignment is '32'"),
-    ({"tensors": [("t", (1, 1, 1, 1, 1), F32_T)]}, "5 dimensions"),
-    ({"tensors": [("t", (1 << 40, 1 << 40), F32_T)]}, r"shape \[1099511627776, 1099511627776\]"),
-    ({"tensors": [("t", (64,), 99)]}, "unknown tensor type 99"),
-    ({"tensors": [("t", (33, 2), Q4_0_T)]}, "row of 33 not a multiple of its type's block of 32"),
-    ({"tensors": [("t", (8,), F32_T), ("t", (8,), F32_T)]}, "duplicate tensor 't'"),
-    ({"tensors": [("x" * 64, (8,), F32_T)]}, "name longer than 63 bytes"),
-    ({"offsets": [0, 4096]}, r"data at offset 4096, expected 2560"),
-    ({"data": False}, r"truncated GGUF \(\d+ of \d+ bytes present\)"),
-])
+@pytest.mark.parametrize(
+    "kw, match",
+    [
+        ({"magic": b"GGML"}, "not a GGUF file"),
+        ({"version": 1}, "unsupported GGUF version 1"),
+        ({"version": 3 << 24}, "big-endian GGUF"),
+        ({"n_tensors": 1 << 40}, "absurd counts"),
+        ({"n_kv": 1 << 40}, "absurd counts"),
+        ({"n_kv": 5000}, r"truncated GGUF header \(2 tensors and 5000 keys need"),
+        ({"tensors": []}, "no tensors"),
+        ({"raw_kv": _s("x") + struct.pack("<I", 13), "n_kv": 6}, "unknown value type 13"),
+        ({"raw_kv": _s("x") + struct.pack("<IIQ", ARR, 99, 0), "n_kv": 6}, "array of unknown value type 99"),
+        ({"raw_kv": _s("x") + struct.pack("<IIQ", ARR, U32, 1 << 61), "n_kv": 6}, "more than the whole file"),
+        (
+            {"raw_kv": _s("x") + struct.pack("<IIQ", ARR, U32, 60), "n_kv": 6, "data": False},
+            r"truncated GGUF header \(key 'x': an array of 60 needs 240 bytes at offset \d+, \d+ left\)",
+        ),
+        (
+            {"raw_kv": struct.pack("<Q", 1 << 62), "n_kv": 6},
+            "a string needs 4611686018427387904 bytes, more than the whole file",
+        ),
+        (
+            {"raw_kv": _s("x") + struct.pack("<I", ARR) + struct.pack("<IQ", ARR, 1) * 5000, "n_kv": 6},
+            "arrays nested more than 2 deep",
+        ),
+        (
+            {"kv": {"llama.block_count": (U32, 3)}, "raw_kv": _kv("llama.block_count", U32, 2), "n_kv": 6},
+            "duplicate key 'llama.block_count'",
+        ),
+        ({"kv": {"general.alignment": (U32, 0)}}, "general.alignment is 0, not a power of two"),
+        ({"kv": {"general.alignment": (U32, 48)}}, "general.alignment is 48"),
+        ({"kv": {"general.alignment": (STR, "32")}}, "general.alignment is '32'"),
+        ({"tensors": [("t", (1, 1, 1, 1, 1), F32_T)]}, "5 dimensions"),
+        ({"tensors": [("t", (1 << 40, 1 << 40), F32_T)]}, r"shape \[1099511627776, 1099511627776\]"),
+        ({"tensors": [("t", (64,), 99)]}, "unknown tensor type 99"),
+        ({"tensors": [("t", (33, 2), Q4_0_T)]}, "row of 33 not a multiple of its type's block of 32"),
+        ({"tensors": [("t", (8,), F32_T), ("t", (8,), F32_T)]}, "duplicate tensor 't'"),
+        ({"tensors": [("x" * 64, (8,), F32_T)]}, "name longer than 63 bytes"),
+        ({"offsets": [0, 4096]}, r"data at offset 4096, expected 2560"),
+        ({"data": False}, r"truncated GGUF \(\d+ of \d+ bytes present\)"),
+    ],
+)
 def test_malformed_headers(tmp_path, kw, match):
     bad(craft(tmp_path / "bad.gguf", **kw), match)
 
@@ -181,37 +208,45 @@ def test_truncated_anywhere(tmp_path):
         bad(cut, "not a GGUF file" if n < 24 else "truncated GGUF")
 
 
-@pytest.mark.parametrize("kv, match", [
-    ({"general.architecture": None}, "general.architecture missing"),
-    ({"general.architecture": (U32, 7)}, "general.architecture is int, not a string"),
-    ({"llama.block_count": None}, "llama.block_count missing"),
-    ({"llama.block_count": (U32, 0)}, r"llama.block_count = 0 is out of range \(1..100000\)"),
-    ({"llama.block_count": (U64, 1 << 40)}, "llama.block_count = 1099511627776 is out of range"),
-    ({"llama.block_count": (STR, "32")}, "llama.block_count is a string, not an integer"),
-    ({"llama.block_count": (F32, 2.0)}, "llama.block_count is a float, not an integer"),
-    ({"llama.block_count": (BOOL, True)}, "llama.block_count is a bool, not an integer"),
-    ({"llama.embedding_length": (U32, 0)}, "llama.embedding_length = 0 is out of range"),
-    ({"llama.embedding_length": (ARR, (U32, [64]))}, "llama.embedding_length is an array"),
-    ({"llama.attention.head_count": None}, "llama.attention.head_count missing"),
-    ({"llama.attention.head_count": (I32, -4)}, "llama.attention.head_count = -4 is out of range"),
-    ({"llama.attention.head_count": (ARR, (STR, ["4"]))}, "head_count holds a value that is not an integer"),
-    ({"llama.attention.head_count": (U32, 128)}, r"head size 0 \(128 heads in an embedding of 64\)"),
-    ({"llama.attention.head_count_kv": (U32, 8)}, "8 KV heads but 4 query heads"),
-    ({"llama.attention.key_length": (U32, 1 << 20)}, "llama.attention.key_length = 1048576 is out of range"),
-    ({"llama.context_length": None}, "llama.context_length missing"),
-    ({"llama.context_length": (U32, 0)}, "llama.context_length = 0 is out of range"),
-    ({"llama.expert_count": (U32, 4), "llama.expert_used_count": (U32, 8)}, "expert_used_count = 8 is out of range"),
-    ({"general.file_type": (STR, "Q4_K_M")}, "general.file_type is a string"),
-    ({"tokenizer.chat_template": (U32, 1)}, "tokenizer.chat_template is int, not a string"),
-    ({"tokenizer.ggml.tokens": (STR, "abc")}, "tokenizer.ggml.tokens is a string, not an array"),
-])
+@pytest.mark.parametrize(
+    "kv, match",
+    [
+        ({"general.architecture": None}, "general.architecture missing"),
+        ({"general.architecture": (U32, 7)}, "general.architecture is int, not a string"),
+        ({"llama.block_count": None}, "llama.block_count missing"),
+        ({"llama.block_count": (U32, 0)}, r"llama.block_count = 0 is out of range \(1..100000\)"),
+        ({"llama.block_count": (U64, 1 << 40)}, "llama.block_count = 1099511627776 is out of range"),
+        ({"llama.block_count": (STR, "32")}, "llama.block_count is a string, not an integer"),
+        ({"llama.block_count": (F32, 2.0)}, "llama.block_count is a float, not an integer"),
+        ({"llama.block_count": (BOOL, True)}, "llama.block_count is a bool, not an integer"),
+        ({"llama.embedding_length": (U32, 0)}, "llama.embedding_length = 0 is out of range"),
+        ({"llama.embedding_length": (ARR, (U32, [64]))}, "llama.embedding_length is an array"),
+        ({"llama.attention.head_count": None}, "llama.attention.head_count missing"),
+        ({"llama.attention.head_count": (I32, -4)}, "llama.attention.head_count = -4 is out of range"),
+        ({"llama.attention.head_count": (ARR, (STR, ["4"]))}, "head_count holds a value that is not an integer"),
+        ({"llama.attention.head_count": (U32, 128)}, r"head size 0 \(128 heads in an embedding of 64\)"),
+        ({"llama.attention.head_count_kv": (U32, 8)}, "8 KV heads but 4 query heads"),
+        ({"llama.attention.key_length": (U32, 1 << 20)}, "llama.attention.key_length = 1048576 is out of range"),
+        ({"llama.context_length": None}, "llama.context_length missing"),
+        ({"llama.context_length": (U32, 0)}, "llama.context_length = 0 is out of range"),
+        (
+            {"llama.expert_count": (U32, 4), "llama.expert_used_count": (U32, 8)},
+            "expert_used_count = 8 is out of range",
+        ),
+        ({"general.file_type": (STR, "Q4_K_M")}, "general.file_type is a string"),
+        ({"tokenizer.chat_template": (U32, 1)}, "tokenizer.chat_template is int, not a string"),
+        ({"tokenizer.ggml.tokens": (STR, "abc")}, "tokenizer.ggml.tokens is a string, not an array"),
+    ],
+)
 def test_malformed_shape_keys(tmp_path, kv, match):
     bad(craft(tmp_path / "bad.gguf", kv), match, info=True)
 
 
 def test_per_layer_head_counts_still_read(tmp_path):
-    p = craft(tmp_path / "ok.gguf", {"llama.attention.head_count": (ARR, (I32, [4, 2])),
-                                     "llama.attention.head_count_kv": (ARR, (I32, [2, 0]))})
+    p = craft(
+        tmp_path / "ok.gguf",
+        {"llama.attention.head_count": (ARR, (I32, [4, 2])), "llama.attention.head_count_kv": (ARR, (I32, [2, 0]))},
+    )
     info = model_info(p)
     assert (info.n_head, info.n_head_kv) == (4, 2)
 

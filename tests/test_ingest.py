@@ -82,19 +82,47 @@ def write(root: Path, files: dict[str | bytes, str | bytes]) -> None:
 # -- the same file set as git -----------------------------------------------------------------------
 REPO = {
     ".gitignore": "*.log\nbuild/\n/secret.txt\n*.tmp\n",
-    "a.py": "a = 1\n", "notes.log": "n\n", "secret.txt": "s\n", "x.tmp": "t\n", "build/out.py": "o\n",
-    "pkg/build/gen.py": "g\n", "pkg/build.py": "b = 1\n", "pkg/secret.txt": "not anchored here\n",
-    "sub/.gitignore": "!keep.log\n!*.tmp\n", "sub/keep.log": "k\n", "sub/other.log": "o\n", "sub/y.tmp": "y\n",
-    "sub/b.py": "b = 2\n", "sub/deep/.gitignore": "*.py\n!main.py\n", "sub/deep/main.py": "m\n",
-    "sub/deep/util.py": "u\n", "sub/deep/readme.txt": "r\n",
-    "docs/.gitignore": "*\n!*/\n!*.md\n", "docs/a.md": "a\n", "docs/a.txt": "a\n", "docs/x/b.md": "b\n",
-    "docs/x/c.txt": "c\n", "local-only.txt": "excluded by .git/info/exclude\n",
+    "a.py": "a = 1\n",
+    "notes.log": "n\n",
+    "secret.txt": "s\n",
+    "x.tmp": "t\n",
+    "build/out.py": "o\n",
+    "pkg/build/gen.py": "g\n",
+    "pkg/build.py": "b = 1\n",
+    "pkg/secret.txt": "not anchored here\n",
+    "sub/.gitignore": "!keep.log\n!*.tmp\n",
+    "sub/keep.log": "k\n",
+    "sub/other.log": "o\n",
+    "sub/y.tmp": "y\n",
+    "sub/b.py": "b = 2\n",
+    "sub/deep/.gitignore": "*.py\n!main.py\n",
+    "sub/deep/main.py": "m\n",
+    "sub/deep/util.py": "u\n",
+    "sub/deep/readme.txt": "r\n",
+    "docs/.gitignore": "*\n!*/\n!*.md\n",
+    "docs/a.md": "a\n",
+    "docs/a.txt": "a\n",
+    "docs/x/b.md": "b\n",
+    "docs/x/c.txt": "c\n",
+    "local-only.txt": "excluded by .git/info/exclude\n",
     "a.bak": "excluded by core.excludesFile\n",
-    "tests/data/[x].txt": "brackets\n", "#hash.txt": "h\n",
+    "tests/data/[x].txt": "brackets\n",
+    "#hash.txt": "h\n",
 }
-EXPECTED = {b"a.py", b"pkg/build.py", b"pkg/secret.txt", b"sub/keep.log", b"sub/y.tmp", b"sub/b.py",
-            b"sub/deep/main.py", b"sub/deep/readme.txt", b"docs/a.md", b"docs/x/b.md", b"tests/data/[x].txt",
-            b"#hash.txt"}
+EXPECTED = {
+    b"a.py",
+    b"pkg/build.py",
+    b"pkg/secret.txt",
+    b"sub/keep.log",
+    b"sub/y.tmp",
+    b"sub/b.py",
+    b"sub/deep/main.py",
+    b"sub/deep/readme.txt",
+    b"docs/a.md",
+    b"docs/x/b.md",
+    b"tests/data/[x].txt",
+    b"#hash.txt",
+}
 
 
 @pytest.mark.skipif(not HAS_GIT, reason="git is not installed")
@@ -139,9 +167,25 @@ def test_global_excludes_file_without_git(tmp_path, monkeypatch):
 def test_wildmatch_corners_match_git(tmp_path, mode):
     """Pattern forms whose reading differs between gitignore implementations."""
     root = tmp_path / "t"
-    write(root, {".gitignore": "a/**/b\n**/c\nd/**\n[!x]?.md\n[[:digit:]]*\nsp\\ \ntrail   \n\\!bang\n",
-                 "a/b": "1", "a/q/r/b": "1", "ab": "1", "k/c": "1", "d/e/f": "1", "d.txt": "1", "xy.md": "1",
-                 "zy.md": "1", "9lives": "1", "sp ": "1", "trail": "1", "!bang": "1", "keep/e": "1"})
+    write(
+        root,
+        {
+            ".gitignore": "a/**/b\n**/c\nd/**\n[!x]?.md\n[[:digit:]]*\nsp\\ \ntrail   \n\\!bang\n",
+            "a/b": "1",
+            "a/q/r/b": "1",
+            "ab": "1",
+            "k/c": "1",
+            "d/e/f": "1",
+            "d.txt": "1",
+            "xy.md": "1",
+            "zy.md": "1",
+            "9lives": "1",
+            "sp ": "1",
+            "trail": "1",
+            "!bang": "1",
+            "keep/e": "1",
+        },
+    )
     if mode == "git":
         git(root, "init", "-q")
         assert rel(walk(root), root) == git_set(root)
@@ -217,8 +261,17 @@ def _deny(monkeypatch, where: Path) -> None:
 def test_unreadable_gitignore_folder_and_file(tmp_path, monkeypatch):
     monkeypatch.setattr(ingest, "_git_ls_files", lambda folder: None)
     root = tmp_path / "t"
-    write(root, {"a.py": "a\n", "x.log": "l\n", "sub/.gitignore": "*.log\n", "sub/y.log": "y\n",
-                 "locked/z.py": "z\n", "c.py": "c\n"})
+    write(
+        root,
+        {
+            "a.py": "a\n",
+            "x.log": "l\n",
+            "sub/.gitignore": "*.log\n",
+            "sub/y.log": "y\n",
+            "locked/z.py": "z\n",
+            "c.py": "c\n",
+        },
+    )
     (root / ".gitignore").write_text("*.log\n")
     for p in ("sub/.gitignore", "locked", "c.py"):
         _deny(monkeypatch, (root / p).resolve())
@@ -234,10 +287,21 @@ def test_unreadable_gitignore_folder_and_file(tmp_path, monkeypatch):
 
 def test_garbled_gitignore_is_read_as_git_reads_it(tmp_path, mode):
     root = tree(tmp_path, mode)
-    write(root, {".gitignore": b"\xef\xbb\xbf*.log\r\n\xff\xfe\x00\x01\n[unclosed\nback\\\na\x00junk\n\xe9t\xe9.txt\n"
-                               + bytes(range(1, 256)) + b"\n",
-                 "x.log": "l\n", "a": "a\n", "ajunk": "j\n", "keep.txt": "k\n", "[unclosed": "u\n",
-                 "back\\": "b\n", "\xe9t\xe9.txt".encode("latin-1"): "e\n"})
+    write(
+        root,
+        {
+            ".gitignore": b"\xef\xbb\xbf*.log\r\n\xff\xfe\x00\x01\n[unclosed\nback\\\na\x00junk\n\xe9t\xe9.txt\n"
+            + bytes(range(1, 256))
+            + b"\n",
+            "x.log": "l\n",
+            "a": "a\n",
+            "ajunk": "j\n",
+            "keep.txt": "k\n",
+            "[unclosed": "u\n",
+            "back\\": "b\n",
+            "\xe9t\xe9.txt".encode("latin-1"): "e\n",
+        },
+    )
     found = walk(root)
     want = {b"ajunk", b"keep.txt", b"[unclosed", b"back\\"}
     assert rel(found, root) == want
@@ -278,8 +342,15 @@ def test_fifo_device_and_always_skip(tmp_path, mode):
 
 def test_text_is_what_git_calls_text(tmp_path, mode):
     root = tree(tmp_path, mode)
-    write(root, {"latin1.txt": "café = 'crème'\n".encode("latin-1"), "nul.dat": b"abc\x00def\n",
-                 "late_nul.txt": b"x" * 8000 + b"\x00", "big.txt": "x" * 10_000})
+    write(
+        root,
+        {
+            "latin1.txt": "café = 'crème'\n".encode("latin-1"),
+            "nul.dat": b"abc\x00def\n",
+            "late_nul.txt": b"x" * 8000 + b"\x00",
+            "big.txt": "x" * 10_000,
+        },
+    )
     found = walk(root, 9000)
     assert rel(found, root) == {b"latin1.txt", b"late_nul.txt"}
     assert "caf\ufffd" in found.files[1].read_text(encoding="utf-8", errors="replace")

@@ -74,8 +74,14 @@ def test_params_match_numpy_and_errors_are_clear():
     with pytest.raises(ValueError, match="uint16"):
         kb.ranges(np.zeros((1, 2, 8), np.float32), True)
     with pytest.raises(ValueError, match="layout"):
-        kb.decode(np.zeros(3, np.uint8), np.array([4], np.uint8), np.array([False]), np.zeros(1, np.float16),
-                  np.zeros(1, np.float16), np.zeros((1, 8, 64), np.uint16))
+        kb.decode(
+            np.zeros(3, np.uint8),
+            np.array([4], np.uint8),
+            np.array([False]),
+            np.zeros(1, np.float16),
+            np.zeros(1, np.float16),
+            np.zeros((1, 8, 64), np.uint16),
+        )
 
 
 def test_fastest_keeps_the_faster_implementation(monkeypatch):

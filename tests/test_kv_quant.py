@@ -34,10 +34,12 @@ def test_formats_sizes_and_measured_errors_order(block):
         eb = EncodedBlock.seal(st, kq.QuantPolicy(fixed=fmt), 3)
         sizes[fmt] = eb.nbytes
         b = _back(eb)
-        kerr[fmt] = np.mean([kq.k_error(np.asarray(a, np.float32), np.asarray(c, np.float32), 3)
-                             for a, c in zip(s.k, b.k)])
-        verr[fmt] = np.mean([kq.v_error(np.asarray(a, np.float32), np.asarray(c, np.float32))
-                             for a, c in zip(s.v, b.v)])
+        kerr[fmt] = np.mean(
+            [kq.k_error(np.asarray(a, np.float32), np.asarray(c, np.float32), 3) for a, c in zip(s.k, b.k)]
+        )
+        verr[fmt] = np.mean(
+            [kq.v_error(np.asarray(a, np.float32), np.asarray(c, np.float32)) for a, c in zip(s.v, b.v)]
+        )
         if fmt == "f16":
             assert bytes(eb.to_blob(128, 1)) == bytes(blob)  # f16 is exact, layout and all
     f16 = sizes["f16"]
@@ -128,8 +130,10 @@ def test_restored_blocks_predict_like_f16(block, smol_engine):
         return out
 
     ref = choices(kv_state.write(full))
-    agree = {fmt: float(np.mean(choices(EncodedBlock.seal(full, kq.QuantPolicy(fixed=fmt), 3).to_blob(0, 0)) == ref))
-             for fmt in ("q8", "q2")}
+    agree = {
+        fmt: float(np.mean(choices(EncodedBlock.seal(full, kq.QuantPolicy(fixed=fmt), 3).to_blob(0, 0)) == ref))
+        for fmt in ("q8", "q2")
+    }
     assert agree["q8"] >= 0.9
     assert agree["q2"] < agree["q8"]
 
@@ -139,6 +143,11 @@ def test_needle_like_text_is_pinned_and_plain_code_is_not():
 
     for text in ('API_KEY = "sk-9fQ2xLp04Zt"', 'TOKEN = "zT0YQOaN"', "the pass key is 68231", "KX-4471-QZ"):
         assert needle_like(text), text
-    for text in ("def sha256(data): return utf8_decode(x)", "for i in range(10):", "version 3.11.4",
-                 "class HTTPServer(BaseHTTPRequestHandler):", "x = 0x7fffffff"):
+    for text in (
+        "def sha256(data): return utf8_decode(x)",
+        "for i in range(10):",
+        "version 3.11.4",
+        "class HTTPServer(BaseHTTPRequestHandler):",
+        "x = 0x7fffffff",
+    ):
         assert not needle_like(text), text

@@ -57,10 +57,14 @@ def _blob(root: Path, data: bytes) -> str:
 def _manifest(root: Path, rel: str, layers: list[tuple[str, str]] | None = None, text: str | None = None) -> Path:
     p = root / "manifests" / rel
     p.parent.mkdir(parents=True, exist_ok=True)
-    body = {"schemaVersion": 2, "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
-            "config": {"mediaType": "application/vnd.docker.container.image.v1+json", "digest": "sha256:00"},
-            "layers": [{"mediaType": f"application/vnd.ollama.image.{kind}", "digest": d, "size": 1}
-                       for kind, d in layers or []]}
+    body = {
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
+        "config": {"mediaType": "application/vnd.docker.container.image.v1+json", "digest": "sha256:00"},
+        "layers": [
+            {"mediaType": f"application/vnd.ollama.image.{kind}", "digest": d, "size": 1} for kind, d in layers or []
+        ],
+    }
     p.write_text(text if text is not None else json.dumps(body))
     return p
 
@@ -83,9 +87,13 @@ def stores(tmp_path, monkeypatch, smol_path) -> dict[str, Path]:
     monkeypatch.setenv("HOME", str(user))
     for var in ("XDG_CACHE_HOME", "HF_HOME"):
         monkeypatch.delenv(var, raising=False)
-    s = {"root": tmp_path / "stores", "ollama": tmp_path / "stores" / "ollama",
-         "lmstudio": user / ".lmstudio" / "models", "hf": tmp_path / "stores" / "hf-hub",
-         "llama.cpp": tmp_path / "stores" / "llama-cache"}
+    s = {
+        "root": tmp_path / "stores",
+        "ollama": tmp_path / "stores" / "ollama",
+        "lmstudio": user / ".lmstudio" / "models",
+        "hf": tmp_path / "stores" / "hf-hub",
+        "llama.cpp": tmp_path / "stores" / "llama-cache",
+    }
     monkeypatch.setenv("OLLAMA_MODELS", str(s["ollama"]))
     monkeypatch.setenv("HF_HUB_CACHE", str(s["hf"]))
     monkeypatch.setenv("LLAMA_CACHE", str(s["llama.cpp"]))
@@ -96,8 +104,12 @@ def stores(tmp_path, monkeypatch, smol_path) -> dict[str, Path]:
     o = s["ollama"]
     s["blob"] = _link(smol_path, o / "blobs" / f"sha256-{SMOL_SHA}")
     model = ("model", f"sha256:{SMOL_SHA}")
-    extras = [("template", _blob(o, TEMPLATE.encode())), ("system", _blob(o, SYSTEM.encode())),
-              ("params", _blob(o, json.dumps(PARAMS).encode())), ("license", _blob(o, LICENSE.encode()))]
+    extras = [
+        ("template", _blob(o, TEMPLATE.encode())),
+        ("system", _blob(o, SYSTEM.encode())),
+        ("params", _blob(o, json.dumps(PARAMS).encode())),
+        ("license", _blob(o, LICENSE.encode())),
+    ]
     _manifest(o, "registry.ollama.ai/library/smollm2/135m", [model, *extras])
     _manifest(o, "registry.ollama.ai/library/smollm2/instruct", [model])
     _manifest(o, "registry.ollama.ai/someone/tiny/q4", [model])
@@ -138,9 +150,12 @@ def test_discovery_names_sources_and_problems(stores, smol_path):
     found = model_sources.discover()
     got = {(m.source, m.name): m for m in found.models}
     assert set(got) == {
-        ("ollama", "smollm2:135m"), ("ollama", "smollm2:instruct"), ("ollama", "someone/tiny:q4"),
+        ("ollama", "smollm2:135m"),
+        ("ollama", "smollm2:instruct"),
+        ("ollama", "someone/tiny:q4"),
         ("ollama", "hf.co/owner/Smol-GGUF:Q4_1"),
-        ("lmstudio", "owner/Smol-GGUF"), ("lmstudio", "owner/Split-GGUF"),
+        ("lmstudio", "owner/Smol-GGUF"),
+        ("lmstudio", "owner/Split-GGUF"),
         ("hf", "owner/Smol-GGUF/SmolLM2.Q4_1.gguf"),
         ("llama.cpp", "owner_Smol-GGUF_SmolLM2.Q4_1.gguf"),
     }
@@ -188,17 +203,23 @@ def test_env_vars_are_read_at_call_time(stores, tmp_path, monkeypatch):
 
 def test_ollama_extras(stores, smol_path):
     assert model_sources.ollama_extras(stores["blob"]) == {
-        "template": TEMPLATE, "system": SYSTEM, "params": PARAMS, "license": LICENSE}
+        "template": TEMPLATE,
+        "system": SYSTEM,
+        "params": PARAMS,
+        "license": LICENSE,
+    }
     assert model_sources.ollama_extras(smol_path) is None  # not an Ollama blob
     assert model_sources.ollama_extras(stores["blob"], "smollm2:instruct") == dict.fromkeys(
-        ("template", "system", "params", "license"))  # a tag without layers of its own
+        ("template", "system", "params", "license")
+    )  # a tag without layers of its own
 
 
 def test_names(stores):
     found = model_sources.discover()
     assert [m.name for m in model_sources.match("smollm2:135m", found.models)] == ["smollm2:135m"]
-    assert [m.name for m in model_sources.match("registry.ollama.ai/library/smollm2:135m", found.models)] == \
-        ["smollm2:135m"]
+    assert [m.name for m in model_sources.match("registry.ollama.ai/library/smollm2:135m", found.models)] == [
+        "smollm2:135m"
+    ]
     assert len(model_sources.match("smollm2", found.models)) == 2  # no :latest, two tags
     assert model_sources.split_ref("ollama:smollm2:135m") == ("ollama", "smollm2:135m")
     assert model_sources.split_ref("llamacpp:a.gguf") == ("llama.cpp", "a.gguf")
@@ -282,8 +303,12 @@ def test_cli_list_pull_run_show(stores, home, smol_path):
     rows = [line.split() for line in r.stdout.splitlines()[1:]]
     assert r.stdout.splitlines()[0].split()[:4] == ["NAME", "SIZE", "SHA256", "SOURCE"]
     assert {(row[0], row[4]) for row in rows} >= {
-        ("smollm2-135m", "catalog"), ("smollm2:135m", "ollama"), ("owner/Smol-GGUF", "lmstudio"),
-        ("owner/Smol-GGUF/SmolLM2.Q4_1.gguf", "hf"), ("owner_Smol-GGUF_SmolLM2.Q4_1.gguf", "llama.cpp")}
+        ("smollm2-135m", "catalog"),
+        ("smollm2:135m", "ollama"),
+        ("owner/Smol-GGUF", "lmstudio"),
+        ("owner/Smol-GGUF/SmolLM2.Q4_1.gguf", "hf"),
+        ("owner_Smol-GGUF_SmolLM2.Q4_1.gguf", "llama.cpp"),
+    }
     errs = r.stderr.strip().splitlines()
     assert len(errs) == 8 and all(line.startswith("localsym: ") for line in errs), r.stderr
     assert "Traceback" not in r.stderr

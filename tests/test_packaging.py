@@ -10,12 +10,30 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_wheel_holds_every_package_and_the_catalog(tmp_path):
-    r = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
-                        str(tmp_path), str(ROOT)], capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(tmp_path),
+            str(ROOT),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr
     names = set(zipfile.ZipFile(next(tmp_path.glob("localsym-*.whl"))).namelist())
-    packages = [p.parent.relative_to(ROOT).as_posix() for top in ("localsym", "kernels_numba")
-                for p in (ROOT / top).rglob("__init__.py")]
+    packages = [
+        p.parent.relative_to(ROOT).as_posix()
+        for top in ("localsym", "kernels_numba")
+        for p in (ROOT / top).rglob("__init__.py")
+    ]
     assert "localsym/experts" in packages and "localsym/session" in packages
     for pkg in packages:
         assert f"{pkg}/__init__.py" in names, pkg

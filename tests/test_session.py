@@ -169,8 +169,17 @@ def test_cli_load_and_ask(home, tmp_path):
     import json
 
     out = json.loads(r.stdout)
-    assert set(out) == {"answer", "total_tokens", "hot_tokens", "blocks_total", "blocks_in_working_set",
-                        "restored_blocks", "recomputed_blocks", "reinjected_blocks", "ttft_s"}
+    assert set(out) == {
+        "answer",
+        "total_tokens",
+        "hot_tokens",
+        "blocks_total",
+        "blocks_in_working_set",
+        "restored_blocks",
+        "recomputed_blocks",
+        "reinjected_blocks",
+        "ttft_s",
+    }
     assert "KX-4471-QZ" in out["answer"]
     assert out["restored_blocks"] + out["reinjected_blocks"] == out["blocks_in_working_set"] >= 1
     r = run_cli("load", str(tmp_path / "missing"), "--session", "cli", home=home)
@@ -183,9 +192,27 @@ def test_kill_9_during_load_keeps_what_was_acknowledged(home, tmp_path):
     for i in range(4):
         (tree / f"m{i}.py").write_text("".join(f"value_{i}_{j} = {j * 7}\n" for j in range(30)))
     env = dict(os.environ, LOCALSYM_HOME=str(home))
-    proc = subprocess.Popen([sys.executable, "-m", "localsym", "load", str(tree), "--session", "k9", "-q",
-                             "-c", "2048", "--block-tokens", "64", "--vram", "cpu"], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "localsym",
+            "load",
+            str(tree),
+            "--session",
+            "k9",
+            "-q",
+            "-c",
+            "2048",
+            "--block-tokens",
+            "64",
+            "--vram",
+            "cpu",
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     db_path = home / "data" / "sessions" / "k9" / "session.db"
     acknowledged = 0
     deadline = time.time() + 240

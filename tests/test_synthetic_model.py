@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from gguf import GGMLQuantizationType
 
 from localsym.bench.synthetic_model import SHAPES, build, ensure, parse_spec, shape_of
 from localsym.runtime.gguf_file import read_header
@@ -28,10 +29,15 @@ def test_builds_a_llama_that_runs(tmp_path: Path, smol_path: Path) -> None:
     h = read_header(path, vocab=True)
     src = read_header(smol_path, vocab=True).metadata
     assert h.tensor("blk.1.ffn_down.weight").shape == (512, 256)  # ggml order: row length first
-    assert h.tensor("blk.0.attn_q.weight").type_name == "Q4_0"
+    assert GGMLQuantizationType(h.tensor("blk.0.attn_q.weight").ggml_type).name == "Q4_0"
     assert h.tensor("output.weight") is None  # tied to token_embd
-    for key in ("tokenizer.ggml.tokens", "tokenizer.ggml.merges", "tokenizer.ggml.bos_token_id",
-                "tokenizer.ggml.eos_token_id", "tokenizer.chat_template"):
+    for key in (
+        "tokenizer.ggml.tokens",
+        "tokenizer.ggml.merges",
+        "tokenizer.ggml.bos_token_id",
+        "tokenizer.ggml.eos_token_id",
+        "tokenizer.chat_template",
+    ):
         assert h.metadata.get(key) == src.get(key), key
 
     with Engine(path, RunOptions(n_ctx=256, vram="cpu")) as eng:

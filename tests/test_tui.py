@@ -131,8 +131,14 @@ async def test_escape_cancels_between_tokens(home):
     async with app.run_test() as pilot:
         await _ready(pilot, app)
         await _send(pilot, app, "Write a very long story about a dragon, at least ten paragraphs.")
-        await wait_until(pilot, lambda: app.busy and len(_messages(app, "assistant")[-1].body.source or "") > 20
-                         if _messages(app, "assistant") else False)
+        await wait_until(
+            pilot,
+            lambda: (
+                app.busy and len(_messages(app, "assistant")[-1].body.source or "") > 20
+                if _messages(app, "assistant")
+                else False
+            ),
+        )
         await pilot.press("escape")
         await wait_until(pilot, lambda: not app.busy)
         assert app.last_stats.cancelled
@@ -151,7 +157,8 @@ async def test_load_with_progress_then_bad_paths(home, tmp_path):
     real = app._progress
     app._progress = lambda done, total: (
         seen.append((done, total, app.query_one("#load-progress").has_class("active"))),
-        real(done, total))
+        real(done, total),
+    )
     async with app.run_test() as pilot:
         await _ready(pilot, app)
         await _send(pilot, app, f"/load {tmp_path}")
@@ -181,8 +188,9 @@ async def test_load_with_progress_then_bad_paths(home, tmp_path):
             why = "permission denied"
         for name, reason in (("blob.bin", "binary"), ("huge.txt", "too big"), ("locked.txt", why)):
             await _send(pilot, app, f"/load {bad / name}")
-            await wait_until(pilot, lambda r=reason, n=name: any(r in m.text and n in m.text
-                                                                 for m in _messages(app, "note")))
+            await wait_until(
+                pilot, lambda r=reason, n=name: any(r in m.text and n in m.text for m in _messages(app, "note"))
+            )
         assert app.session.total_tokens == before
         await _send(pilot, app, "/memory")
         await wait_until(pilot, lambda: any("warm (RAM)" in m.text for m in _messages(app, "note")))
@@ -219,8 +227,10 @@ async def test_unknown_command_and_help(home):
         titles = {c.title for c in app.get_system_commands(app.screen)}
         assert {f"/{c}" for c in SLASH} <= {t.split()[0] for t in titles}
         await _send(pilot, app, "/set system You answer in French.")
-        await wait_until(pilot, lambda: app.session is not None and not app.busy
-                         and app.session.config.system == "You answer in French.")
+        await wait_until(
+            pilot,
+            lambda: app.session is not None and not app.busy and app.session.config.system == "You answer in French.",
+        )
         await wait_until(pilot, lambda: app.session is not None and not app.busy)
 
 

@@ -54,7 +54,9 @@ def add_parsers(parser: argparse.ArgumentParser, add_runtime_flags: Callable) ->
     s.add_argument("-t", "--threads", type=int, default=None)
     _common(s)
 
-    s = sub.add_parser("needle", help="needle grid over real code (lengths x depths), heatmap, vs plain llama-cpp-python")
+    s = sub.add_parser(
+        "needle", help="needle grid over real code (lengths x depths), heatmap, vs plain llama-cpp-python"
+    )
     s.add_argument("--model", default="gemma3-270m")
     s.add_argument("--lengths", type=lambda v: [int(x) for x in v.split(",")], default=[8192, 16384, 32768, 65536])
     s.add_argument("--depths", type=lambda v: [float(x) for x in v.split(",")], default=[0.1, 0.3, 0.5, 0.7, 0.9])
@@ -78,7 +80,9 @@ def add_parsers(parser: argparse.ArgumentParser, add_runtime_flags: Callable) ->
     s.add_argument("--seed", type=int, default=0)
     _common(s)
 
-    s = sub.add_parser("attention", help="attention-native block scoring vs the sketch: rank of a snippet's source block")
+    s = sub.add_parser(
+        "attention", help="attention-native block scoring vs the sketch: rank of a snippet's source block"
+    )
     s.add_argument("--model", default=None)
     s.add_argument("--tokens", type=int, default=27000, help="stdlib tokens ingested")
     s.add_argument("--block", type=int, default=128)

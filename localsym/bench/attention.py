@@ -15,8 +15,11 @@ from localsym.bench import emit, private_home
 
 def _stats(ranks: list[int]) -> dict:
     r = np.asarray(ranks)
-    return {"median_rank": float(np.median(r)), "top1": round(float(np.mean(r == 0)), 3),
-            "top8": round(float(np.mean(r < 8)), 3)}
+    return {
+        "median_rank": float(np.median(r)),
+        "top1": round(float(np.mean(r == 0)), 3),
+        "top8": round(float(np.mean(r < 8)), 3),
+    }
 
 
 def run(args: argparse.Namespace) -> int:
@@ -40,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
             for b in rng.choice(n, min(args.queries, n), replace=False):
                 toks = sel.blocks[b].tokens.tolist()
                 i = int(rng.integers(0, max(1, len(toks) - args.snippet)))
-                q = toks[i:i + args.snippet]
+                q = toks[i : i + args.snippet]
                 t0 = time.perf_counter()
                 query = attn.query(q)
                 assert query is not None  # the probe ran for this model (attn is not None)
@@ -54,15 +57,24 @@ def run(args: argparse.Namespace) -> int:
                 order = list(sel.rerank(np.arange(n), sk, query))
                 ranks["combined"].append(order.index(b))
             layers = attn.layers
-    result = {"model": path.name, "blocks": n, "block_tokens": args.block, "queries": len(probe_ms),
-              "snippet_tokens": args.snippet, "layers": layers,
-              "methods": {k: _stats(v) for k, v in ranks.items()},
-              "chance_median_rank": (n - 1) / 2, "probe_ms_p50": round(float(np.median(probe_ms)), 1)}
+    result = {
+        "model": path.name,
+        "blocks": n,
+        "block_tokens": args.block,
+        "queries": len(probe_ms),
+        "snippet_tokens": args.snippet,
+        "layers": layers,
+        "methods": {k: _stats(v) for k, v in ranks.items()},
+        "chance_median_rank": (n - 1) / 2,
+        "probe_ms_p50": round(float(np.median(probe_ms)), 1),
+    }
 
     def table(r: dict) -> str:
-        lines = [f"bench attention: {r['model']}, {r['blocks']} blocks x {r['block_tokens']} tokens, "
-                 f"{r['queries']} snippets of {r['snippet_tokens']} tokens, layers {r['layers']}, "
-                 f"probe {r['probe_ms_p50']} ms; chance median rank {r['chance_median_rank']}"]
+        lines = [
+            f"bench attention: {r['model']}, {r['blocks']} blocks x {r['block_tokens']} tokens, "
+            f"{r['queries']} snippets of {r['snippet_tokens']} tokens, layers {r['layers']}, "
+            f"probe {r['probe_ms_p50']} ms; chance median rank {r['chance_median_rank']}"
+        ]
         for k, v in r["methods"].items():
             lines.append(f"  {k:<10} median rank {v['median_rank']:>6}  top-1 {v['top1']:.3f}  top-8 {v['top8']:.3f}")
         return "\n".join(lines)

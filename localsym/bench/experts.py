@@ -116,11 +116,16 @@ def _prefetch_speed(path: Path, n_tokens: int) -> dict:
                 model.close()
 
             return model, (live.observer if live else None), done
+
         return make
 
     rates = _alternate({"plain": cold(False), "prefetch": cold(True)}, n_tokens)
-    return {"decode_tok_s_plain": round(rates["plain"], 2), "decode_tok_s_prefetch": round(rates["prefetch"], 2),
-            "prefetch_ratio": round(rates["prefetch"] / rates["plain"], 3), "prefetch_issued_bytes": issued[0]}
+    return {
+        "decode_tok_s_plain": round(rates["plain"], 2),
+        "decode_tok_s_prefetch": round(rates["prefetch"], 2),
+        "prefetch_ratio": round(rates["prefetch"] / rates["plain"], 3),
+        "prefetch_issued_bytes": issued[0],
+    }
 
 
 def _observer_cost(path: Path, n_tokens: int) -> dict:
@@ -132,12 +137,17 @@ def _observer_cost(path: Path, n_tokens: int) -> dict:
 
     info = model_info(path)
     model = Model(path)
-    modes = {"off": lambda: (model, None, lambda: None),
-             "on": lambda: (model, RoutingRecorder(info.n_layer, info.n_expert_used).observer, lambda: None)}
+    modes = {
+        "off": lambda: (model, None, lambda: None),
+        "on": lambda: (model, RoutingRecorder(info.n_layer, info.n_expert_used).observer, lambda: None),
+    }
     rates = _alternate(modes, n_tokens)
     model.close()
-    return {"decode_tok_s_observer_off": round(rates["off"], 2), "decode_tok_s_observer_on": round(rates["on"], 2),
-            "observer_ratio": round(rates["on"] / rates["off"], 3)}
+    return {
+        "decode_tok_s_observer_off": round(rates["off"], 2),
+        "decode_tok_s_observer_on": round(rates["on"], 2),
+        "observer_ratio": round(rates["on"] / rates["off"], 3),
+    }
 
 
 def run(args: argparse.Namespace) -> int:
@@ -148,8 +158,13 @@ def run(args: argparse.Namespace) -> int:
     result: dict = {}
     src = MarkovSource.random(args.layers, args.experts, args.used, seed=args.seed)
     syn = src.sample(args.tokens, seed=args.seed + 1)
-    result["synthetic"] = {"layers": args.layers, "experts": args.experts, "used": args.used, "tokens": args.tokens,
-                           "policies": _policies(syn, args.layers, args.experts, src)}
+    result["synthetic"] = {
+        "layers": args.layers,
+        "experts": args.experts,
+        "used": args.used,
+        "tokens": args.tokens,
+        "policies": _policies(syn, args.layers, args.experts, src),
+    }
     result["policies"] = result["synthetic"]["policies"]
     result["bayes_optimal"] = result["policies"].pop("bayes")
     result["prediction_hit_rate"] = {
@@ -177,29 +192,40 @@ def run(args: argparse.Namespace) -> int:
             from localsym.bench.corpus import stdlib_text
 
             tr = record(path, stdlib_text(4000), n_decode=args.decode)
-            result["recorded"] = {"model": label, "layers": info.n_layer, "experts": info.n_expert,
-                                  "used": info.n_expert_used, "tokens": int(len(tr)),
-                                  "policies": _policies(tr, info.n_layer, info.n_expert)}
+            result["recorded"] = {
+                "model": label,
+                "layers": info.n_layer,
+                "experts": info.n_expert,
+                "used": info.n_expert_used,
+                "tokens": int(len(tr)),
+                "policies": _policies(tr, info.n_layer, info.n_expert),
+            }
             result["recorded"].update(_observer_cost(path, args.decode))
             result["recorded"].update(_prefetch_speed(path, args.decode))
 
     def table(r: dict) -> str:
-        lines = [f"bench experts: synthetic Markov traces ({r['synthetic']['tokens']} tokens, "
-                 f"{r['synthetic']['layers']} layers x {r['synthetic']['experts']} experts, "
-                 f"{r['synthetic']['used']} used)"]
+        lines = [
+            f"bench experts: synthetic Markov traces ({r['synthetic']['tokens']} tokens, "
+            f"{r['synthetic']['layers']} layers x {r['synthetic']['experts']} experts, "
+            f"{r['synthetic']['used']} used)"
+        ]
         head = "  capacity " + "".join(f"{c:>8}" for c in CAPACITIES)
         lines.append(head)
         for name, row in list(r["policies"].items()) + [("bayes", r["bayes_optimal"])]:
             lines.append(f"  {name:<9}" + "".join(f"{row[str(c)]:>8.3f}" for c in CAPACITIES))
-        lines.append(f"  prediction hit rate: {r['prediction_hit_rate']}; "
-                     f"predict {r['predict_us_per_token_layer']} us per token per layer")
+        lines.append(
+            f"  prediction hit rate: {r['prediction_hit_rate']}; "
+            f"predict {r['predict_us_per_token_layer']} us per token per layer"
+        )
         rec = r["recorded"]
         lines.append(f"recorded: {rec['model']}")
         if "policies" in rec:
             for name, row in rec["policies"].items():
                 lines.append(f"  {name:<9}" + "".join(f"{row[str(c)]:>8.3f}" for c in CAPACITIES))
-            lines.append(f"  observer on/off decode ratio {rec['observer_ratio']}; "
-                         f"prefetch/plain decode ratio {rec['prefetch_ratio']}")
+            lines.append(
+                f"  observer on/off decode ratio {rec['observer_ratio']}; "
+                f"prefetch/plain decode ratio {rec['prefetch_ratio']}"
+            )
         else:
             lines.append(f"  {rec['note']}")
         return "\n".join(lines)

@@ -28,8 +28,12 @@ class _VramPeak:
     def _poll(self) -> None:
         while not self._stop.is_set():
             try:
-                out = subprocess.run(["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits"],
-                                     capture_output=True, text=True, timeout=5).stdout
+                out = subprocess.run(
+                    ["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits"],
+                    capture_output=True,
+                    text=True,
+                    timeout=5,
+                ).stdout
                 mb = max(float(v) for v in out.split())
                 self.peak = mb if self.peak is None else max(self.peak, mb)
             except (OSError, ValueError, subprocess.SubprocessError):
@@ -93,33 +97,43 @@ def run(args: argparse.Namespace) -> int:
     during = statistics.median(b / sec / 1e6 for sec, b in rep.seals if sec > 0)
     raw = statistics.median(raw_s)
     result = {
-        "model": args.model or "default", "device": st.device, "plan": st.plan, "tokens": rep.tokens,
-        "blocks": rep.blocks, "block_tokens": args.block,
-        "ingest_tok_s": round(rep.tokens / ingest_s, 1), "raw_prefill_tok_s": round(n / raw, 1),
+        "model": args.model or "default",
+        "device": st.device,
+        "plan": st.plan,
+        "tokens": rep.tokens,
+        "blocks": rep.blocks,
+        "block_tokens": args.block,
+        "ingest_tok_s": round(rep.tokens / ingest_s, 1),
+        "raw_prefill_tok_s": round(n / raw, 1),
         "ingest_ratio": round((rep.tokens / ingest_s) / (n / raw), 3),
         # the seal path alone on a real block (median), and as it ran beside ingest's decode
-        "seal_mb_s": round(blocks["f16_bytes"] / blocks["seal_ms"] / 1e3, 1), "seal_ms": round(blocks["seal_ms"], 2),
+        "seal_mb_s": round(blocks["f16_bytes"] / blocks["seal_ms"] / 1e3, 1),
+        "seal_ms": round(blocks["seal_ms"], 2),
         "seal_mb_s_during_ingest": round(during, 1),
         "restore_mb_s": round(blocks["f16_bytes"] / blocks["restore_warm_ms"] / 1e3, 1),
-        "restore_ms": round(blocks["restore_warm_ms"], 2), "restore_cold_ms": round(blocks["restore_cold_ms"], 2),
+        "restore_ms": round(blocks["restore_warm_ms"], 2),
+        "restore_cold_ms": round(blocks["restore_cold_ms"], 2),
         "recompute_ms": round(blocks["recompute_ms"], 2),
         "restore_speedup": round(blocks["recompute_ms"] / blocks["restore_warm_ms"], 1),
-        "block_f16_mb": round(blocks["f16_bytes"] / 1e6, 2), "block_stored_mb": round(blocks["block_bytes"] / 1e6, 2),
+        "block_f16_mb": round(blocks["f16_bytes"] / 1e6, 2),
+        "block_stored_mb": round(blocks["block_bytes"] / 1e6, 2),
         "vram_peak_mb": vram.peak,
     }
 
     def table(r: dict) -> str:
-        return "\n".join([
-            f"bench ingest: {r['model']} on {r['device']}, {r['tokens']} tokens in {r['blocks']} blocks of "
-            f"{r['block_tokens']}",
-            f"  ingest {r['ingest_tok_s']} tok/s vs plain prefill {r['raw_prefill_tok_s']} tok/s: "
-            f"ratio {r['ingest_ratio']}",
-            f"  seal {r['seal_mb_s']} MB/s ({r['seal_ms']} ms a block of {r['block_f16_mb']} MB f16, "
-            f"{r['block_stored_mb']} MB stored); {r['seal_mb_s_during_ingest']} MB/s beside ingest's decode",
-            f"  restore {r['restore_mb_s']} MB/s ({r['restore_ms']} ms; from disk {r['restore_cold_ms']} ms) vs "
-            f"recompute {r['recompute_ms']} ms: x{r['restore_speedup']}",
-            f"  VRAM peak {r['vram_peak_mb']} MB" if r["vram_peak_mb"] is not None else "  VRAM: no GPU",
-        ])
+        return "\n".join(
+            [
+                f"bench ingest: {r['model']} on {r['device']}, {r['tokens']} tokens in {r['blocks']} blocks of "
+                f"{r['block_tokens']}",
+                f"  ingest {r['ingest_tok_s']} tok/s vs plain prefill {r['raw_prefill_tok_s']} tok/s: "
+                f"ratio {r['ingest_ratio']}",
+                f"  seal {r['seal_mb_s']} MB/s ({r['seal_ms']} ms a block of {r['block_f16_mb']} MB f16, "
+                f"{r['block_stored_mb']} MB stored); {r['seal_mb_s_during_ingest']} MB/s beside ingest's decode",
+                f"  restore {r['restore_mb_s']} MB/s ({r['restore_ms']} ms; from disk {r['restore_cold_ms']} ms) vs "
+                f"recompute {r['recompute_ms']} ms: x{r['restore_speedup']}",
+                f"  VRAM peak {r['vram_peak_mb']} MB" if r["vram_peak_mb"] is not None else "  VRAM: no GPU",
+            ]
+        )
 
     emit(result, args, table)
     return 0

@@ -82,13 +82,22 @@ def _decode_rates(s, args: argparse.Namespace) -> dict:
             mem.append(turn.stats.decode_tok_s)
             hot = turn.stats.hot_tokens
             prompt = vocab.detokenize(text[: max(min(hot - 64, args.hot - 64), 16)])
-            with OneShot(args.model_path, prompt, RunOptions(n_ctx=args.hot, vram=args.vram, n_threads=args.threads),
-                         GenParams(max_tokens=48), raw=True) as run:
+            with OneShot(
+                args.model_path,
+                prompt,
+                RunOptions(n_ctx=args.hot, vram=args.vram, n_threads=args.threads),
+                GenParams(max_tokens=48),
+                raw=True,
+            ) as run:
                 for _ in run:
                     pass
             plain.append(run.stats.decode_tok_s)
-    return {"memory_decode_tok_s": statistics.median(mem), "plain_decode_tok_s": statistics.median(plain),
-            "ask_hot_tokens": hot, "answer": answer}
+    return {
+        "memory_decode_tok_s": statistics.median(mem),
+        "plain_decode_tok_s": statistics.median(plain),
+        "ask_hot_tokens": hot,
+        "answer": answer,
+    }
 
 
 def _run_child(home: str, argv: list[str]) -> dict:
@@ -106,8 +115,18 @@ def run(args: argparse.Namespace) -> int:
 
     model_path = str(models.resolve(args.model or default_model()))
     lengths = [n for n in LENGTHS if n <= args.max_tokens]
-    common = ["--model-path", model_path, "--block", str(args.block), "--warm-mb", str(args.warm_mb),
-              "--hot", str(args.hot), "--vram", args.vram or "auto"]
+    common = [
+        "--model-path",
+        model_path,
+        "--block",
+        str(args.block),
+        "--warm-mb",
+        str(args.warm_mb),
+        "--hot",
+        str(args.hot),
+        "--vram",
+        args.vram or "auto",
+    ]
     common += ["--threads", str(args.threads)] if args.threads else []
     rows = {}
     with tempfile.TemporaryDirectory(prefix="localsym-bench-memory-") as home:
@@ -119,35 +138,45 @@ def run(args: argparse.Namespace) -> int:
         m = _run_child(home, ["--child", str(top), "--tag", "b", "--measure", *common])
         first_load = sum(rows[n]["load_s"] for n in lengths)  # every block computed exactly once
     result = {
-        "model": args.model or default_model(), "block_tokens": args.block, "warm_mb": args.warm_mb,
-        "hot_ctx": args.hot, "device": m["device"],
+        "model": args.model or default_model(),
+        "block_tokens": args.block,
+        "warm_mb": args.warm_mb,
+        "hot_ctx": args.hot,
+        "device": m["device"],
         "rss_mb": {str(n): round(r["rss_mb"], 1) for n, r in rows.items()},
         "rss_ratio_32k_over_4k": round(rows[top]["rss_mb"] / rows[lengths[0]]["rss_mb"], 3),
         # after the longest first load: the warm tier at its budget, every block in cold
-        "warm_bytes": rows[top]["warm_bytes"], "cold_bytes": rows[top]["cold_bytes"],
-        "restore_warm_ms": round(m["restore_warm_ms"], 2), "restore_cold_ms": round(m["restore_cold_ms"], 2),
+        "warm_bytes": rows[top]["warm_bytes"],
+        "cold_bytes": rows[top]["cold_bytes"],
+        "restore_warm_ms": round(m["restore_warm_ms"], 2),
+        "restore_cold_ms": round(m["restore_cold_ms"], 2),
         "recompute_ms": round(m["recompute_ms"], 1),
         "warm_speedup": round(m["recompute_ms"] / m["restore_warm_ms"], 1),
         "cold_speedup": round(m["recompute_ms"] / m["restore_cold_ms"], 1),
         "decode_tok_s_memory": round(m["memory_decode_tok_s"], 2),
         "decode_tok_s_plain": round(m["plain_decode_tok_s"], 2),
-        "decode_ratio": (round(m["memory_decode_tok_s"] / m["plain_decode_tok_s"], 3)
-                         if m["plain_decode_tok_s"] else None),
-        "first_load_s": round(first_load, 2), "reload_s": round(m["load_s"], 3),
+        "decode_ratio": (
+            round(m["memory_decode_tok_s"] / m["plain_decode_tok_s"], 3) if m["plain_decode_tok_s"] else None
+        ),
+        "first_load_s": round(first_load, 2),
+        "reload_s": round(m["load_s"], 3),
         "reload_speedup": round(first_load / max(m["load_s"], 1e-6), 1),
         "reload_computed_blocks": m["computed_blocks"],
     }
 
     def table(r: dict) -> str:
-        lines = [f"bench memory: {r['model']}, {r['block_tokens']}-token blocks, warm {r['warm_mb']} MB, "
-                 f"hot {r['hot_ctx']}"]
+        lines = [
+            f"bench memory: {r['model']}, {r['block_tokens']}-token blocks, warm {r['warm_mb']} MB, hot {r['hot_ctx']}"
+        ]
         lines += [f"  {n:>6} tokens  peak RSS {mb:8.1f} MB" for n, mb in r["rss_mb"].items()]
-        lines += [f"  RSS ratio {list(r['rss_mb'])[-1]} / {list(r['rss_mb'])[0]}: {r['rss_ratio_32k_over_4k']}",
-                  f"  one block: warm restore {r['restore_warm_ms']} ms, cold restore {r['restore_cold_ms']} ms, "
-                  f"recompute {r['recompute_ms']} ms -> x{r['warm_speedup']} / x{r['cold_speedup']}",
-                  f"  decode tok/s: memory {r['decode_tok_s_memory']} vs plain {r['decode_tok_s_plain']} "
-                  f"(ratio {r['decode_ratio']})",
-                  f"  load {r['first_load_s']} s, reload {r['reload_s']} s: x{r['reload_speedup']}"]
+        lines += [
+            f"  RSS ratio {list(r['rss_mb'])[-1]} / {list(r['rss_mb'])[0]}: {r['rss_ratio_32k_over_4k']}",
+            f"  one block: warm restore {r['restore_warm_ms']} ms, cold restore {r['restore_cold_ms']} ms, "
+            f"recompute {r['recompute_ms']} ms -> x{r['warm_speedup']} / x{r['cold_speedup']}",
+            f"  decode tok/s: memory {r['decode_tok_s_memory']} vs plain {r['decode_tok_s_plain']} "
+            f"(ratio {r['decode_ratio']})",
+            f"  load {r['first_load_s']} s, reload {r['reload_s']} s: x{r['reload_speedup']}",
+        ]
         return "\n".join(lines)
 
     emit(result, args, table)

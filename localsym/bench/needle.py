@@ -81,38 +81,62 @@ def run(args: argparse.Namespace) -> int:
                     assert rep is not None  # every length has at least one page
                     with s.ask(QUESTION, GenParams(max_tokens=12), raw=True) as turn:
                         answer = turn.text()
-                    cells.append({"length": length, "depth": depth, "token": token, "answer": answer,
-                                  "correct": answer.startswith(token), "select_ms": turn.stats.select_ms,
-                                  "computed_blocks": rep.computed_blocks,
-                                  "seconds": round(time.perf_counter() - t0, 1)})
-                print(f"  {length:>6} tokens, depth {depth:.1f}: {'ok  ' if cells[-1]['correct'] else 'MISS'} "
-                      f"{answer!r} ({cells[-1]['seconds']}s)", file=sys.stderr)
+                    cells.append(
+                        {
+                            "length": length,
+                            "depth": depth,
+                            "token": token,
+                            "answer": answer,
+                            "correct": answer.startswith(token),
+                            "select_ms": turn.stats.select_ms,
+                            "computed_blocks": rep.computed_blocks,
+                            "seconds": round(time.perf_counter() - t0, 1),
+                        }
+                    )
+                print(
+                    f"  {length:>6} tokens, depth {depth:.1f}: {'ok  ' if cells[-1]['correct'] else 'MISS'} "
+                    f"{answer!r} ({cells[-1]['seconds']}s)",
+                    file=sys.stderr,
+                )
     ours_s = time.perf_counter() - t_start
     base = _baseline(path, native, lines, cells, args) if args.baseline_trials else []
     sel = sorted(c["select_ms"] for c in cells)
     result = {
-        "model": args.model, "native_context": native, "lengths": args.lengths, "depths": args.depths,
+        "model": args.model,
+        "native_context": native,
+        "lengths": args.lengths,
+        "depths": args.depths,
         "accuracy": round(sum(c["correct"] for c in cells) / len(cells), 4),
         "baseline_accuracy": round(sum(b["correct"] for b in base) / len(base), 4) if base else None,
-        "per_cell": cells, "baseline_cells": base,
+        "per_cell": cells,
+        "baseline_cells": base,
         "select_ms_p50": round(sel[len(sel) // 2], 3),
         "select_ms_p99": round(sel[min(len(sel) - 1, int(0.99 * len(sel)))], 3),
         "seconds": round(ours_s, 1),
     }
-    grid = [[next((float(c["correct"]) for c in cells if c["length"] == L and c["depth"] == d), None)
-             for L in args.lengths] for d in args.depths]
+    grid = [
+        [next((float(c["correct"]) for c in cells if c["length"] == L and c["depth"] == d), None) for L in args.lengths]
+        for d in args.depths
+    ]
     png = Path(args.heatmap)
     write_png(png, grid)
     result["heatmap"] = str(png)
 
     def table(r: dict) -> str:
         head = "depth \\ tokens" + "".join(f"{L:>8}" for L in r["lengths"])
-        rows = [f"{d:<14.1f}" + "".join(f"{'  ok' if g else 'miss':>8}" if g is not None else f"{'-':>8}"
-                                        for g in grid[i]) for i, d in enumerate(r["depths"])]
-        return "\n".join([f"bench needle: {r['model']} (native {r['native_context']}), accuracy {r['accuracy']}, "
-                          f"baseline {r['baseline_accuracy']}, select p50 {r['select_ms_p50']} ms, "
-                          f"heatmap {r['heatmap']}",
-                          head, *rows])
+        rows = [
+            f"{d:<14.1f}" + "".join(f"{'  ok' if g else 'miss':>8}" if g is not None else f"{'-':>8}" for g in grid[i])
+            for i, d in enumerate(r["depths"])
+        ]
+        return "\n".join(
+            [
+                f"bench needle: {r['model']} (native {r['native_context']}), accuracy {r['accuracy']}, "
+                f"baseline {r['baseline_accuracy']}, select p50 {r['select_ms_p50']} ms, "
+                f"heatmap {r['heatmap']}",
+                head,
+                *rows,
+            ]
+        )
 
     emit(result, args, table)
     return 0
@@ -128,18 +152,34 @@ def _baseline(path, native: int, lines, cells, args) -> list[dict]:
     if not fit:
         return []
     threads = args.threads or default_threads()
-    llm = Llama(model_path=str(path), n_ctx=native, n_batch=512, n_threads=threads, n_threads_batch=threads,
-                flash_attn=True, verbose=False)
+    llm = Llama(
+        model_path=str(path),
+        n_ctx=native,
+        n_batch=512,
+        n_threads=threads,
+        n_threads_batch=threads,
+        flash_attn=True,
+        verbose=False,
+    )
     out = []
     try:
         for c in fit:
             t0 = time.perf_counter()
             text = "".join(_pages(lines, c["length"], c["depth"], f'SERVICE_TOKEN = "{c["token"]}"\n', 10**9))
-            r = cast(llama_types.CreateCompletionResponse,  # not streamed: one response
-                     llm.create_completion(text + QUESTION, max_tokens=12, temperature=0.0, top_k=1))
+            r = cast(
+                llama_types.CreateCompletionResponse,  # not streamed: one response
+                llm.create_completion(text + QUESTION, max_tokens=12, temperature=0.0, top_k=1),
+            )
             answer = r["choices"][0]["text"]
-            out.append({"length": c["length"], "depth": c["depth"], "answer": answer,
-                        "correct": answer.startswith(c["token"]), "seconds": round(time.perf_counter() - t0, 1)})
+            out.append(
+                {
+                    "length": c["length"],
+                    "depth": c["depth"],
+                    "answer": answer,
+                    "correct": answer.startswith(c["token"]),
+                    "seconds": round(time.perf_counter() - t0, 1),
+                }
+            )
     finally:
         llm.close()
     return out

@@ -18,8 +18,10 @@ from typing import cast
 
 from localsym.bench import emit, private_home
 
-INTRO = ("There is an important info hidden inside a lot of irrelevant text. Find it and memorize "
-         "them. I will quiz you about the important information there.\n")
+INTRO = (
+    "There is an important info hidden inside a lot of irrelevant text. Find it and memorize "
+    "them. I will quiz you about the important information there.\n"
+)
 FILLER = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again.\n"
 NEEDLE = "The pass key is {key}. Remember it. {key} is the pass key.\n"
 QUESTION = "What is the pass key? Answer with the number only."
@@ -30,7 +32,7 @@ def _pages(n_filler: int, per_page: int, depth: float, key: str) -> list[str]:
     lines = [FILLER] * n_filler
     at = int(depth * n_filler)
     lines[at] = NEEDLE.format(key=key) + FILLER
-    pages = ["".join(lines[i:i + per_page]) for i in range(0, n_filler, per_page)]
+    pages = ["".join(lines[i : i + per_page]) for i in range(0, n_filler, per_page)]
     pages[0] = INTRO + pages[0]
     return pages
 
@@ -67,36 +69,59 @@ def run(args: argparse.Namespace) -> int:
                 with s.ask(QUESTION, GenParams(max_tokens=16)) as turn:
                     answer = turn.text()
                 select_ms.append(turn.stats.select_ms)
-                cells.append({"trial": i, "depth": round(depth, 3), "key": key, "answer": answer.strip(),
-                              "correct": _found(answer, key), "tokens": s.total_tokens,
-                              "computed_blocks": rep.computed_blocks, "reused_blocks": rep.reused_blocks,
-                              "reinjected_blocks": turn.stats.reinjected_blocks,
-                              "seconds": round(time.perf_counter() - t0, 1)})
-            print(f"  trial {i}: depth {depth:.2f} key {key} -> {answer.strip()!r} "
-                  f"({cells[-1]['seconds']}s, {rep.computed_blocks} blocks computed)", file=sys.stderr)
+                cells.append(
+                    {
+                        "trial": i,
+                        "depth": round(depth, 3),
+                        "key": key,
+                        "answer": answer.strip(),
+                        "correct": _found(answer, key),
+                        "tokens": s.total_tokens,
+                        "computed_blocks": rep.computed_blocks,
+                        "reused_blocks": rep.reused_blocks,
+                        "reinjected_blocks": turn.stats.reinjected_blocks,
+                        "seconds": round(time.perf_counter() - t0, 1),
+                    }
+                )
+            print(
+                f"  trial {i}: depth {depth:.2f} key {key} -> {answer.strip()!r} "
+                f"({cells[-1]['seconds']}s, {rep.computed_blocks} blocks computed)",
+                file=sys.stderr,
+            )
     ours_s = time.perf_counter() - t_start
-    base = (_baseline(path, native, per_line, trials[: args.baseline_trials], args.threads)
-            if args.baseline_trials else [])
+    base = (
+        _baseline(path, native, per_line, trials[: args.baseline_trials], args.threads) if args.baseline_trials else []
+    )
     result = {
-        "model": name, "tokens": args.tokens, "native_context": native, "trials": len(cells),
+        "model": name,
+        "tokens": args.tokens,
+        "native_context": native,
+        "trials": len(cells),
         "accuracy": round(sum(c["correct"] for c in cells) / len(cells), 4),
         "baseline_accuracy": round(sum(b["correct"] for b in base) / len(base), 4) if base else None,
         "baseline_tokens": base[0]["tokens"] if base else None,
         "select_ms_p50": round(statistics.median(select_ms), 3),
         "select_ms_p99": round(max(select_ms), 3),
-        "seconds": round(ours_s, 1), "baseline_seconds": round(sum(b["seconds"] for b in base), 1),
-        "per_cell": cells, "baseline_cells": base,
+        "seconds": round(ours_s, 1),
+        "baseline_seconds": round(sum(b["seconds"] for b in base), 1),
+        "per_cell": cells,
+        "baseline_cells": base,
     }
 
     def table(r: dict) -> str:
-        return "\n".join([
-            f"bench passkey: {r['model']}, {r['tokens']} tokens ({r['tokens'] / r['native_context']:.1f}x native), "
-            f"{r['trials']} trials in {r['seconds']} s",
-            f"  localsym accuracy {r['accuracy']:.2f}   selection p50 {r['select_ms_p50']} ms",
-            f"  llama-cpp-python at {r['baseline_tokens']} tokens: accuracy {r['baseline_accuracy']} "
-            f"({len(r['baseline_cells'])} trials, {r['baseline_seconds']} s)",
-        ] + [f"  trial {c['trial']}: depth {c['depth']:.2f} {'ok ' if c['correct'] else 'MISS'} {c['answer']!r}"
-             for c in r["per_cell"]])
+        return "\n".join(
+            [
+                f"bench passkey: {r['model']}, {r['tokens']} tokens ({r['tokens'] / r['native_context']:.1f}x native), "
+                f"{r['trials']} trials in {r['seconds']} s",
+                f"  localsym accuracy {r['accuracy']:.2f}   selection p50 {r['select_ms_p50']} ms",
+                f"  llama-cpp-python at {r['baseline_tokens']} tokens: accuracy {r['baseline_accuracy']} "
+                f"({len(r['baseline_cells'])} trials, {r['baseline_seconds']} s)",
+            ]
+            + [
+                f"  trial {c['trial']}: depth {c['depth']:.2f} {'ok ' if c['correct'] else 'MISS'} {c['answer']!r}"
+                for c in r["per_cell"]
+            ]
+        )
 
     emit(result, args, table)
     return 0
@@ -109,19 +134,37 @@ def _baseline(path, native: int, per_line: int, trials, threads) -> list[dict]:
     from localsym.runtime.bridge import default_threads
 
     n_filler = (native - 256) // per_line
-    llm = Llama(model_path=str(path), n_ctx=native, n_batch=512, n_threads=threads or default_threads(),
-                n_threads_batch=threads or default_threads(), flash_attn=True, verbose=False)
+    llm = Llama(
+        model_path=str(path),
+        n_ctx=native,
+        n_batch=512,
+        n_threads=threads or default_threads(),
+        n_threads_batch=threads or default_threads(),
+        flash_attn=True,
+        verbose=False,
+    )
     out = []
     try:
         for key, depth in trials:
             t0 = time.perf_counter()
             text = "".join(_pages(n_filler, n_filler, depth, key))
-            r = cast(llama_types.CreateChatCompletionResponse,  # not streamed: one response
-                     llm.create_chat_completion([{"role": "user", "content": text + "\n" + QUESTION}],
-                                                max_tokens=16, temperature=0.0, top_k=1))
+            r = cast(
+                llama_types.CreateChatCompletionResponse,  # not streamed: one response
+                llm.create_chat_completion(
+                    [{"role": "user", "content": text + "\n" + QUESTION}], max_tokens=16, temperature=0.0, top_k=1
+                ),
+            )
             answer = r["choices"][0]["message"]["content"] or ""
-            out.append({"depth": round(depth, 3), "key": key, "answer": answer.strip(), "correct": _found(answer, key),
-                        "tokens": r["usage"]["prompt_tokens"], "seconds": round(time.perf_counter() - t0, 1)})
+            out.append(
+                {
+                    "depth": round(depth, 3),
+                    "key": key,
+                    "answer": answer.strip(),
+                    "correct": _found(answer, key),
+                    "tokens": r["usage"]["prompt_tokens"],
+                    "seconds": round(time.perf_counter() - t0, 1),
+                }
+            )
     finally:
         llm.close()
     return out

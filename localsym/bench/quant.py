@@ -44,8 +44,15 @@ def roundtrip(stream: kv_state.KVStream, policy: kq.QuantPolicy, n_head_kv: int,
     mix: Counter[str] = Counter()
     for b0 in range(0, stream.n_cells, block):
         sl = slice(b0, b0 + block)
-        part = kv_state.KVStream(stream.positions[sl], stream.seq_ids[sl], stream.v_trans, stream.k_types,
-                                 stream.v_types, [k[sl] for k in stream.k], [v[sl] for v in stream.v])
+        part = kv_state.KVStream(
+            stream.positions[sl],
+            stream.seq_ids[sl],
+            stream.v_trans,
+            stream.k_types,
+            stream.v_types,
+            [k[sl] for k in stream.k],
+            [v[sl] for v in stream.v],
+        )
         t0 = time.perf_counter()
         eb = EncodedBlock.seal(kv_state.SeqState(0, [[part]]), policy, n_head_kv)
         tq += time.perf_counter() - t0
@@ -58,8 +65,7 @@ def roundtrip(stream: kv_state.KVStream, policy: kq.QuantPolicy, n_head_kv: int,
         for L in range(len(ks)):
             ks[L][sl] = back.k[L]
             vs[L][sl] = back.v[L]
-    new = kv_state.KVStream(stream.positions, stream.seq_ids, stream.v_trans, stream.k_types,
-                            stream.v_types, ks, vs)
+    new = kv_state.KVStream(stream.positions, stream.seq_ids, stream.v_trans, stream.k_types, stream.v_types, ks, vs)
     return new, nbytes, tq, td, dict(mix)
 
 
@@ -84,11 +90,10 @@ def run(args: argparse.Namespace) -> int:
     name = args.model or default_model()
     path = model_store.resolve(name)
     n_pre, n_follow = args.context, args.follow
-    with Engine(path, RunOptions(n_ctx=n_pre + n_follow + 64, n_seq_max=1, vram="cpu",
-                                 n_threads=args.threads)) as eng:
+    with Engine(path, RunOptions(n_ctx=n_pre + n_follow + 64, n_seq_max=1, vram="cpu", n_threads=args.threads)) as eng:
         ctx = eng.ctx
         toks = eng.model.tokenize(stdlib_text((n_pre + n_follow) * 6), add_special=True)
-        pre, follow = toks[:n_pre], toks[n_pre:n_pre + n_follow]
+        pre, follow = toks[:n_pre], toks[n_pre : n_pre + n_follow]
         ctx.clear()
         ctx.decode(pre, 0, 0, logits="none")
         blob = ctx.state_seq_get(0)
@@ -102,8 +107,14 @@ def run(args: argparse.Namespace) -> int:
         f16_bytes = sum(k.nbytes + v.nbytes for k, v in zip(stream.k, stream.v))
         base_ppl = perplexity(ctx, blob, n_pre, follow)
         memcpy = memcpy_speed(stream)
-        result: dict = {"model": name, "context_tokens": n_pre, "follow_tokens": n_follow,
-                        "block_tokens": args.block, "memcpy_gbs": round(memcpy, 3), "formats": {}}
+        result: dict = {
+            "model": name,
+            "context_tokens": n_pre,
+            "follow_tokens": n_follow,
+            "block_tokens": args.block,
+            "memcpy_gbs": round(memcpy, 3),
+            "formats": {},
+        }
         roundtrip(stream, kq.QuantPolicy(fixed="q4"), eng.info.n_head_kv, args.block)  # compile / warm
         for fmt in NAMES:
             if fmt == "f16":
@@ -117,38 +128,53 @@ def run(args: argparse.Namespace) -> int:
                 new, nbytes, tq, td, mix = roundtrip(stream, policy, eng.info.n_head_kv, args.block)
                 ppl = perplexity(ctx, kv_state.write(kv_state.SeqState(state.seq_id, [[new]])), n_pre, follow)
                 qg, dg = f16_bytes / tq / 1e9, f16_bytes / td / 1e9
-            entry = {"bytes_per_token": round(nbytes / n_pre, 1), "ratio": round(f16_bytes / nbytes, 3),
-                     "ppl": round(ppl, 4), "ppl_ratio": round(ppl / base_ppl, 4),
-                     "quant_gbs": None if qg is None else round(qg, 3),
-                     "dequant_gbs": None if dg is None else round(dg, 3)}
+            entry = {
+                "bytes_per_token": round(nbytes / n_pre, 1),
+                "ratio": round(f16_bytes / nbytes, 3),
+                "ppl": round(ppl, 4),
+                "ppl_ratio": round(ppl / base_ppl, 4),
+                "quant_gbs": None if qg is None else round(qg, 3),
+                "dequant_gbs": None if dg is None else round(dg, 3),
+            }
             if fmt == "adaptive":
                 entry["mix"] = mix
             result["formats"][fmt] = entry
         # on the Pareto front: no uniform format is at least as small and at least as good
         ad = result["formats"]["adaptive"]
-        result["adaptive_dominated_by"] = [f for f in ("q8", "q4", "q3", "q2") if
-                                           result["formats"][f]["ratio"] >= ad["ratio"]
-                                           and result["formats"][f]["ppl"] <= ad["ppl"]]
+        result["adaptive_dominated_by"] = [
+            f
+            for f in ("q8", "q4", "q3", "q2")
+            if result["formats"][f]["ratio"] >= ad["ratio"] and result["formats"][f]["ppl"] <= ad["ppl"]
+        ]
         result["adaptive_on_front"] = not result["adaptive_dominated_by"]
 
     def table(r: dict) -> str:
-        lines = [f"bench quant: {r['model']}, {r['context_tokens']} context tokens in {r['block_tokens']}-token "
-                 f"blocks, perplexity of the next {r['follow_tokens']}; memcpy {r['memcpy_gbs']:.2f} GB/s",
-                 f"{'format':<10}{'B/token':>10}{'ratio':>8}{'ppl':>9}{'ppl ratio':>11}"
-                 f"{'quant GB/s':>12}{'dequant GB/s':>14}"]
+        lines = [
+            f"bench quant: {r['model']}, {r['context_tokens']} context tokens in {r['block_tokens']}-token "
+            f"blocks, perplexity of the next {r['follow_tokens']}; memcpy {r['memcpy_gbs']:.2f} GB/s",
+            f"{'format':<10}{'B/token':>10}{'ratio':>8}{'ppl':>9}{'ppl ratio':>11}"
+            f"{'quant GB/s':>12}{'dequant GB/s':>14}",
+        ]
         for n, e in r["formats"].items():
             qg = "-" if e["quant_gbs"] is None else f"{e['quant_gbs']:.2f}"
             dg = "-" if e["dequant_gbs"] is None else f"{e['dequant_gbs']:.2f}"
-            lines.append(f"{n:<10}{e['bytes_per_token']:>10.0f}{e['ratio']:>8.2f}{e['ppl']:>9.3f}"
-                         f"{e['ppl_ratio']:>11.4f}{qg:>12}{dg:>14}")
+            lines.append(
+                f"{n:<10}{e['bytes_per_token']:>10.0f}{e['ratio']:>8.2f}{e['ppl']:>9.3f}"
+                f"{e['ppl_ratio']:>11.4f}{qg:>12}{dg:>14}"
+            )
         if "mix" in r["formats"].get("adaptive", {}):
-            lines.append("adaptive mix (layer-blocks): "
-                         + ", ".join(f"{k} {v}" for k, v in sorted(r["formats"]["adaptive"]["mix"].items())))
-            lines.append("GB/s: f16 bytes per second sealing whole blocks (choosing formats, all layers in one set "
-                         "of kernel calls) and decoding them into state blobs")
-            lines.append(f"adaptive on the Pareto front of the uniform formats: {r['adaptive_on_front']}"
-                         + (f" (dominated by {', '.join(r['adaptive_dominated_by'])})"
-                            if r["adaptive_dominated_by"] else ""))
+            lines.append(
+                "adaptive mix (layer-blocks): "
+                + ", ".join(f"{k} {v}" for k, v in sorted(r["formats"]["adaptive"]["mix"].items()))
+            )
+            lines.append(
+                "GB/s: f16 bytes per second sealing whole blocks (choosing formats, all layers in one set "
+                "of kernel calls) and decoding them into state blobs"
+            )
+            lines.append(
+                f"adaptive on the Pareto front of the uniform formats: {r['adaptive_on_front']}"
+                + (f" (dominated by {', '.join(r['adaptive_dominated_by'])})" if r["adaptive_dominated_by"] else "")
+            )
         return "\n".join(lines)
 
     emit(result, args, table)

@@ -24,10 +24,21 @@ def run(args: argparse.Namespace) -> int:
         import subprocess
         import sys
 
-        env = dict(os.environ, OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1",
-                   NUMBA_NUM_THREADS="1")
-        argv = ["--blocks", str(args.blocks), "--block-tokens", str(args.block_tokens), "--queries",
-                str(args.queries), "-k", str(args.k), "--seed", str(args.seed)]
+        env = dict(
+            os.environ, OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", NUMBA_NUM_THREADS="1"
+        )
+        argv = [
+            "--blocks",
+            str(args.blocks),
+            "--block-tokens",
+            str(args.block_tokens),
+            "--queries",
+            str(args.queries),
+            "-k",
+            str(args.k),
+            "--seed",
+            str(args.seed),
+        ]
         argv += (["--json"] if args.json else []) + (["--out", args.out] if args.out else [])
         return subprocess.call([sys.executable, "-m", "localsym", "bench", "retrieval", *argv], env=env)
     import numba
@@ -82,35 +93,49 @@ def run(args: argparse.Namespace) -> int:
         overlap_cand.append(len(set(ids_b.tolist()) & set(ids_c.tolist())) / k)
     ms = lambda xs, q: round(float(np.percentile(xs, q)) * 1000, 3)  # noqa: E731
     result = {
-        "blocks": n, "block_tokens": L, "tokens": n * L, "queries": len(planted), "k": k,
-        "build_s": round(build_s, 2), "dim": r.sketches.dim,
-        "lsh_tables": r.sketches.tables, "lsh_bits": r.sketches.bits,
-        "brute_ms_p50": ms(lat_brute, 50), "brute_ms_p99": ms(lat_brute, 99),
-        "lsh_ms_p50": ms(lat_lsh, 50), "lsh_ms_p99": ms(lat_lsh, 99),
-        "candidates_ms_p50": ms(lat_cand, 50), "candidates_ms_p99": ms(lat_cand, 99),
-        "select_ms_p50": ms(lat_select, 50), "select_ms_p99": ms(lat_select, 99),
+        "blocks": n,
+        "block_tokens": L,
+        "tokens": n * L,
+        "queries": len(planted),
+        "k": k,
+        "build_s": round(build_s, 2),
+        "dim": r.sketches.dim,
+        "lsh_tables": r.sketches.tables,
+        "lsh_bits": r.sketches.bits,
+        "brute_ms_p50": ms(lat_brute, 50),
+        "brute_ms_p99": ms(lat_brute, 99),
+        "lsh_ms_p50": ms(lat_lsh, 50),
+        "lsh_ms_p99": ms(lat_lsh, 99),
+        "candidates_ms_p50": ms(lat_cand, 50),
+        "candidates_ms_p99": ms(lat_cand, 99),
+        "select_ms_p50": ms(lat_select, 50),
+        "select_ms_p99": ms(lat_select, 99),
         "recall_at_k_brute": round(hit_brute / len(planted), 4),
         "recall_at_k_lsh": round(hit_lsh / len(planted), 4),
         "lsh_recall_of_brute_at_k": round(float(np.mean(overlap)), 4),
         "recall_at_k_candidates": round(hit_cand / len(planted), 4),
         "candidates_recall_of_brute_at_k": round(float(np.mean(overlap_cand)), 4),
         "recall_select": round(hit_select / len(planted), 4),
-        "threads": 1, "cpu_count": os.cpu_count(),
+        "threads": 1,
+        "cpu_count": os.cpu_count(),
     }
 
     def table(x: dict) -> str:
-        return "\n".join([
-            f"bench retrieval: {x['blocks']} blocks x {x['block_tokens']} tokens = {x['tokens']} tokens, "
-            f"{x['queries']} planted queries, k={x['k']}, one core",
-            f"  sketch build {x['build_s']} s (D={x['dim']}, LSH {x['lsh_tables']} tables x {x['lsh_bits']} bits)",
-            f"  brute force  p50 {x['brute_ms_p50']} ms  p99 {x['brute_ms_p99']} ms  recall@k {x['recall_at_k_brute']}",
-            f"  LSH          p50 {x['lsh_ms_p50']} ms  p99 {x['lsh_ms_p99']} ms  recall@k {x['recall_at_k_lsh']}  "
-            f"(of brute force: {x['lsh_recall_of_brute_at_k']})",
-            f"  LSH + token postings  p50 {x['candidates_ms_p50']} ms  p99 {x['candidates_ms_p99']} ms  "
-            f"recall@k {x['recall_at_k_candidates']}  (of brute force: {x['candidates_recall_of_brute_at_k']})",
-            f"  select (pointer index + sketches)  p50 {x['select_ms_p50']} ms  p99 {x['select_ms_p99']} ms  "
-            f"planted block selected {x['recall_select']}",
-        ])
+        return "\n".join(
+            [
+                f"bench retrieval: {x['blocks']} blocks x {x['block_tokens']} tokens = {x['tokens']} tokens, "
+                f"{x['queries']} planted queries, k={x['k']}, one core",
+                f"  sketch build {x['build_s']} s (D={x['dim']}, LSH {x['lsh_tables']} tables x {x['lsh_bits']} bits)",
+                f"  brute force  p50 {x['brute_ms_p50']} ms  p99 {x['brute_ms_p99']} ms  "
+                f"recall@k {x['recall_at_k_brute']}",
+                f"  LSH          p50 {x['lsh_ms_p50']} ms  p99 {x['lsh_ms_p99']} ms  recall@k {x['recall_at_k_lsh']}  "
+                f"(of brute force: {x['lsh_recall_of_brute_at_k']})",
+                f"  LSH + token postings  p50 {x['candidates_ms_p50']} ms  p99 {x['candidates_ms_p99']} ms  "
+                f"recall@k {x['recall_at_k_candidates']}  (of brute force: {x['candidates_recall_of_brute_at_k']})",
+                f"  select (pointer index + sketches)  p50 {x['select_ms_p50']} ms  p99 {x['select_ms_p99']} ms  "
+                f"planted block selected {x['recall_select']}",
+            ]
+        )
 
     emit(result, args, table)
     return 0

@@ -25,9 +25,17 @@ def _ours(path, opts, prompt: list[int], gen: int) -> tuple[float, float, str]:
 def _llama(path, plan, threads: int, prompt: list[int], gen: int) -> tuple[float, float, str]:
     from llama_cpp import Llama
 
-    llm = Llama(model_path=str(path), n_ctx=plan.n_ctx, n_batch=512, n_ubatch=512, n_threads=threads,
-                n_threads_batch=threads, n_gpu_layers=plan.n_gpu_layers, flash_attn=plan.flash_attn,
-                verbose=False)
+    llm = Llama(
+        model_path=str(path),
+        n_ctx=plan.n_ctx,
+        n_batch=512,
+        n_ubatch=512,
+        n_threads=threads,
+        n_threads_batch=threads,
+        n_gpu_layers=plan.n_gpu_layers,
+        flash_attn=plan.flash_attn,
+        verbose=False,
+    )
     try:
         llm.eval(prompt[:8])  # the same warm-up
         llm.reset()
@@ -76,9 +84,14 @@ def run(args: argparse.Namespace) -> int:
         theirs.append(_llama(path, plan, opts.n_threads, prompt, args.gen_tokens))
     med = lambda rows, i: statistics.median(r[i] for r in rows)  # noqa: E731
     result = {
-        "model": name, "prompt_tokens": len(prompt), "gen_tokens": args.gen_tokens,
-        "threads": opts.n_threads, "n_ctx": plan.n_ctx, "n_gpu_layers": plan.n_gpu_layers,
-        "flash_attn": plan.flash_attn, "reps": args.reps,
+        "model": name,
+        "prompt_tokens": len(prompt),
+        "gen_tokens": args.gen_tokens,
+        "threads": opts.n_threads,
+        "n_ctx": plan.n_ctx,
+        "n_gpu_layers": plan.n_gpu_layers,
+        "flash_attn": plan.flash_attn,
+        "reps": args.reps,
         "localsym": {"prefill_tok_s": round(med(ours, 0), 2), "decode_tok_s": round(med(ours, 1), 2)},
         "llama_cpp_python": {"prefill_tok_s": round(med(theirs, 0), 2), "decode_tok_s": round(med(theirs, 1), 2)},
         "same_text": ours[0][2] == theirs[0][2],
@@ -88,15 +101,17 @@ def run(args: argparse.Namespace) -> int:
     result["decode_ratio"] = round(ours_r["decode_tok_s"] / max(theirs_r["decode_tok_s"], 1e-9), 3)
 
     def table(r: dict) -> str:
-        return "\n".join([
-            f"bench speed: {r['model']}, {r['prompt_tokens']} prompt + {r['gen_tokens']} generated tokens, "
-            f"{r['threads']} threads, median of {r['reps']}",
-            f"{'':<20}{'prefill tok/s':>14}{'decode tok/s':>14}",
-            f"{'localsym':<20}{r['localsym']['prefill_tok_s']:>14.1f}{r['localsym']['decode_tok_s']:>14.1f}",
-            f"{'llama-cpp-python':<20}{r['llama_cpp_python']['prefill_tok_s']:>14.1f}{r['llama_cpp_python']['decode_tok_s']:>14.1f}",
-            f"{'ratio':<20}{r['prefill_ratio']:>14.3f}{r['decode_ratio']:>14.3f}",
-            f"same greedy text: {r['same_text']}",
-        ])
+        return "\n".join(
+            [
+                f"bench speed: {r['model']}, {r['prompt_tokens']} prompt + {r['gen_tokens']} generated tokens, "
+                f"{r['threads']} threads, median of {r['reps']}",
+                f"{'':<20}{'prefill tok/s':>14}{'decode tok/s':>14}",
+                f"{'localsym':<20}{r['localsym']['prefill_tok_s']:>14.1f}{r['localsym']['decode_tok_s']:>14.1f}",
+                f"{'llama-cpp-python':<20}{r['llama_cpp_python']['prefill_tok_s']:>14.1f}{r['llama_cpp_python']['decode_tok_s']:>14.1f}",
+                f"{'ratio':<20}{r['prefill_ratio']:>14.3f}{r['decode_ratio']:>14.3f}",
+                f"same greedy text: {r['same_text']}",
+            ]
+        )
 
     emit(result, args, table)
     return 0

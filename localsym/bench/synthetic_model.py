@@ -25,14 +25,35 @@ Shape = dict[str, int | float]
 
 SHAPES: dict[str, Shape] = {
     # Qwen2-7B's layout in llama form: 28 layers, 28 query heads and 4 KV heads of 128.
-    "7b": {"n_layer": 28, "n_embd": 3584, "n_head": 28, "n_head_kv": 4, "n_ff": 18944,
-           "n_ctx_train": 32768, "rope_base": 1e6},
+    "7b": {
+        "n_layer": 28,
+        "n_embd": 3584,
+        "n_head": 28,
+        "n_head_kv": 4,
+        "n_ff": 18944,
+        "n_ctx_train": 32768,
+        "rope_base": 1e6,
+    },
     # Qwen2-1.5B's layout: half the 7B's KV per token (2 KV heads of 128), a fifth of its weights.
-    "1.5b": {"n_layer": 28, "n_embd": 1536, "n_head": 12, "n_head_kv": 2, "n_ff": 8960,
-             "n_ctx_train": 32768, "rope_base": 1e6},
+    "1.5b": {
+        "n_layer": 28,
+        "n_embd": 1536,
+        "n_head": 12,
+        "n_head_kv": 2,
+        "n_ff": 8960,
+        "n_ctx_train": 32768,
+        "rope_base": 1e6,
+    },
     # For tests: builds in well under a second (copying the tokenizer is most of it).
-    "tiny": {"n_layer": 2, "n_embd": 256, "n_head": 4, "n_head_kv": 2, "n_ff": 512,
-             "n_ctx_train": 4096, "rope_base": 1e4},
+    "tiny": {
+        "n_layer": 2,
+        "n_embd": 256,
+        "n_head": 4,
+        "n_head_kv": 2,
+        "n_ff": 512,
+        "n_ctx_train": 4096,
+        "rope_base": 1e4,
+    },
 }
 SPEC_PREFIX = "synthetic:"
 SHAPE_KEYS = ("n_layer", "n_embd", "n_head", "n_head_kv", "n_ff", "n_ctx_train", "rope_base", "seed")
@@ -54,7 +75,7 @@ def parse_spec(spec: str) -> Shape | None:
     """``synthetic:7b`` -> that shape (a copy); None for anything not starting ``synthetic:``."""
     if not spec.startswith(SPEC_PREFIX):
         return None
-    name = spec[len(SPEC_PREFIX):]
+    name = spec[len(SPEC_PREFIX) :]
     if name not in SHAPES:
         raise ValueError(f"unknown synthetic shape {name!r} (known: {', '.join(SHAPES)})")
     return dict(SHAPES[name])
@@ -77,16 +98,19 @@ def _validate(s: Shape) -> None:
         raise ValueError(f"n_head {n_head} is not a multiple of n_head_kv {n_head_kv}")
     for name, n in (("n_embd", n_embd), ("n_ff", n_ff)):
         if n % BLOCK:
-            raise ValueError(f"{name} {n} is not a multiple of {BLOCK}: every weight row is made of "
-                             f"{BLOCK}-weight Q4_0 blocks")
+            raise ValueError(
+                f"{name} {n} is not a multiple of {BLOCK}: every weight row is made of {BLOCK}-weight Q4_0 blocks"
+            )
 
 
 def _copy_tokenizer(w: GGUFWriter, meta: dict[str, Any]) -> int:
     """Copy every tokenizer.* key with the type llama.cpp expects; returns the vocabulary size."""
-    lists: dict[str, Callable[[Any], None]] = {"tokenizer.ggml.tokens": w.add_token_list,
-                                               "tokenizer.ggml.token_type": w.add_token_types,
-                                               "tokenizer.ggml.scores": w.add_token_scores,
-                                               "tokenizer.ggml.merges": w.add_token_merges}
+    lists: dict[str, Callable[[Any], None]] = {
+        "tokenizer.ggml.tokens": w.add_token_list,
+        "tokenizer.ggml.token_type": w.add_token_types,
+        "tokenizer.ggml.scores": w.add_token_scores,
+        "tokenizer.ggml.merges": w.add_token_merges,
+    }
     for key, val in meta.items():
         if not key.startswith("tokenizer."):
             continue
@@ -116,19 +140,37 @@ def _block_pool(n_blocks: int, rng: np.random.Generator) -> np.ndarray:
     pool[:, :2] = np.frombuffer(np.float16(SCALE).tobytes(), np.uint8)
     for start in range(0, n_blocks, period):
         n = min(period, n_blocks - start)
-        pool[start:start + n, 2:] = codes[:n]
+        pool[start : start + n, 2:] = codes[:n]
     return pool
 
 
-def build(path: Path, tokenizer_from: Path, *, n_layer: int = 28, n_embd: int = 3584, n_head: int = 28,
-          n_head_kv: int = 4, n_ff: int = 18944, n_ctx_train: int = 32768, rope_base: float = 1e6,
-          seed: int = 0) -> Path:
+def build(
+    path: Path,
+    tokenizer_from: Path,
+    *,
+    n_layer: int = 28,
+    n_embd: int = 3584,
+    n_head: int = 28,
+    n_head_kv: int = 4,
+    n_ff: int = 18944,
+    n_ctx_train: int = 32768,
+    rope_base: float = 1e6,
+    seed: int = 0,
+) -> Path:
     """Write a dense llama GGUF of random Q4_0 weights to ``path`` (via a temp file and a rename).
 
     Defaults: Qwen2-7B's layout (SHAPES["7b"]). The output head is tied to the token embedding.
     """
-    shape: Shape = {"n_layer": n_layer, "n_embd": n_embd, "n_head": n_head, "n_head_kv": n_head_kv,
-                    "n_ff": n_ff, "n_ctx_train": n_ctx_train, "rope_base": rope_base, "seed": seed}
+    shape: Shape = {
+        "n_layer": n_layer,
+        "n_embd": n_embd,
+        "n_head": n_head,
+        "n_head_kv": n_head_kv,
+        "n_ff": n_ff,
+        "n_ctx_train": n_ctx_train,
+        "rope_base": rope_base,
+        "seed": seed,
+    }
     _validate(shape)
     path = Path(path)
     meta = read_header(tokenizer_from, vocab=True).metadata
@@ -155,15 +197,17 @@ def build(path: Path, tokenizer_from: Path, *, n_layer: int = 28, n_embd: int = 
     tensors: list[tuple[str, int, int]] = [("token_embd.weight", n_vocab, n_embd), ("output_norm.weight", n_embd, 0)]
     for i in range(n_layer):
         p = f"blk.{i}."
-        tensors += [(p + "attn_norm.weight", n_embd, 0),
-                    (p + "attn_q.weight", n_head * hd, n_embd),
-                    (p + "attn_k.weight", n_head_kv * hd, n_embd),
-                    (p + "attn_v.weight", n_head_kv * hd, n_embd),
-                    (p + "attn_output.weight", n_embd, n_head * hd),
-                    (p + "ffn_norm.weight", n_embd, 0),
-                    (p + "ffn_gate.weight", n_ff, n_embd),
-                    (p + "ffn_up.weight", n_ff, n_embd),
-                    (p + "ffn_down.weight", n_embd, n_ff)]
+        tensors += [
+            (p + "attn_norm.weight", n_embd, 0),
+            (p + "attn_q.weight", n_head * hd, n_embd),
+            (p + "attn_k.weight", n_head_kv * hd, n_embd),
+            (p + "attn_v.weight", n_head_kv * hd, n_embd),
+            (p + "attn_output.weight", n_embd, n_head * hd),
+            (p + "ffn_norm.weight", n_embd, 0),
+            (p + "ffn_gate.weight", n_ff, n_embd),
+            (p + "ffn_up.weight", n_ff, n_embd),
+            (p + "ffn_down.weight", n_embd, n_ff),
+        ]
     for name, rows, cols in tensors:
         if cols:
             # uint8 data with a quantized raw_dtype: gguf reads the shape in BYTES per row.
@@ -184,7 +228,7 @@ def build(path: Path, tokenizer_from: Path, *, n_layer: int = 28, n_embd: int = 
             if cols:
                 # A view of the pool at a random block offset: no copy, and tensors differ.
                 start = int(rng.integers(0, PERIOD)) * BLOCK_BYTES
-                w.write_tensor_data(pool[start:start + rows * cols // BLOCK * BLOCK_BYTES])
+                w.write_tensor_data(pool[start : start + rows * cols // BLOCK * BLOCK_BYTES])
             else:
                 w.write_tensor_data(ones[:rows])
         w.close()
@@ -206,8 +250,14 @@ def shape_of(path: Path) -> Shape | None:
     m = h.metadata
     if m.get("general.architecture") != "llama" or _KEY + "seed" not in m:
         return None
-    keys = {"n_layer": "block_count", "n_embd": "embedding_length", "n_head": "attention.head_count",
-            "n_head_kv": "attention.head_count_kv", "n_ff": "feed_forward_length", "n_ctx_train": "context_length"}
+    keys = {
+        "n_layer": "block_count",
+        "n_embd": "embedding_length",
+        "n_head": "attention.head_count",
+        "n_head_kv": "attention.head_count_kv",
+        "n_ff": "feed_forward_length",
+        "n_ctx_train": "context_length",
+    }
     try:
         shape: Shape = {k: int(m[f"llama.{v}"]) for k, v in keys.items()}
         shape["rope_base"] = float(m["llama.rope.freq_base"])
@@ -231,8 +281,9 @@ def ensure(path: Path, tokenizer_from: Path, **shape: float) -> Path:
 
 def _same(a: Shape, b: Shape) -> bool:
     # rope_base is stored as f32: compare it at that precision.
-    return all(a[k] == b[k] for k in SHAPE_KEYS if k != "rope_base") and \
-        np.float32(a["rope_base"]) == np.float32(b["rope_base"])
+    return all(a[k] == b[k] for k in SHAPE_KEYS if k != "rope_base") and np.float32(a["rope_base"]) == np.float32(
+        b["rope_base"]
+    )
 
 
 def _n_vocab(path: Path) -> int:

@@ -36,12 +36,16 @@ def learned_usage(model_id: str, n_layer: int, n_expert: int) -> np.ndarray | No
 
 
 class LiveExperts:
-    def __init__(self, path: Path, info: ModelInfo, store: Path | None,
-                 prefetch_bytes: int = 1 << 30, prefetch: bool = True) -> None:
+    def __init__(
+        self, path: Path, info: ModelInfo, store: Path | None, prefetch_bytes: int = 1 << 30, prefetch: bool = True
+    ) -> None:
         self.n_layer, self.n_expert, self.n_used = info.n_layer, info.n_expert, info.n_expert_used
         self.store = store
-        self.pred = (MarkovPredictor.load(store, info.n_layer, info.n_expert) if store
-                     else MarkovPredictor(info.n_layer, info.n_expert))
+        self.pred = (
+            MarkovPredictor.load(store, info.n_layer, info.n_expert)
+            if store
+            else MarkovPredictor(info.n_layer, info.n_expert)
+        )
         self.observer = RoutingTap(info.n_layer, info.n_expert_used, self._on_decode)
         self.prefetch = Prefetcher(path, prefetch_bytes) if prefetch else None
         self._prev_token: list[np.ndarray | None] = [None] * info.n_layer

@@ -20,16 +20,18 @@ from numba import njit
 class MarkovPredictor:
     name = "markov"
 
-    def __init__(self, n_layer: int, n_expert: int, token_weight: float = 0.3, decay: float = 0.999,
-                 prior: float = 0.01) -> None:
+    def __init__(
+        self, n_layer: int, n_expert: int, token_weight: float = 0.3, decay: float = 0.999, prior: float = 0.01
+    ) -> None:
         self.n_layer, self.n_expert = n_layer, n_expert
         self.token_weight, self.decay = token_weight, decay
         self.layer_c = np.full((max(n_layer - 1, 1), n_expert, n_expert), prior, np.float64)
         self.token_c = np.full((n_layer, n_expert, n_expert), prior, np.float64)
         self.freq = np.full((n_layer, n_expert), prior, np.float64)
 
-    def scores(self, layer: int, same_token_prev: np.ndarray | None,
-               prev_token_same_layer: np.ndarray | None) -> np.ndarray:
+    def scores(
+        self, layer: int, same_token_prev: np.ndarray | None, prev_token_same_layer: np.ndarray | None
+    ) -> np.ndarray:
         s = np.zeros(self.n_expert)
         has_layer = same_token_prev is not None and layer > 0 and len(same_token_prev) > 0
         if has_layer:
@@ -154,8 +156,11 @@ class OraclePredictor:
 
     def predict(self, layer: int, same_token_prev, prev_token_same_layer, k: int) -> np.ndarray:
         if layer == 0:
-            p = self.src.next_dist(prev_token_same_layer, self.src.token_T) if prev_token_same_layer is not None \
+            p = (
+                self.src.next_dist(prev_token_same_layer, self.src.token_T)
+                if prev_token_same_layer is not None
                 else np.ones(self.src.token_T.shape[0])
+            )
         else:
             p = self.src.next_dist(same_token_prev, self.src.layer_T[layer - 1])
         return np.argpartition(-p, k - 1)[:k]

@@ -14,14 +14,30 @@ from gguf import GGUFWriter
 
 from localsym.runtime.gguf_file import read_header
 
-TOKENIZER_KEYS = ("tokenizer.ggml.model", "tokenizer.ggml.pre", "tokenizer.ggml.tokens",
-                  "tokenizer.ggml.token_type", "tokenizer.ggml.merges", "tokenizer.ggml.bos_token_id",
-                  "tokenizer.ggml.eos_token_id")
+TOKENIZER_KEYS = (
+    "tokenizer.ggml.model",
+    "tokenizer.ggml.pre",
+    "tokenizer.ggml.tokens",
+    "tokenizer.ggml.token_type",
+    "tokenizer.ggml.merges",
+    "tokenizer.ggml.bos_token_id",
+    "tokenizer.ggml.eos_token_id",
+)
 
 
-def build(path: Path, tokenizer_from: Path, n_layer: int = 4, n_embd: int = 64, n_head: int = 4,
-          n_head_kv: int = 2, n_expert: int = 8, n_used: int = 2, n_ff_exp: int = 32, seed: int = 0,
-          dtype: type = np.float32) -> Path:
+def build(
+    path: Path,
+    tokenizer_from: Path,
+    n_layer: int = 4,
+    n_embd: int = 64,
+    n_head: int = 4,
+    n_head_kv: int = 2,
+    n_expert: int = 8,
+    n_used: int = 2,
+    n_ff_exp: int = 32,
+    seed: int = 0,
+    dtype: type = np.float32,
+) -> Path:
     meta = read_header(tokenizer_from, vocab=True).metadata
     tokens = meta["tokenizer.ggml.tokens"]
     n_vocab = len(tokens)

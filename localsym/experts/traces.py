@@ -21,7 +21,7 @@ def fold(per_layer: list[np.ndarray], n_used: int) -> np.ndarray:
     block = np.full((n_tok, len(per_layer), n_used), -1, np.int32)
     for layer, ex in enumerate(per_layer):
         if len(ex):
-            block[n_tok - len(ex):, layer, :] = ex
+            block[n_tok - len(ex) :, layer, :] = ex
     return block
 
 
@@ -79,8 +79,9 @@ class MarkovSource:
     n_used: int
 
     @classmethod
-    def random(cls, n_layer: int = 16, n_expert: int = 64, n_used: int = 4, alpha: float = 0.05,
-               seed: int = 0) -> MarkovSource:
+    def random(
+        cls, n_layer: int = 16, n_expert: int = 64, n_used: int = 4, alpha: float = 0.05, seed: int = 0
+    ) -> MarkovSource:
         rng = np.random.default_rng(seed)
         layer_T = rng.dirichlet(np.full(n_expert, alpha), size=(n_layer - 1, n_expert))
         token_T = rng.dirichlet(np.full(n_expert, alpha), size=n_expert)

@@ -41,11 +41,11 @@ def unrope(x: np.ndarray, pos: np.ndarray, spec: RopeSpec) -> np.ndarray:
     c, s = np.cos(th).astype(np.float32), np.sin(th).astype(np.float32)
     out = x.copy()
     if spec.neox:
-        a, b = x[..., :half], x[..., half:spec.n_rot]
-        out[..., :half], out[..., half:spec.n_rot] = a * c + b * s, b * c - a * s
+        a, b = x[..., :half], x[..., half : spec.n_rot]
+        out[..., :half], out[..., half : spec.n_rot] = a * c + b * s, b * c - a * s
     else:
-        a, b = x[..., 0:spec.n_rot:2], x[..., 1:spec.n_rot:2]
-        out[..., 0:spec.n_rot:2], out[..., 1:spec.n_rot:2] = a * c + b * s, b * c - a * s
+        a, b = x[..., 0 : spec.n_rot : 2], x[..., 1 : spec.n_rot : 2]
+        out[..., 0 : spec.n_rot : 2], out[..., 1 : spec.n_rot : 2] = a * c + b * s, b * c - a * s
     return out
 
 

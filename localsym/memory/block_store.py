@@ -45,8 +45,17 @@ class Sealed:
 
 
 class BlockStore:
-    def __init__(self, root: Path, model_id: str, warm_bytes: int, cold_bytes: int, n_caches: int,
-                 n_head_kv: int, attn: AttentionSignal | None, policy: kv_quant.QuantPolicy | None = None) -> None:
+    def __init__(
+        self,
+        root: Path,
+        model_id: str,
+        warm_bytes: int,
+        cold_bytes: int,
+        n_caches: int,
+        n_head_kv: int,
+        attn: AttentionSignal | None,
+        policy: kv_quant.QuantPolicy | None = None,
+    ) -> None:
         self.model_id = model_id
         self.n_caches, self.n_head_kv = n_caches, n_head_kv
         self.policy = policy or kv_quant.DEFAULT_POLICY
@@ -154,5 +163,10 @@ class BlockStore:
         return {"warm": dict(sorted(warm.items())), "cold": dict(sorted(cold.items())), "pinned_blocks": pinned}
 
     def usage(self) -> dict:
-        return {"warm_blocks": len(self.warm), "warm_bytes": self.warm.used, "warm_budget": self.warm.budget,
-                "cold_bytes": self.cold.used, "cold_budget": self.cold.budget}
+        return {
+            "warm_blocks": len(self.warm),
+            "warm_bytes": self.warm.used,
+            "warm_budget": self.warm.budget,
+            "cold_bytes": self.cold.used,
+            "cold_budget": self.cold.budget,
+        }

@@ -59,8 +59,10 @@ def atomic_write(path: Path, parts: Iterable[bytes | memoryview], sync: bool = T
         except OSError:
             pass
         if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
-            raise BudgetError(f"cannot write {path}: {os.strerror(e.errno)}; free some disk space "
-                              f"(`localsym prune` removes blocks no session uses)") from None
+            raise BudgetError(
+                f"cannot write {path}: {os.strerror(e.errno)}; free some disk space "
+                f"(`localsym prune` removes blocks no session uses)"
+            ) from None
         raise
     return n
 
@@ -72,8 +74,9 @@ def write(path: Path, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> in
     for name, a in arrays.items():
         a = np.ascontiguousarray(a)
         raw = a.data.cast("B") if a.size else memoryview(b"")
-        table.append({"name": name, "dtype": a.dtype.str, "shape": list(a.shape), "offset": offset,
-                      "nbytes": raw.nbytes})
+        table.append(
+            {"name": name, "dtype": a.dtype.str, "shape": list(a.shape), "offset": offset, "nbytes": raw.nbytes}
+        )
         chunks += [raw, b"\0" * _pad(raw.nbytes)]
         offset += raw.nbytes + _pad(raw.nbytes)
     header = json.dumps({"meta": meta, "arrays": table, "payload_bytes": offset}, separators=(",", ":")).encode()
@@ -94,7 +97,7 @@ def _header(path: Path, data: bytes | bytearray) -> tuple[int, dict]:
     if _PREFIX + hlen > len(data):
         raise CorruptFile(f"{path}: truncated header")
     try:
-        header = json.loads(data[_PREFIX:_PREFIX + hlen])
+        header = json.loads(data[_PREFIX : _PREFIX + hlen])
         if not isinstance(header, dict) or not isinstance(header.get("meta"), dict):
             raise ValueError
     except (ValueError, UnicodeDecodeError):
@@ -111,7 +114,7 @@ def read(path: Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     hlen, header = _header(path, data)
     if hashlib.sha256(memoryview(data)[_PREFIX:]).digest() != bytes(data[16:_PREFIX]):
         raise CorruptFile(f"{path}: checksum mismatch")
-    payload = memoryview(data)[_PREFIX + hlen:]
+    payload = memoryview(data)[_PREFIX + hlen :]
     if len(payload) != header.get("payload_bytes"):
         raise CorruptFile(f"{path}: truncated ({len(payload)} of {header.get('payload_bytes')} payload bytes)")
     arrays = {}

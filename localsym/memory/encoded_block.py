@@ -65,13 +65,15 @@ class EncodedBlock:
     @property
     def f16_bytes(self) -> int:
         """What this block's K and V take in an f16 cache (the bytes it stands for)."""
-        return sum(self.n_tokens * (sum(s.shape.k_row_bytes) + sum(s.shape.v_row_bytes))
-                   for c in self.streams for s in c)
+        return sum(
+            self.n_tokens * (sum(s.shape.k_row_bytes) + sum(s.shape.v_row_bytes)) for c in self.streams for s in c
+        )
 
     # -- from / to llama.cpp ------------------------------------------------------------------
     @classmethod
-    def seal(cls, state: kv_state.SeqState, policy: kq.QuantPolicy, n_head_kv: int,
-             floor: str | None = None) -> EncodedBlock:
+    def seal(
+        cls, state: kv_state.SeqState, policy: kq.QuantPolicy, n_head_kv: int, floor: str | None = None
+    ) -> EncodedBlock:
         mix: Counter[str] = Counter()
         caches = []
         for cache in state.caches:
@@ -85,7 +87,7 @@ class EncodedBlock:
             caches.append(out)
         return cls(state.n_cells, caches, dict(mix))
 
-    def to_blob(self, base_pos: int, seq_id: int) -> bytearray:
+    def to_blob(self, base_pos: int, seq_id: int) -> np.ndarray:
         """A state blob holding this block at positions base_pos .. base_pos + n - 1."""
         positions = np.arange(base_pos, base_pos + self.n_tokens, dtype=np.int32)
         buf, state = kv_state.new_blob(seq_id, positions, [[s.shape for s in c] for c in self.streams])
@@ -105,8 +107,9 @@ class EncodedBlock:
                 for kind, t in (("k", s.k), ("v", s.v)):
                     for field in ("bits", "per_channel", "codes", "zero", "scale"):
                         arrays[f"c{ci}.s{si}.{kind}.{field}"] = getattr(t, field)
-        full = dict(meta, n_tokens=self.n_tokens, layout=layout, mix=self.mix,
-                    llama_state_version=kv_state.STATE_VERSION)
+        full = dict(
+            meta, n_tokens=self.n_tokens, layout=layout, mix=self.mix, llama_state_version=kv_state.STATE_VERSION
+        )
         return container.write(path, full, arrays)
 
     @classmethod
@@ -114,8 +117,9 @@ class EncodedBlock:
         """Read and verify a block file; any inconsistency is ``CorruptFile``."""
         meta, arrays = container.read(path)
         if meta.get("llama_state_version") != kv_state.STATE_VERSION:
-            raise container.CorruptFile(f"{path}: llama.cpp state v{meta.get('llama_state_version')}, "
-                                        f"expected v{kv_state.STATE_VERSION}")
+            raise container.CorruptFile(
+                f"{path}: llama.cpp state v{meta.get('llama_state_version')}, expected v{kv_state.STATE_VERSION}"
+            )
         try:
             n = int(meta["n_tokens"])
             caches: list[list[EncodedStream]] = []
@@ -124,9 +128,12 @@ class EncodedBlock:
                 while len(caches) <= ci:
                     caches.append([])
                 shape = kv_state.StreamShape.from_dict(entry["shape"])
-                k, v = (EncodedTensor(*(arrays[f"c{ci}.s{si}.{kind}.{f}"]
-                                        for f in ("bits", "per_channel", "codes", "zero", "scale")))
-                        for kind in ("k", "v"))
+                k, v = (
+                    EncodedTensor(
+                        *(arrays[f"c{ci}.s{si}.{kind}.{f}"] for f in ("bits", "per_channel", "codes", "zero", "scale"))
+                    )
+                    for kind in ("k", "v")
+                )
                 _check(k, shape.k_types, shape.k_row_bytes, n)
                 _check(v, shape.v_types, shape.v_row_bytes, n)
                 caches[ci].append(EncodedStream(shape, k, v))
@@ -145,8 +152,7 @@ def _runs(layers: list[np.ndarray], types: list[int]) -> list[tuple[int, int, np
         while j < len(layers) and types[j] == F16:
             j += 1
         if j > i:
-            out += [(i + a, i + b, view.view(np.uint16))
-                    for a, b, view in kv_state.stacked(layers[i:j])]
+            out += [(i + a, i + b, view.view(np.uint16)) for a, b, view in kv_state.stacked(layers[i:j])]
             i = j
         else:
             out.append((i, i + 1, None))
@@ -188,13 +194,14 @@ def _decode(t: EncodedTensor, layers: list[np.ndarray]) -> None:
     for a, b, out in _runs(layers, types):
         if out is None:
             dst = layers[a]
-            dst[...] = t.codes[co:co + dst.nbytes].view(dst.dtype).reshape(dst.shape)
+            dst[...] = t.codes[co : co + dst.nbytes].view(dst.dtype).reshape(dst.shape)
             co += dst.nbytes
             continue
         code_off, param_off, _ = kb.offsets(t.bits[a:b], t.per_channel[a:b], out.shape[1], out.shape[2])
         nc, npar = int(code_off[-1]), int(param_off[-1])
-        kb.decode(t.codes[co:co + nc], t.bits[a:b], t.per_channel[a:b], t.zero[po:po + npar],
-                  t.scale[po:po + npar], out)
+        kb.decode(
+            t.codes[co : co + nc], t.bits[a:b], t.per_channel[a:b], t.zero[po : po + npar], t.scale[po : po + npar], out
+        )
         co, po = co + nc, po + npar
 
 

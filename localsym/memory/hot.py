@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from localsym.runtime import kv_state
 from localsym.runtime.bridge import Context
 
@@ -57,7 +59,7 @@ class HotContext:
         """Parse the KV of positions [start, start + n) of the working set."""
         return kv_state.parse(self.blob(start, n), self.n_caches)
 
-    def restore(self, key: str, blob: bytes | bytearray, pos0: int, n: int) -> Segment:
+    def restore(self, key: str, blob: bytes | bytearray | np.ndarray, pos0: int, n: int) -> Segment:
         """Bring a saved block in at the end of the working set (shifted from ``pos0``)."""
         seg = Segment(key, self.end, n)
         self.ctx.state_seq_set(SCRATCH, blob)
@@ -79,6 +81,6 @@ class HotContext:
         b = last.start + last.n
         self.ctx.seq_rm(MAIN, a, b)
         self.ctx.seq_add(MAIN, b, -1, a - b)
-        for s in self.segments[first + count:]:
+        for s in self.segments[first + count :]:
             s.start -= b - a
-        del self.segments[first:first + count]
+        del self.segments[first : first + count]

@@ -101,8 +101,10 @@ class IndexDB:
             finally:
                 tmp.unlink(missing_ok=True)
         elif path.stat().st_size == 0:
-            raise LocalsymError(f"{path} is empty (damaged): move it aside to start this session over "
-                                f"(its blocks stay in the shared block cache)")
+            raise LocalsymError(
+                f"{path} is empty (damaged): move it aside to start this session over "
+                f"(its blocks stay in the shared block cache)"
+            )
         try:
             uri = f"file:{path}?mode=ro" if readonly else str(path)
             self.db = sqlite3.connect(uri, uri=readonly, check_same_thread=False, isolation_level=None)
@@ -113,8 +115,10 @@ class IndexDB:
                 _migrate(self.db)
             self.db.execute("SELECT COUNT(*) FROM meta").fetchone()
         except sqlite3.DatabaseError as e:
-            raise LocalsymError(f"{path} is damaged ({e}): move it aside to start this session over "
-                                f"(its blocks stay in the shared block cache)") from None
+            raise LocalsymError(
+                f"{path} is damaged ({e}): move it aside to start this session over "
+                f"(its blocks stay in the shared block cache)"
+            ) from None
 
     def close(self) -> None:
         self.db.close()
@@ -129,8 +133,10 @@ class IndexDB:
 
     # -- documents and blocks -----------------------------------------------------------------------
     def add_doc(self, source: str, kind: str, content_sha: str, n_tokens: int) -> int:
-        cur = self.db.execute("INSERT INTO docs(source, kind, content_sha, n_tokens, created) VALUES (?,?,?,?,?)",
-                              (source, kind, content_sha, n_tokens, time.time()))
+        cur = self.db.execute(
+            "INSERT INTO docs(source, kind, content_sha, n_tokens, created) VALUES (?,?,?,?,?)",
+            (source, kind, content_sha, n_tokens, time.time()),
+        )
         assert cur.lastrowid is not None  # set by every INSERT
         return int(cur.lastrowid)
 
@@ -139,16 +145,19 @@ class IndexDB:
         (a file reloaded after an edit, or after a load that was killed half-way)."""
         self.db.execute("UPDATE docs SET complete = 1 WHERE id = ?", (doc_id,))
         if kind == "file":
-            self.db.execute("UPDATE docs SET active = 0 WHERE source = ? AND id != ? AND kind = 'file'",
-                            (source, doc_id))
+            self.db.execute(
+                "UPDATE docs SET active = 0 WHERE source = ? AND id != ? AND kind = 'file'", (source, doc_id)
+            )
 
-    def add_block(self, doc_id: int, idx: int, key: str, pos0: int, tokens: list[int],
-                  attn: bytes | None = None) -> int:
+    def add_block(
+        self, doc_id: int, idx: int, key: str, pos0: int, tokens: list[int], attn: bytes | None = None
+    ) -> int:
         blob = np.asarray(tokens, np.int32).tobytes()
         cur = self.db.execute(
             "INSERT INTO blocks(doc_id, idx, key, pos0, n_tokens, tokens, created, attn, tokens_crc) "
             "VALUES (?,?,?,?,?,?,?,?,?)",
-            (doc_id, idx, key, pos0, len(tokens), blob, time.time(), attn, zlib.crc32(blob)))
+            (doc_id, idx, key, pos0, len(tokens), blob, time.time(), attn, zlib.crc32(blob)),
+        )
         assert cur.lastrowid is not None  # set by every INSERT
         return int(cur.lastrowid)
 
@@ -157,26 +166,33 @@ class IndexDB:
         (logged): its text can no longer be trusted, and it is never used as if it could."""
         rows = self.db.execute(
             "SELECT b.id, b.doc_id, b.idx, b.key, b.pos0, b.tokens, d.kind, d.source, b.attn, b.tokens_crc, b.n_tokens "
-            "FROM blocks b JOIN docs d ON d.id = b.doc_id WHERE d.active = 1 ORDER BY b.doc_id, b.idx").fetchall()
+            "FROM blocks b JOIN docs d ON d.id = b.doc_id WHERE d.active = 1 ORDER BY b.doc_id, b.idx"
+        ).fetchall()
         out = []
         for r in rows:
             blob = r[5]
             if (r[9] is not None and zlib.crc32(blob) != r[9]) or len(blob) != 4 * r[10]:
-                log.warning("%s: the stored tokens of block %d of %s are damaged: block left out",
-                            self.path, r[2], r[7])
+                log.warning(
+                    "%s: the stored tokens of block %d of %s are damaged: block left out", self.path, r[2], r[7]
+                )
                 continue
             out.append(BlockRow(r[0], r[1], r[2], r[3], r[4], np.frombuffer(blob, np.int32), r[6], r[7], r[8]))
         return out
 
     def doc_sources(self) -> dict[str, str]:
         """Completely ingested, active file sources -> their content sha."""
-        return dict(self.db.execute(
-            "SELECT source, content_sha FROM docs WHERE active = 1 AND complete = 1 AND kind = 'file'").fetchall())
+        return dict(
+            self.db.execute(
+                "SELECT source, content_sha FROM docs WHERE active = 1 AND complete = 1 AND kind = 'file'"
+            ).fetchall()
+        )
 
     # -- messages -------------------------------------------------------------------------------------
     def add_message(self, role: str, content: str, doc_id: int | None = None) -> None:
-        self.db.execute("INSERT INTO messages(role, content, created, doc_id) VALUES (?,?,?,?)",
-                        (role, content, time.time(), doc_id))
+        self.db.execute(
+            "INSERT INTO messages(role, content, created, doc_id) VALUES (?,?,?,?)",
+            (role, content, time.time(), doc_id),
+        )
 
     def messages(self) -> list[dict]:
         rows = self.db.execute("SELECT role, content, created FROM messages ORDER BY id").fetchall()

@@ -88,6 +88,7 @@ class Ranges:
             self._params[key] = kb.params_from_ranges(lo, hi, BITS[fmt])
         return self._params[key]
 
+
 def _levels(fmt: str) -> float:
     return float((1 << BITS[fmt]) - 1)
 
@@ -118,8 +119,9 @@ def sample_queries(x: np.ndarray) -> np.ndarray:
 K_CALIBRATION = {"per_channel": 1.46, "q8": 1.93}
 
 
-def k_errors(r: Ranges, queries: np.ndarray, n_head_kv: int, q8_layers: np.ndarray | None = None
-             ) -> dict[str, np.ndarray]:
+def k_errors(
+    r: Ranges, queries: np.ndarray, n_head_kv: int, q8_layers: np.ndarray | None = None
+) -> dict[str, np.ndarray]:
     """Estimated mean (over sample queries and heads) of the largest logit change over a
     block's cells, per layer and format. Q4/Q3/Q2 share their groups, so one product serves
     all three; Q8 only for ``q8_layers`` (rarely needed: a product over every cell), inf
@@ -140,8 +142,9 @@ def k_errors(r: Ranges, queries: np.ndarray, n_head_kv: int, q8_layers: np.ndarr
         sp = r.thi[layers] - r.tlo[layers]  # [n, C, groups of channels]
         sc = np.repeat(sp, kb.GROUP_TOKEN, axis=2)[:, :, :W].reshape(len(layers), C, n_head_kv, hd)
         var8 = np.matmul(q2[layers], (sc * sc).transpose(0, 2, 3, 1))  # [n, H, q, C]
-        q8[layers] = (kappa / K_CALIBRATION["q8"] / _levels("q8")
-                      * np.sqrt(var8.max(axis=3)).mean(axis=(1, 2), dtype=np.float64))
+        q8[layers] = (
+            kappa / K_CALIBRATION["q8"] / _levels("q8") * np.sqrt(var8.max(axis=3)).mean(axis=(1, 2), dtype=np.float64)
+        )
     out["q8"] = q8
     return out
 
@@ -158,8 +161,7 @@ def choose(errors: dict[str, np.ndarray], policy: QuantPolicy, threshold: float,
     return out
 
 
-def plan_k(k: np.ndarray, policy: QuantPolicy, n_head_kv: int, floor: str | None = None
-           ) -> tuple[list[str], Ranges]:
+def plan_k(k: np.ndarray, policy: QuantPolicy, n_head_kv: int, floor: str | None = None) -> tuple[list[str], Ranges]:
     """Every layer's K format for a run of layers (f16 bits [L, C, W]), and the ranges the
     encoder reuses: one pass over the keys."""
     r = Ranges.measure(k, True)
@@ -182,6 +184,7 @@ def plan_v(v: np.ndarray, policy: QuantPolicy, floor: str | None = None) -> tupl
 
 
 # -- measured errors (calibration and tests) ---------------------------------------------------
+
 
 def k_error(k: np.ndarray, k_hat: np.ndarray, n_head_kv: int, queries: np.ndarray | None = None) -> float:
     """Mean over sample queries of the largest change in a q.k/sqrt(d) logit, per head."""
@@ -207,6 +210,7 @@ def mix_summary(mix: dict[str, int]) -> str:
     for kind in ("K", "V"):
         counts = {k.split(":", 1)[1]: n for k, n in mix.items() if k.startswith(kind + ":")}
         total = sum(counts.values()) or 1
-        parts.append(f"{kind} "
-                     + " ".join(f"{f} {100 * counts[f] / total:.0f}%" for f in reversed(ORDER) if f in counts))
+        parts.append(
+            f"{kind} " + " ".join(f"{f} {100 * counts[f] / total:.0f}%" for f in reversed(ORDER) if f in counts)
+        )
     return ", ".join(parts)

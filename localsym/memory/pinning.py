@@ -25,8 +25,9 @@ def _mixed(word: str) -> bool:
     upper = sum(c.isupper() for c in word)
     # a key mixes digits and letters, or many capitals among small letters; plain code
     # identifiers (sha256, utf8_decode, parse_http2) have few digits and few capitals
-    return (digits >= 2 and letters >= 2 and digits + upper >= 4) or (upper >= 3 and letters - upper >= 2
-                                                                      and digits >= 1)
+    return (digits >= 2 and letters >= 2 and digits + upper >= 4) or (
+        upper >= 3 and letters - upper >= 2 and digits >= 1
+    )
 
 
 def needle_like(text: str) -> bool:

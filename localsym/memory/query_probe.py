@@ -38,7 +38,7 @@ class QueryProbe:
 
     def queries(self, tokens: Sequence[int]) -> tuple[list[np.ndarray], np.ndarray]:
         """Per chosen layer [tokens, n_head, head_dim] post-RoPE queries, and their positions."""
-        toks = list(tokens)[-(self.n_ctx - 1):]
+        toks = list(tokens)[-(self.n_ctx - 1) :]
         self._got.clear()
         self.ctx.seq_rm(0)
         self.ctx.decode(toks, 0, 0, logits="none")

@@ -133,10 +133,12 @@ class SketchIndex:
                     found.update(self.buckets[t].get(c ^ (1 << b), ()))
         return np.fromiter(found, np.int64, len(found))
 
-    def lsh(self, q: np.ndarray, k: int, min_margin: float = 0.02,
-            extra: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def lsh(
+        self, q: np.ndarray, k: int, min_margin: float = 0.02, extra: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Top ``k`` among LSH candidates (and ``extra`` ones, e.g. token postings), rescored
         exactly."""
+
         def rescore(cand):
             if extra is not None and len(extra):
                 cand = np.union1d(cand, extra)
@@ -254,16 +256,16 @@ class Retriever:
             ranked += [int(i) for i in ids[np.argsort(-att)[:k]] if int(i) not in hits]
         return ranked, needles
 
-    def search(self, q: np.ndarray, q_tokens: Sequence[int] | np.ndarray, k: int,
-               force: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def search(
+        self, q: np.ndarray, q_tokens: Sequence[int] | np.ndarray, k: int, force: str | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Sketch search: brute force for small sessions; beyond, exact rescoring of the LSH
         candidates plus the postings of the question's rarer tokens (sign projections alone
         miss most blocks that share only a few tokens with a short question: their cosine
         is ~0.1, where a 10-bit bucket collides with probability ~0.3%)."""
         if force == "brute" or (force is None and self.sketches.n <= BRUTE_FORCE_MAX):
             return self.sketches.brute(q, k)
-        extra = (None if force == "lsh"
-                 else self.pointers.shortlist(q_tokens, max(SHORTLIST_MIN, self.sketches.n // 16)))
+        extra = None if force == "lsh" else self.pointers.shortlist(q_tokens, max(SHORTLIST_MIN, self.sketches.n // 16))
         return self.sketches.lsh(q, k, extra=extra)
 
     def select(self, question: Sequence[int], budget_tokens: int, query: np.ndarray | None = None) -> list[BlockRow]:
@@ -271,8 +273,9 @@ class Retriever:
         ranked, needles = self.rank(question, k=max(8, budget_tokens // 64), query=query)
         # a needle's value may run past its block's end (`KEY = "ab` | `cd"`): the next
         # block of the same document comes with it, verbatim too
-        follow = {b + 1 for b in needles
-                  if b + 1 < len(self.blocks) and self.blocks[b + 1].doc_id == self.blocks[b].doc_id}
+        follow = {
+            b + 1 for b in needles if b + 1 < len(self.blocks) and self.blocks[b + 1].doc_id == self.blocks[b].doc_id
+        }
         needles = set(needles) | follow
         order = []
         for b in ranked:

@@ -65,8 +65,13 @@ class ColdTier:
         self.budget = budget_bytes
         self.evictions = 0
         root.mkdir(parents=True, exist_ok=True)
-        self.used = sum(e.stat().st_size for d in os.scandir(root) if d.is_dir() for e in os.scandir(d.path)
-                        if e.name.endswith(".lsb"))
+        self.used = sum(
+            e.stat().st_size
+            for d in os.scandir(root)
+            if d.is_dir()
+            for e in os.scandir(d.path)
+            if e.name.endswith(".lsb")
+        )
 
     def path(self, key: str) -> Path:
         return self.root / key[:2] / f"{key}.lsb"
@@ -78,8 +83,10 @@ class ColdTier:
         p = self.path(key)
         old = p.stat().st_size if p.exists() else 0
         if eb.nbytes > self.budget:
-            raise BudgetError(f"one block ({eb.nbytes / 2**20:.1f} MiB) is more than the whole cold budget "
-                              f"({self.budget / 2**20:.1f} MiB): raise --cold-gb")
+            raise BudgetError(
+                f"one block ({eb.nbytes / 2**20:.1f} MiB) is more than the whole cold budget "
+                f"({self.budget / 2**20:.1f} MiB): raise --cold-gb"
+            )
         if self.used - old + eb.nbytes > self.budget:  # make room down to 90%, not one block at a time
             self.evict(self.used - old + eb.nbytes - int(self.budget * 0.9), keep=key)
         size = eb.save(p, dict(meta, key=key))
@@ -152,8 +159,9 @@ class SharedKeys:
         try:
             self._open(path)
         except sqlite3.DatabaseError as e:  # a cache of what blocks hold: start it over
-            log.warning("%s is damaged (%s): starting it over (block keys are recomputed as blocks are sealed)",
-                        path, e)
+            log.warning(
+                "%s is damaged (%s): starting it over (block keys are recomputed as blocks are sealed)", path, e
+            )
             for p in (path, path.with_name("keys.sqlite-wal"), path.with_name("keys.sqlite-shm")):
                 p.unlink(missing_ok=True)
             self._open(path)
@@ -163,8 +171,10 @@ class SharedKeys:
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")  # WAL: no fsync per block; the keys can be recomputed
         if self.db.execute("PRAGMA user_version").fetchone()[0] == 0:
-            self.db.executescript("BEGIN; CREATE TABLE IF NOT EXISTS keys (key TEXT PRIMARY KEY, attn BLOB NOT NULL); "
-                                  f"PRAGMA user_version = {self.VERSION}; COMMIT;")
+            self.db.executescript(
+                "BEGIN; CREATE TABLE IF NOT EXISTS keys (key TEXT PRIMARY KEY, attn BLOB NOT NULL); "
+                f"PRAGMA user_version = {self.VERSION}; COMMIT;"
+            )
         self.db.execute("SELECT COUNT(*) FROM keys").fetchone()
 
     def get(self, key: str) -> bytes | None:

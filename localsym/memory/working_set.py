@@ -49,9 +49,17 @@ class Arranged:
 
 
 class WorkingSet:
-    def __init__(self, ctx: Context, n_caches: int, store: BlockStore, sink: list[int], close: list[int],
-                 attn: AttentionSignal | None, pinned: Callable[[np.ndarray], bool],
-                 doc_rows: Callable[[BlockRow], list[BlockRow]]) -> None:
+    def __init__(
+        self,
+        ctx: Context,
+        n_caches: int,
+        store: BlockStore,
+        sink: list[int],
+        close: list[int],
+        attn: AttentionSignal | None,
+        pinned: Callable[[np.ndarray], bool],
+        doc_rows: Callable[[BlockRow], list[BlockRow]],
+    ) -> None:
         self.ctx, self.store = ctx, store
         self.hot = HotContext(ctx, n_caches)
         self.sink, self.close = sink, close
@@ -73,8 +81,15 @@ class WorkingSet:
             self.selector.add(r)
 
     # -- a question's working set ------------------------------------------------------------
-    def arrange_for(self, question: list[int], reserve: int, docs_budget: int | None, turns: list[BlockRow],
-                    recent_tokens: int, block_tokens: int) -> Arranged:
+    def arrange_for(
+        self,
+        question: list[int],
+        reserve: int,
+        docs_budget: int | None,
+        turns: list[BlockRow],
+        recent_tokens: int,
+        block_tokens: int,
+    ) -> Arranged:
         n_ctx = self.ctx.n_ctx
         free = n_ctx - len(self.sink) - len(self.close) - reserve - block_tokens - 32
         if free <= 0:
@@ -95,8 +110,12 @@ class WorkingSet:
         out.docs = self.selector.select(question, max(budget, 0), query)
         out.select_ms = self.selector.last_ms
         needles = self.selector.last_needles
-        want: list[tuple[str, BlockRow | None]] = [("sink", None), *[(r.key, r) for r in out.docs],
-                                                   ("close", None), *[(r.key, r) for r in out.recent]]
+        want: list[tuple[str, BlockRow | None]] = [
+            ("sink", None),
+            *[(r.key, r) for r in out.docs],
+            ("close", None),
+            *[(r.key, r) for r in out.recent],
+        ]
         have = [s.key for s in self.hot.segments]
         keep = 0
         while keep < min(len(have), len(want)) and have[keep] == want[keep][0]:
@@ -160,7 +179,7 @@ class WorkingSet:
             prefix, start = self.sink + context, 0
         else:  # a turn (its conversation is gone): the sink right before it
             start = max(row.pos0 - len(self.sink), 0)
-            prefix = self.sink[-(row.pos0 - start):] if row.pos0 > start else []
+            prefix = self.sink[-(row.pos0 - start) :] if row.pos0 > start else []
         ctx.seq_rm(REBUILD)
         try:
             ctx.decode(prefix, start, REBUILD, logits="none")
@@ -209,9 +228,13 @@ class WorkingSet:
             t0 = time.perf_counter()
             self.store.encode(blob, False)
             seal_ms.append((time.perf_counter() - t0) * 1000)
-        return {"seal_ms": statistics.median(seal_ms),
-                "restore_warm_ms": timed(lambda: self.hot.restore(row.key, eb.to_blob(row.pos0, 1), row.pos0,
-                                                                 row.n_tokens)),
-                "restore_cold_ms": timed(from_cold),
-                "recompute_ms": timed(lambda: self.hot.decode(row.key, row.tokens.tolist())),
-                "f16_bytes": float(eb.f16_bytes), "block_bytes": float(eb.nbytes)}
+        return {
+            "seal_ms": statistics.median(seal_ms),
+            "restore_warm_ms": timed(
+                lambda: self.hot.restore(row.key, eb.to_blob(row.pos0, 1), row.pos0, row.n_tokens)
+            ),
+            "restore_cold_ms": timed(from_cold),
+            "recompute_ms": timed(lambda: self.hot.decode(row.key, row.tokens.tolist())),
+            "f16_bytes": float(eb.f16_bytes),
+            "block_bytes": float(eb.nbytes),
+        }

@@ -24,8 +24,7 @@ from localsym.errors import BadModelFile, BudgetError, LocalsymError
 
 log = logging.getLogger("localsym.llama")
 
-CACHE_TYPES = {"f32": 0, "f16": 1, "q4_0": 2, "q4_1": 3, "q5_0": 6, "q5_1": 7, "q8_0": 8,
-               "iq4_nl": 20, "bf16": 30}
+CACHE_TYPES = {"f32": 0, "f16": 1, "q4_0": 2, "q4_1": 3, "q5_0": 6, "q5_1": 7, "q8_0": 8, "iq4_nl": 20, "bf16": 30}
 STATE_SEQ_FLAGS_SWA_ONLY = 1
 GGML_LOG_LEVEL_WARN, GGML_LOG_LEVEL_ERROR = 3, 4  # ggml.h (pinned version)
 _init_lock = threading.Lock()
@@ -86,8 +85,14 @@ def gpu_offload_supported() -> bool:
 class Model:
     """Loaded weights and vocabulary. Contexts borrow it; close it after them."""
 
-    def __init__(self, path: str | Path, n_gpu_layers: int = 0, vocab_only: bool = False,
-                 use_mmap: bool = True, n_cpu_moe: int | Sequence[int] = 0) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        n_gpu_layers: int = 0,
+        vocab_only: bool = False,
+        use_mmap: bool = True,
+        n_cpu_moe: int | Sequence[int] = 0,
+    ) -> None:
         _ensure_backend()
         self.path = Path(path)
         params = lc.llama_model_default_params()
@@ -257,11 +262,22 @@ class TensorEvent:
 
 class _GGMLTensor(ctypes.Structure):
     # struct ggml_tensor of ggml.h in the pinned llama.cpp (GGML_MAX_SRC 10, GGML_MAX_NAME 64)
-    _fields_ = [("type", ctypes.c_int), ("buffer", ctypes.c_void_p), ("ne", ctypes.c_int64 * 4),
-                ("nb", ctypes.c_size_t * 4), ("op", ctypes.c_int), ("op_params", ctypes.c_int32 * 16),
-                ("flags", ctypes.c_int32), ("src", ctypes.c_void_p * 10), ("view_src", ctypes.c_void_p),
-                ("view_offs", ctypes.c_size_t), ("data", ctypes.c_void_p), ("name", ctypes.c_char * 64),
-                ("extra", ctypes.c_void_p), ("padding", ctypes.c_char * 8)]
+    _fields_ = [
+        ("type", ctypes.c_int),
+        ("buffer", ctypes.c_void_p),
+        ("ne", ctypes.c_int64 * 4),
+        ("nb", ctypes.c_size_t * 4),
+        ("op", ctypes.c_int),
+        ("op_params", ctypes.c_int32 * 16),
+        ("flags", ctypes.c_int32),
+        ("src", ctypes.c_void_p * 10),
+        ("view_src", ctypes.c_void_p),
+        ("view_offs", ctypes.c_size_t),
+        ("data", ctypes.c_void_p),
+        ("name", ctypes.c_char * 64),
+        ("extra", ctypes.c_void_p),
+        ("padding", ctypes.c_char * 8),
+    ]
 
 
 _ggml_lib = None
@@ -378,10 +394,21 @@ EvalObserver = tuple[Callable[[str], bool], Callable[[TensorEvent], None]]
 class Context:
     """A llama.cpp context with explicit positions, sequences and KV state access."""
 
-    def __init__(self, model: Model, n_ctx: int, n_batch: int = 512, n_ubatch: int = 512,
-                 n_seq_max: int = 1, kv_unified: bool | None = None, type_k: str = "f16",
-                 type_v: str = "f16", flash_attn: bool = True, n_threads: int | None = None,
-                 swa_full: bool = True, observer: EvalObserver | RoutingTap | None = None) -> None:
+    def __init__(
+        self,
+        model: Model,
+        n_ctx: int,
+        n_batch: int = 512,
+        n_ubatch: int = 512,
+        n_seq_max: int = 1,
+        kv_unified: bool | None = None,
+        type_k: str = "f16",
+        type_v: str = "f16",
+        flash_attn: bool = True,
+        n_threads: int | None = None,
+        swa_full: bool = True,
+        observer: EvalObserver | RoutingTap | None = None,
+    ) -> None:
         for name in (type_k, type_v):
             if name not in CACHE_TYPES:
                 raise LocalsymError(f"unknown cache type {name!r}: one of {', '.join(CACHE_TYPES)}")
@@ -470,8 +497,13 @@ class Context:
         return self._cancel.is_set()
 
     # -- decode -------------------------------------------------------------------------
-    def decode(self, tokens: Sequence[int], positions: Sequence[int] | int,
-               seq_ids: Sequence[int] | int = 0, logits: str | Sequence[bool] = "last") -> None:
+    def decode(
+        self,
+        tokens: Sequence[int],
+        positions: Sequence[int] | int,
+        seq_ids: Sequence[int] | int = 0,
+        logits: str | Sequence[bool] = "last",
+    ) -> None:
         """Decode tokens at explicit positions; ``positions`` int = start of a run.
 
         ``logits``: "last" (the final token only), "all", "none" or one flag per token.
@@ -558,12 +590,12 @@ class Context:
             del buf[n:]
         return buf
 
-    def state_seq_set(self, seq: int, blob: bytes | bytearray, flags: int = 0) -> int:
+    def state_seq_set(self, seq: int, blob: bytes | bytearray | np.ndarray, flags: int = 0) -> int:
         """Replace sequence ``seq`` with a saved blob; raise on a blob that does not fit.
         A writable buffer (what ``EncodedBlock.to_blob`` builds) is handed over without a copy."""
-        n_bytes = len(blob)
-        if isinstance(blob, bytearray):
-            buf = (ctypes.c_uint8 * n_bytes).from_buffer(blob)
+        n_bytes = blob.nbytes if isinstance(blob, np.ndarray) else len(blob)
+        if isinstance(blob, bytearray | np.ndarray):
+            buf = (ctypes.c_uint8 * n_bytes).from_buffer(blob.data if isinstance(blob, np.ndarray) else blob)
         else:
             buf = (ctypes.c_uint8 * n_bytes).from_buffer_copy(blob)
         n = lc.llama_state_seq_set_data_ext(self._ptr, buf, n_bytes, seq, flags)
@@ -580,8 +612,9 @@ class Cancelled(Exception):
 class Sampler:
     """A llama.cpp sampler chain: greedy at temp 0, else top-k/top-p/min-p/temp/dist."""
 
-    def __init__(self, temp: float = 0.0, top_k: int = 40, top_p: float = 0.95,
-                 min_p: float = 0.05, seed: int = 0xFFFFFFFF) -> None:
+    def __init__(
+        self, temp: float = 0.0, top_k: int = 40, top_p: float = 0.95, min_p: float = 0.05, seed: int = 0xFFFFFFFF
+    ) -> None:
         _ensure_backend()
         chain = lc.llama_sampler_chain_init(lc.llama_sampler_chain_default_params())
         if temp <= 0:

@@ -36,8 +36,13 @@ def _strftime_now(fmt: str) -> str:
     return datetime.datetime.now().strftime(fmt)
 
 
-def _tojson(x: Any, ensure_ascii: bool = False, indent: int | None = None,
-            separators: tuple[str, str] | None = None, sort_keys: bool = False) -> str:
+def _tojson(
+    x: Any,
+    ensure_ascii: bool = False,
+    indent: int | None = None,
+    separators: tuple[str, str] | None = None,
+    sort_keys: bool = False,
+) -> str:
     """Transformers' ``tojson``: Jinja's own HTML-escapes ``<>&'`` and takes no ``ensure_ascii``."""
     return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
 
@@ -83,8 +88,12 @@ class ChatTemplate:
         self._tmpl: jinja2.Template | None = None
         self._no_system = False  # learnt on the first render that a system turn makes the template raise
         if source:
-            env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, loader=jinja2.BaseLoader(),
-                                                extensions=[_Generation, jinja2.ext.loopcontrols])
+            env = ImmutableSandboxedEnvironment(
+                trim_blocks=True,
+                lstrip_blocks=True,
+                loader=jinja2.BaseLoader(),
+                extensions=[_Generation, jinja2.ext.loopcontrols],
+            )
             env.filters["tojson"] = _tojson
             env.globals["raise_exception"] = _raise
             env.globals["strftime_now"] = _strftime_now

@@ -70,8 +70,9 @@ class GenParams:
     stop: Sequence[str] = field(default_factory=tuple)
 
 
-def make_plan(info: ModelInfo, opts: RunOptions, expert_usage: np.ndarray | None = None,
-              what_if: bool = False) -> FitPlan:
+def make_plan(
+    info: ModelInfo, opts: RunOptions, expert_usage: np.ndarray | None = None, what_if: bool = False
+) -> FitPlan:
     """The fit plan; with learned routing (``expert_usage`` [layers, experts]) the experts
     kept in RAM are those of the layers with the smallest working sets, not the first N.
 
@@ -86,33 +87,45 @@ def make_plan(info: ModelInfo, opts: RunOptions, expert_usage: np.ndarray | None
         else:
             vram = 0  # a CPU build of llama.cpp: plan for the CPU, say so in the notes
     ram = psutil.virtual_memory().available
-    plan = plan_fit(info, vram, ram, opts.n_ctx, opts.type_k, opts.type_v, opts.n_gpu_layers,
-                    opts.flash_attn, opts.n_cpu_moe)
+    plan = plan_fit(
+        info, vram, ram, opts.n_ctx, opts.type_k, opts.type_v, opts.n_gpu_layers, opts.flash_attn, opts.n_cpu_moe
+    )
     if expert_usage is not None and opts.n_cpu_moe is None:  # the user's --n-cpu-moe means the first N
         place_experts(plan, info, expert_usage)
     if what_if_gpu:
-        plan.notes.append("this llama.cpp build has no GPU offload: `run` and `chat` here would use "
-                          "the CPU (rebuild with CMAKE_ARGS=\"-DGGML_CUDA=on\")")
+        plan.notes.append(
+            "this llama.cpp build has no GPU offload: `run` and `chat` here would use "
+            'the CPU (rebuild with CMAKE_ARGS="-DGGML_CUDA=on")'
+        )
     return plan
 
 
 class Engine:
     """One model, one context, the chat template: what `run`, `bench` and sessions share."""
 
-    def __init__(self, path: str | Path, opts: RunOptions | None = None, observer=None,
-                 expert_usage: np.ndarray | None = None) -> None:
+    def __init__(
+        self, path: str | Path, opts: RunOptions | None = None, observer=None, expert_usage: np.ndarray | None = None
+    ) -> None:
         self.opts = opts or RunOptions()
         header = read_header(path)
         check_complete(header)
         self.info = model_info(path, header)
         self.plan = make_plan(self.info, self.opts, expert_usage)
-        self.model = Model(path, n_gpu_layers=self.plan.n_gpu_layers,
-                           n_cpu_moe=self.plan.cpu_moe_layers or self.plan.n_cpu_moe)
+        self.model = Model(
+            path, n_gpu_layers=self.plan.n_gpu_layers, n_cpu_moe=self.plan.cpu_moe_layers or self.plan.n_cpu_moe
+        )
         try:
-            self.ctx = Context(self.model, self.plan.n_ctx, n_batch=self.opts.n_batch,
-                               n_seq_max=self.opts.n_seq_max, type_k=self.plan.type_k,
-                               type_v=self.plan.type_v, flash_attn=self.plan.flash_attn,
-                               n_threads=self.opts.n_threads, observer=observer)
+            self.ctx = Context(
+                self.model,
+                self.plan.n_ctx,
+                n_batch=self.opts.n_batch,
+                n_seq_max=self.opts.n_seq_max,
+                type_k=self.plan.type_k,
+                type_v=self.plan.type_v,
+                flash_attn=self.plan.flash_attn,
+                n_threads=self.opts.n_threads,
+                observer=observer,
+            )
         except Exception:
             self.model.close()
             raise
@@ -141,8 +154,14 @@ class Engine:
             toks.insert(0, self.model.bos)
         return toks
 
-    def generate(self, prompt: Sequence[int], start_pos: int = 0, params: GenParams | None = None,
-                 seq: int = 0, stats: GenStats | None = None) -> Iterator[str]:
+    def generate(
+        self,
+        prompt: Sequence[int],
+        start_pos: int = 0,
+        params: GenParams | None = None,
+        seq: int = 0,
+        stats: GenStats | None = None,
+    ) -> Iterator[str]:
         """Decode ``prompt`` at ``start_pos`` in sequence ``seq``, then stream text pieces.
 
         Stops at an end-of-generation token, ``max_tokens``, a stop string, the context's end
@@ -152,8 +171,9 @@ class Engine:
         stats = stats if stats is not None else GenStats()
         ctx = self.ctx
         if start_pos + len(prompt) >= ctx.n_ctx:
-            raise LocalsymError(f"the prompt ({start_pos + len(prompt)} tokens) does not fit the "
-                                f"{ctx.n_ctx}-token context: raise -c")
+            raise LocalsymError(
+                f"the prompt ({start_pos + len(prompt)} tokens) does not fit the {ctx.n_ctx}-token context: raise -c"
+            )
         sampler = Sampler(params.temp, params.top_k, params.top_p, params.min_p, params.seed)
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         ctx.clear_cancel()

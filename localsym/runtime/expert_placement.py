@@ -25,9 +25,11 @@ class Placement:
     coverage: float
 
     def note(self) -> str:
-        return (f"learned routing: experts of layers {_ranges(self.cpu_layers)} stay in RAM; "
-                f"{self.coverage:.0%} of their routing needs {self.hot_bytes / 2**20:.0f} MiB "
-                f"(the first {len(self.cpu_layers)} layers would need {self.first_n_hot_bytes / 2**20:.0f} MiB)")
+        return (
+            f"learned routing: experts of layers {_ranges(self.cpu_layers)} stay in RAM; "
+            f"{self.coverage:.0%} of their routing needs {self.hot_bytes / 2**20:.0f} MiB "
+            f"(the first {len(self.cpu_layers)} layers would need {self.first_n_hot_bytes / 2**20:.0f} MiB)"
+        )
 
 
 def hot_experts(usage: np.ndarray, coverage: float) -> np.ndarray:
@@ -54,8 +56,9 @@ def advise(usage: np.ndarray, expert_bytes: Sequence[int], n_cpu: int, coverage:
     n_cpu = max(0, min(n_cpu, len(moe)))
     chosen = sorted(sorted(moe, key=lambda i: (hot[i], i))[:n_cpu])
     first = moe[:n_cpu]
-    return Placement(chosen, int(hot[chosen].sum()), int(hot[first].sum()),
-                     int(sum(expert_bytes[i] for i in chosen)), coverage)
+    return Placement(
+        chosen, int(hot[chosen].sum()), int(hot[first].sum()), int(sum(expert_bytes[i] for i in chosen)), coverage
+    )
 
 
 def _ranges(layers: Sequence[int]) -> str:

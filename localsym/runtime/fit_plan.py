@@ -23,8 +23,15 @@ GiB = 1 << 30
 
 # Bytes per element of llama.cpp's KV cache types (block bytes / block size).
 CACHE_TYPE_BYTES = {
-    "f32": 4.0, "f16": 2.0, "bf16": 2.0, "q8_0": 34 / 32, "q5_1": 24 / 32, "q5_0": 22 / 32,
-    "q4_1": 20 / 32, "q4_0": 18 / 32, "iq4_nl": 18 / 32,
+    "f32": 4.0,
+    "f16": 2.0,
+    "bf16": 2.0,
+    "q8_0": 34 / 32,
+    "q5_1": 24 / 32,
+    "q5_0": 22 / 32,
+    "q4_1": 20 / 32,
+    "q4_0": 18 / 32,
+    "iq4_nl": 18 / 32,
 }
 GPU_RESERVE = 400 * MiB  # CUDA context, cuBLAS workspace, fragmentation
 AUTO_HOT_CTX = (8192, 4096, 2048)  # the hot window: the memory tiers hold the rest
@@ -47,7 +54,10 @@ def detect_vram() -> int:
     try:
         out = subprocess.run(
             ["nvidia-smi", "--query-gpu=memory.free", "--format=csv,noheader,nounits"],
-            capture_output=True, text=True, timeout=10, check=True,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
         ).stdout.split()
         return int(float(out[0])) * MiB if out else 0
     except (OSError, subprocess.SubprocessError, ValueError):
@@ -82,11 +92,18 @@ class FitPlan:
 
     def as_dict(self) -> dict:
         return {
-            "device": self.device, "vram_budget": self.vram_budget,
-            "n_gpu_layers": self.n_gpu_layers, "n_ctx": self.n_ctx, "type_k": self.type_k,
-            "type_v": self.type_v, "flash_attn": self.flash_attn, "n_cpu_moe": self.n_cpu_moe,
+            "device": self.device,
+            "vram_budget": self.vram_budget,
+            "n_gpu_layers": self.n_gpu_layers,
+            "n_ctx": self.n_ctx,
+            "type_k": self.type_k,
+            "type_v": self.type_v,
+            "flash_attn": self.flash_attn,
+            "n_cpu_moe": self.n_cpu_moe,
             "cpu_moe_layers": self.cpu_moe_layers or list(range(self.n_cpu_moe)),
-            "parts": dict(self.parts), "gpu_bytes": self.gpu_bytes, "notes": list(self.notes),
+            "parts": dict(self.parts),
+            "gpu_bytes": self.gpu_bytes,
+            "notes": list(self.notes),
         }
 
 
@@ -149,10 +166,22 @@ def plan_fit(
             for k, v in kv_choices:
                 kv = _kv(info, c, k, v, info.n_layer)
                 if kv + _compute_bytes(info, c, fa) <= ram:
-                    return FitPlan("cpu", vram, 0, c, k, v, fa, 0, {
-                        "cpu_weights": info.weights_bytes, "cpu_kv_cache": kv,
-                        "cpu_compute": _compute_bytes(info, c, fa),
-                    }, ["no usable GPU: everything runs on the CPU"] if vram <= GPU_RESERVE else [])
+                    return FitPlan(
+                        "cpu",
+                        vram,
+                        0,
+                        c,
+                        k,
+                        v,
+                        fa,
+                        0,
+                        {
+                            "cpu_weights": info.weights_bytes,
+                            "cpu_kv_cache": kv,
+                            "cpu_compute": _compute_bytes(info, c, fa),
+                        },
+                        ["no usable GPU: everything runs on the CPU"] if vram <= GPU_RESERVE else [],
+                    )
         raise BudgetError(f"the KV cache does not fit the {ram / GiB:.1f} GiB RAM budget: lower -c")
 
     avail = vram - GPU_RESERVE
@@ -192,11 +221,25 @@ def plan_fit(
     if ngl == 0:
         return plan_fit(info, 0, ram, n_ctx, type_k, type_v, 0, flash_attn)
     gpu_kv = per_layer_kv * ngl
-    plan = FitPlan("gpu", vram, ngl, c, k, v, fa, 0, {
-        "gpu_weights": sum(info.layer_bytes[:ngl]), "gpu_kv_cache": gpu_kv,
-        "gpu_compute": comp, "gpu_reserve": GPU_RESERVE,
-        "cpu_weights": info.weights_bytes - sum(info.layer_bytes[:ngl]), "cpu_kv_cache": kv - gpu_kv,
-    }, [f"{info.n_layer - ngl} of {info.n_layer} layers stay on the CPU"])
+    plan = FitPlan(
+        "gpu",
+        vram,
+        ngl,
+        c,
+        k,
+        v,
+        fa,
+        0,
+        {
+            "gpu_weights": sum(info.layer_bytes[:ngl]),
+            "gpu_kv_cache": gpu_kv,
+            "gpu_compute": comp,
+            "gpu_reserve": GPU_RESERVE,
+            "cpu_weights": info.weights_bytes - sum(info.layer_bytes[:ngl]),
+            "cpu_kv_cache": kv - gpu_kv,
+        },
+        [f"{info.n_layer - ngl} of {info.n_layer} layers stay on the CPU"],
+    )
     return plan
 
 
@@ -207,12 +250,25 @@ def _gpu_plan(info, vram, ngl, c, k, v, fa, cpu_moe, kv, comp, out_bytes) -> Fit
         notes.append(f"experts of the first {cpu_moe} of {info.n_layer} layers stay in RAM (--n-cpu-moe {cpu_moe})")
     if k != "f16" or v != "f16":
         notes.append(f"KV cache quantized to {k}/{v} to fit")
-    return FitPlan("gpu", vram, ngl, c, k, v, fa, cpu_moe, {
-        "gpu_weights": sum(info.layer_bytes) - moved + out_bytes, "gpu_kv_cache": kv,
-        "gpu_compute": comp, "gpu_reserve": GPU_RESERVE,
-        "cpu_weights": info.weights_bytes - (sum(info.layer_bytes) - moved + out_bytes),
-        "cpu_kv_cache": 0,
-    }, notes)
+    return FitPlan(
+        "gpu",
+        vram,
+        ngl,
+        c,
+        k,
+        v,
+        fa,
+        cpu_moe,
+        {
+            "gpu_weights": sum(info.layer_bytes) - moved + out_bytes,
+            "gpu_kv_cache": kv,
+            "gpu_compute": comp,
+            "gpu_reserve": GPU_RESERVE,
+            "cpu_weights": info.weights_bytes - (sum(info.layer_bytes) - moved + out_bytes),
+            "cpu_kv_cache": 0,
+        },
+        notes,
+    )
 
 
 def place_experts(plan: FitPlan, info: ModelInfo, usage: np.ndarray) -> None:

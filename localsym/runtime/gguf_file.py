@@ -43,7 +43,6 @@ class TensorInfo:
         return n
 
 
-
 @dataclass
 class GGUFHeader:
     path: Path
@@ -107,8 +106,7 @@ class _Reader:
         if n > left:
             if n > len(self.buf):
                 self.fail(f"corrupt GGUF header ({self.where}: {what} needs {n} bytes, more than the whole file)")
-            self.fail(f"truncated GGUF header ({self.where}: {what} needs {n} bytes at offset {self.pos}, "
-                      f"{left} left)")
+            self.fail(f"truncated GGUF header ({self.where}: {what} needs {n} bytes at offset {self.pos}, {left} left)")
 
     def unpack(self, fmt: str) -> Any:
         size = struct.calcsize(fmt)
@@ -194,8 +192,10 @@ def _parse(r: _Reader, size: int, vocab: bool) -> GGUFHeader:
         r.fail(f"corrupt GGUF header ({n_tensors} tensors and {n_kv} keys: absurd counts)")
     need = n_tensors * _MIN_TENSOR_BYTES + n_kv * _MIN_KV_BYTES
     if need > size - r.pos:  # a file cut short, or counts no file of this size can hold
-        r.fail(f"truncated GGUF header ({n_tensors} tensors and {n_kv} keys need {need} bytes or more, "
-               f"{size - r.pos} left)")
+        r.fail(
+            f"truncated GGUF header ({n_tensors} tensors and {n_kv} keys need {need} bytes or more, "
+            f"{size - r.pos} left)"
+        )
     if n_tensors == 0:
         r.fail("no tensors (a vocabulary-only or empty GGUF, not a model)")
     meta: dict[str, Any] = {}
@@ -236,8 +236,9 @@ def _parse(r: _Reader, size: int, vocab: bool) -> GGUFHeader:
         if q is None:
             r.fail(f"corrupt GGUF tensor table ({r.where}: unknown tensor type {ggml_type})")
         if shape and shape[0] % q[0]:
-            r.fail(f"corrupt GGUF tensor table ({r.where}: row of {shape[0]} not a multiple of its "
-                   f"type's block of {q[0]})")
+            r.fail(
+                f"corrupt GGUF tensor table ({r.where}: row of {shape[0]} not a multiple of its type's block of {q[0]})"
+            )
         offset = r.unpack("<Q")
         if offset != expected:
             r.fail(f"corrupt GGUF tensor table ({r.where}: data at offset {offset}, expected {expected})")
@@ -252,6 +253,4 @@ def check_complete(header: GGUFHeader) -> None:
     """Refuse a file whose tensor data is cut short (an interrupted copy or download)."""
     if not header.has_weights:
         end = header.data_offset + max((t.offset + t.nbytes for t in header.tensors), default=0)
-        raise BadModelFile(
-            f"{header.path}: truncated GGUF ({header.file_size} of {end} bytes present)"
-        )
+        raise BadModelFile(f"{header.path}: truncated GGUF ({header.file_size} of {end} bytes present)")

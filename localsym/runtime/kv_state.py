@@ -62,8 +62,8 @@ class SeqState:
 
 
 class _Cursor:
-    def __init__(self, buf: bytes | bytearray) -> None:
-        self.buf = memoryview(buf)
+    def __init__(self, buf: bytes | bytearray | np.ndarray) -> None:
+        self.buf = buf.data if isinstance(buf, np.ndarray) else memoryview(buf)
         self.pos = 0
 
     def take(self, fmt: str):
@@ -143,7 +143,7 @@ def _parse_stream(c: _Cursor, cell_ext: int) -> KVStream:
     return KVStream(positions, seq_ids, v_trans, k_types, v_types, ks, vs)
 
 
-def parse(blob: bytes | bytearray, n_caches: int = 1, cell_ext: int = 0) -> SeqState:
+def parse(blob: bytes | bytearray | np.ndarray, n_caches: int = 1, cell_ext: int = 0) -> SeqState:
     """Parse a blob; ``n_caches`` is 2 for iSWA models (full cache, then SWA cache)."""
     c = _Cursor(blob)
     magic, seq_id = c.take("<Ii")
@@ -156,8 +156,10 @@ def parse(blob: bytes | bytearray, n_caches: int = 1, cell_ext: int = 0) -> SeqS
             raise BlobError("KV state blob is corrupt (stream count)")
         state.caches.append([_parse_stream(c, cell_ext) for _ in range(n_stream)])
     if c.pos != len(blob):
-        raise BlobError(f"KV state blob has {len(blob) - c.pos} unexpected trailing bytes "
-                        f"(wrong cache count or an unsupported model layout)")
+        raise BlobError(
+            f"KV state blob has {len(blob) - c.pos} unexpected trailing bytes "
+            f"(wrong cache count or an unsupported model layout)"
+        )
     return state
 
 
@@ -210,6 +212,7 @@ def check_compatible(state: SeqState, reference: SeqState) -> None:
 
 # -- whole-block views and blobs built in place ----------------------------------------------
 
+
 def stacked(arrays: Sequence[np.ndarray]) -> list[tuple[int, int, np.ndarray]]:
     """Runs ``(first, stop, view)`` of per-layer arrays that share shape, dtype and strides
     and sit at a fixed distance in memory (a blob's layers do), each as one strided
@@ -225,8 +228,9 @@ def stacked(arrays: Sequence[np.ndarray]) -> list[tuple[int, int, np.ndarray]]:
                 break
             delta = d
             j += 1
-        view = np.lib.stride_tricks.as_strided(a, shape=(j - i, *a.shape), strides=(delta, *a.strides),
-                                               writeable=a.flags.writeable)
+        view = np.lib.stride_tricks.as_strided(
+            a, shape=(j - i, *a.shape), strides=(delta, *a.strides), writeable=a.flags.writeable
+        )
         runs.append((i, j, view))
         i = j
     return runs
@@ -244,21 +248,37 @@ class StreamShape:
 
     @classmethod
     def of(cls, s: KVStream) -> StreamShape:
-        return cls(s.v_trans, tuple(s.k_types), tuple(s.v_types), tuple(k.shape[1] * k.itemsize for k in s.k),
-                   tuple(v.shape[1] * v.itemsize for v in s.v))
+        return cls(
+            s.v_trans,
+            tuple(s.k_types),
+            tuple(s.v_types),
+            tuple(k.shape[1] * k.itemsize for k in s.k),
+            tuple(v.shape[1] * v.itemsize for v in s.v),
+        )
 
     def as_dict(self) -> dict:
-        return {"v_trans": self.v_trans, "k_types": list(self.k_types), "v_types": list(self.v_types),
-                "k_row_bytes": list(self.k_row_bytes), "v_row_bytes": list(self.v_row_bytes)}
+        return {
+            "v_trans": self.v_trans,
+            "k_types": list(self.k_types),
+            "v_types": list(self.v_types),
+            "k_row_bytes": list(self.k_row_bytes),
+            "v_row_bytes": list(self.v_row_bytes),
+        }
 
     @classmethod
     def from_dict(cls, d: dict) -> StreamShape:
-        return cls(bool(d["v_trans"]), tuple(d["k_types"]), tuple(d["v_types"]), tuple(d["k_row_bytes"]),
-                   tuple(d["v_row_bytes"]))
+        return cls(
+            bool(d["v_trans"]),
+            tuple(d["k_types"]),
+            tuple(d["v_types"]),
+            tuple(d["k_row_bytes"]),
+            tuple(d["v_row_bytes"]),
+        )
 
 
-def new_blob(seq_id: int, positions: np.ndarray, shapes: Sequence[Sequence[StreamShape]]
-             ) -> tuple[bytearray, SeqState]:
+def new_blob(
+    seq_id: int, positions: np.ndarray, shapes: Sequence[Sequence[StreamShape]]
+) -> tuple[np.ndarray, SeqState]:
     """A state blob for cells at ``positions`` of sequence ``seq_id``, laid out as ``shapes``
     (caches -> streams), with its K and V left to fill: the returned state's arrays are
     writable views into the buffer, which then goes to llama.cpp as it is (no copy)."""
@@ -269,39 +289,49 @@ def new_blob(seq_id: int, positions: np.ndarray, shapes: Sequence[Sequence[Strea
         for sh in cache:
             size += 4 + n * _CELL1.itemsize + 8 + 12 * (len(sh.k_types) + len(sh.v_types))
             size += n * (sum(sh.k_row_bytes) + sum(sh.v_row_bytes))
-    buf = bytearray(size)
-    struct.pack_into("<Ii", buf, 0, STATE_MAGIC, seq_id)
+    buf = np.empty(size, np.uint8)  # every byte is written below or by the caller: no zero fill
+    mv = buf.data
+    struct.pack_into("<Ii", mv, 0, STATE_MAGIC, seq_id)
     off = 8
     state = SeqState(seq_id)
     for cache in shapes:
-        struct.pack_into("<I", buf, off, len(cache))
+        struct.pack_into("<I", mv, off, len(cache))
         off += 4
         streams = []
         for sh in cache:
-            struct.pack_into("<I", buf, off, n)
+            struct.pack_into("<I", mv, off, n)
             off += 4
             cells = np.frombuffer(buf, _CELL1, count=n, offset=off)
             cells["pos"], cells["n"], cells["seq"] = positions, 1, seq_id
             off += n * _CELL1.itemsize
-            struct.pack_into("<II", buf, off, int(sh.v_trans), len(sh.k_types))
+            struct.pack_into("<II", mv, off, int(sh.v_trans), len(sh.k_types))
             off += 8
             ks, vs = [], []
             for t, rb in zip(sh.k_types, sh.k_row_bytes):
                 dt = _row_dtype(t)
-                struct.pack_into("<iQ", buf, off, t, rb)
+                struct.pack_into("<iQ", mv, off, t, rb)
                 ks.append(np.frombuffer(buf, dt, count=n * rb // dt.itemsize, offset=off + 12).reshape(n, -1))
                 off += 12 + n * rb
             for t, rb in zip(sh.v_types, sh.v_row_bytes):
                 dt = _row_dtype(t)
                 if sh.v_trans:
-                    struct.pack_into("<iII", buf, off, t, dt.itemsize, rb // dt.itemsize)
+                    struct.pack_into("<iII", mv, off, t, dt.itemsize, rb // dt.itemsize)
                     vs.append(np.frombuffer(buf, dt, count=n * rb // dt.itemsize, offset=off + 12).reshape(-1, n).T)
                 else:
-                    struct.pack_into("<iQ", buf, off, t, rb)
+                    struct.pack_into("<iQ", mv, off, t, rb)
                     vs.append(np.frombuffer(buf, dt, count=n * rb // dt.itemsize, offset=off + 12).reshape(n, -1))
                 off += 12 + n * rb
-            streams.append(KVStream(np.asarray(positions, np.int32), [(seq_id,)] * n, sh.v_trans,
-                                    list(sh.k_types), list(sh.v_types), ks, vs))
+            streams.append(
+                KVStream(
+                    np.asarray(positions, np.int32),
+                    [(seq_id,)] * n,
+                    sh.v_trans,
+                    list(sh.k_types),
+                    list(sh.v_types),
+                    ks,
+                    vs,
+                )
+            )
         state.caches.append(streams)
     assert off == size
     return buf, state

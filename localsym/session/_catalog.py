@@ -37,8 +37,14 @@ def list_sessions() -> list[dict]:
             try:
                 db = IndexDB(db_path, readonly=True)
                 try:
-                    out.append({"name": d.name, "model": db.get("model"), "tokens": db.get("total_tokens", 0),
-                                "updated": db.get("updated", 0)})
+                    out.append(
+                        {
+                            "name": d.name,
+                            "model": db.get("model"),
+                            "tokens": db.get("total_tokens", 0),
+                            "updated": db.get("updated", 0),
+                        }
+                    )
                 finally:
                     db.close()
             except (LocalsymError, sqlite3.Error) as e:

@@ -16,8 +16,10 @@ from typing import Any
 from localsym.errors import LocalsymError
 from localsym.ingest import MAX_FILE_BYTES
 
-DEFAULT_SYSTEM = ("You are a helpful assistant. Answer from the documents and the conversation "
-                  "below; quote names, numbers and keys exactly.")
+DEFAULT_SYSTEM = (
+    "You are a helpful assistant. Answer from the documents and the conversation "
+    "below; quote names, numbers and keys exactly."
+)
 FIXED = ("block_tokens", "ingest_window", "system")
 KV_FORMATS = ("adaptive", "f16", "q8", "q4", "q3", "q2")  # part of every block's key: kept once set
 
@@ -36,8 +38,12 @@ class SessionConfig:
 
 
 _RULES: dict[str, tuple[type, float, float]] = {  # name -> (type, min, max)
-    "block_tokens": (int, 16, 8192), "warm_mb": (float, 0, 1 << 30), "cold_gb": (float, 1e-6, 1 << 30),
-    "working_set_tokens": (int, 1, 1 << 31), "recent_tokens": (int, 0, 1 << 31), "ingest_window": (int, 0, 1 << 31),
+    "block_tokens": (int, 16, 8192),
+    "warm_mb": (float, 0, 1 << 30),
+    "cold_gb": (float, 1e-6, 1 << 30),
+    "working_set_tokens": (int, 1, 1 << 31),
+    "recent_tokens": (int, 0, 1 << 31),
+    "ingest_window": (int, 0, 1 << 31),
     "max_file_bytes": (int, 1, 1 << 40),
 }
 
@@ -68,8 +74,9 @@ def check_value(name: str, value: Any) -> Any:
     return v
 
 
-def resolve_config(stored: dict[str, Any], file: dict[str, Any], overrides: dict[str, Any],
-                   model: dict[str, Any] | None = None) -> tuple[SessionConfig, dict[str, str], dict[str, Any]]:
+def resolve_config(
+    stored: dict[str, Any], file: dict[str, Any], overrides: dict[str, Any], model: dict[str, Any] | None = None
+) -> tuple[SessionConfig, dict[str, str], dict[str, Any]]:
     """(the settings, where each came from, what the session should store). ``model``: what
     the model's own store suggests (Ollama's system prompt), just above the defaults."""
     values = asdict(SessionConfig())

