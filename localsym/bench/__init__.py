@@ -14,6 +14,7 @@ import tempfile
 from collections.abc import Callable, Iterator
 from typing import Any
 
+VRAM_HELP = "VRAM budget as for `run` (default: auto, the GPU when there is one)"
 BENCHES = ("speed", "quant", "memory", "ingest", "retrieval", "passkey", "experts", "needle", "attention", "serve")
 
 
@@ -36,7 +37,7 @@ def add_parsers(parser: argparse.ArgumentParser, add_runtime_flags: Callable) ->
     s.add_argument("--hot", type=int, default=4096, help="hot context tokens")
     s.add_argument("--warm-mb", type=float, default=256)
     s.add_argument("--reps", type=int, default=3)
-    s.add_argument("--vram", default=None, help="VRAM budget as for `run` (default: auto, the GPU when there is one)")
+    s.add_argument("--vram", default=None, help=VRAM_HELP)
     s.add_argument("-ngl", "--n-gpu-layers", type=int, default=None, dest="n_gpu_layers")
     s.add_argument("-t", "--threads", type=int, default=None)
     _common(s)
@@ -49,7 +50,7 @@ def add_parsers(parser: argparse.ArgumentParser, add_runtime_flags: Callable) ->
     s.add_argument("--page", type=int, default=1024, help="tokens per haystack page (document)")
     s.add_argument("--block", type=int, default=256)
     s.add_argument("--hot", type=int, default=4096)
-    s.add_argument("--vram", default="cpu")
+    s.add_argument("--vram", default=None, help=VRAM_HELP)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("-t", "--threads", type=int, default=None)
     _common(s)
@@ -64,7 +65,7 @@ def add_parsers(parser: argparse.ArgumentParser, add_runtime_flags: Callable) ->
     s.add_argument("--page", type=int, default=1024)
     s.add_argument("--block", type=int, default=256)
     s.add_argument("--hot", type=int, default=4096)
-    s.add_argument("--vram", default="cpu")
+    s.add_argument("--vram", default=None, help=VRAM_HELP)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--heatmap", default="needle-heatmap.png")
     s.add_argument("-t", "--threads", type=int, default=None)
@@ -88,6 +89,7 @@ def add_parsers(parser: argparse.ArgumentParser, add_runtime_flags: Callable) ->
     s.add_argument("--block", type=int, default=128)
     s.add_argument("--queries", type=int, default=40)
     s.add_argument("--snippet", type=int, default=24, help="tokens per question snippet")
+    s.add_argument("--vram", default=None, help=VRAM_HELP)
     s.add_argument("--seed", type=int, default=0)
     _common(s)
 
@@ -106,6 +108,7 @@ def add_parsers(parser: argparse.ArgumentParser, add_runtime_flags: Callable) ->
     s.add_argument("--block", type=int, default=128, help="tokens per block")
     s.add_argument("--k-threshold", type=float, default=None, help="adaptive K threshold (default: the policy's)")
     s.add_argument("--v-threshold", type=float, default=None, help="adaptive V threshold (default: the policy's)")
+    s.add_argument("--vram", default=None, help=VRAM_HELP)
     s.add_argument("-t", "--threads", type=int, default=None)
     _common(s)
 
@@ -128,7 +131,7 @@ def _add_memory(sub) -> None:
     s.add_argument("--block", type=int, default=256)
     s.add_argument("--warm-mb", type=float, default=32, help="warm tier budget (full by 4K tokens)")
     s.add_argument("--hot", type=int, default=4096, help="hot context tokens")
-    s.add_argument("--vram", default=None, help="VRAM budget as for `run` (default: auto, the GPU when there is one)")
+    s.add_argument("--vram", default=None, help=VRAM_HELP)
     s.add_argument("-t", "--threads", type=int, default=None)
     _common(s)
 

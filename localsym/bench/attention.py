@@ -33,7 +33,7 @@ def run(args: argparse.Namespace) -> int:
     probe_ms = []
     with private_home("localsym-bench-attention-"):
         cfg = SessionConfig(block_tokens=args.block, system="")
-        with Session.open("attention", str(path), RunOptions(n_ctx=2048, vram="cpu"), cfg) as s:
+        with Session.open("attention", str(path), RunOptions(n_ctx=2048, vram=args.vram), cfg) as s:
             attn = s.working.attn
             if attn is None:
                 raise LocalsymError(f"{path.name}: no attention-native signal (its RoPE is not a plain one)")

@@ -90,7 +90,9 @@ def run(args: argparse.Namespace) -> int:
     name = args.model or default_model()
     path = model_store.resolve(name)
     n_pre, n_follow = args.context, args.follow
-    with Engine(path, RunOptions(n_ctx=n_pre + n_follow + 64, n_seq_max=1, vram="cpu", n_threads=args.threads)) as eng:
+    with Engine(
+        path, RunOptions(n_ctx=n_pre + n_follow + 64, n_seq_max=1, vram=args.vram, n_threads=args.threads)
+    ) as eng:
         ctx = eng.ctx
         toks = eng.model.tokenize(stdlib_text((n_pre + n_follow) * 6), add_special=True)
         pre, follow = toks[:n_pre], toks[n_pre : n_pre + n_follow]
