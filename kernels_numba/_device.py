@@ -3,7 +3,9 @@ usable, else the CPU). Kept apart so kernels stay numpy-in, numpy-out."""
 
 from __future__ import annotations
 
+import functools
 import os
+import threading
 import time
 from collections.abc import Callable
 from functools import lru_cache
@@ -61,3 +63,17 @@ def fastest(name: str, shape: tuple, cpu: Callable, gpu: Callable) -> Callable:
         return result
 
     return trial
+
+
+PARALLEL = threading.Lock()  # one parallel CPU region at a time in this process (see __init__)
+
+
+def serialized(fn: Callable) -> Callable:
+    """A parallel ``@njit`` kernel called under the process-wide lock."""
+
+    @functools.wraps(fn)
+    def call(*args: object) -> object:
+        with PARALLEL:
+            return fn(*args)
+
+    return call

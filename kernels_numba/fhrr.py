@@ -17,7 +17,7 @@ import math
 import numpy as np
 from numba import cuda, njit, prange
 
-from kernels_numba._device import device
+from kernels_numba._device import device, serialized
 
 _GOLD = np.uint64(0x9E3779B97F4A7C15)
 _M1 = np.uint64(0xBF58476D1CE4E5B9)
@@ -89,6 +89,7 @@ def _phase(seed, token, d):
     return np.float32(x >> np.uint64(40)) * np.float32(2 * math.pi / (1 << 24))
 
 
+@serialized
 @njit(parallel=True, cache=True)
 def phases_cpu(tokens, dim, seed):
     n = tokens.shape[0]
@@ -99,6 +100,7 @@ def phases_cpu(tokens, dim, seed):
     return out
 
 
+@serialized
 @njit(parallel=True, cache=True)
 def sketch_cpu(tokens, weights, dim, seed):
     n = tokens.shape[0]
@@ -125,6 +127,7 @@ def sketch_cpu(tokens, weights, dim, seed):
     return out
 
 
+@serialized
 @njit(parallel=True, cache=True)
 def score_cpu(matrix, query):
     n, m = matrix.shape
@@ -137,6 +140,7 @@ def score_cpu(matrix, query):
     return out
 
 
+@serialized
 @njit(parallel=True, cache=True)
 def lsh_codes_cpu(vectors, planes, bits):
     n, m = vectors.shape

@@ -32,7 +32,7 @@ from llvmlite import ir
 from numba import cuda, njit, prange, types
 from numba.extending import intrinsic
 
-from kernels_numba._device import fastest
+from kernels_numba._device import fastest, serialized
 
 GROUP_TOKEN = 64
 GROUP_CHANNEL = 32
@@ -220,6 +220,7 @@ def _params_cpu(lo, hi, levels, zero, scale):
 
 # fastmath: min, max and a sum of squares only, which then vectorize (exact for min and max
 # of finite values; the sum feeds an error estimate)
+@serialized
 @njit(parallel=True, nogil=True, cache=True, fastmath=True)
 def _ranges_cpu(x, channel):
     L, C, W = x.shape
@@ -335,6 +336,7 @@ def _inv(s):
     return np.float64(np.float32(1.0) / s) if s > 0 else 0.0
 
 
+@serialized
 @njit(parallel=True, nogil=True, cache=True)
 def _encode_cpu(x, bits, per_channel, zero, scale, code_off, param_off, out):
     """``zero``/``scale``: float32 values of the f16 parameters, flat; ``out``: uint8 flat.
@@ -402,6 +404,7 @@ def _encode_cpu(x, bits, per_channel, zero, scale, code_off, param_off, out):
     return out
 
 
+@serialized
 @njit(parallel=True, nogil=True, cache=True)
 def _decode_cpu(codes, bits, per_channel, zero, scale, code_off, param_off, out):
     L, C, W = out.shape

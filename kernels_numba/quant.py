@@ -21,7 +21,7 @@ import math
 import numpy as np
 from numba import cuda, njit, prange
 
-from kernels_numba._device import device
+from kernels_numba._device import device, serialized
 
 BITS = (2, 3, 4, 8)
 
@@ -84,6 +84,7 @@ def decode_ref(packed: np.ndarray, zero: np.ndarray, scale: np.ndarray, bits: in
 # ---- Numba CPU -------------------------------------------------------------------------
 
 
+@serialized
 @njit(parallel=True, cache=True)
 def group_minmax_cpu(x, group):
     rows, cols = x.shape
@@ -105,6 +106,7 @@ def group_minmax_cpu(x, group):
     return lo, hi
 
 
+@serialized
 @njit(parallel=True, cache=True)
 def encode_cpu(x, zero, scale, bits, group):
     rows, cols = x.shape
@@ -148,6 +150,7 @@ def encode_cpu(x, zero, scale, bits, group):
     return out
 
 
+@serialized
 @njit(parallel=True, cache=True)
 def decode_cpu(packed, zero, scale, bits, group, cols):
     # Groups are byte-aligned (group % 8 == 0), so each branch walks whole bytes with fixed
