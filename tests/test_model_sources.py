@@ -351,3 +351,38 @@ def test_cli_list_pull_run_show(stores, home, smol_path):
     assert run_cli("rm", "smollm2:135m", home=home).returncode == 0
     assert stores["blob"].exists()
     assert _snapshot(stores["root"]) | _snapshot(stores["lmstudio"]) == before
+
+
+def _split_copy(src: Path, dst_dir: Path, max_tensors: int = 120) -> Path:
+    """A real GGUF rewritten as a split model (NAME-0000i-of-0000N.gguf) by gguf's writer."""
+    import gguf
+
+    r = gguf.GGUFReader(str(src))
+    w = gguf.GGUFWriter(
+        str(dst_dir / "smol.gguf"), r.fields["general.architecture"].contents(), split_max_tensors=max_tensors
+    )
+    for name, f in r.fields.items():
+        if name.startswith("GGUF.") or name == "general.architecture":
+            continue
+        kind = f.types[0]
+        w.add_key_value(name, f.contents(), kind, sub_type=f.types[-1] if kind == gguf.GGUFValueType.ARRAY else None)
+    for t in r.tensors:
+        w.add_tensor(t.name, t.data, raw_shape=t.data.shape, raw_dtype=t.tensor_type)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return dst_dir / "smol-00001-of-00003.gguf"
+
+
+def test_a_split_gguf_loads_as_one_model(home, smol_path, tmp_path):
+    first = _split_copy(smol_path, tmp_path)
+    r = run_cli("show", str(first), "--json", home=home)
+    assert r.returncode == 0, r.stderr
+    whole = json.loads(run_cli("show", "smollm2-135m", "--json", home=home).stdout)
+    assert json.loads(r.stdout)["n_params"] == whole["n_params"]  # every part counted
+    r = run_cli("run", str(first), "What is 2+2? Answer with a number.", "-n", "8", home=home)
+    assert r.returncode == 0 and "4" in r.stdout, r.stderr
+    (tmp_path / "smol-00003-of-00003.gguf").unlink()
+    r = run_cli("run", str(first), "hi", home=home)
+    assert r.returncode == 1 and "part 3 of 3 is missing" in r.stderr and "Traceback" not in r.stderr

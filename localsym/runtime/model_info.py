@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from localsym.errors import BadModelFile
-from localsym.runtime.gguf_file import ArrayLen, GGUFHeader, read_header
+from localsym.runtime.gguf_file import ArrayLen, GGUFHeader, check_complete, read_header
 
 # llama.cpp's LLAMA_FTYPE names for general.file_type.
 FILE_TYPES = {
@@ -140,6 +140,27 @@ def _str(h: GGUFHeader, key: str, default: Any = _MISSING) -> Any:
     return v
 
 
+def split_parts(h: GGUFHeader) -> list[GGUFHeader]:
+    """Every part of a split GGUF (``NAME-00001-of-0000N.gguf``) given its first part's header,
+    so sizes and the fit plan count the whole model (llama.cpp loads the other parts itself);
+    a missing or damaged part is a one-line BadModelFile."""
+    count = h.metadata.get("split.count")
+    if not isinstance(count, int) or count <= 1:
+        return [h]
+    m = re.match(r"^(.*)-00001-of-(\d{5})\.gguf$", Path(h.path).name)
+    if not m or int(m.group(2)) != count:
+        raise BadModelFile(f"{h.path}: split into {count} parts, but not named as the first of them")
+    parts = [h]
+    for i in range(2, count + 1):
+        part = Path(h.path).with_name(f"{m.group(1)}-{i:05d}-of-{count:05d}.gguf")
+        if not part.exists():
+            raise BadModelFile(f"{h.path}: part {i} of {count} is missing ({part.name})")
+        ph = read_header(part)
+        check_complete(ph)
+        parts.append(ph)
+    return parts
+
+
 def model_info(path: str | Path, header: GGUFHeader | None = None) -> ModelInfo:
     """The shape of a model from its header; BadModelFile (one line) when the header cannot
     describe a model: a required key missing, of the wrong type or absurd."""
@@ -165,7 +186,9 @@ def model_info(path: str | Path, header: GGUFHeader | None = None) -> ModelInfo:
     layer_bytes = [0] * n_layer
     expert_bytes = [0] * n_layer
     other = 0
-    for t in h.tensors:
+    parts = split_parts(h)
+    tensors = [t for part in parts for t in part.tensors]
+    for t in tensors:
         match = _LAYER.match(t.name)
         if match and int(match.group(1)) < n_layer:
             i = int(match.group(1))
@@ -184,9 +207,9 @@ def model_info(path: str | Path, header: GGUFHeader | None = None) -> ModelInfo:
         path=Path(h.path),
         name=_str(h, "general.name", Path(h.path).stem),
         architecture=arch,
-        n_params=sum(t.n_elements for t in h.tensors),
+        n_params=sum(t.n_elements for t in tensors),
         file_type=FILE_TYPES.get(ft, f"type {ft}") if ft is not None else "unknown",
-        file_size=h.file_size,
+        file_size=sum(part.file_size for part in parts),
         n_ctx_train=n_ctx_train,
         n_layer=n_layer,
         n_embd=n_embd,
