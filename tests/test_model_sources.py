@@ -293,7 +293,6 @@ def test_a_retagged_ollama_model_is_followed(stores, home, tmp_path):
     assert model_store.pull("ollama:tiny2:latest").sha256 == new.split(":")[1]
 
 
-@pytest.mark.slow
 def test_cli_list_pull_run_show(stores, home, smol_path):
     before = _snapshot(stores["root"]) | _snapshot(stores["lmstudio"])
     big_before = {p for p in home.rglob("*") if p.is_file() and p.stat().st_size > 1 << 20}
