@@ -49,6 +49,16 @@ from localsym.session._reports import LoadReport, Progress, SessionStatus, TurnS
 log = logging.getLogger("localsym.session")
 
 
+def _chain_keys(root: str, chunks: list[list[int]], sep: bytes) -> list[str]:
+    """Content addresses of consecutive blocks: each key hashes the one before it and the
+    block's tokens, so a block's key names everything it was computed after."""
+    keys, h = [], root
+    for c in chunks:
+        h = hashlib.sha256(h.encode() + sep + repr(c).encode()).hexdigest()
+        keys.append(h)
+    return keys
+
+
 def _sha(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
 
@@ -302,10 +312,7 @@ class Session:
         eng.ctx.clear_cancel()  # a cancel meant for an answer that had already ended
         toks = tokens.tolist() if tokens is not None else self._doc_tokens(text, source)
         chunks = [toks[i : i + B] for i in range(0, len(toks), B)]
-        keys, h = [], self.root_key
-        for c in chunks:
-            h = hashlib.sha256(h.encode() + b"|" + repr(c).encode()).hexdigest()
-            keys.append(h)
+        keys = _chain_keys(self.root_key, chunks, b"|")
         doc_id = self.db.add_doc(source, kind, _sha(text), len(toks))
         P = len(self.frame.sink)
         window = min(eng.ctx.n_ctx - P - B - 16, self.config.ingest_window)
@@ -420,12 +427,11 @@ class Session:
     def _store_turn(self, question: str, answer: str, turn: list[int], start: int) -> None:
         B = self.config.block_tokens
         doc_id = self.db.add_doc("chat", "turn", hashlib.sha256(repr(turn).encode()).hexdigest(), len(turn))
-        h = self.turns[-1].key if self.turns else self.root_key
+        chunks = [turn[j : j + B] for j in range(0, len(turn), B)]
+        keys = _chain_keys(self.turns[-1].key if self.turns else self.root_key, chunks, b"|turn|")
         sealing = []
         # the transient turn run becomes block segments, so the next question can keep them
-        for j in range(0, len(turn), B):
-            chunk = turn[j : j + B]
-            h = hashlib.sha256(h.encode() + b"|turn|" + repr(chunk).encode()).hexdigest()
+        for j, chunk, h in zip(range(0, len(turn), B), chunks, keys):
             pos0 = start + j
             sealing.append(
                 (
