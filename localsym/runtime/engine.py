@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import codecs
+import re
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -144,12 +145,60 @@ class Engine:
         self.close()
 
     def chat_tokens(self, messages: Sequence[Message], add_generation_prompt: bool = True) -> list[int]:
+        """The rendered conversation's tokens: the template's markup with special tokens parsed,
+        the messages' text as plain text (a prompt that spells ``<|im_end|>`` stays text)."""
         text = self.template.render(messages, add_generation_prompt)
-        return self.tokenize_prompt(text)
+        return self._tokenize_parts(self._user_text_parts(text, messages, add_generation_prompt))
 
-    def tokenize_prompt(self, text: str) -> list[int]:
-        """Tokens of a full prompt: BOS added when the model wants one and the text lacks it."""
-        toks = self.model.tokenize(text, add_special=False, parse_special=True)
+    def tokenize_prompt(self, text: str, plain: Sequence[str] = ()) -> list[int]:
+        """Tokens of a full prompt: BOS added when the model wants one and the text lacks it.
+
+        Special tokens are parsed in ``text`` (the template's markup) but not in the ``plain``
+        strings (user text), looked for in order (each also trimmed, as templates trim)."""
+        return self._tokenize_parts(self._plain_parts(text, plain))
+
+    def _user_text_parts(
+        self, text: str, messages: Sequence[Message], add_generation_prompt: bool
+    ) -> list[tuple[str, bool]]:
+        """``text`` cut into (piece, is_markup): the template rendered again with a marker for
+        each message's content gives the markup between them. Where a template changes content
+        (trims it), the contents are looked for in order instead."""
+        marks = [f"\u2063{i}\u2063" for i in range(len(messages))]
+        try:
+            shape = self.template.render(
+                [{**m, "content": k} for m, k in zip(messages, marks, strict=True)], add_generation_prompt
+            )
+        except LocalsymError:
+            shape = ""
+        pieces = re.split("(\u2063\\d+\u2063)", shape)
+        parts: list[tuple[str, bool]] = []
+        for n, piece in enumerate(pieces):
+            if n % 2 == 0:
+                parts.append((piece, True))
+            else:
+                parts.append((messages[int(piece.strip("\u2063"))]["content"], False))
+        if shape and "".join(p for p, _ in parts) == text:
+            return parts
+        return self._plain_parts(text, [m["content"] for m in messages])
+
+    @staticmethod
+    def _plain_parts(text: str, plain: Sequence[str]) -> list[tuple[str, bool]]:
+        parts: list[tuple[str, bool]] = []
+        at = 0
+        for p in plain:
+            for cand in (p, p.strip()):
+                i = text.find(cand, at) if cand else -1
+                if i >= 0:
+                    parts += [(text[at:i], True), (cand, False)]
+                    at = i + len(cand)
+                    break
+        return [*parts, (text[at:], True)]
+
+    def _tokenize_parts(self, parts: Sequence[tuple[str, bool]]) -> list[int]:
+        toks: list[int] = []
+        for piece, markup in parts:
+            if piece:
+                toks += self.model.tokenize(piece, add_special=False, parse_special=markup)
         if self.model.add_bos and self.model.bos >= 0 and (not toks or toks[0] != self.model.bos):
             toks.insert(0, self.model.bos)
         return toks
