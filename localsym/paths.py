@@ -47,6 +47,15 @@ def sessions_dir() -> Path:
     return data_dir() / "sessions"
 
 
+def run_dir() -> Path:
+    """One small file per running `run`/`serve` process (what `localsym ps` lists)."""
+    return data_dir() / "run"
+
+
+def config_file() -> Path:
+    return config_dir() / "config.toml"
+
+
 def ensure(path: Path) -> Path:
     path.mkdir(parents=True, exist_ok=True)
     return path

@@ -9,9 +9,17 @@ from localsym.catalog import default_model, load_catalog
 from localsym.memory.kv_quant import mix_summary
 from localsym.runtime.bridge import Cancelled, cancel_all
 from localsym.runtime.engine import GenParams, GenStats, RunOptions
-from localsym.session._catalog import delete_session, list_sessions, rename_session, session_dir, session_exists
+from localsym.session._catalog import (
+    delete_session,
+    list_sessions,
+    open_sessions,
+    rename_session,
+    session_dir,
+    session_exists,
+    session_settings,
+)
 from localsym.session._config import DEFAULT_SYSTEM, SessionConfig, check_value, resolve_config
-from localsym.session._oneshot import OneShot, PlainModel, Tokenizer, describe_model
+from localsym.session._oneshot import OneShot, PlainModel, Tokenizer, describe_model, model_card
 from localsym.session._reports import LoadReport, Progress, SessionStatus, TurnStats
 from localsym.session._session import Session, SessionBusy, Turn
 from localsym.session._storage import prune_blocks, remove_model
@@ -42,10 +50,13 @@ __all__ = [
     "describe_model",
     "list_sessions",
     "mix_summary",
+    "model_card",
+    "open_sessions",
     "prune_blocks",
     "remove_model",
     "rename_session",
     "resolve_config",
     "session_dir",
     "session_exists",
+    "session_settings",
 ]

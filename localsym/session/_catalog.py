@@ -67,3 +67,47 @@ def delete_session(name: str) -> None:
     if not (d / "session.db").exists():
         raise LocalsymError(f"no session named {name!r}")
     shutil.rmtree(d)
+
+
+def open_sessions() -> list[dict]:
+    """The sessions a live process holds open now (its lock taken): name, model, pid and
+    the holder's command line. Reads the locks without taking them where the system can
+    (Linux: /proc/locks), so looking never makes another process's open fail."""
+    from localsym import running
+
+    root = paths.sessions_dir()
+    flocks = running._proc_flocks()
+    out = []
+    if root.is_dir():
+        for d in sorted(root.iterdir()):
+            pid = running.lock_holder(d / "session.lock", flocks)
+            if pid is None:
+                continue
+            model = None
+            try:
+                db = IndexDB(d / "session.db", readonly=True)
+                try:
+                    model = db.get("model")
+                finally:
+                    db.close()
+            except (LocalsymError, sqlite3.Error, OSError):
+                pass
+            out.append({"name": d.name, "model": model, "pid": pid, "command": running.command_of(pid) if pid else ""})
+    return out
+
+
+def session_settings(name: str) -> dict:
+    """What a session stored: ``{"model": ..., "config": {...}}`` (empty when there is no
+    such session), read without opening it (no lock, no model load)."""
+    db_path = session_dir(name) / "session.db"
+    if not db_path.exists():
+        return {}
+    try:
+        db = IndexDB(db_path, readonly=True)
+        try:
+            stored = db.get("config") or {}
+            return {"model": db.get("model"), "config": stored if isinstance(stored, dict) else {}}
+        finally:
+            db.close()
+    except sqlite3.Error as e:
+        raise LocalsymError(f"{db_path}: cannot read the session ({e})") from None

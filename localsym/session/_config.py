@@ -1,7 +1,8 @@
 """A session's settings and where each one came from.
 
 Weakest first: the defaults, the config file's ``[memory]`` section, what the session
-stored, then the caller's overrides (command-line flags, ``/set``). A session stores only
+stored, the environment (``LOCALSYM_WARM_MB``...; never stored), then the caller's
+overrides (command-line flags, ``/set``). A session stores only
 what was set for it and what its blocks depend on (block size, ingest window, system
 prompt), so editing the config file still reaches old sessions' budgets. Every value is
 checked before anything is stored: a ``nan`` budget once saved made every later open fail.
@@ -75,13 +76,22 @@ def check_value(name: str, value: Any) -> Any:
 
 
 def resolve_config(
-    stored: dict[str, Any], file: dict[str, Any], overrides: dict[str, Any], model: dict[str, Any] | None = None
+    stored: dict[str, Any],
+    file: dict[str, Any],
+    overrides: dict[str, Any],
+    model: dict[str, Any] | None = None,
+    env: dict[str, Any] | None = None,
 ) -> tuple[SessionConfig, dict[str, str], dict[str, Any]]:
     """(the settings, where each came from, what the session should store). ``model``: what
-    the model's own store suggests (Ollama's system prompt), just above the defaults."""
+    the model's own store suggests (Ollama's system prompt), just above the defaults.
+    ``env``: the environment's settings (None: read ``LOCALSYM_*`` now), never stored."""
+    from localsym.config import env_memory, env_name
+
+    env = env_memory() if env is None else env
     values = asdict(SessionConfig())
     source = dict.fromkeys(values, "default")
-    for origin, layer in (("model", model or {}), ("config file", file), ("session", stored), ("flag", overrides)):
+    layers = (("model", model or {}), ("config file", file), ("session", stored), ("env", env), ("flag", overrides))
+    for origin, layer in layers:
         for k, v in layer.items():
             if k not in values:
                 if origin == "session":
@@ -91,7 +101,9 @@ def resolve_config(
                 continue  # checked below: blocks already cut keep their layout
             try:
                 values[k], source[k] = check_value(k, v), origin
-            except LocalsymError:
+            except LocalsymError as e:
+                if origin == "env":
+                    raise LocalsymError(f"{env_name(k)}: {e}") from None
                 if origin != "session":
                     raise
                 # a bad value an older localsym stored: the weaker sources stand

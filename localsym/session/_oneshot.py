@@ -73,6 +73,44 @@ def describe_model(model: str, opts: RunOptions) -> dict[str, Any]:
     return d
 
 
+def model_card(model: str) -> dict[str, Any]:
+    """The parts of a model that `show --template/--license/--system/--parameters` print,
+    from its header alone (instant): the GGUF's chat template (the one used), its license
+    (``general.license``, with ``general.license.name``/``.link`` when present; else Ollama's
+    license text, else the catalog's), Ollama's system prompt and parameters when Ollama
+    keeps the model, and the stop words localsym takes from them."""
+    from localsym.catalog import load_catalog
+    from localsym.model_sources import ollama_extras
+
+    path = model_store.resolve(model)
+    meta = read_header(path).metadata
+    template = meta.get("tokenizer.chat_template")
+    extras = ollama_extras(path) or {}
+    license_parts = [str(meta[k]) for k in ("general.license", "general.license.name") if meta.get(k)]
+    if meta.get("general.license.link"):
+        license_parts.append(str(meta["general.license.link"]))
+    license_text, license_from = "\n".join(dict.fromkeys(license_parts)) or None, "gguf"
+    if license_text is None and extras.get("license"):
+        lic = extras["license"]
+        license_text, license_from = ("\n\n".join(lic) if isinstance(lic, list) else str(lic)), "ollama"
+    if license_text is None:
+        manifest = load_catalog().get(model)
+        if manifest is not None and manifest.license:
+            license_text, license_from = manifest.license, "catalog"
+    params = dict(extras.get("params") or {})
+    stop = params.get("stop")
+    return {
+        "model": model,
+        "path": str(path),
+        "template": template if isinstance(template, str) else None,
+        "license": license_text,
+        "license_source": license_from if license_text else None,
+        "system": extras.get("system") or None,
+        "ollama_parameters": params,
+        "stop": list(stop) if isinstance(stop, list) else ([stop] if stop else []),
+    }
+
+
 def ollama_summary(path, gguf_has_template: bool) -> dict[str, Any] | None:
     """What Ollama keeps beside a model it stores, and which of it localsym uses: its
     system prompt and stop words as defaults; never its template (Go syntax), since the
