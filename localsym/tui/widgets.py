@@ -46,13 +46,52 @@ class MessageView(Vertical, can_focus=True):
 
 
 class PromptInput(TextArea):
-    """Enter sends; Ctrl+J (or Shift+Enter where the terminal tells them apart) is a newline."""
+    """Enter sends; Ctrl+J (or Shift+Enter where the terminal tells them apart) is a newline.
+    Up on the first line and Down on the last walk the earlier prompts, as in a shell."""
 
     @dataclass
     class Submitted(Message):
         text: str
 
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.prompts: list[str] = []  # earlier prompts, oldest first (the app fills and keeps them)
+        self._walk: int | None = None  # index into prompts while walking them
+        self._draft = ""  # what was typed before the walk began
+
+    def reset_walk(self) -> None:
+        self._walk, self._draft = None, ""
+
+    def _show(self, text: str) -> None:
+        self.text = text
+        self.move_cursor(self.document.end)
+
+    def _walk_prompts(self, step: int) -> bool:
+        """One step back (-1) or forward (+1) through the prompts; False when there is none."""
+        if not self.prompts or (self._walk is None and step > 0):
+            return False
+        if self._walk is None:
+            self._draft, at = self.text, len(self.prompts) - 1
+        else:
+            at = self._walk + step
+        if at < 0:
+            return True  # the oldest: stay
+        if at >= len(self.prompts):
+            draft = self._draft
+            self.reset_walk()
+            self._show(draft)
+            return True
+        self._walk = at
+        self._show(self.prompts[at])
+        return True
+
     async def _on_key(self, event: events.Key) -> None:
+        row = self.cursor_location[0]
+        if (event.key == "up" and row == 0) or (event.key == "down" and row == self.document.line_count - 1):
+            if self._walk_prompts(-1 if event.key == "up" else 1):
+                event.prevent_default()
+                event.stop()
+                return
         if event.key == "enter":
             event.prevent_default()
             event.stop()
