@@ -278,9 +278,9 @@ def _ensure_pulled(model: str, quiet: bool) -> None:
     except ModelNotFound:
         if model not in load_catalog():
             raise
-    if not quiet:
-        sys.stderr.write(f"localsym: pulling {model} (first run)...\n")
     show = not quiet and sys.stderr.isatty()
+    if show:
+        sys.stderr.write(f"localsym: pulling {model} (first run)...\n")
     update, stop = _progress_printer() if show else (None, lambda: None)
     try:
         model_store.pull(model, update)

@@ -29,10 +29,11 @@ class _Cmd:
     help: str
     opts: list[_Opt]
     positionals: list[tuple[str, str]]  # (dest, nargs as text)
+    choices: list[str] = field(default_factory=list)  # the first positional's, when fixed
 
 
-def _opts(p: argparse.ArgumentParser) -> tuple[list[_Opt], list[tuple[str, str]]]:
-    opts, pos = [], []
+def _opts(p: argparse.ArgumentParser) -> tuple[list[_Opt], list[tuple[str, str]], list[str]]:
+    opts, pos, choices = [], [], []
     for act in p._actions:
         if isinstance(act, argparse._SubParsersAction):
             continue
@@ -46,18 +47,22 @@ def _opts(p: argparse.ArgumentParser) -> tuple[list[_Opt], list[tuple[str, str]]
                 )
             )
         else:
+            if not pos and act.choices:
+                choices = [str(c) for c in act.choices]
             pos.append((act.dest, str(act.nargs)))
-    return opts, pos
+    return opts, pos, choices
 
 
 def _commands(parser: argparse.ArgumentParser) -> tuple[list[_Opt], list[_Cmd]]:
-    top, _ = _opts(parser)
+    top, _, _ = _opts(parser)
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     helps = {c.dest: c.help or "" for c in sub._choices_actions}
+    by_parser = {id(sub.choices[n]): h for n, h in helps.items() if n in sub.choices}
     cmds = []
     for name, p in sub.choices.items():
-        opts, pos = _opts(p)
-        cmds.append(_Cmd(name, helps.get(name, ""), opts, pos))
+        helps.setdefault(name, by_parser.get(id(p), ""))  # an alias (ls)
+        opts, pos, choices = _opts(p)
+        cmds.append(_Cmd(name, helps.get(name, ""), opts, pos, choices))
     return top, cmds
 
 
@@ -78,7 +83,8 @@ def _bash(top: list[_Opt], cmds: list[_Cmd]) -> str:
         words = " ".join(s for o in c.opts for s in o.strings)
         pos = c.positionals[0][0] if c.positionals else ""
         kind = _DYNAMIC.get(pos, "")
-        cases.append(f"        {c.name}) opts={shlex.quote(words)}; pos={kind or 'none'} ;;")
+        fixed = f"; fixed={shlex.quote(' '.join(c.choices))}" if c.choices else ""
+        cases.append(f"        {c.name}) opts={shlex.quote(words)}; pos={kind or 'none'}{fixed} ;;")
         for o in c.opts:
             if o.choices:
                 pats = "|".join(f"{c.name}:{s}" for s in o.strings)
@@ -101,7 +107,7 @@ def _bash(top: list[_Opt], cmds: list[_Cmd]) -> str:
     nl = "\n"
     return f"""# bash completion for localsym (`source <(localsym completion bash)`)
 _localsym() {{
-    local cur prev cmd="" i opts="" pos=none
+    local cur prev cmd="" i opts="" pos=none fixed=""
     cur="${{COMP_WORDS[COMP_CWORD]}}"
     prev="${{COMP_WORDS[COMP_CWORD-1]}}"
     for ((i = 1; i < COMP_CWORD; i++)); do
@@ -123,6 +129,8 @@ _localsym() {{
     esac
     if [[ "$cur" == -* ]]; then
         COMPREPLY=($(compgen -W "$opts" -- "$cur"))
+    elif [[ -n "$fixed" && "$prev" == "$cmd" ]]; then
+        COMPREPLY=($(compgen -W "$fixed" -- "$cur"))
     elif [[ "$pos" == models && "$prev" == "$cmd" ]]; then
         COMPREPLY=($(compgen -W "$({_LIST_MODELS})" -- "$cur"))
     elif [[ "$pos" == files ]]; then
@@ -151,7 +159,7 @@ def _zsh_spec(o: _Opt) -> list[str]:
             spec += ":model:_localsym_models"
         elif o.takes_value:
             spec += ":value: "
-        out.append(f"'{spec}'" if not s.startswith("-v") else f"'*{spec}'")
+        out.append(f"'*{spec}'" if "-v" in o.strings else f"'{spec}'")
     return out
 
 
@@ -163,8 +171,8 @@ def _zsh(top: list[_Opt], cmds: list[_Cmd]) -> str:
         specs = [s for o in c.opts if "--help" not in o.strings for s in _zsh_spec(o)]
         for i, (dest, nargs) in enumerate(c.positionals, 1):
             action = {"models": "_localsym_models", "files": "_files"}.get(_DYNAMIC.get(dest, ""), " ")
-            if dest == "shell":
-                action = "(bash zsh fish)"
+            if i == 1 and c.choices:
+                action = f"({' '.join(c.choices)})"
             specs.append(f"'{'*' if nargs in ('+', '*') else i}:{dest}:{action}'")
         body = " \\\n        ".join(specs)
         cases.append(f"    {c.name})\n      _arguments \\\n        {body}\n      ;;")
@@ -249,6 +257,6 @@ def _fish(top: list[_Opt], cmds: list[_Cmd]) -> str:
             lines.append(f"complete -c localsym -n {cond} -a '(__localsym_models)'")
         elif kind == "files":
             lines.append(f"complete -c localsym -n {cond} -F")
-        elif c.name == "completion":
-            lines.append(f"complete -c localsym -n {cond} -a 'bash zsh fish'")
+        elif c.choices:
+            lines.append(f"complete -c localsym -n {cond} -a {_fq(' '.join(c.choices))}")
     return "\n".join(lines) + "\n"

@@ -18,7 +18,7 @@ def test_run_json_answers(home):
     r = run_cli("run", "smollm2-135m", "Name three colors.", "--json", "-n", "48", home=home)
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
-    assert set(out) == {"text", "prompt_tokens", "completion_tokens", "prefill_tok_s", "decode_tok_s"}
+    assert set(out) == {"text", "prompt_tokens", "completion_tokens", "prefill_tok_s", "decode_tok_s", "stop_reason"}
     assert out["text"].strip() and out["completion_tokens"] > 0
     assert out["prompt_tokens"] > 5
     assert out["prefill_tok_s"] > 0 and out["decode_tok_s"] > 0
@@ -60,7 +60,7 @@ def test_pull_is_idempotent_and_offline_once_present(home):
 
 def test_bad_input_is_one_line(home, tmp_path, smol_path):
     assert "unknown model 'nope'" in _one_clean_line(run_cli("run", "nope", "hi", home=home))
-    assert "not pulled yet" in _one_clean_line(run_cli("run", GEMMA, "hi", home=home))
+    assert "not pulled yet" in _one_clean_line(run_cli("show", GEMMA, home=home))  # `run` pulls (test_cli_habits)
     cut = tmp_path / "cut.gguf"
     cut.write_bytes(smol_path.read_bytes()[:40_000_000])
     assert "truncated" in _one_clean_line(run_cli("run", str(cut), "hi", home=home))
