@@ -15,7 +15,19 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 VRAM_HELP = "VRAM budget as for `run` (default: auto, the GPU when there is one)"
-BENCHES = ("speed", "quant", "memory", "ingest", "retrieval", "passkey", "experts", "needle", "attention", "serve")
+BENCHES = (
+    "speed",
+    "quant",
+    "memory",
+    "ingest",
+    "retrieval",
+    "passkey",
+    "experts",
+    "needle",
+    "attention",
+    "serve",
+    "ruler",
+)
 
 
 def add_parsers(parser: argparse.ArgumentParser, add_runtime_flags: Callable) -> None:
@@ -29,6 +41,7 @@ def add_parsers(parser: argparse.ArgumentParser, add_runtime_flags: Callable) ->
     add_runtime_flags(s)
 
     _add_memory(sub)
+    _add_ruler(sub)
 
     s = sub.add_parser("ingest", help="ingest through the memory layer vs plain prefill; seal/restore MB/s")
     s.add_argument("--model", default=None, help="a model, a GGUF path, or synthetic:7b / synthetic:1.5b")
@@ -132,6 +145,23 @@ def _add_memory(sub) -> None:
     s.add_argument("--warm-mb", type=float, default=32, help="warm tier budget (full by 4K tokens)")
     s.add_argument("--hot", type=int, default=4096, help="hot context tokens")
     s.add_argument("--vram", default=None, help=VRAM_HELP)
+    s.add_argument("-t", "--threads", type=int, default=None)
+    _common(s)
+
+
+def _add_ruler(sub) -> None:
+    s = sub.add_parser("ruler", help="RULER's synthetic tasks over stdlib text, 1x-16x native, vs the raw model")
+    s.add_argument("--model", default=None, help="model (default: the catalog's default)")
+    s.add_argument("--tasks", default="niah_single,niah_multikey,niah_multivalue,niah_multiquery,vt,cwe")
+    s.add_argument("--lengths", default="1x,4x,16x", help="multiples of the native context (4x) or tokens (8192, 32k)")
+    s.add_argument("--trials", type=int, default=5, help="trials per task and length")
+    s.add_argument("--page", type=int, default=1024, help="tokens per haystack page (document)")
+    s.add_argument("--block", type=int, default=256)
+    s.add_argument("--hot", type=int, default=4096, help="hot context tokens")
+    s.add_argument("--warm-mb", type=float, default=256)
+    s.add_argument("--vram", default=None, help=VRAM_HELP)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--heatmap", default="ruler-heatmap.png", help="PNG: tasks x (raw 1x, lengths); '' for none")
     s.add_argument("-t", "--threads", type=int, default=None)
     _common(s)
 

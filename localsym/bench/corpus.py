@@ -92,3 +92,11 @@ def stdlib_text(min_chars: int) -> str:
         if n >= min_chars:
             break
     return "\n".join(parts)
+
+
+def stdlib_words(min_len: int = 4, max_len: int = 10) -> list[str]:
+    """The distinct lowercase words (letters only) of all of the list's sources, sorted."""
+    import re
+
+    text = stdlib_text(1 << 62)
+    return sorted(set(re.findall(rf"\b[a-z]{{{min_len},{max_len}}}\b", text)))
