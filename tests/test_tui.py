@@ -2,6 +2,7 @@
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -490,10 +491,12 @@ async def test_ctrl_q_mid_answer_waits_for_the_worker(home):
 
 
 @pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed (.ci/run installs it)")
-def test_real_terminal_ctrl_q_mid_answer_exits_cleanly(home, tmp_path):
+@pytest.mark.parametrize("how", ["C-q", "SIGINT"])
+def test_real_terminal_quit_mid_answer_exits_cleanly(home, tmp_path, how):
     """The crash #17 saw (SIGSEGV: the context freed under the decoding worker), in a real
-    terminal: Ctrl+Q while the answer streams exits 0 and the session opens afterwards."""
-    name = f"localsym-quit-{os.getpid()}"
+    terminal: Ctrl+Q, or a SIGINT from outside (``kill -INT``), while the answer streams exits 0
+    and the session opens afterwards."""
+    name = f"localsym-quit-{os.getpid()}-{how}"
     rc_file = tmp_path / "rc"
     env = f"LOCALSYM_HOME={home} NUMBA_ENABLE_CUDASIM=1"
     cmd = f"{env} {sys.executable} -m localsym chat --session q -c 2048 --vram cpu; echo $? > {rc_file}"
@@ -514,11 +517,18 @@ def test_real_terminal_ctrl_q_mid_answer_exits_cleanly(home, tmp_path):
         while "tok/s" not in screen() and time.time() < deadline:
             time.sleep(0.2)
         time.sleep(3.0)  # the answer is streaming
-        subprocess.run(["tmux", "send-keys", "-t", name, "C-q"], check=True)
+        if how == "C-q":
+            subprocess.run(["tmux", "send-keys", "-t", name, "C-q"], check=True)
+        else:
+            shell = subprocess.run(
+                ["tmux", "list-panes", "-t", name, "-F", "#{pane_pid}"], capture_output=True, text=True
+            ).stdout.split()[0]
+            pid = subprocess.run(["pgrep", "-P", shell], capture_output=True, text=True).stdout.split()[0]
+            os.kill(int(pid), signal.SIGINT)
         deadline = time.time() + 60
         while not rc_file.exists() and time.time() < deadline:
             time.sleep(0.3)
-        assert rc_file.exists(), f"the program did not exit on Ctrl+Q:\n{screen()}"
+        assert rc_file.exists(), f"the program did not exit on {how}:\n{screen()}"
         assert rc_file.read_text().strip() == "0"  # 139 would be the SIGSEGV
     finally:
         subprocess.run(["tmux", "kill-session", "-t", name], capture_output=True)

@@ -6,6 +6,7 @@ the UI never blocks. Everything goes through the Session API the CLI uses too.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import json
@@ -13,6 +14,7 @@ import math
 import os
 import shlex
 import shutil
+import signal
 import sqlite3
 import threading
 from collections.abc import Callable, Iterable, Iterator
@@ -49,7 +51,7 @@ the system prompt, the chat template |
 | `/save [NAME]` | make sure everything is on disk; with NAME, also save a copy of the session as NAME |
 | `/clear` | start a new, empty session (`NAME-2`, ...) as Ollama forgets the conversation; \
 the old one stays on disk: `/sessions` goes back |
-| `/? ` or `/help` | this table |
+| `/?` or `/help` | this table |
 | `/bye` or `/exit` | quit (an answer in progress is stopped first) |
 
 Enter sends, Ctrl+J adds a line, Up and Down walk this session's earlier prompts, Esc (or Ctrl+C) \
@@ -142,6 +144,7 @@ class ChatApp(App):
         self.session: Session | None = None
         self.model_lock = threading.Lock()  # held by a worker while it uses the model
         self._quitting = False
+        self._signals: list[signal.Signals] = []  # handlers to take down on the way out
         self.params = GenParams(max_tokens=512)
         self.busy = False
         self.last_answer = ""
@@ -159,7 +162,20 @@ class ChatApp(App):
 
     def on_mount(self) -> None:
         self.query_one(PromptInput).focus()
+        self._catch_signals()
         self.open_session(self.session_name)
+
+    def _catch_signals(self) -> None:
+        """SIGINT and SIGTERM from outside (``kill``, a closing terminal's manager) quit as Ctrl+Q
+        does, waiting for the worker, instead of a KeyboardInterrupt under a running decode.
+        Inside the app, Ctrl+C is a key (stop the answer)."""
+        if threading.current_thread() is not threading.main_thread():
+            return
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+                loop.add_signal_handler(sig, lambda: self.run_worker(self.action_quit(), group="quit"))
+                self._signals.append(sig)
 
     # one palette entry per slash command; those that need an argument fill the prompt
     PALETTE = (
@@ -725,6 +741,11 @@ class ChatApp(App):
         # once, else it closes the session itself when it does (the UI cannot wait for a
         # worker that waits for the UI)
         self._quitting = True
+        loop = asyncio.get_running_loop()
+        for sig in self._signals:
+            with contextlib.suppress(Exception):
+                loop.remove_signal_handler(sig)
+        self._signals.clear()
         if self.session is not None:
             self.session.cancel()
         if self.model_lock.acquire(timeout=1.0):
