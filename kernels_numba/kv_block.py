@@ -8,11 +8,15 @@ into the state blob being built for a restore.
 
 A layer's format is its ``bits``: 16 keeps the f16 values; 8, 4, 3 and 2 are group-wise
 asymmetric codes (an f16 minimum and step per group, values packed little-endian: value i
-of a group occupies bits [i*bits, (i+1)*bits), as in ``kernels_numba.quant``). Per-token
-layers group along channels (GROUP_TOKEN values a group: V always, K at 8 bits); per-channel
-layers group along cells (GROUP_CHANNEL cells a group: K at 4/3/2 bits, as KIVI does).
-Per-token rows are cells, per-channel rows are channels; each row has ceil(cols / group)
-groups, and a layer's codes are its rows one after another.
+of a group occupies bits [i*bits, (i+1)*bits), as in ``kernels_numba.quant``).
+
+Per-token layers group along channels (GROUP_TOKEN values a group: V always, K at 8 bits):
+a cell's groups one after another, cells one after another; parameters [cells, groups].
+Per-channel layers group along cells (GROUP_CHANNEL cells a group: K at 4/3/2 bits, as KIVI
+does), laid out so that every loop runs along the channels of a cell: parameters
+[groups, width], and a group's codes as ``group * bits / 8`` planes of ``width`` bytes,
+plane k holding byte k of every channel's packed group (layout v2; v1 stored each channel's
+groups together, which made both directions a transpose).
 
 f16 data travels as uint16 bit patterns, since numba's CPU target has no float16: a table
 widens them, and an exact round-to-nearest-even narrows float32 back. Codes are computed in
@@ -25,6 +29,7 @@ over every layer) and ``*_cuda`` (Numba-CUDA, one launch over every layer).
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -44,8 +49,12 @@ H2F = np.arange(1 << 16, dtype=np.uint16).view(np.float16).astype(np.float32)  #
 # ---- layout ---------------------------------------------------------------------------------
 
 
+LAYOUT_VERSION = 2  # per-channel codes in planes (see above)
+
+
 def layer_shape(bits: int, per_channel: bool, cells: int, width: int) -> tuple[int, int, int]:
-    """(rows, cols, group) of one layer's codes."""
+    """(rows, cols, group) of one layer's groups: per-token rows are cells, per-channel rows
+    are channels (the codes' byte order is in the module's docstring)."""
     if per_channel:
         return width, cells, GROUP_CHANNEL
     return cells, width, GROUP_TOKEN
@@ -64,9 +73,16 @@ def offsets(
     bits: np.ndarray, per_channel: np.ndarray, cells: int, width: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per-layer starts (and totals, the last entry) of codes, groups and rows (the tasks a
-    parallel call splits)."""
-    b = np.asarray(bits, np.int64)
-    pc = np.asarray(per_channel, np.bool_)
+    parallel call splits). Read-only arrays, cached: a session's blocks share a few layouts."""
+    b = np.ascontiguousarray(bits, np.int64)
+    pc = np.ascontiguousarray(per_channel, np.bool_)
+    return _offsets(b.tobytes(), pc.tobytes(), cells, width)
+
+
+@functools.lru_cache(maxsize=256)
+def _offsets(bits_b: bytes, pc_b: bytes, cells: int, width: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    b = np.frombuffer(bits_b, np.int64)
+    pc = np.frombuffer(pc_b, np.bool_)
     bad = (b != 2) & (b != 3) & (b != 4) & (b != 8) & (b != F16_BITS)
     if bad.any():
         raise ValueError(f"bits must be one of {BITS}, not {int(b[bad][0])}")
@@ -81,6 +97,7 @@ def offsets(
     for per_layer in (code, groups, np.where(f16, cells, rows)):
         o = np.zeros(len(b) + 1, np.int64)
         np.cumsum(per_layer, out=o[1:])
+        o.flags.writeable = False
         out.append(o)
     return out[0], out[1], out[2]
 
@@ -119,7 +136,7 @@ def params_ref(lo: np.ndarray, hi: np.ndarray, bits: int) -> tuple[np.ndarray, n
 
 def ranges_ref(x: np.ndarray, channel: bool) -> tuple[np.ndarray, ...]:
     """Per-token group min/max [L, cells, ceil(width/GT)], per-channel group min/max
-    [L, width, ceil(cells/GC)] (empty unless ``channel``) and each layer's sum of squares."""
+    [L, ceil(cells/GC), width] (width 0 unless ``channel``) and each layer's sum of squares."""
     f = H2F[x]
     L, C, W = f.shape
     gt, gc = -(-W // GROUP_TOKEN), -(-C // GROUP_CHANNEL)
@@ -131,15 +148,22 @@ def ranges_ref(x: np.ndarray, channel: bool) -> tuple[np.ndarray, ...]:
         padc = np.full((L, W, gc * GROUP_CHANNEL), np.nan, np.float32)
         padc[:, :, :C] = f.transpose(0, 2, 1)
         c = padc.reshape(L, W, gc, GROUP_CHANNEL)
-        clo, chi = np.nanmin(c, axis=3), np.nanmax(c, axis=3)
+        clo, chi = np.nanmin(c, axis=3).transpose(0, 2, 1), np.nanmax(c, axis=3).transpose(0, 2, 1)
     else:
-        clo = chi = np.zeros((L, 0, gc), np.float32)
+        clo = chi = np.zeros((L, gc, 0), np.float32)
     ss = (f.astype(np.float64) ** 2).sum(axis=(1, 2))
     return tlo, thi, clo, chi, ss
 
 
 def _rows_of(f: np.ndarray, per_channel: bool) -> np.ndarray:
     return f.T if per_channel else f
+
+
+def _params_of(p: np.ndarray, rows: int, per_channel: bool) -> np.ndarray:
+    """A layer's parameters as float32 [rows, groups] (per-channel ones are stored
+    [groups, channels])."""
+    f = p.astype(np.float32)
+    return f.reshape(-1, rows).T if per_channel else f.reshape(rows, -1)
 
 
 def encode_ref(
@@ -157,9 +181,11 @@ def encode_ref(
             continue
         rows, cols, g = layer_shape(b, pc, C, W)
         a = np.ascontiguousarray(_rows_of(H2F[x[i]], pc))
-        z = zero[param_off[i] : param_off[i + 1]].astype(np.float32).reshape(rows, -1)
-        s = scale[param_off[i] : param_off[i + 1]].astype(np.float32).reshape(rows, -1)
-        out[code_off[i] : code_off[i + 1]] = quant.encode_ref(a, z, s, b, g).ravel()
+        z, s = (_params_of(p[param_off[i] : param_off[i + 1]], rows, pc) for p in (zero, scale))
+        codes = quant.encode_ref(a, z, s, b, g)  # [rows, groups * group bytes]
+        if pc:  # [channels, groups, bytes] -> [groups, bytes, channels]
+            codes = codes.reshape(rows, -1, g * b // 8).transpose(1, 2, 0)
+        out[code_off[i] : code_off[i + 1]] = codes.ravel()
     return out
 
 
@@ -177,8 +203,9 @@ def decode_ref(
             continue
         rows, cols, g = layer_shape(b, pc, C, W)
         ng = -(-cols // g)
-        z = zero[param_off[i] : param_off[i + 1]].astype(np.float32).reshape(rows, ng)
-        s = scale[param_off[i] : param_off[i + 1]].astype(np.float32).reshape(rows, ng)
+        z, s = (_params_of(p[param_off[i] : param_off[i + 1]], rows, pc) for p in (zero, scale))
+        if pc:  # [groups, bytes, channels] -> [channels, groups * bytes]
+            seg = seg.reshape(ng, g * b // 8, rows).transpose(2, 0, 1)
         stream = np.unpackbits(seg.reshape(rows, -1), axis=1, bitorder="little").reshape(rows, -1, b)
         q = (stream.astype(np.uint32) << np.arange(b, dtype=np.uint32)).sum(axis=2)[:, :cols]
         v = np.repeat(z, g, axis=1)[:, :cols] + q.astype(np.float32) * np.repeat(s, g, axis=1)[:, :cols]
@@ -218,36 +245,42 @@ def _params_cpu(lo, hi, levels, zero, scale):
         scale[k] = _f2h((hi[k] - _h2f(z)) / levels)
 
 
+# The CPU kernels take a block as one flat f16-bits array and its layer and cell strides
+# (``_flat``), and index inner loops through slices: an index numba cannot prove
+# non-negative gets a wraparound select that stops LLVM from vectorizing the loop (5-8x
+# slower here), while a slice's own loop index is provably in range.
+
+
 # fastmath: min, max and a sum of squares only, which then vectorize (exact for min and max
 # of finite values; the sum feeds an error estimate)
 @serialized
 @njit(parallel=True, nogil=True, cache=True, fastmath=True)
-def _ranges_cpu(x, channel):
-    L, C, W = x.shape
+def _ranges_cpu(x, L, C, W, sL, sC, channel):
     gt = (W + GROUP_TOKEN - 1) // GROUP_TOKEN
     gc = (C + GROUP_CHANNEL - 1) // GROUP_CHANNEL
     tlo = np.empty((L, C, gt), np.float32)
     thi = np.empty((L, C, gt), np.float32)
     cw = W if channel else 0
-    clo = np.empty((L, cw, gc), np.float32)
-    chi = np.empty((L, cw, gc), np.float32)
+    clo = np.empty((L, gc, cw), np.float32)
+    chi = np.empty((L, gc, cw), np.float32)
     ss = np.zeros(L, np.float64)
     for i in prange(L):
         row = np.empty(W, np.float32)
         lo_c = np.empty(W, np.float32)
         hi_c = np.empty(W, np.float32)
         acc = 0.0
-        h = np.empty(W, np.uint16)
         for c in range(C):
-            h[:] = x[i, c, :]
+            src = x[i * sL + c * sC : i * sL + c * sC + W]
             for d in range(W):
-                row[d] = _h2f(h[d])  # type: ignore[call-arg]
+                row[d] = _h2f(src[d])  # type: ignore[call-arg]
             for g in range(gt):
-                lo = row[g * GROUP_TOKEN]
+                seg = row[g * GROUP_TOKEN : min(W, (g + 1) * GROUP_TOKEN)]
+                n = len(seg)
+                lo = seg[0]
                 hi = lo
-                for d in range(g * GROUP_TOKEN + 1, min(W, (g + 1) * GROUP_TOKEN)):
-                    lo = min(lo, row[d])
-                    hi = max(hi, row[d])
+                for d in range(1, n):
+                    lo = min(lo, seg[d])
+                    hi = max(hi, seg[d])
                 tlo[i, c, g] = lo
                 thi[i, c, g] = hi
             s = np.float32(0.0)
@@ -264,71 +297,129 @@ def _ranges_cpu(x, channel):
                         hi_c[d] = max(hi_c[d], row[d])
                 if c % GROUP_CHANNEL == GROUP_CHANNEL - 1 or c == C - 1:
                     j = c // GROUP_CHANNEL
+                    dlo = clo[i, j]
+                    dhi = chi[i, j]
                     for d in range(W):
-                        clo[i, d, j] = lo_c[d]
-                        chi[i, d, j] = hi_c[d]
+                        dlo[d] = lo_c[d]
+                        dhi[d] = hi_c[d]
         ss[i] = acc
     return tlo, thi, clo, chi, ss
 
 
 @njit(inline="always")
-def _pack(q, n_codes, b, out, o):
+def _pack(q, n_codes, b, out):
     """``n_codes`` (a multiple of 8) codes -> ``n_codes * b / 8`` bytes, little-endian."""
     if b == 8:
         for u in range(n_codes):
-            out[o + u] = q[u]
+            out[u] = q[u]
     elif b == 4:
         for u in range(n_codes // 2):
-            out[o + u] = q[2 * u] | (q[2 * u + 1] << 4)
+            out[u] = q[2 * u] | (q[2 * u + 1] << 4)
     elif b == 2:
         for u in range(n_codes // 4):
-            out[o + u] = q[4 * u] | (q[4 * u + 1] << 2) | (q[4 * u + 2] << 4) | (q[4 * u + 3] << 6)
+            out[u] = q[4 * u] | (q[4 * u + 1] << 2) | (q[4 * u + 2] << 4) | (q[4 * u + 3] << 6)
     else:  # 3 bits: 8 codes in 3 bytes
         for k in range(n_codes // 8):
             w = np.uint32(0)
             for t in range(8):
                 w |= np.uint32(q[8 * k + t]) << np.uint32(3 * t)
-            out[o + 3 * k] = w & 0xFF
-            out[o + 3 * k + 1] = (w >> 8) & 0xFF
-            out[o + 3 * k + 2] = (w >> 16) & 0xFF
+            out[3 * k] = w & 0xFF
+            out[3 * k + 1] = (w >> 8) & 0xFF
+            out[3 * k + 2] = (w >> 16) & 0xFF
 
 
 @njit(inline="always")
-def _unpack(codes, o, n_codes, b, q):
+def _pack_planes(q, W, b, out):
+    """A per-channel group's codes ``q`` [GROUP_CHANNEL, W] -> its byte planes ``out``
+    (plane k: byte k of every channel's packed group)."""
+    if b == 4:
+        for k in range(GROUP_CHANNEL // 2):
+            row, a, c = out[k * W : (k + 1) * W], q[2 * k], q[2 * k + 1]
+            for d in range(W):
+                row[d] = a[d] | (c[d] << 4)
+    elif b == 2:
+        for k in range(GROUP_CHANNEL // 4):
+            row, a, c, e, f = out[k * W : (k + 1) * W], q[4 * k], q[4 * k + 1], q[4 * k + 2], q[4 * k + 3]
+            for d in range(W):
+                row[d] = a[d] | (c[d] << 2) | (e[d] << 4) | (f[d] << 6)
+    elif b == 8:
+        for k in range(GROUP_CHANNEL):
+            row, a = out[k * W : (k + 1) * W], q[k]
+            for d in range(W):
+                row[d] = a[d]
+    else:  # 3 bits: 8 codes in 3 bytes
+        for k in range(GROUP_CHANNEL // 8):
+            r0, r1, r2 = (
+                out[3 * k * W : (3 * k + 1) * W],
+                out[(3 * k + 1) * W : (3 * k + 2) * W],
+                out[(3 * k + 2) * W : (3 * k + 3) * W],
+            )
+            for d in range(W):
+                w = np.uint32(0)
+                for t in range(8):
+                    w |= np.uint32(q[8 * k + t, d]) << np.uint32(3 * t)
+                r0[d] = w & 0xFF
+                r1[d] = (w >> 8) & 0xFF
+                r2[d] = (w >> 16) & 0xFF
+
+
+@njit(inline="always")
+def _unpack_planes(planes, W, b, q):
+    """The inverse of ``_pack_planes``."""
+    if b == 4:
+        for k in range(GROUP_CHANNEL // 2):
+            row, a, c = planes[k * W : (k + 1) * W], q[2 * k], q[2 * k + 1]
+            for d in range(W):
+                a[d] = row[d] & 15
+                c[d] = row[d] >> 4
+    elif b == 2:
+        for k in range(GROUP_CHANNEL // 4):
+            row, a, c, e, f = planes[k * W : (k + 1) * W], q[4 * k], q[4 * k + 1], q[4 * k + 2], q[4 * k + 3]
+            for d in range(W):
+                a[d] = row[d] & 3
+                c[d] = (row[d] >> 2) & 3
+                e[d] = (row[d] >> 4) & 3
+                f[d] = row[d] >> 6
+    elif b == 8:
+        for k in range(GROUP_CHANNEL):
+            row, a = planes[k * W : (k + 1) * W], q[k]
+            for d in range(W):
+                a[d] = row[d]
+    else:
+        for k in range(GROUP_CHANNEL // 8):
+            r0, r1, r2 = (
+                planes[3 * k * W : (3 * k + 1) * W],
+                planes[(3 * k + 1) * W : (3 * k + 2) * W],
+                planes[(3 * k + 2) * W : (3 * k + 3) * W],
+            )
+            for d in range(W):
+                w = np.uint32(r0[d]) | (np.uint32(r1[d]) << 8) | (np.uint32(r2[d]) << 16)
+                for t in range(8):
+                    q[8 * k + t, d] = (w >> (3 * t)) & 7
+
+
+@njit(inline="always")
+def _unpack(codes, n_codes, b, q):
     if b == 8:
         for u in range(n_codes):
-            q[u] = codes[o + u]
+            q[u] = codes[u]
     elif b == 4:
         for u in range(n_codes // 2):
-            c = codes[o + u]
+            c = codes[u]
             q[2 * u] = c & 15
             q[2 * u + 1] = c >> 4
     elif b == 2:
         for u in range(n_codes // 4):
-            c = codes[o + u]
+            c = codes[u]
             q[4 * u] = c & 3
             q[4 * u + 1] = (c >> 2) & 3
             q[4 * u + 2] = (c >> 4) & 3
             q[4 * u + 3] = c >> 6
     else:
         for k in range(n_codes // 8):
-            w = (
-                np.uint32(codes[o + 3 * k])
-                | (np.uint32(codes[o + 3 * k + 1]) << 8)
-                | (np.uint32(codes[o + 3 * k + 2]) << 16)
-            )
+            w = np.uint32(codes[3 * k]) | (np.uint32(codes[3 * k + 1]) << 8) | (np.uint32(codes[3 * k + 2]) << 16)
             for t in range(8):
                 q[8 * k + t] = (w >> (3 * t)) & 7
-
-
-@njit(inline="always")
-def _codes(row, n, top, q):
-    """floor(v) clamped to [0, top], as the reference computes it: for v >= 0 floor is a
-    truncation, which vectorizes."""
-    for d in range(n):
-        v = row[d]
-        v = 0.0 if v < 0.0 else (top if v > top else v)
-        q[d] = np.uint8(np.int32(v))
 
 
 @njit(inline="always")
@@ -336,22 +427,35 @@ def _inv(s):
     return np.float64(np.float32(1.0) / s) if s > 0 else 0.0
 
 
+@njit(inline="always")
+def _quantize(v, top):
+    """floor(v) clamped to [0, top], as the reference computes it: for v >= 0 floor is a
+    truncation, which vectorizes."""
+    v = 0.0 if v < 0.0 else (top if v > top else v)
+    return np.uint8(np.int32(v))
+
+
+@njit(inline="always")
+def _copy_f16(x, r, W, out):
+    src = x[r : r + W]
+    for d in range(W):
+        out[2 * d] = src[d] & 0xFF
+        out[2 * d + 1] = src[d] >> 8
+
+
 @serialized
 @njit(parallel=True, nogil=True, cache=True)
-def _encode_cpu(x, bits, per_channel, zero, scale, code_off, param_off, out):
-    """``zero``/``scale``: float32 values of the f16 parameters, flat; ``out``: uint8 flat.
-    Per-channel layers are encoded a group of cells at a time, so every loop runs along
-    the channels of a cell (contiguous, vectorized) and nothing is transposed."""
-    L, C, W = x.shape
+def _encode_cpu(x, L, C, W, sL, sC, bits, per_channel, zero, scale, code_off, param_off, out):
+    """``x``: the block's f16 bits, flat (see ``_flat``); ``zero``/``scale``: the f16
+    parameters' bits, flat; ``out``: uint8 flat. Per-channel layers are encoded a group
+    of cells at a time, so every loop runs along the channels of a cell (contiguous,
+    vectorized) and nothing is transposed."""
     for i in prange(L):
         b = bits[i]
         o0, p0 = code_off[i], param_off[i]
         if b == 16:
             for c in range(C):
-                for d in range(W):
-                    h = x[i, c, d]
-                    out[o0 + 2 * (c * W + d)] = h & 0xFF
-                    out[o0 + 2 * (c * W + d) + 1] = h >> 8
+                _copy_f16(x, i * sL + c * sC, W, out[o0 + 2 * c * W : o0 + 2 * (c + 1) * W])
             continue
         top = np.float64((1 << b) - 1)
         if per_channel[i]:
@@ -360,94 +464,100 @@ def _encode_cpu(x, bits, per_channel, zero, scale, code_off, param_off, out):
             gb = g * b // 8
             zj = np.empty(W, np.float64)
             ij = np.empty(W, np.float64)
-            row = np.empty(W, np.float64)
-            h = np.empty(W, np.uint16)
             q = np.zeros((g, W), np.uint8)
             for j in range(ng):
+                pz = zero[p0 + j * W : p0 + (j + 1) * W]
+                ps = scale[p0 + j * W : p0 + (j + 1) * W]
                 for d in range(W):
-                    zj[d] = zero[p0 + d * ng + j]
-                    ij[d] = _inv(scale[p0 + d * ng + j])
+                    zj[d] = _h2f(pz[d])  # type: ignore[call-arg]
+                    ij[d] = _inv(_h2f(ps[d]))  # type: ignore[call-arg]
                 n = min(C, (j + 1) * g) - j * g
                 for u in range(n):
-                    h[:] = x[i, j * g + u, :]
+                    r = i * sL + (j * g + u) * sC
+                    src = x[r : r + W]
+                    qu = q[u]
                     for d in range(W):
-                        row[d] = (np.float64(_h2f(h[d])) - zj[d]) * ij[d] + 0.5  # type: ignore[call-arg]
-                    _codes(row, W, top, q[u])
+                        qu[d] = _quantize((np.float64(_h2f(src[d])) - zj[d]) * ij[d] + 0.5, top)  # type: ignore[call-arg]
                 for u in range(n, g):
                     q[u, :] = 0
-                for d in range(W):
-                    _pack(q[:, d], g, b, out, o0 + (d * ng + j) * gb)
+                o = o0 + j * gb * W
+                _pack_planes(q, W, b, out[o : o + gb * W])
         else:
             g = GROUP_TOKEN
             ng = (W + g - 1) // g
             gb = g * b // 8
-            q = np.zeros(ng * g, np.uint8)
-            row = np.empty(W, np.float64)
-            zr = np.empty(W, np.float64)
-            ir = np.empty(W, np.float64)
-            h = np.empty(W, np.uint16)
-            zg = np.empty(ng, np.float64)
-            ig = np.empty(ng, np.float64)
+            q = np.zeros(ng * g, np.uint8)  # the row's last group padded with zero codes
+            zr = np.empty(ng * g, np.float64)  # each value's group parameters
+            ir = np.empty(ng * g, np.float64)
             for c in range(C):
+                pz = zero[p0 + c * ng : p0 + (c + 1) * ng]
+                ps = scale[p0 + c * ng : p0 + (c + 1) * ng]
                 for j in range(ng):
-                    zg[j] = zero[p0 + c * ng + j]
-                    ig[j] = _inv(scale[p0 + c * ng + j])
-                for j in range(ng):
-                    for d in range(j * g, min(W, (j + 1) * g)):
-                        zr[d] = zg[j]
-                        ir[d] = ig[j]
-                h[:] = x[i, c, :]
+                    zr[j * g : (j + 1) * g] = _h2f(pz[j])  # type: ignore[call-arg]
+                    ir[j * g : (j + 1) * g] = _inv(_h2f(ps[j]))  # type: ignore[call-arg]
+                r = i * sL + c * sC
+                src = x[r : r + W]
                 for d in range(W):
-                    row[d] = (np.float64(_h2f(h[d])) - zr[d]) * ir[d] + 0.5  # type: ignore[call-arg]
-                _codes(row, W, top, q)
-                _pack(q, ng * g, b, out, o0 + c * ng * gb)
+                    q[d] = _quantize((np.float64(_h2f(src[d])) - zr[d]) * ir[d] + 0.5, top)  # type: ignore[call-arg]
+                o = o0 + c * ng * gb
+                _pack(q, ng * g, b, out[o : o + ng * gb])
     return out
 
 
 @serialized
 @njit(parallel=True, nogil=True, cache=True)
-def _decode_cpu(codes, bits, per_channel, zero, scale, code_off, param_off, out):
-    L, C, W = out.shape
+def _decode_cpu(codes, bits, per_channel, zero, scale, code_off, param_off, out, L, C, W, sL, sC):
+    """Writes f16 bits into ``out``, flat (see ``_flat``)."""
     for i in prange(L):
         b = bits[i]
         o0, p0 = code_off[i], param_off[i]
         if b == 16:
             for c in range(C):
+                src = codes[o0 + 2 * c * W : o0 + 2 * (c + 1) * W]
+                dst = out[i * sL + c * sC : i * sL + c * sC + W]
                 for d in range(W):
-                    k = o0 + 2 * (c * W + d)
-                    out[i, c, d] = np.uint16(codes[k]) | (np.uint16(codes[k + 1]) << np.uint16(8))
+                    dst[d] = np.uint16(src[2 * d]) | (np.uint16(src[2 * d + 1]) << np.uint16(8))
             continue
         if per_channel[i]:
             g = GROUP_CHANNEL
             ng = (C + g - 1) // g
             gb = g * b // 8
+            q = np.empty((g, W), np.uint8)
             zj = np.empty(W, np.float32)
             sj = np.empty(W, np.float32)
-            h = np.empty(W, np.uint16)
-            q = np.empty((W, g), np.uint8)
             for j in range(ng):
+                pz = zero[p0 + j * W : p0 + (j + 1) * W]
+                ps = scale[p0 + j * W : p0 + (j + 1) * W]
                 for d in range(W):
-                    zj[d] = zero[p0 + d * ng + j]
-                    sj[d] = scale[p0 + d * ng + j]
-                    _unpack(codes, o0 + (d * ng + j) * gb, g, b, q[d])
+                    zj[d] = _h2f(pz[d])  # type: ignore[call-arg]
+                    sj[d] = _h2f(ps[d])  # type: ignore[call-arg]
+                o = o0 + j * gb * W
+                _unpack_planes(codes[o : o + gb * W], W, b, q)
                 for u in range(min(C, (j + 1) * g) - j * g):
+                    r = i * sL + (j * g + u) * sC
+                    dst = out[r : r + W]
+                    qu = q[u]
                     for d in range(W):
-                        h[d] = _f2h(zj[d] + np.float32(q[d, u]) * sj[d])  # type: ignore[call-arg]
-                    out[i, j * g + u, :] = h
+                        dst[d] = _f2h(zj[d] + np.float32(qu[d]) * sj[d])  # type: ignore[call-arg]
         else:
             g = GROUP_TOKEN
             ng = (W + g - 1) // g
             gb = g * b // 8
             q = np.empty(ng * g, np.uint8)
-            h = np.empty(W, np.uint16)
+            zr = np.empty(ng * g, np.float32)
+            sr = np.empty(ng * g, np.float32)
             for c in range(C):
-                _unpack(codes, o0 + c * ng * gb, ng * g, b, q)
+                o = o0 + c * ng * gb
+                _unpack(codes[o : o + ng * gb], ng * g, b, q)
+                pz = zero[p0 + c * ng : p0 + (c + 1) * ng]
+                ps = scale[p0 + c * ng : p0 + (c + 1) * ng]
                 for j in range(ng):
-                    z = zero[p0 + c * ng + j]
-                    s = scale[p0 + c * ng + j]
-                    for d in range(j * g, min(W, (j + 1) * g)):
-                        h[d] = _f2h(z + np.float32(q[d]) * s)  # type: ignore[call-arg]
-                out[i, c, :] = h
+                    zr[j * g : (j + 1) * g] = _h2f(pz[j])  # type: ignore[call-arg]
+                    sr[j * g : (j + 1) * g] = _h2f(ps[j])  # type: ignore[call-arg]
+                r = i * sL + c * sC
+                dst = out[r : r + W]
+                for d in range(W):
+                    dst[d] = _f2h(zr[d] + np.float32(q[d]) * sr[d])  # type: ignore[call-arg]
     return out
 
 
@@ -474,15 +584,15 @@ def _ranges_kernel(x, lut, channel, tlo, thi, clo, chi, ss):
         thi[i, c, g] = hi
     if c % 32 == 0:
         j = c // 32
-        for d in range(clo.shape[1]):
+        for d in range(clo.shape[2]):
             lo = lut[x[i, c, d]]
             hi = lo
             for cc in range(c + 1, min(C, c + 32)):
                 v = lut[x[i, cc, d]]
                 lo = min(lo, v)
                 hi = max(hi, v)
-            clo[i, d, j] = lo
-            chi[i, d, j] = hi
+            clo[i, j, d] = lo
+            chi[i, j, d] = hi
     if c == 0:
         acc = 0.0
         for cc in range(C):
@@ -517,11 +627,15 @@ def _encode_kernel(x, lut, bits, per_channel, zero, scale, code_off, param_off, 
     gb = g * b // 8
     top = (1 << b) - 1
     for j in range(ng):
-        p = param_off[i] + r * ng + j
+        if pc:  # byte planes: byte k of channel r's group j at (j * gb + k) * W + r
+            p = param_off[i] + j * W + r
+            o, step = code_off[i] + j * gb * W + r, W
+        else:
+            p = param_off[i] + r * ng + j
+            o, step = code_off[i] + (r * ng + j) * gb, 1
         z = np.float64(zero[p])
         s = scale[p]
         inv = np.float64(np.float32(1.0) / s) if s > 0 else 0.0
-        o = code_off[i] + (r * ng + j) * gb
         for k in range(g // 8):
             w = 0
             for u in range(8):
@@ -532,7 +646,7 @@ def _encode_kernel(x, lut, bits, per_channel, zero, scale, code_off, param_off, 
                     q = 0 if q < 0 else (top if q > top else q)
                     w |= q << (u * b)
             for u in range(b):
-                out[o + k * b + u] = (w >> (8 * u)) & 0xFF
+                out[o + (k * b + u) * step] = (w >> (8 * u)) & 0xFF
 
 
 @cuda.jit
@@ -559,14 +673,18 @@ def _decode_kernel(codes, lut, bits, per_channel, zero, scale, code_off, param_o
     gb = g * b // 8
     mask = (1 << b) - 1
     for j in range(ng):
-        p = param_off[i] + r * ng + j
+        if pc:
+            p = param_off[i] + j * W + r
+            o, step = code_off[i] + j * gb * W + r, W
+        else:
+            p = param_off[i] + r * ng + j
+            o, step = code_off[i] + (r * ng + j) * gb, 1
         z = zero[p]
         s = scale[p]
-        o = code_off[i] + (r * ng + j) * gb
         for k in range(g // 8):
             w = 0
             for u in range(b):
-                w |= int(codes[o + k * b + u]) << (8 * u)
+                w |= int(codes[o + (k * b + u) * step]) << (8 * u)
             for u in range(8):
                 c = j * g + k * 8 + u
                 if c < cols:
@@ -582,8 +700,8 @@ def ranges_cuda(x: np.ndarray, channel: bool) -> tuple[np.ndarray, ...]:
     gt, gc = -(-W // GROUP_TOKEN), -(-C // GROUP_CHANNEL)
     tlo = cuda.device_array((L, C, gt), np.float32)
     thi = cuda.device_array((L, C, gt), np.float32)
-    clo = cuda.device_array((L, W if channel else 0, gc), np.float32)
-    chi = cuda.device_array((L, W if channel else 0, gc), np.float32)
+    clo = cuda.device_array((L, gc, W if channel else 0), np.float32)
+    chi = cuda.device_array((L, gc, W if channel else 0), np.float32)
     ss = cuda.device_array(L, np.float64)
     tpb = (1, 128)
     grid = (L, -(-C // tpb[1]))
@@ -646,8 +764,38 @@ def decode_cuda(
 # ---- CPU wrappers and dispatch ------------------------------------------------------------------
 
 
+def _bits16(p: np.ndarray) -> np.ndarray:
+    """f16 parameters as the uint16 bit patterns the CPU kernels widen themselves."""
+    return np.ascontiguousarray(p, np.float16).view(np.uint16)
+
+
+def _flat(x: np.ndarray) -> tuple[np.ndarray, int, int] | None:
+    """A [L, C, W] array whose rows are contiguous and do not overlap as one flat view from
+    its first element, with its layer and cell strides in elements; None otherwise (a
+    transposed V without flash attention, odd strides)."""
+    L, C, W = x.shape
+    it = x.itemsize
+    sL, sC, sW = x.strides
+    if L == 0 or C == 0 or W == 0 or sW != it or sL % it or sC % it:
+        return None
+    sL, sC = sL // it, sC // it
+    if sC < W or (L > 1 and sL < (C - 1) * sC + W):
+        return None
+    span = (L - 1) * sL + (C - 1) * sC + W
+    return np.lib.stride_tricks.as_strided(x, (span,), (it,), writeable=x.flags.writeable), sL, sC
+
+
+def _flat_or_copy(x: np.ndarray) -> tuple[np.ndarray, int, int]:
+    got = _flat(x)
+    if got is not None:
+        return got
+    c = np.ascontiguousarray(x)
+    return c.reshape(-1), x.shape[1] * x.shape[2], x.shape[2]
+
+
 def ranges_cpu(x: np.ndarray, channel: bool) -> tuple[np.ndarray, ...]:
-    return _ranges_cpu(x, channel)
+    flat, sL, sC = _flat_or_copy(x)
+    return _ranges_cpu(flat, *x.shape, sL, sC, channel)
 
 
 def encode_cpu(
@@ -656,15 +804,24 @@ def encode_cpu(
     L, C, W = x.shape
     b, pc, code_off, param_off, row_off = _tables(bits, per_channel, C, W)
     out = np.empty(int(code_off[-1]), np.uint8)
-    return _encode_cpu(x, b, pc, zero.astype(np.float32), scale.astype(np.float32), code_off, param_off, out)
+    if L == 0 or C == 0 or W == 0:
+        return out
+    flat, sL, sC = _flat_or_copy(x)
+    return _encode_cpu(flat, L, C, W, sL, sC, b, pc, _bits16(zero), _bits16(scale), code_off, param_off, out)
 
 
 def decode_cpu(
     codes: np.ndarray, bits: np.ndarray, per_channel: np.ndarray, zero: np.ndarray, scale: np.ndarray, out: np.ndarray
 ) -> None:
     L, C, W = out.shape
+    if L == 0 or C == 0 or W == 0:
+        return
     b, pc, code_off, param_off, row_off = _tables(bits, per_channel, C, W)
-    _decode_cpu(codes, b, pc, zero.astype(np.float32), scale.astype(np.float32), code_off, param_off, out)
+    got = _flat(out)
+    dst, sL, sC = got if got is not None else (np.empty(L * C * W, np.uint16), C * W, W)
+    _decode_cpu(codes, b, pc, _bits16(zero), _bits16(scale), code_off, param_off, dst, L, C, W, sL, sC)
+    if got is None:
+        out[...] = dst.reshape(L, C, W)
 
 
 def ranges(x: np.ndarray, channel: bool) -> tuple[np.ndarray, ...]:

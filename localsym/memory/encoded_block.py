@@ -108,7 +108,12 @@ class EncodedBlock:
                     for field in ("bits", "per_channel", "codes", "zero", "scale"):
                         arrays[f"c{ci}.s{si}.{kind}.{field}"] = getattr(t, field)
         full = dict(
-            meta, n_tokens=self.n_tokens, layout=layout, mix=self.mix, llama_state_version=kv_state.STATE_VERSION
+            meta,
+            n_tokens=self.n_tokens,
+            layout=layout,
+            mix=self.mix,
+            llama_state_version=kv_state.STATE_VERSION,
+            kv_layout=kb.LAYOUT_VERSION,
         )
         return container.write(path, full, arrays)
 
@@ -119,6 +124,11 @@ class EncodedBlock:
         if meta.get("llama_state_version") != kv_state.STATE_VERSION:
             raise container.CorruptFile(
                 f"{path}: llama.cpp state v{meta.get('llama_state_version')}, expected v{kv_state.STATE_VERSION}"
+            )
+        if meta.get("kv_layout", 1) != kb.LAYOUT_VERSION:
+            raise container.CorruptFile(
+                f"{path}: KV codes in layout v{meta.get('kv_layout', 1)} (an older localsym), this one reads "
+                f"v{kb.LAYOUT_VERSION}"
             )
         try:
             n = int(meta["n_tokens"])

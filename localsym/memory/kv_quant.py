@@ -65,7 +65,7 @@ class Ranges:
 
     tlo: np.ndarray  # per-token groups [L, cells, ceil(width / 64)]
     thi: np.ndarray
-    clo: np.ndarray  # per-channel groups [L, width, ceil(cells / 32)] (K only)
+    clo: np.ndarray  # per-channel groups [L, ceil(cells / 32), width] (K only)
     chi: np.ndarray
     sumsq: np.ndarray  # [L]
 
@@ -74,7 +74,7 @@ class Ranges:
 
     @property
     def has_channels(self) -> bool:
-        return self.clo.shape[1] > 0
+        return self.clo.shape[2] > 0
 
     @classmethod
     def measure(cls, x: np.ndarray, channel: bool) -> Ranges:
@@ -110,7 +110,7 @@ def v_errors(r: Ranges, width: int) -> dict[str, np.ndarray]:
 def sample_queries(x: np.ndarray) -> np.ndarray:
     """[L, q, width] float32: every (cells / 16)-th key of each layer."""
     step = max(1, x.shape[1] // N_QUERIES)
-    return kb.H2F[x[:, ::step, :]]
+    return x[:, ::step, :].view(np.float16).astype(np.float32)
 
 
 # The estimate's ratio to the measured error on real keys (SmolLM2-135M, stdlib source,
@@ -131,7 +131,7 @@ def k_errors(
     hd = W // n_head_kv
     q2 = (queries * queries).reshape(L, nq, n_head_kv, hd).transpose(0, 2, 1, 3)  # [L, H, q, hd]
     kappa = math.sqrt(2 * math.log(2 * C)) / math.sqrt(12.0 * hd)
-    span = r.chi - r.clo  # [L, W, groups]
+    span = (r.chi - r.clo).transpose(0, 2, 1)  # [L, W, groups]
     var = np.matmul(q2, (span * span).reshape(L, n_head_kv, hd, -1))  # [L, H, q, groups]
     base = kappa / K_CALIBRATION["per_channel"] * np.sqrt(var.max(axis=3)).mean(axis=(1, 2), dtype=np.float64)
     out = {fmt: base / _levels(fmt) for fmt in ("q4", "q3", "q2")}

@@ -218,12 +218,13 @@ def stacked(arrays: Sequence[np.ndarray]) -> list[tuple[int, int, np.ndarray]]:
     and sit at a fixed distance in memory (a blob's layers do), each as one strided
     [layers, cells, width] view: one kernel call then covers a whole run."""
     runs, i, n = [], 0, len(arrays)
+    ptr = [a.ctypes.data for a in arrays]
     while i < n:
         a = arrays[i]
         j, delta = i + 1, 0
         while j < n:
             b = arrays[j]
-            d = b.ctypes.data - arrays[j - 1].ctypes.data
+            d = ptr[j] - ptr[j - 1]
             if b.shape != a.shape or b.dtype != a.dtype or b.strides != a.strides or d <= 0 or (delta and d != delta):
                 break
             delta = d
