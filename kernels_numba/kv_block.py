@@ -470,7 +470,7 @@ def _encode_cpu(x, L, C, W, sL, sC, bits, per_channel, zero, scale, code_off, pa
                 ps = scale[p0 + j * W : p0 + (j + 1) * W]
                 for d in range(W):
                     zj[d] = _h2f(pz[d])  # type: ignore[call-arg]
-                    ij[d] = _inv(_h2f(ps[d]))  # type: ignore[call-arg]
+                    ij[d] = _inv(_h2f(ps[d]))
                 n = min(C, (j + 1) * g) - j * g
                 for u in range(n):
                     r = i * sL + (j * g + u) * sC
@@ -494,7 +494,7 @@ def _encode_cpu(x, L, C, W, sL, sC, bits, per_channel, zero, scale, code_off, pa
                 ps = scale[p0 + c * ng : p0 + (c + 1) * ng]
                 for j in range(ng):
                     zr[j * g : (j + 1) * g] = _h2f(pz[j])  # type: ignore[call-arg]
-                    ir[j * g : (j + 1) * g] = _inv(_h2f(ps[j]))  # type: ignore[call-arg]
+                    ir[j * g : (j + 1) * g] = _inv(_h2f(ps[j]))
                 r = i * sL + c * sC
                 src = x[r : r + W]
                 for d in range(W):
@@ -530,7 +530,7 @@ def _decode_cpu(codes, bits, per_channel, zero, scale, code_off, param_off, out,
                 ps = scale[p0 + j * W : p0 + (j + 1) * W]
                 for d in range(W):
                     zj[d] = _h2f(pz[d])  # type: ignore[call-arg]
-                    sj[d] = _h2f(ps[d])  # type: ignore[call-arg]
+                    sj[d] = _h2f(ps[d])
                 o = o0 + j * gb * W
                 _unpack_planes(codes[o : o + gb * W], W, b, q)
                 for u in range(min(C, (j + 1) * g) - j * g):
@@ -553,7 +553,7 @@ def _decode_cpu(codes, bits, per_channel, zero, scale, code_off, param_off, out,
                 ps = scale[p0 + c * ng : p0 + (c + 1) * ng]
                 for j in range(ng):
                     zr[j * g : (j + 1) * g] = _h2f(pz[j])  # type: ignore[call-arg]
-                    sr[j * g : (j + 1) * g] = _h2f(ps[j])  # type: ignore[call-arg]
+                    sr[j * g : (j + 1) * g] = _h2f(ps[j])
                 r = i * sL + c * sC
                 dst = out[r : r + W]
                 for d in range(W):
