@@ -64,14 +64,25 @@ class ColdTier:
         self.root = root
         self.budget = budget_bytes
         self.evictions = 0
-        root.mkdir(parents=True, exist_ok=True)
-        self.used = sum(
-            e.stat().st_size
-            for d in os.scandir(root)
-            if d.is_dir()
-            for e in os.scandir(d.path)
-            if e.name.endswith(".lsb")
-        )
+        if not root.is_dir():
+            root.mkdir(parents=True, exist_ok=True)
+        self._used: int | None = None  # summed on first need: opening a session reads no directory
+
+    @property
+    def used(self) -> int:
+        if self._used is None:
+            self._used = sum(
+                e.stat().st_size
+                for d in os.scandir(self.root)
+                if d.is_dir()
+                for e in os.scandir(d.path)
+                if e.name.endswith(".lsb")
+            )
+        return self._used
+
+    @used.setter
+    def used(self, value: int) -> None:
+        self._used = value
 
     def path(self, key: str) -> Path:
         return self.root / key[:2] / f"{key}.lsb"
@@ -156,8 +167,19 @@ class SharedKeys:
     def __init__(self, root: Path) -> None:
         root.mkdir(parents=True, exist_ok=True)
         path = root / "keys.sqlite"
+        self.writable = True
         try:
             self._open(path)
+        except sqlite3.OperationalError as e:
+            if "disk is full" not in str(e) and "disk I/O error" not in str(e) and "locked" not in str(e):
+                raise
+            # a full disk (WAL's shared-memory file cannot grow) or a writer holding it: read
+            # it as it is on disk; new keys are not recorded (they are recomputed on seal)
+            self.writable = False
+            self.db = sqlite3.connect(
+                f"file:{path}?mode=ro&immutable=1", uri=True, check_same_thread=False, isolation_level=None
+            )
+            log.info("%s: opened read-only (%s)", path, e)
         except sqlite3.DatabaseError as e:  # a cache of what blocks hold: start it over
             log.warning(
                 "%s is damaged (%s): starting it over (block keys are recomputed as blocks are sealed)", path, e
@@ -168,20 +190,24 @@ class SharedKeys:
 
     def _open(self, path: Path) -> None:
         self.db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
-        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA busy_timeout = 5000")
+        if self.db.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+            self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")  # WAL: no fsync per block; the keys can be recomputed
         if self.db.execute("PRAGMA user_version").fetchone()[0] == 0:
             self.db.executescript(
                 "BEGIN; CREATE TABLE IF NOT EXISTS keys (key TEXT PRIMARY KEY, attn BLOB NOT NULL); "
                 f"PRAGMA user_version = {self.VERSION}; COMMIT;"
             )
-        self.db.execute("SELECT COUNT(*) FROM keys").fetchone()
+        self.db.execute("SELECT 1 FROM keys LIMIT 1").fetchone()
 
     def get(self, key: str) -> bytes | None:
         row = self.db.execute("SELECT attn FROM keys WHERE key = ?", (key,)).fetchone()
         return row[0] if row else None
 
     def put(self, key: str, attn: bytes) -> None:
+        if not self.writable:
+            return
         self.db.execute("INSERT OR REPLACE INTO keys(key, attn) VALUES (?, ?)", (key, attn))
 
     def close(self) -> None:

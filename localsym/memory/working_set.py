@@ -29,7 +29,7 @@ from localsym.memory.encoded_block import EncodedBlock
 from localsym.memory.hot import REBUILD, HotContext, Segment
 from localsym.memory.index_db import BlockRow
 from localsym.memory.query_probe import AttentionSignal
-from localsym.memory.retrieval import Retriever
+from localsym.memory.retrieval import Retriever, StoredRetriever
 from localsym.runtime.bridge import Context
 
 log = logging.getLogger("localsym.memory")
@@ -46,6 +46,8 @@ class Arranged:
     recomputed: int = 0  # damaged or missing blocks rebuilt
     select_ms: float = 0.0
     probe_ms: float = 0.0  # the question's probe decode for attention-native scoring
+    # per document block chosen: (block, its sketch score for the question, "restored" or "reinjected")
+    sources: list[tuple[BlockRow, float, str]] = field(default_factory=list)
 
 
 class WorkingSet:
@@ -59,6 +61,7 @@ class WorkingSet:
         attn: AttentionSignal | None,
         pinned: Callable[[np.ndarray], bool],
         doc_rows: Callable[[BlockRow], list[BlockRow]],
+        make_selector: Callable[[tuple[int, ...] | None], Retriever] | None = None,
     ) -> None:
         self.ctx, self.store = ctx, store
         self.hot = HotContext(ctx, n_caches)
@@ -66,19 +69,24 @@ class WorkingSet:
         self.attn = attn
         self._pinned = pinned
         self._doc_rows = doc_rows  # a block's document, in order (for rebuilding it in context)
+        self._make_selector = make_selector or (lambda shape: Retriever(key_shape=shape))
         self.selector = self._new_selector()
         self.recomputed = 0  # blocks rebuilt so far (any path)
         self.hot.decode("sink", sink)
 
     def _new_selector(self) -> Retriever:
-        return Retriever(key_shape=self.attn.shape if self.attn else None)
+        return self._make_selector(self.attn.shape if self.attn else None)
 
-    def index(self, rows: Sequence[BlockRow], fresh: bool = False) -> None:
-        """Make ``rows`` selectable; ``fresh`` starts the index over (files replaced)."""
+    def index(self, rows: Sequence[BlockRow], fresh: bool = False, vectors: Sequence[np.ndarray] | None = None) -> None:
+        """Make ``rows`` selectable (``vectors``: their sketches, when computed already);
+        ``fresh`` starts the index over (files replaced; a persisted index is read again)."""
         if fresh:
-            self.selector = self._new_selector()
-        for r in rows:
-            self.selector.add(r)
+            if isinstance(self.selector, StoredRetriever):
+                self.selector.invalidate()
+            else:
+                self.selector = self._new_selector()
+        for i, r in enumerate(rows):
+            self.selector.add(r, None if vectors is None else vectors[i])
 
     # -- a question's working set ------------------------------------------------------------
     def arrange_for(
@@ -131,6 +139,8 @@ class WorkingSet:
             else:
                 self.restore(row)
                 out.restored += 1
+        scores = self.selector.last_scores
+        out.sources = [(r, scores.get(r.key, 0.0), "reinjected" if r.key in needles else "restored") for r in out.docs]
         out.recomputed = self.recomputed - before
         return out
 

@@ -41,6 +41,10 @@ class TurnStats:
     completion_tokens: int = 0
     stop_reason: str = ""
     cancelled: bool = False
+    # the document blocks that served the answer: {"path", "lines": [first, last] or None,
+    # "score" (the block's sketch similarity to the question), "how": "restored" (its KV
+    # from the block store) or "reinjected" (its exact tokens prefilled again)}
+    sources: list[dict[str, Any]] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in self.__dict__.items()}

@@ -14,9 +14,12 @@ a one-line "session busy" error.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import logging
 import os
+import sqlite3
 import time
 from collections.abc import Generator, Iterator
 from concurrent.futures import Future
@@ -28,7 +31,7 @@ import numpy as np
 
 from localsym import config as config_file
 from localsym import model_store, paths
-from localsym.errors import LocalsymError
+from localsym.errors import BudgetError, LocalsymError
 from localsym.ingest import walk
 from localsym.memory.block_store import BlockStore, Sealed
 from localsym.memory.hot import N_SEQ
@@ -36,6 +39,7 @@ from localsym.memory.index_db import BlockRow, IndexDB
 from localsym.memory.kv_quant import QuantPolicy, mix_summary
 from localsym.memory.pinning import needle_like
 from localsym.memory.query_probe import AttentionSignal
+from localsym.memory.retrieval import StoredRetriever
 from localsym.memory.working_set import WorkingSet
 from localsym.runtime.bridge import Cancelled
 from localsym.runtime.engine import Engine, GenParams, GenStats, RunOptions
@@ -65,6 +69,37 @@ def _sha(text: str) -> str:
 
 class SessionBusy(LocalsymError):
     """Another process has the session open."""
+
+
+def _full_disk(e: BaseException) -> bool:
+    if isinstance(e, OSError):
+        return e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+    msg = str(e)
+    return isinstance(e, sqlite3.Error) and ("disk is full" in msg or "disk I/O error" in msg)
+
+
+@contextlib.contextmanager
+def _writing(path: Path) -> Iterator[None]:
+    """A full disk while writing the session's index is one line, not a raw sqlite3 error
+    (the write's transaction is rolled back: the session stays as it was)."""
+    try:
+        yield
+    except (OSError, sqlite3.Error) as e:
+        if _full_disk(e):
+            raise BudgetError(f"cannot write {path}: the disk is full; free some disk space") from None
+        raise
+
+
+def _block_lines(detok, chunks: list[list[int]]) -> list[tuple[int, int]]:
+    """Each block's first and last line of its file (1-based). A document's tokens start
+    with a ``### source`` line, so the file's line k follows k newlines."""
+    out, nl = [], 0
+    for c in chunks:
+        text = detok(c)
+        inner = text[:-1] if text.endswith("\n") else text
+        out.append((max(nl, 1), max(nl + inner.count("\n"), 1)))
+        nl += text.count("\n")
+    return out
 
 
 class Session:
@@ -101,15 +136,25 @@ class Session:
             attn,
             policy,
         )
-        self.docs: list[BlockRow] = []
-        self.turns: list[BlockRow] = []
-        for row in db.blocks():
-            (self.turns if row.kind == "turn" else self.docs).append(row)
+        # opening reads nothing in proportion to the session: the document blocks stay in
+        # the index (their catalog, sketches and postings are read by the first question)
+        self._docs: list[BlockRow] | None = None
+        self._n_docs, self._doc_token_count = db.doc_block_totals()
+        self.turns: list[BlockRow] = db.blocks("turn")
+        sketches = db.path.with_name("sketches.lsx")
         self.working = WorkingSet(
-            engine.ctx, self.n_caches, self.store, self.frame.sink, self.frame.close, attn, self._pinned, self._doc_rows
+            engine.ctx,
+            self.n_caches,
+            self.store,
+            self.frame.sink,
+            self.frame.close,
+            attn,
+            self._pinned,
+            self._doc_rows,
+            lambda shape: StoredRetriever(db, sketches, shape),
         )
-        self.working.index(self.docs)
         self._closed = False
+        self._dirty = False  # something was written: close records the totals
         self.default_stop: tuple[str, ...] = ()  # stop strings the model's store asks for (Ollama)
 
     # -- opening and closing -------------------------------------------------------------------
@@ -174,11 +219,13 @@ class Session:
                     experts.close()
                 raise
             try:
-                db.set("model", model)
-                db.set("model_id", model_id)
-                db.set("config", to_store)
-                if not existing:
-                    db.set("created", time.time())
+                # only what changed is written: opening a session to read it needs no disk space
+                with _writing(db.path):
+                    for k, v in (("model", model), ("model_id", model_id), ("config", to_store)):
+                        if db.get(k) != v:
+                            db.set(k, v)
+                    if not existing:
+                        db.set("created", time.time())
                 sess = cls(name, engine, db, cfg, model, model_id, lock, experts)
                 sess.default_stop = tuple(ollama["stop"]) if ollama else ()
                 return sess
@@ -199,8 +246,10 @@ class Session:
         self._closed = True
         try:
             self.store.close()  # waits for seals in flight
-            self.db.set("updated", time.time())
-            self.db.set("total_tokens", self.total_tokens)
+            if self._dirty:
+                with _writing(self.db.path):
+                    self.db.set("updated", time.time())
+                    self.db.set("total_tokens", self.total_tokens)
         finally:
             self.db.close()
             if self.working.attn is not None:
@@ -218,8 +267,15 @@ class Session:
 
     # -- state -----------------------------------------------------------------------------------
     @property
+    def docs(self) -> list[BlockRow]:
+        """The document blocks with their tokens, read on first use (asking does not)."""
+        if self._docs is None:
+            self._docs = self.db.blocks("doc")
+        return self._docs
+
+    @property
     def total_tokens(self) -> int:
-        return sum(b.n_tokens for b in self.docs) + sum(b.n_tokens for b in self.turns)
+        return self._doc_token_count + sum(b.n_tokens for b in self.turns)
 
     def messages(self) -> list[dict]:
         return self.db.messages()
@@ -245,7 +301,7 @@ class Session:
             str(info.path),
             "GPU" if plan.n_gpu_layers else "CPU",
             self.total_tokens,
-            len(self.docs) + len(self.turns),
+            self._n_docs + len(self.turns),
             hot,
             self.engine.ctx.n_ctx,
             hot * info.kv_bytes_per_token(),
@@ -271,8 +327,9 @@ class Session:
 
     def save(self) -> None:
         """Every block is on disk as it is sealed; this records the session's totals now."""
-        self.db.set("total_tokens", self.total_tokens)
-        self.db.set("updated", time.time())
+        with _writing(self.db.path):
+            self.db.set("total_tokens", self.total_tokens)
+            self.db.set("updated", time.time())
 
     def measure_blocks(self, reps: int = 5) -> dict[str, float]:
         """For benchmarks: median ms to bring one full-size document block back into the
@@ -287,7 +344,7 @@ class Session:
         return needle_like(self.engine.model.detokenize(tokens.tolist()))
 
     def _doc_rows(self, row: BlockRow) -> list[BlockRow]:
-        return [b for b in self.docs if b.doc_id == row.doc_id]
+        return self.db.doc_blocks(row.doc_id)
 
     # -- ingest -------------------------------------------------------------------------------------
     def _doc_tokens(self, text: str, source: str) -> list[int]:
@@ -313,11 +370,17 @@ class Session:
         toks = tokens.tolist() if tokens is not None else self._doc_tokens(text, source)
         chunks = [toks[i : i + B] for i in range(0, len(toks), B)]
         keys = _chain_keys(self.root_key, chunks, b"|")
-        doc_id = self.db.add_doc(source, kind, _sha(text), len(toks))
+        lines = _block_lines(eng.model.detokenize, chunks)
+        selector = self.working.selector
+        assert isinstance(selector, StoredRetriever)  # a session's index is persisted
+        self._dirty = True
+        with _writing(self.db.path):
+            doc_id = self.db.add_doc(source, kind, _sha(text), len(toks))
         P = len(self.frame.sink)
         window = min(eng.ctx.n_ctx - P - B - 16, self.config.ingest_window)
         sim: list[int] = []  # the doc's blocks in the window, by chunk index
         rows: list[BlockRow] = []
+        vectors: list[np.ndarray] = []
         provisional: list[BlockRow] = []  # the doc's blocks before their index rows exist
         pending: list[tuple[int, int, Future[Sealed] | None]] = []  # (chunk, pos0, seal) in order
 
@@ -334,10 +397,12 @@ class Session:
                     # the model's shared key store has every computed block's keys: a reload
                     # reads no block to get them
                     attn = self.store.attention_keys(keys[j])
-                bid = self.db.add_block(doc_id, j, keys[j], pos0, chunks[j], attn)
-                rows.append(
-                    BlockRow(bid, doc_id, j, keys[j], pos0, np.asarray(chunks[j], np.int32), kind, source, attn)
-                )
+                tokens = np.asarray(chunks[j], np.int32)
+                ((vec, sk),) = selector.persist([tokens])  # its sketch row first, then its index row
+                with _writing(self.db.path):
+                    bid = self.db.add_block(doc_id, j, keys[j], pos0, chunks[j], attn, sk, lines[j], postings=True)
+                rows.append(BlockRow(bid, doc_id, j, keys[j], pos0, tokens, kind, source, attn, lines[j]))
+                vectors.append(vec)
 
         for j, (chunk, key) in enumerate(zip(chunks, keys)):
             while sim and sum(len(chunks[i]) for i in sim) + len(chunk) > window:
@@ -363,14 +428,19 @@ class Session:
             if progress:
                 progress(report.tokens, -1, source)
         acknowledge(0)
-        self.db.complete_doc(doc_id, source, kind)
-        if kind == "file":
-            replaced = any(b.source == source and b.doc_id != doc_id for b in self.docs)
-            self.docs = [b for b in self.docs if not (b.source == source and b.doc_id != doc_id)]
-            if replaced:
-                self.working.index(self.docs, fresh=True)
-        self.docs += rows
-        self.working.index(rows)
+        with _writing(self.db.path):
+            replaced = self.db.complete_doc(doc_id, source, kind)
+        if replaced:
+            self._n_docs, self._doc_token_count = self.db.doc_block_totals()
+            if self._docs is not None:
+                self._docs = [b for b in self._docs if not (b.source == source and b.doc_id != doc_id)] + rows
+            self.working.index([], fresh=True)
+        else:
+            self._n_docs += len(rows)
+            self._doc_token_count += sum(r.n_tokens for r in rows)
+            if self._docs is not None:
+                self._docs += rows
+            self.working.index(rows, vectors=vectors)
         self.working.hot.truncate(1)
         report.seconds += time.perf_counter() - t0
         return report
@@ -399,7 +469,9 @@ class Session:
             self.ingest_text(
                 text, source, "file", (lambda d, _t, s: progress(d, total, s)) if progress else None, report, toks
             )
-        self.db.set("total_tokens", self.total_tokens)
+        if todo:
+            with _writing(self.db.path):
+                self.db.set("total_tokens", self.total_tokens)
         return report
 
     # -- asking ---------------------------------------------------------------------------------------
@@ -426,7 +498,7 @@ class Session:
 
     def _store_turn(self, question: str, answer: str, turn: list[int], start: int) -> None:
         B = self.config.block_tokens
-        doc_id = self.db.add_doc("chat", "turn", hashlib.sha256(repr(turn).encode()).hexdigest(), len(turn))
+        self._dirty = True
         chunks = [turn[j : j + B] for j in range(0, len(turn), B)]
         keys = _chain_keys(self.turns[-1].key if self.turns else self.root_key, chunks, b"|turn|")
         sealing = []
@@ -443,14 +515,21 @@ class Session:
                 )
             )
             self.working.adopt(h, pos0, len(chunk))
-        for idx, key, pos0, chunk, fut in sealing:
-            self.store.done(fut)
-            bid = self.db.add_block(doc_id, idx, key, pos0, chunk)
-            self.turns.append(BlockRow(bid, doc_id, idx, key, pos0, np.asarray(chunk, np.int32), "turn", "chat"))
-        self.db.complete_doc(doc_id, "chat", "turn")
-        self.db.add_message("user", question, doc_id)
-        self.db.add_message("assistant", answer, doc_id)
-        self.save()
+        for *_, fut in sealing:
+            self.store.done(fut)  # every block file on disk (a full disk: one line, nothing recorded)
+        new = []
+        # the exchange is recorded in one transaction: all of it, or (a full disk) none of it
+        with _writing(self.db.path), self.db.transaction():
+            doc_id = self.db.add_doc("chat", "turn", hashlib.sha256(repr(turn).encode()).hexdigest(), len(turn))
+            for idx, key, pos0, chunk, _ in sealing:
+                bid = self.db.add_block(doc_id, idx, key, pos0, chunk)
+                new.append(BlockRow(bid, doc_id, idx, key, pos0, np.asarray(chunk, np.int32), "turn", "chat"))
+            self.db.complete_doc(doc_id, "chat", "turn")
+            self.db.add_message("user", question, doc_id)
+            self.db.add_message("assistant", answer, doc_id)
+            self.db.set("total_tokens", self.total_tokens + len(turn))
+            self.db.set("updated", time.time())
+        self.turns += new
 
 
 class Turn:
@@ -506,6 +585,15 @@ class Turn:
             return
         st.restored_blocks, st.reinjected_blocks, st.recomputed_blocks = ws.restored, ws.reinjected, ws.recomputed
         st.select_ms, st.probe_ms = ws.select_ms, ws.probe_ms
+        st.sources = [
+            {
+                "path": row.source,
+                "lines": list(row.lines) if row.lines else None,
+                "score": round(score, 4),
+                "how": how,
+            }
+            for row, score, how in ws.sources
+        ]
         st.blocks_in_working_set = len(ws.docs) + len(ws.recent)
         turn_start = s.working.hot.end
         gen = GenStats()
@@ -531,12 +619,13 @@ class Turn:
             tail, pos = q_toks + fr.answer_end, turn_start
         ctx.seq_rm(0, pos, -1)
         ctx.decode(tail, pos, 0, logits="none")
-        s._store_turn(self.question, answer, q_toks + gen.tokens + fr.answer_end, turn_start)
+        self._finished = True
         st.answer, st.ttft_s = answer, st.ttft_s or (time.perf_counter() - t0)
-        st.total_tokens, st.hot_tokens = s.total_tokens, s.working.hot.n_tokens
-        st.blocks_total = len(s.docs) + len(s.turns)
         st.decode_tok_s = gen.decode_tok_s
         st.prompt_tokens, st.completion_tokens = gen.prompt_tokens, gen.completion_tokens
         st.cancelled = gen.cancelled
         st.stop_reason = gen.stop_reason or "closed"  # closed by the caller before it ended
-        self._finished = True
+        # stored last: on a full disk the answer and its numbers stand, the exchange is not recorded
+        s._store_turn(self.question, answer, q_toks + gen.tokens + fr.answer_end, turn_start)
+        st.total_tokens, st.hot_tokens = s.total_tokens, s.working.hot.n_tokens
+        st.blocks_total = s._n_docs + len(s.turns)
