@@ -134,9 +134,16 @@ def params_ref(lo: np.ndarray, hi: np.ndarray, bits: int) -> tuple[np.ndarray, n
 # ---- numpy reference --------------------------------------------------------------------------
 
 
-def ranges_ref(x: np.ndarray, channel: bool) -> tuple[np.ndarray, ...]:
-    """Per-token group min/max [L, cells, ceil(width/GT)], per-channel group min/max
-    [L, ceil(cells/GC), width] (width 0 unless ``channel``) and each layer's sum of squares."""
+def _token_mask(token: np.ndarray | None, L: int) -> np.ndarray:
+    return np.ones(L, np.bool_) if token is None else np.ascontiguousarray(token, np.bool_)
+
+
+def ranges_ref(x: np.ndarray, channel: bool, token: np.ndarray | None = None) -> tuple[np.ndarray, ...]:
+    """Per-token group min/max [L, cells, ceil(width/GT)] and each layer's sum of squares,
+    for the layers in the ``token`` mask (default all; NaN for the others: K needs them
+    only for its few Q8 layers), and per-channel group min/max [L, ceil(cells/GC), width]
+    (width 0 unless ``channel``)."""
+    tm = _token_mask(token, x.shape[0])
     f = H2F[x]
     L, C, W = f.shape
     gt, gc = -(-W // GROUP_TOKEN), -(-C // GROUP_CHANNEL)
@@ -152,6 +159,7 @@ def ranges_ref(x: np.ndarray, channel: bool) -> tuple[np.ndarray, ...]:
     else:
         clo = chi = np.zeros((L, gc, 0), np.float32)
     ss = (f.astype(np.float64) ** 2).sum(axis=(1, 2))
+    tlo[~tm], thi[~tm], ss[~tm] = np.nan, np.nan, np.nan
     return tlo, thi, clo, chi, ss
 
 
@@ -251,11 +259,24 @@ def _params_cpu(lo, hi, levels, zero, scale):
 # slower here), while a slice's own loop index is provably in range.
 
 
+@njit(inline="always", fastmath=True)
+def _token_ranges(row, W, lo_out, hi_out):
+    for g in range(len(lo_out)):
+        seg = row[g * GROUP_TOKEN : min(W, (g + 1) * GROUP_TOKEN)]
+        lo = seg[0]
+        hi = lo
+        for d in range(1, len(seg)):
+            lo = min(lo, seg[d])
+            hi = max(hi, seg[d])
+        lo_out[g] = lo
+        hi_out[g] = hi
+
+
 # fastmath: min, max and a sum of squares only, which then vectorize (exact for min and max
 # of finite values; the sum feeds an error estimate)
 @serialized
 @njit(parallel=True, nogil=True, cache=True, fastmath=True)
-def _ranges_cpu(x, L, C, W, sL, sC, channel):
+def _ranges_cpu(x, L, C, W, sL, sC, token, channel):
     gt = (W + GROUP_TOKEN - 1) // GROUP_TOKEN
     gc = (C + GROUP_CHANNEL - 1) // GROUP_CHANNEL
     tlo = np.empty((L, C, gt), np.float32)
@@ -269,24 +290,22 @@ def _ranges_cpu(x, L, C, W, sL, sC, channel):
         lo_c = np.empty(W, np.float32)
         hi_c = np.empty(W, np.float32)
         acc = 0.0
+        if not token[i]:
+            tlo[i] = np.nan
+            thi[i] = np.nan
+            ss[i] = np.nan
+            if not channel:
+                continue
         for c in range(C):
             src = x[i * sL + c * sC : i * sL + c * sC + W]
             for d in range(W):
                 row[d] = _h2f(src[d])  # type: ignore[call-arg]
-            for g in range(gt):
-                seg = row[g * GROUP_TOKEN : min(W, (g + 1) * GROUP_TOKEN)]
-                n = len(seg)
-                lo = seg[0]
-                hi = lo
-                for d in range(1, n):
-                    lo = min(lo, seg[d])
-                    hi = max(hi, seg[d])
-                tlo[i, c, g] = lo
-                thi[i, c, g] = hi
-            s = np.float32(0.0)
-            for d in range(W):
-                s += row[d] * row[d]
-            acc += s  # type: ignore[assignment]
+            if token[i]:
+                _token_ranges(row, W, tlo[i, c], thi[i, c])
+                s = np.float32(0.0)
+                for d in range(W):
+                    s += row[d] * row[d]
+                acc += s  # type: ignore[assignment]
             if channel:
                 if c % GROUP_CHANNEL == 0:
                     lo_c[:] = row
@@ -302,7 +321,8 @@ def _ranges_cpu(x, L, C, W, sL, sC, channel):
                     for d in range(W):
                         dlo[d] = lo_c[d]
                         dhi[d] = hi_c[d]
-        ss[i] = acc
+        if token[i]:
+            ss[i] = acc
     return tlo, thi, clo, chi, ss
 
 
@@ -565,7 +585,7 @@ def _decode_cpu(codes, bits, per_channel, zero, scale, code_off, param_off, out,
 
 
 @cuda.jit
-def _ranges_kernel(x, lut, channel, tlo, thi, clo, chi, ss):
+def _ranges_kernel(x, lut, token, channel, tlo, thi, clo, chi, ss):
     # one thread per (layer, cell): token groups of its row; channel groups and the sum of
     # squares by atomics would race on floats, so the cell-0 thread of each channel group
     # does those
@@ -573,7 +593,7 @@ def _ranges_kernel(x, lut, channel, tlo, thi, clo, chi, ss):
     L, C, W = x.shape
     if i >= L or c >= C:
         return
-    for g in range(tlo.shape[2]):
+    for g in range(tlo.shape[2] if token[i] else 0):
         lo = lut[x[i, c, g * 64]]
         hi = lo
         for d in range(g * 64 + 1, min(W, (g + 1) * 64)):
@@ -593,7 +613,7 @@ def _ranges_kernel(x, lut, channel, tlo, thi, clo, chi, ss):
                 hi = max(hi, v)
             clo[i, j, d] = lo
             chi[i, j, d] = hi
-    if c == 0:
+    if c == 0 and token[i]:
         acc = 0.0
         for cc in range(C):
             for d in range(W):
@@ -695,8 +715,9 @@ def _decode_kernel(codes, lut, bits, per_channel, zero, scale, code_off, param_o
                         out[i, r, c] = v
 
 
-def ranges_cuda(x: np.ndarray, channel: bool) -> tuple[np.ndarray, ...]:
+def ranges_cuda(x: np.ndarray, channel: bool, token: np.ndarray | None = None) -> tuple[np.ndarray, ...]:
     L, C, W = x.shape
+    tm = _token_mask(token, L)
     gt, gc = -(-W // GROUP_TOKEN), -(-C // GROUP_CHANNEL)
     tlo = cuda.device_array((L, C, gt), np.float32)
     thi = cuda.device_array((L, C, gt), np.float32)
@@ -706,9 +727,19 @@ def ranges_cuda(x: np.ndarray, channel: bool) -> tuple[np.ndarray, ...]:
     tpb = (1, 128)
     grid = (L, -(-C // tpb[1]))
     _ranges_kernel[grid, tpb](
-        cuda.to_device(np.ascontiguousarray(x)), cuda.to_device(H2F), channel, tlo, thi, clo, chi, ss
+        cuda.to_device(np.ascontiguousarray(x)),
+        cuda.to_device(H2F),
+        cuda.to_device(tm),
+        channel,
+        tlo,
+        thi,
+        clo,
+        chi,
+        ss,
     )
-    return tlo.copy_to_host(), thi.copy_to_host(), clo.copy_to_host(), chi.copy_to_host(), ss.copy_to_host()
+    tlo_h, thi_h, ss_h = tlo.copy_to_host(), thi.copy_to_host(), ss.copy_to_host()
+    tlo_h[~tm], thi_h[~tm], ss_h[~tm] = np.nan, np.nan, np.nan
+    return tlo_h, thi_h, clo.copy_to_host(), chi.copy_to_host(), ss_h
 
 
 def _tables(bits: np.ndarray, per_channel: np.ndarray, cells: int, width: int) -> tuple[np.ndarray, ...]:
@@ -793,9 +824,9 @@ def _flat_or_copy(x: np.ndarray) -> tuple[np.ndarray, int, int]:
     return c.reshape(-1), x.shape[1] * x.shape[2], x.shape[2]
 
 
-def ranges_cpu(x: np.ndarray, channel: bool) -> tuple[np.ndarray, ...]:
+def ranges_cpu(x: np.ndarray, channel: bool, token: np.ndarray | None = None) -> tuple[np.ndarray, ...]:
     flat, sL, sC = _flat_or_copy(x)
-    return _ranges_cpu(flat, *x.shape, sL, sC, channel)
+    return _ranges_cpu(flat, *x.shape, sL, sC, _token_mask(token, x.shape[0]), channel)
 
 
 def encode_cpu(
@@ -824,9 +855,9 @@ def decode_cpu(
         out[...] = dst.reshape(L, C, W)
 
 
-def ranges(x: np.ndarray, channel: bool) -> tuple[np.ndarray, ...]:
+def ranges(x: np.ndarray, channel: bool, token: np.ndarray | None = None) -> tuple[np.ndarray, ...]:
     check_block(x)
-    return fastest("kv_block.ranges", x.shape, ranges_cpu, ranges_cuda)(x, channel)
+    return fastest("kv_block.ranges", x.shape, ranges_cpu, ranges_cuda)(x, channel, token)
 
 
 def encode(x: np.ndarray, bits: np.ndarray, per_channel: np.ndarray, zero: np.ndarray, scale: np.ndarray) -> np.ndarray:

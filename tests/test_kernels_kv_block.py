@@ -34,6 +34,14 @@ def test_ranges_parity(shape):
             assert np.array_equal(a, b), impl.__name__
         assert np.allclose(ref[4], got[4], rtol=1e-5)
     assert kb.ranges_cpu(x, False)[2].shape[2] == 0
+    # per-token ranges (and sums of squares) only for the masked layers, NaN elsewhere
+    mask = np.arange(shape[0]) % 2 == 0
+    want = kb.ranges_ref(x, True, mask)
+    assert np.isnan(want[0][~mask]).all() and np.array_equal(want[0][mask], ref[0][mask])
+    for impl in (kb.ranges_cpu, kb.ranges_cuda):
+        got = impl(x, True, mask)
+        for a, b in zip(want, got):
+            assert np.array_equal(a, b, equal_nan=True) or np.allclose(a, b, rtol=1e-5, equal_nan=True), impl.__name__
 
 
 @pytest.mark.parametrize("shape", SHAPES)

@@ -77,8 +77,16 @@ class Ranges:
         return self.clo.shape[2] > 0
 
     @classmethod
-    def measure(cls, x: np.ndarray, channel: bool) -> Ranges:
-        return cls(*kb.ranges(x, channel))
+    def measure(cls, x: np.ndarray, channel: bool, token: np.ndarray | None = None) -> Ranges:
+        """``token``: the layers whose per-token ranges are wanted (default all)."""
+        return cls(*kb.ranges(x, channel, token))
+
+    def add_token(self, x: np.ndarray, layers: np.ndarray) -> None:
+        """Per-token ranges for more ``layers`` (a mask): K measures them only where Q8 is
+        a candidate."""
+        tlo, thi, _, _, ss = kb.ranges(x, False, layers)
+        self.tlo[layers], self.thi[layers], self.sumsq[layers] = tlo[layers], thi[layers], ss[layers]
+        self._params.clear()
 
     def params(self, fmt: str, per_channel: bool) -> tuple[np.ndarray, np.ndarray]:
         """f16 minimum and step of every group of every layer: [L, rows, groups] each."""
@@ -164,14 +172,17 @@ def choose(errors: dict[str, np.ndarray], policy: QuantPolicy, threshold: float,
 def plan_k(k: np.ndarray, policy: QuantPolicy, n_head_kv: int, floor: str | None = None) -> tuple[list[str], Ranges]:
     """Every layer's K format for a run of layers (f16 bits [L, C, W]), and the ranges the
     encoder reuses: one pass over the keys."""
-    r = Ranges.measure(k, True)
+    L = k.shape[0]
     if policy.fixed:
-        return [policy.fixed] * k.shape[0], r
+        per_token = not k_per_channel(policy.fixed)
+        return [policy.fixed] * L, Ranges.measure(k, True, np.full(L, per_token))
+    r = Ranges.measure(k, True, np.zeros(L, bool))
     queries = sample_queries(k)
     err = k_errors(r, queries, n_head_kv)
     cands = policy.candidates(floor)
-    need_q8 = err["q4"] > policy.k_threshold if "q4" in cands else np.ones(k.shape[0], bool)
+    need_q8 = err["q4"] > policy.k_threshold if "q4" in cands else np.ones(L, bool)
     if "q8" in cands and need_q8.any():
+        r.add_token(k, need_q8)
         err["q8"] = k_errors(r, queries, n_head_kv, need_q8)["q8"]
     return choose(err, policy, policy.k_threshold, floor), r
 
