@@ -174,3 +174,17 @@ def test_oneshot_prompt_is_plain_text(home) -> None:
         markup = one.engine.template.render([{"role": "user", "content": "x"}])
         n_markup = sum(markup.count(s) for s in ("<|im_start|>", "<|im_end|>", "<|endoftext|>"))
         assert n_markup >= 3 and sum(t in special for t in one.tokens) == n_markup
+
+
+def test_session_question_is_plain_text(home) -> None:
+    """A chat question that spells control tokens is decoded as its plain-text tokens between
+    the frame's markup (one special token would be shorter than the text's several)."""
+    from localsym.session import GenParams, RunOptions, Session
+
+    with Session.open("plain", "smollm2-135m", RunOptions(n_ctx=1024, vram="cpu")) as s:
+        with s.ask(HOSTILE, GenParams(max_tokens=1)) as turn:
+            turn.text()
+        fr, plain = s.frame, s.engine.model.tokenize(HOSTILE)
+        assert not _specials(s.engine) & set(plain)
+        assert turn.stats.prompt_tokens == len(fr.user_prefix) + len(plain) + len(fr.user_suffix)
+        assert s.messages()[0]["content"] == HOSTILE
