@@ -304,8 +304,12 @@ def _open_chat(a: argparse.Namespace, model: str | None, session: str, overrides
 
     app = ChatApp(model, session, run_options(a), overrides=overrides)
     if hasattr(a, "temp") and hasattr(app, "params"):
-        # the sampling flags (and -n) for every answer; the chat's /set changes them later
-        app.params = gen_params(a)
+        # the sampling flags (and -n) for every answer; the chat's /set changes them later.
+        # Unless -n is set somewhere, the chat keeps its own (longer) answer length.
+        params = gen_params(a)
+        if getattr(a, "sources", {}).get("n_predict", "default") == "default":
+            params.max_tokens = app.params.max_tokens
+        app.params = params
     app.run()
     return 0
 
@@ -937,7 +941,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 from localsym.session import session_exists
 
                 session_model = session_exists(args.session)
-            apply_defaults(args, session_model=session_model)
+            args.sources = apply_defaults(args, session_model=session_model)
         rc = args.func(args)
         if interrupted.is_set():
             raise KeyboardInterrupt

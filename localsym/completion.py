@@ -33,7 +33,9 @@ class _Cmd:
 
 
 def _opts(p: argparse.ArgumentParser) -> tuple[list[_Opt], list[tuple[str, str]], list[str]]:
-    opts, pos, choices = [], [], []
+    opts: list[_Opt] = []
+    pos: list[tuple[str, str]] = []
+    choices: list[str] = []
     for act in p._actions:
         if isinstance(act, argparse._SubParsersAction):
             continue
