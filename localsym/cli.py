@@ -913,11 +913,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from localsym import logs
 
+    chat = args.command == "chat" or (
+        args.command == "run" and getattr(args, "prompt", "") is None and sys.stdin.isatty()
+    )
     logs.setup(
         verbose=args.verbose > 0,
         llama_log=args.llama_log,
-        terminal=args.command != "chat"
-        and not (args.command == "run" and getattr(args, "prompt", "") is None and sys.stdin.isatty()),
+        terminal=not chat,  # Textual draws on this terminal
+        warnings_to_terminal=args.command == "serve",
     )
     interrupted = threading.Event()
 

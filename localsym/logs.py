@@ -2,9 +2,10 @@
 
 ``localsym.log`` in ``paths.log_dir()`` (platformdirs' ``user_log_dir``, or
 ``$LOCALSYM_HOME/logs``) keeps warnings and errors of every command, 1 MiB a file, three
-old files kept. Nothing goes to the terminal by default: the chat draws on it. ``--verbose``
-mirrors localsym's log to stderr (not in the chat); ``--llama-log`` adds llama.cpp's own
-log (hundreds of lines a model load) to both.
+old files kept. Nothing goes to the terminal by default: the chat draws on it (`serve`
+shows its warnings, its console being its operator's). ``--verbose`` mirrors localsym's log
+to stderr (never in the chat); ``--llama-log`` adds llama.cpp's own log (hundreds of lines
+a model load) to both.
 """
 
 from __future__ import annotations
@@ -26,10 +27,14 @@ def log_file() -> Path:
     return paths.log_dir() / FILE
 
 
-def setup(verbose: bool = False, llama_log: bool = False, terminal: bool = True) -> Path | None:
+def setup(
+    verbose: bool = False, llama_log: bool = False, terminal: bool = True, warnings_to_terminal: bool = False
+) -> Path | None:
     """Configure the root logger once per process. ``terminal``: whether stderr may be
-    written (False for the chat). Returns the log file, or None when it cannot be written
-    (a read-only home): logging then goes on without it rather than stopping the command."""
+    written (False for the chat). ``warnings_to_terminal``: warnings on stderr too, even
+    without ``verbose`` (`serve`, whose console is its operator's). Returns the log file,
+    or None when it cannot be written (a read-only home): logging then goes on without it
+    rather than stopping the command."""
     root = logging.getLogger()
     for h in list(root.handlers):  # a second call (tests call main() in one process) replaces
         if getattr(h, "_localsym", False):
@@ -50,6 +55,11 @@ def setup(verbose: bool = False, llama_log: bool = False, terminal: bool = True)
     if verbose and terminal:
         sh = logging.StreamHandler(sys.stderr)
         sh.setLevel(logging.DEBUG if llama_log else logging.INFO)
+        sh.setFormatter(logging.Formatter("localsym: %(name)s: %(message)s"))
+        _mark(root, sh)
+    elif warnings_to_terminal and terminal:
+        sh = logging.StreamHandler(sys.stderr)
+        sh.setLevel(logging.DEBUG if llama_log else logging.WARNING)
         sh.setFormatter(logging.Formatter("localsym: %(name)s: %(message)s"))
         _mark(root, sh)
     elif llama_log and terminal:

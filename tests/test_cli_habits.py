@@ -368,3 +368,28 @@ def test_run_without_a_prompt_opens_the_chat(home):
         os.close(m)
     # without a terminal and without a prompt it stays an error, not a chat
     assert "no prompt" in _one_line(run_cli("run", SMOL, home=home, stdin=""))
+
+
+def test_ps_lists_a_running_server(home):
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = dict(os.environ, LOCALSYM_HOME=str(home))
+    server = subprocess.Popen(
+        [sys.executable, "-m", "localsym", "serve", "--port", str(port), "-c", "256"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline, rows = time.time() + 60, []
+        while time.time() < deadline and not rows:
+            rows = [r for r in json.loads(run_cli("ps", "--json", home=home).stdout) if r["kind"] == "serve"]
+        assert rows and rows[0]["pid"] == server.pid
+        assert rows[0]["name"] == f"127.0.0.1:{port}" and rows[0]["model"] == SMOL
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
+    assert json.loads(run_cli("ps", "--json", home=home).stdout) == []  # a clean stop removes its record
