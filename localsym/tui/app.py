@@ -239,13 +239,13 @@ class ChatApp(App):
 
     # -- opening sessions --------------------------------------------------------------------------------
     @work(thread=True, exclusive=True, group="model")
-    def open_session(self, name: str) -> None:
+    def open_session(self, name: str, model_name: str | None = None) -> None:
         from localsym.errors import ModelNotFound
         from localsym.session import default_model, load_catalog, models, session_exists
 
         self.busy = True
         try:
-            model = self.model_name
+            model = model_name or self.model_name
             if model is None and not session_exists(name):
                 model = default_model()
             if model is not None:
@@ -284,7 +284,6 @@ class ChatApp(App):
         for m in self.session.messages():
             self.add_message(m["role"], m["content"])
         self.sub_title = f"{self.session.name} · {self.session.model}"
-        self.model_name = self.session.model
         prompt = self.query_one(PromptInput)
         saved = self._read_history(self.session.name)
         if saved or not prompt.prompts:  # a session with no prompts yet keeps the ones in hand
@@ -448,7 +447,7 @@ class ChatApp(App):
             n += 1
         name = f"{base}-{n}"[:64]
         self.note(f"new session **{name}**; `{self.session.name}` stays on disk (`/sessions` to go back)")
-        self.open_session(name)
+        self.open_session(name, self.session.model)  # the same model, whatever the chat started with
 
     def cmd_copy(self, args: list[str]) -> None:
         if not args:
