@@ -27,6 +27,7 @@ BENCHES = (
     "attention",
     "serve",
     "ruler",
+    "open",
 )
 
 
@@ -42,6 +43,7 @@ def add_parsers(parser: argparse.ArgumentParser, add_runtime_flags: Callable) ->
 
     _add_memory(sub)
     _add_ruler(sub)
+    _add_open(sub)
 
     s = sub.add_parser("ingest", help="ingest through the memory layer vs plain prefill; seal/restore MB/s")
     s.add_argument("--model", default=None, help="a model, a GGUF path, or synthetic:7b / synthetic:1.5b")
@@ -163,6 +165,19 @@ def _add_ruler(sub) -> None:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--heatmap", default="ruler-heatmap.png", help="PNG: tasks x (raw 1x, lengths); '' for none")
     s.add_argument("-t", "--threads", type=int, default=None)
+    _common(s)
+
+
+def _add_open(sub) -> None:
+    s = sub.add_parser("open", help="seconds to open a session and to its first token, 10K to 1M tokens")
+    s.add_argument("--model", default=None)
+    s.add_argument("--sizes", type=lambda v: [int(x) for x in v.split(",")], default=[10000, 100000, 1000000])
+    s.add_argument("--ctx", type=int, default=4096, help="hot context tokens")
+    s.add_argument("--reps", type=int, default=3, help="fresh processes per size (median)")
+    s.add_argument("--max-tokens", type=int, default=16, help="answer tokens (checks the key is found)")
+    s.add_argument("--vram", default=None, help=VRAM_HELP)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--child", default=None, help=argparse.SUPPRESS)
     _common(s)
 
 
