@@ -507,6 +507,8 @@ def cmd_ask(a: argparse.Namespace) -> int:
                         "ttft_s",
                     )
                 }
+                # the document blocks that served the answer: path, line range, score, restored/reinjected
+                | {"sources": d.get("sources", [])}
             )
         )
     else:
@@ -521,6 +523,10 @@ def cmd_ask(a: argparse.Namespace) -> int:
             f"blocks in the working set ({stats.restored_blocks} restored, {stats.recomputed_blocks} recomputed, "
             f"{stats.reinjected_blocks} re-injected)\n"
         )
+        for src in getattr(stats, "sources", []):
+            lines = src.get("lines")
+            where = f"{src.get('path')}:{lines[0]}-{lines[1]}" if lines else str(src.get("path"))
+            sys.stderr.write(f"{'source:':<22}{where} (score {src.get('score', 0):.2f}, {src.get('how', '?')})\n")
     return 0
 
 

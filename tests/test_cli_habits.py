@@ -198,9 +198,12 @@ def test_config_sources_and_defaults_reach_commands(home, tmp_path):
     s = json.loads(_cli("config", "-s", "notes", "--json", home=home, env={"LOCALSYM_COLD_GB": "4"}).stdout)
     assert s["settings"]["cold_gb"] == {"value": 4.0, "source": "env"}
     # ask takes the sampling flags and --verbose after the command
-    r = run_cli("ask", "What is the code word?", "-s", "notes", "-n", "2", "-c", "1024", "--verbose", home=home)
+    q = ("ask", "What is the code word?", "-s", "notes", "-n", "2", "-c", "1024")
+    r = run_cli(*q, "--verbose", "--json", home=home)
     assert r.returncode == 0, r.stderr
     assert "eval count:" in r.stderr and "session:" in r.stderr
+    sources = json.loads(r.stdout)["sources"]  # the blocks that served the answer
+    assert [s["path"] for s in sources] == [str(doc)] and f"{doc}:1-1 (score" in r.stderr
     # bad values are one line naming where they came from; nothing is stored
     cfg.write_text("[run]\nctx_size = -3\n")
     assert "config.toml" in _one_line(run_cli("run", SMOL, "hi", home=home))
