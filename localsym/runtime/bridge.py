@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import math
 import os
 import threading
 import weakref
@@ -26,7 +27,7 @@ log = logging.getLogger("localsym.llama")
 
 CACHE_TYPES = {"f32": 0, "f16": 1, "q4_0": 2, "q4_1": 3, "q5_0": 6, "q5_1": 7, "q8_0": 8, "iq4_nl": 20, "bf16": 30}
 STATE_SEQ_FLAGS_SWA_ONLY = 1
-GGML_LOG_LEVEL_WARN, GGML_LOG_LEVEL_ERROR = 3, 4  # ggml.h (pinned version)
+GGML_LOG_LEVEL_DEBUG, GGML_LOG_LEVEL_WARN, GGML_LOG_LEVEL_ERROR, GGML_LOG_LEVEL_CONT = 1, 3, 4, 5  # ggml.h
 _init_lock = threading.Lock()
 _initialised = False
 _recent = threading.local()  # llama.cpp logs on the calling thread: each thread its own errors
@@ -46,7 +47,13 @@ def _log_callback(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
         errors = _recent_errors()
         errors.append(msg)
         del errors[:-20]
-    log.log(logging.WARNING if level >= GGML_LOG_LEVEL_WARN else logging.DEBUG, msg)
+    if level == GGML_LOG_LEVEL_CONT:  # continues the previous line (load-progress dots)
+        level = getattr(_recent, "level", GGML_LOG_LEVEL_DEBUG)
+    else:
+        _recent.level = level
+    if not msg:
+        return
+    log.log(logging.WARNING if level in (GGML_LOG_LEVEL_WARN, GGML_LOG_LEVEL_ERROR) else logging.DEBUG, msg)
 
 
 def _ensure_backend() -> None:
@@ -610,13 +617,32 @@ class Cancelled(Exception):
 
 
 class Sampler:
-    """A llama.cpp sampler chain: greedy at temp 0, else top-k/top-p/min-p/temp/dist."""
+    """A llama.cpp sampler chain: a repeat penalty over the last ``REPEAT_LAST_N`` generated
+    tokens when ``repeat_penalty`` is not 1, then greedy at temp 0, else
+    top-k/top-p/min-p/temp/dist."""
+
+    REPEAT_LAST_N = 64  # llama.cpp's and Ollama's default window
 
     def __init__(
-        self, temp: float = 0.0, top_k: int = 40, top_p: float = 0.95, min_p: float = 0.05, seed: int = 0xFFFFFFFF
+        self,
+        temp: float = 0.0,
+        top_k: int = 40,
+        top_p: float = 0.95,
+        min_p: float = 0.05,
+        seed: int = 0xFFFFFFFF,
+        repeat_penalty: float = 1.0,
+        n_vocab: int = 0,
     ) -> None:
         _ensure_backend()
         chain = lc.llama_sampler_chain_init(lc.llama_sampler_chain_default_params())
+        if repeat_penalty != 1.0:
+            if not (repeat_penalty > 0 and math.isfinite(repeat_penalty)) or n_vocab <= 0:
+                lc.llama_sampler_free(chain)
+                raise LocalsymError(f"repeat penalty must be a positive number, not {repeat_penalty}")
+            # this llama.cpp's signature: (n_vocab, last_n, repeat, freq, present)
+            lc.llama_sampler_chain_add(
+                chain, lc.llama_sampler_init_penalties(n_vocab, self.REPEAT_LAST_N, repeat_penalty, 0.0, 0.0)
+            )
         if temp <= 0:
             lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_greedy())
         else:
