@@ -92,6 +92,11 @@ def _build(name: str, size: int, model: str | None, n_ctx: int, vram: str | None
 
 
 def run(args: argparse.Namespace) -> int:
+    import localsym.bench as package
+
+    # importing this module made ``open`` an attribute of the package, whose ``emit`` calls
+    # the builtin ``open``: give the name back
+    package.__dict__.pop("open", None)
     if args.child:
         print(json.dumps(_child(args.child, args.ctx, args.vram, args.max_tokens)))
         return 0
