@@ -449,7 +449,8 @@ class StoredPointers(PointerIndex):
 
     def prepare(self, tokens: Sequence[int]) -> None:
         uniq = [int(t) for t in dict.fromkeys(tokens)]
-        self.df = defaultdict(int, self.db.df(uniq))
+        self.df = defaultdict(int, {t: 0 for t in uniq})
+        self.df.update(self.db.df(uniq))
         for t in uniq:
             if t in self._mem:
                 self.df[t] += len(self._mem[t])
@@ -463,6 +464,11 @@ class StoredPointers(PointerIndex):
 
     def blocks_with(self, token: int) -> set[int]:
         return set(self._post(token))
+
+    def idf(self, token: int) -> float:
+        if token not in self.df:  # a token outside the prepared question (benchmarks)
+            self.df[token] = self.db.df([int(token)]).get(int(token), 0) + len(self._mem.get(token, ()))
+        return super().idf(token)
 
     def shortlist(self, tokens: Sequence[int] | np.ndarray, max_blocks: int) -> np.ndarray:
         for t in dict.fromkeys(tokens):

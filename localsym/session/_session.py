@@ -498,7 +498,6 @@ class Session:
 
     def _store_turn(self, question: str, answer: str, turn: list[int], start: int) -> None:
         B = self.config.block_tokens
-        self._dirty = True
         chunks = [turn[j : j + B] for j in range(0, len(turn), B)]
         keys = _chain_keys(self.turns[-1].key if self.turns else self.root_key, chunks, b"|turn|")
         sealing = []
