@@ -118,6 +118,7 @@ def test_end_to_end_tiny(home, tmp_path, capsys):
         tasks="niah_single",
         lengths="2048",
         trials=1,
+        baseline_trials=None,
         page=512,
         block=128,
         hot=1024,

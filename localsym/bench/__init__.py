@@ -157,6 +157,7 @@ def _add_ruler(sub) -> None:
     s.add_argument("--tasks", default="niah_single,niah_multikey,niah_multivalue,niah_multiquery,vt,cwe")
     s.add_argument("--lengths", default="1x,4x,16x", help="multiples of the native context (4x) or tokens (8192, 32k)")
     s.add_argument("--trials", type=int, default=5, help="trials per task and length")
+    s.add_argument("--baseline-trials", type=int, default=None, help="raw-model trials per task (default: --trials)")
     s.add_argument("--page", type=int, default=1024, help="tokens per haystack page (document)")
     s.add_argument("--block", type=int, default=256)
     s.add_argument("--hot", type=int, default=4096, help="hot context tokens")

@@ -350,11 +350,12 @@ def run(args: argparse.Namespace) -> int:
         lengths = parse_lengths(args.lengths, native)
         builder = Builder(vocab, int(1.25 * max(max(t for _, t in lengths), native)), args.page, args.seed)
         count = vocab.tokenize
-        base_insts = {t: [builder.instance(t, native, i) for i in range(args.trials)] for t in tasks}
+        n_base = args.trials if args.baseline_trials is None else args.baseline_trials
+        base_insts = {t: [builder.instance(t, native, i) for i in range(n_base)] for t in tasks}
         base_prompts = {
             t: [prompt_of(x, x.documents(builder.pages(native)), raw) for x in base_insts[t]] for t in tasks
         }
-        base_tokens = max(len(count(p)) for ps in base_prompts.values() for p in ps)
+        base_tokens = max((len(count(p)) for ps in base_prompts.values() for p in ps), default=0)
     build_s = time.perf_counter() - t_build
     print(f"  built instances in {build_s:.1f} s (raw model prompts up to {base_tokens} tokens)", file=sys.stderr)
 
@@ -384,6 +385,10 @@ def run(args: argparse.Namespace) -> int:
                         st = turn.stats
                         total = s.total_tokens
                     sc = score(answer, inst.refs)
+                    # which needle documents the working set held (TurnStats.sources, where the
+                    # session reports them): a miss without them is retrieval's
+                    paths = {x.get("path") for x in getattr(st, "sources", None) or []}
+                    held = sum(f"note-{k:02d}.txt" in paths for k in range(len(inst.inserts)))
                     trials.append(
                         {
                             "task": task,
@@ -393,6 +398,8 @@ def run(args: argparse.Namespace) -> int:
                             "refs": inst.refs,
                             "answer": answer.strip(),
                             "score": round(sc, 4),
+                            "needles": len(inst.inserts),
+                            "needles_in_working_set": held if paths else None,
                             "computed_blocks": rep.computed_blocks,
                             "reused_blocks": rep.reused_blocks,
                             "restored_blocks": st.restored_blocks,
@@ -451,7 +458,7 @@ def run(args: argparse.Namespace) -> int:
         tokens = dict(lengths)[t["length"]]
         o = oracle.get((t["task"], tokens, t["trial"]))
         t["oracle_score"] = None if o is None else round(o, 4)
-        t["miss"] = _miss(t["score"], o)
+        t["miss"] = _miss(t["score"], o, t["needles"], t["needles_in_working_set"])
 
     per_task: dict[str, dict[str, dict[str, Any]]] = {}
     for task in tasks:
@@ -462,11 +469,11 @@ def run(args: argparse.Namespace) -> int:
             os_ = [x["oracle_score"] for x in cell if x["oracle_score"] is not None]
             per_task[task][label] = {
                 "accuracy": _mean([x["score"] for x in cell]),
-                "baseline_accuracy": _mean(b),
+                "baseline_accuracy": _mean(b) if b else None,
                 "trials": len(cell),
                 "all_correct": _mean([float(x["score"] == 1.0) for x in cell]),
                 "oracle_accuracy": _mean(os_) if os_ else None,
-                "misses": {k: sum(x["miss"] == k for x in cell) for k in ("model", "context", "partial")},
+                "misses": {k: sum(x["miss"] == k for x in cell) for k in ("retrieval", "model", "context")},
                 "seconds": round(sum(x["ingest_s"] + x["ask_s"] for x in cell), 1),
             }
     result: dict[str, Any] = {
@@ -503,18 +510,26 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _f(x: float | None) -> str:
+    return "-" if x is None else f"{x:.2f}"
+
+
 def _mean(xs: list[float]) -> float:
     return round(sum(xs) / len(xs), 4) if xs else 0.0
 
 
-def _miss(score: float, oracle: float | None) -> str | None:
-    """Why a trial lost points: ``model`` (the oracle, needles only, does no better),
-    ``context`` (the oracle gets them all, the session none), ``partial`` (in between)."""
+def _miss(score: float, oracle: float | None, needles: int, held: int | None) -> str | None:
+    """Why a trial lost points: ``retrieval`` (the working set lacked a needle document),
+    ``model`` (the oracle, needles only, does no better: the model's own limit), or
+    ``context`` (the needles were there, or are not reported, and the model answers from
+    them alone but not in the session: the long context's interference or an unseen miss)."""
     if score >= 1.0:
         return None
+    if held is not None and held < needles:
+        return "retrieval"
     if oracle is None or oracle <= score:
         return "model"
-    return "context" if score == 0.0 and oracle >= 1.0 else "partial"
+    return "context"
 
 
 def table(r: dict) -> str:
@@ -522,7 +537,7 @@ def table(r: dict) -> str:
     head = (
         f"{'task':<17}{'raw@1x':>8}"
         + "".join(f"{label:>8}" for label in labels)
-        + "  oracle  misses (model/context/partial)"
+        + "  oracle  misses (retrieval/model/context)"
     )
     rows = []
     for task, cells in r["per_task"].items():
@@ -530,10 +545,10 @@ def table(r: dict) -> str:
         misses = [cells[label]["misses"] for label in labels]
         orc = [cells[label]["oracle_accuracy"] for label in labels]
         rows.append(
-            f"{task:<17}{first['baseline_accuracy']:>8.2f}"
+            f"{task:<17}{_f(first['baseline_accuracy']):>8}"
             + "".join(f"{cells[label]['accuracy']:>8.2f}" for label in labels)
             + f"  {'/'.join('-' if o is None else f'{o:.2f}' for o in orc):>6}  "
-            + " ".join(f"{m['model']}/{m['context']}/{m['partial']}" for m in misses)
+            + " ".join(f"{m['retrieval']}/{m['model']}/{m['context']}" for m in misses)
         )
     secs = ", ".join(f"{label} {s} s" for label, s in r["seconds_per_length"].items())
     return "\n".join(
