@@ -175,7 +175,7 @@ def _add_open(sub) -> None:
     s.add_argument("--sizes", type=lambda v: [int(x) for x in v.split(",")], default=[10000, 100000, 1000000])
     s.add_argument("--ctx", type=int, default=4096, help="hot context tokens")
     s.add_argument("--reps", type=int, default=3, help="fresh processes per size (median)")
-    s.add_argument("--max-tokens", type=int, default=16, help="answer tokens (checks the key is found)")
+    s.add_argument("--max-tokens", type=int, default=32, help="answer tokens (checks the key is found)")
     s.add_argument("--vram", default=None, help=VRAM_HELP)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--child", default=None, help=argparse.SUPPRESS)
