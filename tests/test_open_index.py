@@ -193,13 +193,14 @@ def test_ask_on_a_really_full_disk_reads_the_session_and_says_so_in_one_line(hom
         pytest.skip("mount refused")
     try:
         shutil.copytree(saved / "ix", sessions / "ix")
-        with open(sessions / "fill", "wb") as f:
-            try:
-                while True:
-                    f.write(b"\0" * 4096)
-                    f.flush()
-            except OSError:
-                pass
+        fd = os.open(sessions / "fill", os.O_WRONLY | os.O_CREAT, 0o600)
+        try:
+            while True:
+                os.write(fd, b"\0" * 4096)
+        except OSError:
+            pass  # full to the last byte
+        finally:
+            os.close(fd)
         r = run_cli(*ASK, home=home)
         line = _one_line_error(r)
         assert "cannot write" in line and "disk is full" in line
