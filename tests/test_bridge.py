@@ -7,6 +7,7 @@ import pytest
 
 from localsym.errors import LocalsymError
 from localsym.runtime.bridge import Cancelled
+from localsym.runtime.engine import GenStats
 
 
 def test_tokenize_roundtrip(smol_engine):
@@ -96,4 +97,30 @@ def test_cancel_stops_generation(smol_engine):
         eng.ctx.cancel()
         eng.ctx.decode(prompt, 0, 0)
     eng.ctx.clear_cancel()
+    eng.ctx.clear()
+
+
+def test_repeat_penalty_changes_a_greedy_answer_and_bad_values_are_refused(smol_engine):
+    """Greedy decoding of a repetitive prompt: a repeat penalty (llama.cpp's penalties
+    sampler, over the generated tokens) moves the answer off what it already wrote."""
+    from localsym.runtime.bridge import Sampler
+    from localsym.runtime.engine import GenParams
+
+    eng = smol_engine
+    prompt = eng.model.tokenize("one one one one one one one one one one one one")
+
+    def answer(penalty: float) -> list[int]:
+        eng.ctx.clear()
+        gen = GenStats()
+        for _ in eng.generate(prompt, 0, GenParams(max_tokens=16, repeat_penalty=penalty), stats=gen):
+            pass
+        return list(gen.tokens)
+
+    plain, penalized = answer(1.0), answer(2.0)
+    assert plain == answer(1.0) and len(plain) > 4  # greedy is deterministic
+    assert penalized != plain
+    assert len(set(penalized)) >= len(set(plain))  # it repeats itself less
+    for bad in (0.0, -1.0, float("nan")):
+        with pytest.raises(LocalsymError, match="repeat penalty"):
+            Sampler(repeat_penalty=bad, n_vocab=eng.model.n_vocab)
     eng.ctx.clear()

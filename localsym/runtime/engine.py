@@ -69,6 +69,7 @@ class GenParams:
     top_p: float = 0.95
     min_p: float = 0.05
     stop: Sequence[str] = field(default_factory=tuple)
+    repeat_penalty: float = 1.0  # over the last 64 generated tokens; 1 = off
 
 
 def make_plan(
@@ -223,7 +224,15 @@ class Engine:
             raise LocalsymError(
                 f"the prompt ({start_pos + len(prompt)} tokens) does not fit the {ctx.n_ctx}-token context: raise -c"
             )
-        sampler = Sampler(params.temp, params.top_k, params.top_p, params.min_p, params.seed)
+        sampler = Sampler(
+            params.temp,
+            params.top_k,
+            params.top_p,
+            params.min_p,
+            params.seed,
+            repeat_penalty=params.repeat_penalty,
+            n_vocab=self.model.n_vocab,
+        )
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         ctx.clear_cancel()
         t0 = time.perf_counter()

@@ -42,6 +42,7 @@ def _params(body: dict[str, Any], default_max: int) -> GenParams:
         top_p=number(opts, "top_p", 0, 1, 0.9),
         top_k=integer(opts, "top_k", 0, 1 << 20) or 40,
         min_p=number(opts, "min_p", 0, 1, 0.0),
+        repeat_penalty=number(opts, "repeat_penalty", 0.01, 10, 1.0),
         seed=0xFFFFFFFF if seed is None or seed < 0 else seed & 0xFFFFFFFF,
         stop=stops(opts),
     )
