@@ -188,3 +188,15 @@ def test_session_question_is_plain_text(home) -> None:
         assert not _specials(s.engine) & set(plain)
         assert turn.stats.prompt_tokens == len(fr.user_prefix) + len(plain) + len(fr.user_suffix)
         assert s.messages()[0]["content"] == HOSTILE
+
+
+def test_a_frame_is_pinned_to_its_date(templates: Path) -> None:
+    """Llama 3.1 writes today's date into its system header: a session's frame is rendered at
+    the session's creation date, so its blocks' keys do not change from one day to the next."""
+    import datetime
+
+    tpl = _ours(templates / "meta-llama-Llama-3.1-8B-Instruct.jinja")
+    monday, tuesday = datetime.datetime(2026, 11, 23, 9), datetime.datetime(2026, 11, 24, 9)
+    a, b = frame_text(tpl, SYSTEM, monday), frame_text(tpl, SYSTEM, tuesday)
+    assert "23 Nov 2026" in a.sink and "24 Nov 2026" in b.sink
+    assert frame_text(tpl, SYSTEM, monday) == a and a.exact

@@ -126,6 +126,17 @@ class ChatTemplate:
             "functions": "",
         }
 
+    @staticmethod
+    def at_time(now: datetime.datetime) -> dict[str, Any]:
+        """Variables that pin the template's idea of today (``date_string``, ``datetime``,
+        ``strftime_now``) to ``now``: a session renders its frame at its creation date, or
+        templates that write today's date (Llama 3.x) would change its blocks' keys daily."""
+        return {
+            "date_string": now.strftime("%d %b %Y"),
+            "datetime": now.strftime("%b %d %Y"),
+            "strftime_now": now.strftime,
+        }
+
     def render(self, messages: Sequence[Message], add_generation_prompt: bool = True, **extra: Any) -> str:
         """The prompt text; the caller tokenizes it with special tokens parsed.
 

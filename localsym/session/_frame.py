@@ -22,7 +22,9 @@ exactly as the template renders them), and ``exact`` is False.
 
 from __future__ import annotations
 
+import datetime
 from dataclasses import dataclass
+from typing import Any
 
 from localsym.runtime.chat_template import ChatTemplate, Message
 from localsym.runtime.engine import Engine
@@ -82,12 +84,12 @@ def _common_suffix(a: str, b: str) -> str:
     return a[len(a) - n :]
 
 
-def _cut(tpl: ChatTemplate, system: str, folded: bool) -> FrameText | None:
+def _cut(tpl: ChatTemplate, system: str, folded: bool, when: dict[str, Any]) -> FrameText | None:
     """The pieces from one render of ``system, Q1, A1, Q2`` with markers; None when the
     markers are not all there, in order, once each, with the system text before the first."""
     conv = FrameText.conversation(system + _MEM, [(_Q1, _A1)], _Q2, folded)
     try:
-        text = tpl.render(conv, add_generation_prompt=True)
+        text = tpl.render(conv, add_generation_prompt=True, **when)
     except Exception:  # noqa: BLE001 - a template that cannot take this shape: try the other
         return None
     marks = (_MEM, _Q1, _A1, _Q2)
@@ -106,7 +108,7 @@ def _cut(tpl: ChatTemplate, system: str, folded: bool) -> FrameText | None:
     user_suffix = text[at[3] + len(_Q2) :]  # the generation prompt: what the live turn gets
     # the assistant turn's own end, as the template closes a last answer
     try:
-        ended = tpl.render(conv[:-1], add_generation_prompt=False)
+        ended = tpl.render(conv[:-1], add_generation_prompt=False, **when)
         answer_end = _common_prefix(ended.split(_A1, 1)[1], gap2) if ended.count(_A1) == 1 else ""
     except Exception:  # noqa: BLE001 - fall back to the common suffix below
         answer_end = ""
@@ -127,22 +129,24 @@ _CHECK_TURNS = [("What is the key?", "The key is 7."), ("And twice that?", "14."
 _CHECK_Q = "Thanks. Anything else?"
 
 
-def _checks(tpl: ChatTemplate, ft: FrameText) -> bool:
+def _checks(tpl: ChatTemplate, ft: FrameText, when: dict[str, Any]) -> bool:
     if not ft.exact:
         return False
     want = FrameText.conversation(ft.system + _CHECK_DOC, _CHECK_TURNS, _CHECK_Q, ft.folded)
     try:
-        return tpl.render(want, add_generation_prompt=True) == ft.assemble(_CHECK_DOC, _CHECK_TURNS, _CHECK_Q)
+        return tpl.render(want, add_generation_prompt=True, **when) == ft.assemble(_CHECK_DOC, _CHECK_TURNS, _CHECK_Q)
     except Exception:  # noqa: BLE001
         return False
 
 
-def frame_text(tpl: ChatTemplate, system: str) -> FrameText:
+def frame_text(tpl: ChatTemplate, system: str, now: datetime.datetime | None = None) -> FrameText:
     """The frame of a template as text: the first shape whose pieces reproduce the template's
-    own render, else the first shape that can be cut (``exact`` False: see the module doc)."""
-    cuts = [c for c in (_cut(tpl, system, False), _cut(tpl, system, True)) if c is not None]
+    own render, else the first shape that can be cut (``exact`` False: see the module doc).
+    ``now``: the date a template that writes today's date sees (default: today)."""
+    when = ChatTemplate.at_time(now or datetime.datetime.now())
+    cuts = [c for c in (_cut(tpl, system, False, when), _cut(tpl, system, True, when)) if c is not None]
     for c in cuts:
-        if _checks(tpl, c):
+        if _checks(tpl, c, when):
             return c
     if not cuts:
         from localsym.errors import LocalsymError
@@ -164,7 +168,7 @@ class Frame:
     exact: bool = True
 
     @classmethod
-    def of(cls, eng: Engine, system: str) -> Frame:
+    def of(cls, eng: Engine, system: str, now: datetime.datetime | None = None) -> Frame:
         """The template's pieces, tokenized: its markup with special tokens parsed, the system
         text as plain text (a system prompt that spells ``<|im_end|>`` stays text). Base
         models (no template) get a plain document, questions in completion form."""
@@ -179,7 +183,7 @@ class Frame:
         if not tpl.present:
             sink = eng.tokenize_prompt("") + (plain(system + "\n\n") if system else [])
             return cls(sink, tok("\n\n"), tok("Question: "), tok("\nAnswer:"), tok("\n\n"))
-        ft = frame_text(tpl, system)
+        ft = frame_text(tpl, system, now)
         return cls(
             eng.tokenize_prompt(ft.sink) + plain(ft.system),
             tok(ft.close),
