@@ -139,8 +139,12 @@ def test_replacing_a_file_drops_its_old_blocks_from_the_index(home, tmp_path):
 
 
 def _messages(home, name="ix"):
-    with sqlite3.connect(home / "data" / "sessions" / name / "session.db") as db:
+    db = sqlite3.connect(home / "data" / "sessions" / name / "session.db")
+    try:
+        db.execute("PRAGMA locking_mode=EXCLUSIVE")  # readable on a full disk too (no -shm file)
         return db.execute("SELECT COUNT(*) FROM messages").fetchone()[0]
+    finally:
+        db.close()
 
 
 ASK = ["ask", QUESTION, "--session", "ix", "-n", "24", "-c", "2048", "--vram", "cpu"]
