@@ -536,3 +536,23 @@ def test_real_terminal_quit_mid_answer_exits_cleanly(home, tmp_path, how):
 
     with Session.open("q", "smollm2-135m", RunOptions(**OPTS)) as s:
         assert [m["role"] for m in s.messages()] == ["user", "assistant"]
+
+
+async def test_an_answer_over_loaded_files_names_its_sources(home, tmp_path):
+    """The blocks that served an answer are listed under it (path:lines, restored or
+    re-injected), as `ask --json` reports them."""
+    (tmp_path / "settings.py").write_text(
+        "# service settings\nRETRY_DELAY_SECONDS = 17\nAPI_KEY = 'zq8Xk2Lm9Pw'\nTIMEOUT = 30\n", encoding="utf-8"
+    )
+    app = _app()
+    async with app.run_test(size=(100, 30)) as pilot:
+        await _ready(pilot, app)
+        await _send(pilot, app, f"/load {tmp_path}")
+        await wait_until(pilot, lambda: any("loaded" in m.text for m in _messages(app, "note")))
+        await wait_until(pilot, lambda: not app.busy)
+        await _send(pilot, app, "What is API_KEY in settings.py?")
+        await wait_until(pilot, lambda: _messages(app, "assistant") and not app.busy)
+        shown = _messages(app, "assistant")[-1].text
+        assert "*sources:*" in shown and "settings.py:1-" in shown
+        assert app.last_stats is not None and app.last_stats.sources
+        assert "*sources:*" not in app.last_answer  # Ctrl+Y copies the answer alone

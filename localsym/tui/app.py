@@ -93,6 +93,20 @@ HISTORY_FILE = "prompts.jsonl"
 HISTORY_KEEP = 500
 
 
+def _sources_line(sources: list[dict] | None, limit: int = 6) -> str:
+    """The blocks that served an answer, as one Markdown line under it: ``path:lines``,
+    restored (KV) or re-injected (exact tokens)."""
+    if not sources:
+        return ""
+    parts = []
+    for src in sources[:limit]:
+        lines = src.get("lines")
+        where = f"{src['path']}:{lines[0]}-{lines[1]}" if lines else str(src["path"])
+        parts.append(f"`{where}` {src.get('how', '')}".rstrip())
+    more = f" and {len(sources) - limit} more" if len(sources) > limit else ""
+    return "\n\n*sources:* " + " · ".join(parts) + more
+
+
 class SessionPicker(ModalScreen[str | None]):
     """Pick a session to switch to (or a new one)."""
 
@@ -359,7 +373,7 @@ class ChatApp(App):
                         self.call_from_thread(stream.write, piece)
                 self.last_stats = turn.stats
                 self.decode_tok_s = turn.stats.decode_tok_s or self.decode_tok_s
-                suffix = " *(stopped)*" if turn.stats.cancelled else ""
+                suffix = (" *(stopped)*" if turn.stats.cancelled else "") + _sources_line(turn.stats.sources)
         except LocalsymError as e:
             parts.append(f"\n\n*error: {e}*")
         except Exception as e:  # shown, never fatal: the session stays usable
