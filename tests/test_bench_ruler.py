@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import re
 
@@ -110,6 +111,10 @@ def test_lengths_and_prompt_form():
     assert raw == chat + inst.answer_prefix
 
 
+@pytest.mark.skipif(
+    not os.environ.get("LOCALSYM_RULER_E2E"),
+    reason="about 8 minutes on 2 busy cores (the raw model at SmolLM2's native 8K context): LOCALSYM_RULER_E2E=1",
+)
 def test_end_to_end_tiny(home, tmp_path, capsys):
     from localsym.bench import ruler
 
