@@ -4,6 +4,7 @@ JSON (``--json``) or a table."""
 from __future__ import annotations
 
 import argparse
+import builtins
 import contextlib
 import importlib
 import json
@@ -189,7 +190,7 @@ def _common(s: argparse.ArgumentParser) -> None:
 
 def emit(result: dict[str, Any], args: argparse.Namespace, table: Callable[[dict], str]) -> None:
     if args.out:
-        with open(args.out, "w", encoding="utf-8") as f:
+        with builtins.open(args.out, "w", encoding="utf-8") as f:
             json.dump(result, f, indent=2)
     if args.json:
         print(json.dumps(result))

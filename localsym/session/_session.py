@@ -15,6 +15,7 @@ a one-line "session busy" error.
 from __future__ import annotations
 
 import contextlib
+import datetime
 import errno
 import hashlib
 import logging
@@ -119,7 +120,12 @@ class Session:
         self._lock, self.experts = lock, experts
         info = engine.info
         self.n_caches = 2 if info.sliding_window else 1
-        self.frame = Frame.of(engine, config.system)
+        # the frame at the session's creation date: a template that writes today's date
+        # (Llama 3.x) would otherwise change every block's key from one day to the next
+        created = db.get("created")
+        self.frame = Frame.of(
+            engine, config.system, datetime.datetime.fromtimestamp(created) if isinstance(created, float) else None
+        )
         self.root_key = hashlib.sha256(
             f"{model_id}|{engine.plan.type_k}|{engine.plan.type_v}|{engine.plan.flash_attn}|"
             f"{config.block_tokens}|{config.ingest_window}|{self.frame.sink}|{config.kv_format}".encode()
@@ -276,6 +282,10 @@ class Session:
     @property
     def total_tokens(self) -> int:
         return self._doc_token_count + sum(b.n_tokens for b in self.turns)
+
+    def chat_template(self) -> str | None:
+        """The model's chat template (Jinja source); None for a base model."""
+        return self.engine.template.source if self.engine.template.present else None
 
     def messages(self) -> list[dict]:
         return self.db.messages()

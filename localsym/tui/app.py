@@ -560,7 +560,7 @@ class ChatApp(App):
         elif what == "system":
             self.note("**system prompt**\n\n```text\n" + self.session.config.system + "\n```")
         elif what == "template":
-            tpl = _chat_template(self.session)
+            tpl = self.session.chat_template()
             self.note(
                 "**chat template** (the GGUF's own, Jinja)\n\n```jinja\n" + tpl + "\n```"
                 if tpl
@@ -766,15 +766,6 @@ class ChatApp(App):
                 self._close_session()
             finally:
                 self.model_lock.release()
-
-
-def _chat_template(session: Session) -> str | None:
-    """The session's chat template source. ``Session`` has no public accessor for it yet, so
-    this reads it through the session's engine (one attribute chain, no runtime import)."""
-    fn = getattr(session, "chat_template", None)
-    if callable(fn):
-        return fn()
-    return getattr(getattr(getattr(session, "engine", None), "template", None), "source", None)
 
 
 def _copy_session(src: Path, dst: Path) -> None:
