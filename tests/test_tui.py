@@ -278,10 +278,14 @@ def _notes(app):
 
 async def _command(pilot, app, text, expect):
     """Send a slash command and wait for a note holding ``expect``; return that note."""
-    n = len(_notes(app))
+    seen = {id(m) for m in _messages(app, "note")}  # earlier notes (the view may drop old ones)
+
+    def new_notes() -> list[str]:
+        return [m.text for m in _messages(app, "note") if id(m) not in seen]
+
     await _send(pilot, app, text)
-    await wait_until(pilot, lambda: any(expect in t for t in _notes(app)[n:]), timeout=60)
-    return next(t for t in _notes(app)[n:] if expect in t)
+    await wait_until(pilot, lambda: any(expect in t for t in new_notes()), timeout=60)
+    return next(t for t in new_notes() if expect in t)
 
 
 async def test_set_and_show_parameters_bad_values_are_one_line(home):
@@ -328,7 +332,9 @@ async def test_set_and_show_parameters_bad_values_are_one_line(home):
         template = await _command(pilot, app, "/show template", "chat template")
         assert "<|im_start|>" in template
         await _command(pilot, app, "/show", "fit plan")
-        await _command(pilot, app, "/set parameter num_ctx 1024", "reopening")
+        # the reopen redraws the conversation, which can drop the "reopening" note before a
+        # poll sees it: wait for the effect instead
+        await _send(pilot, app, "/set parameter num_ctx 1024")
         await wait_until(
             pilot, lambda: app.session is not None and not app.busy and app.session.status().hot_capacity == 1024
         )
