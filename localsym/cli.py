@@ -478,6 +478,8 @@ def cmd_load(a: argparse.Namespace) -> int:
 
 
 def cmd_ask(a: argparse.Namespace) -> int:
+    from localsym.session import source_label
+
     params = gen_params(a)
     t0 = time.perf_counter()
     with _open_session(a) as sess:
@@ -523,10 +525,9 @@ def cmd_ask(a: argparse.Namespace) -> int:
             f"blocks in the working set ({stats.restored_blocks} restored, {stats.recomputed_blocks} recomputed, "
             f"{stats.reinjected_blocks} re-injected)\n"
         )
-        for src in getattr(stats, "sources", []):
-            lines = src.get("lines")
-            where = f"{src.get('path')}:{lines[0]}-{lines[1]}" if lines else str(src.get("path"))
-            sys.stderr.write(f"{'source:':<22}{where} (score {src.get('score', 0):.2f}, {src.get('how', '?')})\n")
+        for src in stats.sources:
+            how = f"score {src.get('score', 0):.2f}, {src.get('how', '?')}"
+            sys.stderr.write(f"{'source:':<22}{source_label(src)} ({how})\n")
     return 0
 
 

@@ -4,7 +4,6 @@ names), their defaults from the environment and the config file, and where each 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 from typing import Any
 
 from localsym import config
@@ -200,11 +199,5 @@ def gen_params(a: argparse.Namespace):
     }
     seed = _check("--seed", pick("seed"), "seed")
     kwargs["seed"] = 0xFFFFFFFF if seed == -1 else seed & 0xFFFFFFFF
-    penalty = _check("--repeat-penalty", pick("repeat_penalty"), "repeat_penalty")
-    if "repeat_penalty" in {f.name for f in dataclasses.fields(GenParams)}:
-        kwargs["repeat_penalty"] = penalty
-    elif penalty != 1.0:
-        raise LocalsymError(
-            f"--repeat-penalty {penalty:g}: this build's sampler has no penalty stage yet; leave it at 1"
-        )
+    kwargs["repeat_penalty"] = _check("--repeat-penalty", pick("repeat_penalty"), "repeat_penalty")
     return GenParams(**kwargs)

@@ -20,7 +20,7 @@ from localsym.session._catalog import (
 )
 from localsym.session._config import DEFAULT_SYSTEM, SessionConfig, check_value, resolve_config
 from localsym.session._oneshot import OneShot, PlainModel, Tokenizer, describe_model, model_card
-from localsym.session._reports import LoadReport, Progress, SessionStatus, TurnStats
+from localsym.session._reports import LoadReport, Progress, SessionStatus, TurnStats, source_label
 from localsym.session._session import Session, SessionBusy, Turn
 from localsym.session._storage import prune_blocks, remove_model
 
@@ -58,5 +58,6 @@ __all__ = [
     "resolve_config",
     "session_dir",
     "session_exists",
+    "source_label",
     "session_settings",
 ]

@@ -50,6 +50,12 @@ class TurnStats:
         return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in self.__dict__.items()}
 
 
+def source_label(src: dict[str, Any]) -> str:
+    """``path:first-last`` of a source (just the path when its lines are not known)."""
+    lines = src.get("lines")
+    return f"{src.get('path')}:{lines[0]}-{lines[1]}" if lines else str(src.get("path"))
+
+
 @dataclass
 class SessionStatus:
     """Everything a face shows about an open session, in one read."""

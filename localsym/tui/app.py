@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import json
 import math
 import os
@@ -31,7 +30,16 @@ from textual.worker import WorkerState
 
 from localsym.errors import LocalsymError
 from localsym.progress import human_bytes
-from localsym.session import GenParams, RunOptions, Session, TurnStats, mix_summary, session_dir, session_exists
+from localsym.session import (
+    GenParams,
+    RunOptions,
+    Session,
+    TurnStats,
+    mix_summary,
+    session_dir,
+    session_exists,
+    source_label,
+)
 from localsym.tui.widgets import MessageView, PromptInput, StatusBar
 
 HELP = """\
@@ -100,9 +108,7 @@ def _sources_line(sources: list[dict] | None, limit: int = 6) -> str:
         return ""
     parts = []
     for src in sources[:limit]:
-        lines = src.get("lines")
-        where = f"{src['path']}:{lines[0]}-{lines[1]}" if lines else str(src["path"])
-        parts.append(f"`{where}` {src.get('how', '')}".rstrip())
+        parts.append(f"`{source_label(src)}` {src.get('how', '')}".rstrip())
     more = f" and {len(sources) - limit} more" if len(sources) > limit else ""
     return "\n\n*sources:* " + " · ".join(parts) + more
 
@@ -551,7 +557,7 @@ class ChatApp(App):
                 ("top_k", p.top_k),
                 ("top_p", p.top_p),
                 ("min_p", p.min_p),
-                ("repeat_penalty", getattr(p, "repeat_penalty", "(not in this build)")),
+                ("repeat_penalty", p.repeat_penalty),
                 ("seed", -1 if p.seed == 0xFFFFFFFF else p.seed),
                 ("num_predict", -1 if p.max_tokens >= NO_LIMIT else p.max_tokens),
                 ("num_ctx", f"{self.session.status().hot_capacity}" + (" (fit plan)" if n_ctx is None else "")),
@@ -620,9 +626,6 @@ class ChatApp(App):
             self.opts.n_ctx = int(value)
             self.note(f"num_ctx = {value}; reopening the model")
             self.open_session(self.session_name)
-            return
-        if field not in {f.name for f in dataclasses.fields(GenParams)}:
-            self.note(f"`{name}` is not supported by this build's sampler yet")
             return
         if name == "seed" and value == -1:
             value = 0xFFFFFFFF  # llama.cpp's LLAMA_DEFAULT_SEED: a random seed
