@@ -1,4 +1,4 @@
-"""The Textual chat, driven by Pilot against the real model, plus one run in real tmux."""
+"""The Textual chat, driven by Pilot against the real model, plus runs in real tmux."""
 
 import os
 import shutil
