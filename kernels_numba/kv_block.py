@@ -2,9 +2,10 @@
 
 A sealed block holds K and V as [layers, cells, width] f16, strided views into llama.cpp's
 state blob. Quantizing layer by layer and format by format cost hundreds of small calls per
-block (each a device launch under CUDA); here one call measures every layer's group
-ranges, one encodes every layer in its own format, and one decodes every layer straight
-into the state blob being built for a restore.
+block (each a device launch under CUDA); here one call encodes every layer in its own
+format and one decodes every layer straight into the state blob being built for a restore.
+On the CPU the group ranges are measured inside the seal (``kv_seal``, which inlines
+``encode_layer``); the reference and CUDA versions of ``ranges`` serve its other versions.
 
 A layer's format is its ``bits``: 16 keeps the f16 values; 8, 4, 3 and 2 are group-wise
 asymmetric codes (an f16 minimum and step per group, values packed little-endian: value i
@@ -20,11 +21,13 @@ groups together, which made both directions a transpose).
 
 f16 data travels as uint16 bit patterns, since numba's CPU target has no float16: a table
 widens them, and an exact round-to-nearest-even narrows float32 back. Codes are computed in
-float64 and values decoded in float32 (``z + code * step`` is exact before its final
-rounding, so a GPU's fused multiply-add gives the same bits).
+float32 with every operation rounded on its own (the CUDA kernel says so explicitly: NVVM
+would fuse the multiply-add), so all three versions give the same codes; values decode in
+float32 (``z + code * step`` is exact before its final rounding, so a fused multiply-add
+gives the same bits).
 
-Three versions with one signature: ``*_ref`` (numpy), ``*_cpu`` (Numba, one parallel call
-over every layer) and ``*_cuda`` (Numba-CUDA, one launch over every layer).
+Versions with one signature: ``*_ref`` (numpy), ``*_cpu`` (Numba, one parallel call over
+every layer) and ``*_cuda`` (Numba-CUDA, one launch over every layer).
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ import math
 
 import numpy as np
 from llvmlite import ir
-from numba import cuda, njit, prange, types
+from numba import config, cuda, njit, prange, types
 from numba.extending import intrinsic
 
 from kernels_numba._device import fastest, serialized
@@ -107,23 +110,6 @@ def check_block(x: np.ndarray) -> None:
         raise ValueError("expected f16 bits as a 3-D uint16 array [layers, cells, width]")
 
 
-def params_from_ranges(lo: np.ndarray, hi: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarray]:
-    """f16 minimum and step of each group; encoding uses the rounded values, so what is
-    stored decodes exactly as the encoder assumed. (Numba: numpy's f16 casts cost more
-    than the encoding on small arrays.)"""
-    lo32 = np.ascontiguousarray(lo, np.float32)
-    zero = np.empty(lo32.shape, np.uint16)
-    scale = np.empty(lo32.shape, np.uint16)
-    _params_cpu(
-        lo32.ravel(),
-        np.ascontiguousarray(hi, np.float32).ravel(),
-        np.float32((1 << bits) - 1),
-        zero.reshape(-1),
-        scale.reshape(-1),
-    )
-    return zero.view(np.float16), scale.view(np.float16)
-
-
 def params_ref(lo: np.ndarray, hi: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarray]:
     zero = lo.astype(np.float16)
     with np.errstate(over="ignore", invalid="ignore"):
@@ -174,11 +160,24 @@ def _params_of(p: np.ndarray, rows: int, per_channel: bool) -> np.ndarray:
     return f.reshape(-1, rows).T if per_channel else f.reshape(rows, -1)
 
 
+def _encode_rows_ref(x: np.ndarray, zero: np.ndarray, scale: np.ndarray, bits: int, group: int) -> np.ndarray:
+    """Rows of float32 values -> little-endian packed codes, in float32 arithmetic as the
+    kernels compute (twice the SIMD lanes of float64; f16 inputs lose nothing)."""
+    rows, cols = x.shape
+    g = -(-cols // group)
+    zs = np.repeat(zero, group, axis=1)[:, :cols]
+    ss = np.repeat(scale, group, axis=1)[:, :cols]
+    inv = np.where(ss > 0, np.float32(1.0) / np.where(ss > 0, ss, np.float32(1)), np.float32(0)).astype(np.float32)
+    q = np.floor((x - zs) * inv + np.float32(0.5))
+    codes = np.zeros((rows, g * group), np.uint32)
+    codes[:, :cols] = np.clip(q, 0, (1 << bits) - 1).astype(np.uint32)
+    stream = ((codes[:, :, None] >> np.arange(bits, dtype=np.uint32)) & 1).astype(np.uint8).reshape(rows, -1)
+    return np.packbits(stream, axis=1, bitorder="little")
+
+
 def encode_ref(
     x: np.ndarray, bits: np.ndarray, per_channel: np.ndarray, zero: np.ndarray, scale: np.ndarray
 ) -> np.ndarray:
-    from kernels_numba import quant
-
     L, C, W = x.shape
     code_off, param_off, _ = offsets(bits, per_channel, C, W)
     out = np.zeros(int(code_off[-1]), np.uint8)
@@ -190,7 +189,7 @@ def encode_ref(
         rows, cols, g = layer_shape(b, pc, C, W)
         a = np.ascontiguousarray(_rows_of(H2F[x[i]], pc))
         z, s = (_params_of(p[param_off[i] : param_off[i + 1]], rows, pc) for p in (zero, scale))
-        codes = quant.encode_ref(a, z, s, b, g)  # [rows, groups * group bytes]
+        codes = _encode_rows_ref(a, z, s, b, g)  # [rows, groups * group bytes]
         if pc:  # [channels, groups, bytes] -> [groups, bytes, channels]
             codes = codes.reshape(rows, -1, g * b // 8).transpose(1, 2, 0)
         out[code_off[i] : code_off[i + 1]] = codes.ravel()
@@ -245,85 +244,10 @@ def _f2h(typingctx, v):
     return sig, codegen
 
 
-@njit(nogil=True, cache=True)
-def _params_cpu(lo, hi, levels, zero, scale):
-    for k in range(lo.shape[0]):
-        z = _f2h(lo[k])  # type: ignore[call-arg, var-annotated]
-        zero[k] = z
-        scale[k] = _f2h((hi[k] - _h2f(z)) / levels)
-
-
 # The CPU kernels take a block as one flat f16-bits array and its layer and cell strides
 # (``_flat``), and index inner loops through slices: an index numba cannot prove
 # non-negative gets a wraparound select that stops LLVM from vectorizing the loop (5-8x
 # slower here), while a slice's own loop index is provably in range.
-
-
-@njit(inline="always", fastmath=True)
-def _token_ranges(row, W, lo_out, hi_out):
-    for g in range(len(lo_out)):
-        seg = row[g * GROUP_TOKEN : min(W, (g + 1) * GROUP_TOKEN)]
-        lo = seg[0]
-        hi = lo
-        for d in range(1, len(seg)):
-            lo = min(lo, seg[d])
-            hi = max(hi, seg[d])
-        lo_out[g] = lo
-        hi_out[g] = hi
-
-
-# fastmath: min, max and a sum of squares only, which then vectorize (exact for min and max
-# of finite values; the sum feeds an error estimate)
-@serialized
-@njit(parallel=True, nogil=True, cache=True, fastmath=True)
-def _ranges_cpu(x, L, C, W, sL, sC, token, channel):
-    gt = (W + GROUP_TOKEN - 1) // GROUP_TOKEN
-    gc = (C + GROUP_CHANNEL - 1) // GROUP_CHANNEL
-    tlo = np.empty((L, C, gt), np.float32)
-    thi = np.empty((L, C, gt), np.float32)
-    cw = W if channel else 0
-    clo = np.empty((L, gc, cw), np.float32)
-    chi = np.empty((L, gc, cw), np.float32)
-    ss = np.zeros(L, np.float64)
-    for i in prange(L):
-        row = np.empty(W, np.float32)
-        lo_c = np.empty(W, np.float32)
-        hi_c = np.empty(W, np.float32)
-        acc = 0.0
-        if not token[i]:
-            tlo[i] = np.nan
-            thi[i] = np.nan
-            ss[i] = np.nan
-            if not channel:
-                continue
-        for c in range(C):
-            src = x[i * sL + c * sC : i * sL + c * sC + W]
-            for d in range(W):
-                row[d] = _h2f(src[d])  # type: ignore[call-arg]
-            if token[i]:
-                _token_ranges(row, W, tlo[i, c], thi[i, c])
-                s = np.float32(0.0)
-                for d in range(W):
-                    s += row[d] * row[d]
-                acc += s  # type: ignore[assignment]
-            if channel:
-                if c % GROUP_CHANNEL == 0:
-                    lo_c[:] = row
-                    hi_c[:] = row
-                else:
-                    for d in range(W):
-                        lo_c[d] = min(lo_c[d], row[d])
-                        hi_c[d] = max(hi_c[d], row[d])
-                if c % GROUP_CHANNEL == GROUP_CHANNEL - 1 or c == C - 1:
-                    j = c // GROUP_CHANNEL
-                    dlo = clo[i, j]
-                    dhi = chi[i, j]
-                    for d in range(W):
-                        dlo[d] = lo_c[d]
-                        dhi[d] = hi_c[d]
-        if token[i]:
-            ss[i] = acc
-    return tlo, thi, clo, chi, ss
 
 
 @njit(inline="always")
@@ -444,14 +368,14 @@ def _unpack(codes, n_codes, b, q):
 
 @njit(inline="always")
 def _inv(s):
-    return np.float64(np.float32(1.0) / s) if s > 0 else 0.0
+    return np.float32(1.0) / s if s > 0 else np.float32(0.0)
 
 
 @njit(inline="always")
 def _quantize(v, top):
     """floor(v) clamped to [0, top], as the reference computes it: for v >= 0 floor is a
     truncation, which vectorizes."""
-    v = 0.0 if v < 0.0 else (top if v > top else v)
+    v = np.float32(0.0) if v < np.float32(0.0) else (top if v > top else v)
     return np.uint8(np.int32(v))
 
 
@@ -463,64 +387,69 @@ def _copy_f16(x, r, W, out):
         out[2 * d + 1] = src[d] >> 8
 
 
+@njit(inline="always")
+def encode_layer(x, i, C, W, sL, sC, b, per_channel, zero, scale, p0, out, o0):
+    """Layer ``i`` of a flat block (see ``_flat``) into ``out[o0:]``, its parameters' f16 bits
+    at ``zero[p0:]``/``scale[p0:]``. Per-channel layers are encoded a group of cells at a
+    time, so every loop runs along the channels of a cell (contiguous, vectorized) and
+    nothing is transposed."""
+    if b == 16:
+        for c in range(C):
+            _copy_f16(x, i * sL + c * sC, W, out[o0 + 2 * c * W : o0 + 2 * (c + 1) * W])
+        return
+    top = np.float32((1 << b) - 1)
+    if per_channel:
+        g = GROUP_CHANNEL
+        ng = (C + g - 1) // g
+        gb = g * b // 8
+        zj = np.empty(W, np.float32)
+        ij = np.empty(W, np.float32)
+        q = np.zeros((g, W), np.uint8)
+        for j in range(ng):
+            pz = zero[p0 + j * W : p0 + (j + 1) * W]
+            ps = scale[p0 + j * W : p0 + (j + 1) * W]
+            for d in range(W):
+                zj[d] = _h2f(pz[d])  # type: ignore[call-arg]
+                ij[d] = _inv(_h2f(ps[d]))
+            n = min(C, (j + 1) * g) - j * g
+            for u in range(n):
+                r = i * sL + (j * g + u) * sC
+                src = x[r : r + W]
+                qu = q[u]
+                for d in range(W):
+                    qu[d] = _quantize((_h2f(src[d]) - zj[d]) * ij[d] + np.float32(0.5), top)  # type: ignore[call-arg]
+            for u in range(n, g):
+                q[u, :] = 0
+            o = o0 + j * gb * W
+            _pack_planes(q, W, b, out[o : o + gb * W])
+    else:
+        g = GROUP_TOKEN
+        ng = (W + g - 1) // g
+        gb = g * b // 8
+        q = np.zeros(ng * g, np.uint8)  # the row's last group padded with zero codes
+        zr = np.empty(ng * g, np.float32)  # each value's group parameters
+        ir = np.empty(ng * g, np.float32)
+        for c in range(C):
+            pz = zero[p0 + c * ng : p0 + (c + 1) * ng]
+            ps = scale[p0 + c * ng : p0 + (c + 1) * ng]
+            for j in range(ng):
+                zr[j * g : (j + 1) * g] = _h2f(pz[j])  # type: ignore[call-arg]
+                ir[j * g : (j + 1) * g] = _inv(_h2f(ps[j]))
+            r = i * sL + c * sC
+            src = x[r : r + W]
+            for d in range(W):
+                q[d] = _quantize((_h2f(src[d]) - zr[d]) * ir[d] + np.float32(0.5), top)  # type: ignore[call-arg]
+            o = o0 + c * ng * gb
+            _pack(q, ng * g, b, out[o : o + ng * gb])
+
+
 @serialized
 @njit(parallel=True, nogil=True, cache=True)
 def _encode_cpu(x, L, C, W, sL, sC, bits, per_channel, zero, scale, code_off, param_off, out):
     """``x``: the block's f16 bits, flat (see ``_flat``); ``zero``/``scale``: the f16
-    parameters' bits, flat; ``out``: uint8 flat. Per-channel layers are encoded a group
-    of cells at a time, so every loop runs along the channels of a cell (contiguous,
-    vectorized) and nothing is transposed."""
+    parameters' bits, flat; ``out``: uint8 flat."""
     for i in prange(L):
-        b = bits[i]
-        o0, p0 = code_off[i], param_off[i]
-        if b == 16:
-            for c in range(C):
-                _copy_f16(x, i * sL + c * sC, W, out[o0 + 2 * c * W : o0 + 2 * (c + 1) * W])
-            continue
-        top = np.float64((1 << b) - 1)
-        if per_channel[i]:
-            g = GROUP_CHANNEL
-            ng = (C + g - 1) // g
-            gb = g * b // 8
-            zj = np.empty(W, np.float64)
-            ij = np.empty(W, np.float64)
-            q = np.zeros((g, W), np.uint8)
-            for j in range(ng):
-                pz = zero[p0 + j * W : p0 + (j + 1) * W]
-                ps = scale[p0 + j * W : p0 + (j + 1) * W]
-                for d in range(W):
-                    zj[d] = _h2f(pz[d])  # type: ignore[call-arg]
-                    ij[d] = _inv(_h2f(ps[d]))
-                n = min(C, (j + 1) * g) - j * g
-                for u in range(n):
-                    r = i * sL + (j * g + u) * sC
-                    src = x[r : r + W]
-                    qu = q[u]
-                    for d in range(W):
-                        qu[d] = _quantize((np.float64(_h2f(src[d])) - zj[d]) * ij[d] + 0.5, top)  # type: ignore[call-arg]
-                for u in range(n, g):
-                    q[u, :] = 0
-                o = o0 + j * gb * W
-                _pack_planes(q, W, b, out[o : o + gb * W])
-        else:
-            g = GROUP_TOKEN
-            ng = (W + g - 1) // g
-            gb = g * b // 8
-            q = np.zeros(ng * g, np.uint8)  # the row's last group padded with zero codes
-            zr = np.empty(ng * g, np.float64)  # each value's group parameters
-            ir = np.empty(ng * g, np.float64)
-            for c in range(C):
-                pz = zero[p0 + c * ng : p0 + (c + 1) * ng]
-                ps = scale[p0 + c * ng : p0 + (c + 1) * ng]
-                for j in range(ng):
-                    zr[j * g : (j + 1) * g] = _h2f(pz[j])  # type: ignore[call-arg]
-                    ir[j * g : (j + 1) * g] = _inv(_h2f(ps[j]))
-                r = i * sL + c * sC
-                src = x[r : r + W]
-                for d in range(W):
-                    q[d] = _quantize((np.float64(_h2f(src[d])) - zr[d]) * ir[d] + 0.5, top)  # type: ignore[call-arg]
-                o = o0 + c * ng * gb
-                _pack(q, ng * g, b, out[o : o + ng * gb])
+        encode_layer(x, i, C, W, sL, sC, bits[i], per_channel[i], zero, scale, param_off[i], out, code_off[i])
     return out
 
 
@@ -622,6 +551,23 @@ def _ranges_kernel(x, lut, token, channel, tlo, thi, clo, chi, ss):
         ss[i] = acc
 
 
+if getattr(config, "ENABLE_CUDASIM", 0):  # the simulator runs Python: numpy float32 scalars round each op
+
+    def _fsub(a, b):
+        return np.float32(a) - np.float32(b)
+
+    def _fmul(a, b):
+        return np.float32(a) * np.float32(b)
+
+    def _fadd(a, b):
+        return np.float32(a) + np.float32(b)
+
+else:  # round each op as the CPU does: NVVM would otherwise fuse the multiply-add
+    from numba.cuda import libdevice
+
+    _fsub, _fmul, _fadd = libdevice.fsub_rn, libdevice.fmul_rn, libdevice.fadd_rn
+
+
 @cuda.jit
 def _encode_kernel(x, lut, bits, per_channel, zero, scale, code_off, param_off, row_off, out):
     t = cuda.grid(1)  # type: ignore[call-arg, var-annotated]
@@ -653,16 +599,16 @@ def _encode_kernel(x, lut, bits, per_channel, zero, scale, code_off, param_off, 
         else:
             p = param_off[i] + r * ng + j
             o, step = code_off[i] + (r * ng + j) * gb, 1
-        z = np.float64(zero[p])
+        z = zero[p]
         s = scale[p]
-        inv = np.float64(np.float32(1.0) / s) if s > 0 else 0.0
+        inv = np.float32(1.0) / s if s > 0 else np.float32(0.0)
         for k in range(g // 8):
             w = 0
             for u in range(8):
                 c = j * g + k * 8 + u
                 if c < cols:
                     v = lut[x[i, c, r]] if pc else lut[x[i, r, c]]
-                    q = int(math.floor((np.float64(v) - z) * inv + 0.5))
+                    q = int(math.floor(_fadd(_fmul(_fsub(v, z), inv), np.float32(0.5))))
                     q = 0 if q < 0 else (top if q > top else q)
                     w |= q << (u * b)
             for u in range(b):
@@ -824,11 +770,6 @@ def _flat_or_copy(x: np.ndarray) -> tuple[np.ndarray, int, int]:
     return c.reshape(-1), x.shape[1] * x.shape[2], x.shape[2]
 
 
-def ranges_cpu(x: np.ndarray, channel: bool, token: np.ndarray | None = None) -> tuple[np.ndarray, ...]:
-    flat, sL, sC = _flat_or_copy(x)
-    return _ranges_cpu(flat, *x.shape, sL, sC, _token_mask(token, x.shape[0]), channel)
-
-
 def encode_cpu(
     x: np.ndarray, bits: np.ndarray, per_channel: np.ndarray, zero: np.ndarray, scale: np.ndarray
 ) -> np.ndarray:
@@ -853,11 +794,6 @@ def decode_cpu(
     _decode_cpu(codes, b, pc, _bits16(zero), _bits16(scale), code_off, param_off, dst, L, C, W, sL, sC)
     if got is None:
         out[...] = dst.reshape(L, C, W)
-
-
-def ranges(x: np.ndarray, channel: bool, token: np.ndarray | None = None) -> tuple[np.ndarray, ...]:
-    check_block(x)
-    return fastest("kv_block.ranges", x.shape, ranges_cpu, ranges_cuda)(x, channel, token)
 
 
 def encode(x: np.ndarray, bits: np.ndarray, per_channel: np.ndarray, zero: np.ndarray, scale: np.ndarray) -> np.ndarray:

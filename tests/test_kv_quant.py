@@ -4,6 +4,7 @@ KV from SmolLM2: one block sealed and written back as the tiers do."""
 import numpy as np
 import pytest
 
+from kernels_numba import kv_seal
 from localsym.memory import kv_quant as kq
 from localsym.memory.encoded_block import EncodedBlock
 from localsym.runtime import kv_state
@@ -55,9 +56,13 @@ def test_closed_form_estimates_track_the_measured_errors(block):
     s = st.caches[0][0]
     k3 = kv_state.stacked(s.k)[0][2].view(np.uint16)
     v3 = kv_state.stacked(s.v)[0][2].view(np.uint16)
-    rk, rv = kq.Ranges.measure(k3, True), kq.Ranges.measure(v3, False)
-    kest = kq.k_errors(rk, kq.sample_queries(k3), 3, np.ones(len(s.k), bool))
-    vest = kq.v_errors(rv, v3.shape[2])
+    cal = (kq.K_CALIBRATION["per_channel"], kq.K_CALIBRATION["q8"])
+    no_q4 = np.array([2, 3, 8, 16], np.uint8)  # so that Q8 is estimated on every layer
+    col = {"q2": 0, "q3": 1, "q4": 2, "q8": 3}
+    kerr = kv_seal.seal(k3, no_q4, False, 1.0, True, 3, cal).errors
+    verr = kv_seal.seal(v3, no_q4, False, 1.0, False, 3, cal).errors
+    kest = {f: kerr[:, c] for f, c in col.items()}
+    vest = {f: verr[:, c] for f, c in col.items()}
     for fmt in ("q8", "q4", "q2"):
         b = _back(EncodedBlock.seal(st, kq.QuantPolicy(fixed=fmt), 3))
         km = np.array([kq.k_error(np.asarray(a, np.float32), np.asarray(c, np.float32), 3) for a, c in zip(s.k, b.k)])

@@ -4,20 +4,22 @@ from positions, written back into a llama.cpp state blob at any base position.
 One encoding serves both tiers (the warm tier is a RAM cache of the cold files), so a block
 restores to the same KV whichever tier it comes from, and sealing encodes once. Sealing
 reads the state blob in place: the layers of a stream sit at a fixed stride in the blob, so
-each of K and V is one strided [layers, cells, width] view, measured in one kernel call
-and encoded in another. Restoring allocates the blob and decodes every layer straight into
-it in one call per tensor.
+each of K and V is one strided [layers, cells, width] view, measured, given its formats
+and encoded in one kernel call (``kernels_numba.kv_seal``). Restoring allocates the blob
+and decodes every layer straight into it in one call per tensor.
 """
 
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from kernels_numba import kv_block as kb
+from kernels_numba.kv_seal import SealedRun
 from localsym.memory import container
 from localsym.memory import kv_quant as kq
 from localsym.runtime import kv_state
@@ -79,8 +81,8 @@ class EncodedBlock:
         for cache in state.caches:
             out = []
             for s in cache:
-                k = _encode(s.k, s.k_types, lambda x: kq.plan_k(x, policy, n_head_kv, floor))
-                v = _encode(s.v, s.v_types, lambda x: kq.plan_v(x, policy, floor))
+                k = _encode(s.k, s.k_types, lambda x: kq.seal_run(x, True, policy, n_head_kv, floor))
+                v = _encode(s.v, s.v_types, lambda x: kq.seal_run(x, False, policy, n_head_kv, floor))
                 mix.update(f"K:{f}" for f in k.formats() if f != "raw")
                 mix.update(f"V:{f}" for f in v.formats() if f != "raw")
                 out.append(EncodedStream(kv_state.StreamShape.of(s), k, v))
@@ -170,7 +172,8 @@ def _runs(layers: list[np.ndarray], types: list[int]) -> list[tuple[int, int, np
     return out
 
 
-def _encode(layers: list[np.ndarray], types: list[int], plan) -> EncodedTensor:
+def _encode(layers: list[np.ndarray], types: list[int], seal: Callable[[np.ndarray], SealedRun]) -> EncodedTensor:
+    """Runs of f16 layers sealed in one call each; other cache types kept as their rows."""
     bits = np.zeros(len(layers), np.uint8)
     pc = np.zeros(len(layers), np.bool_)
     codes, zeros, scales = [], [], []
@@ -178,18 +181,11 @@ def _encode(layers: list[np.ndarray], types: list[int], plan) -> EncodedTensor:
         if x is None:
             codes.append(np.ascontiguousarray(layers[a]).view(np.uint8).ravel())
             continue
-        fmts, ranges = plan(x)
-        run_z, run_s = [], []
-        for i, fmt in enumerate(fmts):
-            bits[a + i] = kq.BITS[fmt]
-            pc[a + i] = ranges.has_channels and kq.k_per_channel(fmt)
-            if fmt != "f16":
-                z, s = ranges.params(fmt, bool(pc[a + i]))
-                run_z.append(z[i].ravel())
-                run_s.append(s[i].ravel())
-        codes.append(kb.encode(x, bits[a:b], pc[a:b], _cat(run_z), _cat(run_s)))
-        zeros += run_z
-        scales += run_s
+        run = seal(x)
+        bits[a:b], pc[a:b] = run.bits, run.per_channel
+        codes.append(run.codes)
+        zeros.append(run.zero)
+        scales.append(run.scale)
     return EncodedTensor(bits, pc, _cat(codes, np.uint8), _cat(zeros), _cat(scales))
 
 

@@ -7,7 +7,7 @@ through attention (how far a q.k/sqrt(d) logit moves, which softmax amplifies), 
 relative L2.
 
 The errors are estimated in closed form from the group ranges a single pass measures
-(``kernels_numba.kv_block.ranges``), not by encoding every format and measuring it: a
+(inside ``kernels_numba.kv_seal``, which also encodes), not by encoding every format: a
 group of step s rounds with an error spread evenly over [-s/2, s/2], variance s^2/12. So
 V's relative L2 is sqrt(sum n_g s_g^2 / 12) / |V|, and a query q moves a logit by a sum of
 such errors weighted by q, whose standard deviation follows from q^2 and the steps; the
@@ -18,17 +18,16 @@ same space). ``k_error``/``v_error`` measure the real thing, for calibration and
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
 
-from kernels_numba import kv_block as kb
+from kernels_numba import kv_seal
 
 ORDER = ("q2", "q3", "q4", "q8", "f16")  # cheapest first
 BITS = {"q2": 2, "q3": 3, "q4": 4, "q8": 8, "f16": 16}
 FMT_OF_BITS = {b: f for f, b in BITS.items()}
-N_QUERIES = 16
+N_QUERIES = kv_seal.N_QUERIES
 
 
 def k_per_channel(fmt: str) -> bool:
@@ -61,140 +60,22 @@ class QuantPolicy:
 DEFAULT_POLICY = QuantPolicy()
 
 
-@dataclass
-class Ranges:
-    """One pass over a run of layers [L, cells, width] (f16 bits): group ranges for the
-    error estimates and the encoder's parameters."""
-
-    tlo: np.ndarray  # per-token groups [L, cells, ceil(width / 64)]
-    thi: np.ndarray
-    clo: np.ndarray  # per-channel groups [L, ceil(cells / 32), width] (K only)
-    chi: np.ndarray
-    sumsq: np.ndarray  # [L]
-
-    def __post_init__(self) -> None:
-        self._params: dict[tuple[str, bool], tuple[np.ndarray, np.ndarray]] = {}
-
-    @property
-    def has_channels(self) -> bool:
-        return self.clo.shape[2] > 0
-
-    @classmethod
-    def measure(cls, x: np.ndarray, channel: bool, token: np.ndarray | None = None) -> Ranges:
-        """``token``: the layers whose per-token ranges are wanted (default all)."""
-        return cls(*kb.ranges(x, channel, token))
-
-    def add_token(self, x: np.ndarray, layers: np.ndarray) -> None:
-        """Per-token ranges for more ``layers`` (a mask): K measures them only where Q8 is
-        a candidate."""
-        tlo, thi, _, _, ss = kb.ranges(x, False, layers)
-        self.tlo[layers], self.thi[layers], self.sumsq[layers] = tlo[layers], thi[layers], ss[layers]
-        self._params.clear()
-
-    def params(self, fmt: str, per_channel: bool) -> tuple[np.ndarray, np.ndarray]:
-        """f16 minimum and step of every group of every layer: [L, rows, groups] each."""
-        key = (fmt, per_channel)
-        if key not in self._params:  # once per format for every layer of the run
-            lo, hi = (self.clo, self.chi) if per_channel else (self.tlo, self.thi)
-            self._params[key] = kb.params_from_ranges(lo, hi, BITS[fmt])
-        return self._params[key]
-
-
-def _levels(fmt: str) -> float:
-    return float((1 << BITS[fmt]) - 1)
-
-
-def v_errors(r: Ranges, width: int) -> dict[str, np.ndarray]:
-    """Estimated relative L2 error per layer of every format: a group's step is its range
-    over the format's levels (the f16 rounding of the step moves this by < 0.1%)."""
-    gt = r.tlo.shape[2]
-    n_g = np.full(gt, kb.GROUP_TOKEN, np.float32)
-    n_g[-1] = width - kb.GROUP_TOKEN * (gt - 1)
-    span = r.thi - r.tlo
-    base = np.sqrt(((span * span) * n_g).sum(axis=(1, 2), dtype=np.float64) / 12.0)
-    base /= np.sqrt(np.maximum(r.sumsq, 1e-30))
-    out = {fmt: base / _levels(fmt) for fmt in ("q8", "q4", "q3", "q2")}
-    out["f16"] = np.zeros(len(base))
-    return out
-
-
-def sample_queries(x: np.ndarray) -> np.ndarray:
-    """[L, q, width] float32: every (cells / 16)-th key of each layer."""
-    step = max(1, x.shape[1] // N_QUERIES)
-    return x[:, ::step, :].view(np.float16).astype(np.float32)
-
-
 # The estimate's ratio to the measured error on real keys (SmolLM2-135M, stdlib source,
 # 60 layer-blocks; correlation 0.95-0.97): the expected maximum overstates what the block's
 # own queries see by a steady factor, larger for Q8's per-cell steps.
 K_CALIBRATION = {"per_channel": 1.46, "q8": 1.93}
 
 
-def k_errors(
-    r: Ranges, queries: np.ndarray, n_head_kv: int, q8_layers: np.ndarray | None = None
-) -> dict[str, np.ndarray]:
-    """Estimated mean (over sample queries and heads) of the largest logit change over a
-    block's cells, per layer and format. Q4/Q3/Q2 share their groups, so one product serves
-    all three; Q8 only for ``q8_layers`` (rarely needed: a product over every cell), inf
-    elsewhere."""
-    L, nq, W = queries.shape
-    C = r.tlo.shape[1]
-    hd = W // n_head_kv
-    q2 = (queries * queries).reshape(L, nq, n_head_kv, hd).transpose(0, 2, 1, 3)  # [L, H, q, hd]
-    kappa = math.sqrt(2 * math.log(2 * C)) / math.sqrt(12.0 * hd)
-    span = (r.chi - r.clo).transpose(0, 2, 1)  # [L, W, groups]
-    var = np.matmul(q2, (span * span).reshape(L, n_head_kv, hd, -1))  # [L, H, q, groups]
-    base = kappa / K_CALIBRATION["per_channel"] * np.sqrt(var.max(axis=3)).mean(axis=(1, 2), dtype=np.float64)
-    out = {fmt: base / _levels(fmt) for fmt in ("q4", "q3", "q2")}
-    out["f16"] = np.zeros(L)
-    q8 = np.full(L, np.inf)
-    layers = np.flatnonzero(q8_layers) if q8_layers is not None else np.zeros(0, np.int64)
-    if len(layers):
-        sp = r.thi[layers] - r.tlo[layers]  # [n, C, groups of channels]
-        sc = np.repeat(sp, kb.GROUP_TOKEN, axis=2)[:, :, :W].reshape(len(layers), C, n_head_kv, hd)
-        var8 = np.matmul(q2[layers], (sc * sc).transpose(0, 2, 3, 1))  # [n, H, q, C]
-        q8[layers] = (
-            kappa / K_CALIBRATION["q8"] / _levels("q8") * np.sqrt(var8.max(axis=3)).mean(axis=(1, 2), dtype=np.float64)
-        )
-    out["q8"] = q8
-    return out
-
-
-def choose(errors: dict[str, np.ndarray], policy: QuantPolicy, threshold: float, floor: str | None) -> list[str]:
-    """Per layer, the cheapest candidate whose error is under ``threshold`` (f16 always is)."""
-    cands = policy.candidates(floor)
-    out = []
-    for layer in range(len(errors["f16"])):
-        for fmt in cands:
-            if policy.fixed or fmt == "f16" or errors[fmt][layer] <= threshold:
-                out.append(fmt)
-                break
-    return out
-
-
-def plan_k(k: np.ndarray, policy: QuantPolicy, n_head_kv: int, floor: str | None = None) -> tuple[list[str], Ranges]:
-    """Every layer's K format for a run of layers (f16 bits [L, C, W]), and the ranges the
-    encoder reuses: one pass over the keys."""
-    L = k.shape[0]
-    if policy.fixed:
-        per_token = not k_per_channel(policy.fixed)
-        return [policy.fixed] * L, Ranges.measure(k, True, np.full(L, per_token))
-    r = Ranges.measure(k, True, np.zeros(L, bool))
-    queries = sample_queries(k)
-    err = k_errors(r, queries, n_head_kv)
-    cands = policy.candidates(floor)
-    need_q8 = err["q4"] > policy.k_threshold if "q4" in cands else np.ones(L, bool)
-    if "q8" in cands and need_q8.any():
-        r.add_token(k, need_q8)
-        err["q8"] = k_errors(r, queries, n_head_kv, need_q8)["q8"]
-    return choose(err, policy, policy.k_threshold, floor), r
-
-
-def plan_v(v: np.ndarray, policy: QuantPolicy, floor: str | None = None) -> tuple[list[str], Ranges]:
-    r = Ranges.measure(v, False)
-    if policy.fixed:
-        return [policy.fixed] * v.shape[0], r
-    return choose(v_errors(r, v.shape[2]), policy, policy.v_threshold, floor), r
+def seal_run(
+    x: np.ndarray, key: bool, policy: QuantPolicy, n_head_kv: int, floor: str | None = None
+) -> kv_seal.SealedRun:
+    """Every layer of a run of K (``key``) or V layers (f16 bits [L, C, W]) sealed in the
+    cheapest candidate format whose estimated error is under the policy's threshold: one
+    kernel call measures, chooses and encodes."""
+    allowed = np.array([BITS[f] for f in policy.candidates(floor)], np.uint8)
+    threshold = policy.k_threshold if key else policy.v_threshold
+    calib = (K_CALIBRATION["per_channel"], K_CALIBRATION["q8"])
+    return kv_seal.seal(x, allowed, bool(policy.fixed), threshold, key, n_head_kv, calib)
 
 
 # -- measured errors (calibration and tests) ---------------------------------------------------
