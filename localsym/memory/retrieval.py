@@ -20,7 +20,8 @@ import struct
 import time
 import zlib
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +30,7 @@ from kernels_numba import fhrr
 from localsym.errors import BudgetError, LocalsymError
 from localsym.memory import attention_keys
 from localsym.memory.index_db import BlockRow, IndexDB
+from localsym.memory.phrases import Word, assigned_names, boundary_ok, key_shaped, texts_of, words
 
 log = logging.getLogger("localsym.retrieval")
 
@@ -39,6 +41,10 @@ BRUTE_FORCE_MAX = 16384  # blocks (2M tokens at 128): one core scores 8000 in <5
 RERANK_POOL = 4  # sketch candidates per slot that the attention signal reorders
 ATTN_WEIGHT = 0.5  # attention z-score against the sketch's: a weaker signal (bench attention)
 SHORTLIST_MIN = 1024  # token postings rescored beside the LSH candidates, at least
+PHRASE_MAX = 16  # blocks a key may be found in and still pick its blocks out (beyond: not a key)
+PHRASE_SCAN_MAX = 1024  # blocks holding all of a key's tokens that are scanned for it, at most
+HOP_ROUNDS = 6  # assignment hops followed from the needles (``X2 = X1`` -> where X1 is)
+HOP_BLOCKS = 16  # blocks the hops may add
 
 
 class PointerIndex:
@@ -62,6 +68,10 @@ class PointerIndex:
                 self.postings[t].append(b)
         self.n_blocks += 1
         return b
+
+    def count(self, token: int) -> int:
+        """How many blocks hold ``token``."""
+        return self.df.get(token, 0)
 
     def idf(self, token: int) -> float:
         df = self.df.get(token, 0)
@@ -203,10 +213,37 @@ def _margin(scores: np.ndarray, k: int) -> float:
     return float(s[k - 1] - s[k])
 
 
-class Retriever:
-    """The selection policy of the retrieval issue, behind the tiered memory's interface."""
+@dataclass
+class Found:
+    """A question's exact matches: the blocks holding one of its keys as a whole phrase
+    (or, without keys, its rarest tokens), the blocks its rare tokens hit, and the
+    lookalikes left out."""
 
-    def __init__(self, needle_df: int = 4, key_shape: tuple[int, ...] | None = None) -> None:
+    needles: dict[int, float] = field(default_factory=dict)  # block -> weight, for ordering
+    hits: dict[int, float] = field(default_factory=dict)  # block -> idf sum of the rare tokens it holds
+    shadowed: set[int] = field(default_factory=set)  # same-shaped blocks without any asked key
+    keys: list[str] = field(default_factory=list)  # the key words looked for
+    matched: dict[str, int] = field(default_factory=dict)  # key word -> blocks holding it
+    hops: dict[int, str] = field(default_factory=dict)  # block reached by a hop -> the name that led there
+
+    def order(self) -> list[int]:
+        return sorted(self.needles, key=lambda b: (-self.needles[b], b))
+
+
+class Retriever:
+    """The selection policy of the retrieval issue, behind the tiered memory's interface.
+
+    ``piece`` (token id -> its text) turns on exact key phrases and assignment hops;
+    ``tokenize`` (text -> token ids, no BOS) lets a hop look a name up however the text
+    around it tokenizes it."""
+
+    def __init__(
+        self,
+        needle_df: int = 4,
+        key_shape: tuple[int, ...] | None = None,
+        piece: Callable[[int], str] | None = None,
+        tokenize: Callable[[str], list[int]] | None = None,
+    ) -> None:
         self._blocks: list[BlockRow] = []
         self.pointers = PointerIndex()
         self.sketches = SketchIndex()
@@ -214,11 +251,16 @@ class Retriever:
         self.last_ms = 0.0
         self.last_needles: set[str] = set()  # keys of the needle blocks chosen
         self.last_scores: dict[str, float] = {}  # chosen block key -> its sketch score for the question
+        self.last_found = Found()
+        self.last_shadowed: set[str] = set()  # keys of the lookalikes left out
         self._last_q: np.ndarray | None = None
         # attention-native signal: representative keys per block (zeros where a block has none)
         self.key_shape = key_shape
         self._keys = np.zeros((0, *key_shape), np.float16) if key_shape else None
         self._has_keys = np.zeros(0, bool)
+        self._piece_fn, self._tokenize = piece, tokenize
+        self._pieces: dict[int, str] = {}
+        self._words_of: dict[int, tuple[str, list[int], list[Word]]] = {}  # block -> its text, offsets, words
 
     @property
     def blocks(self) -> list[BlockRow]:
@@ -233,8 +275,15 @@ class Retriever:
     def _len_of(self, b: int) -> int:
         return self._blocks[b].n_tokens
 
+    def _key_of(self, b: int) -> str:
+        return self._blocks[b].key
+
     def _rows_of(self, bs: list[int]) -> list[BlockRow | None]:
         return [self._blocks[b] for b in bs]
+
+    def _tokens(self, bs: list[int]) -> dict[int, np.ndarray]:
+        """Exact tokens of blocks ``bs`` (a damaged block is left out)."""
+        return {b: self._blocks[b].tokens for b in bs}
 
     def add(self, block: BlockRow, vector: np.ndarray | None = None) -> None:
         self._blocks.append(block)
@@ -276,37 +325,222 @@ class Retriever:
             combined = combined + ATTN_WEIGHT * np.where(mask, _z(att, mask), 0.0)
         return ids[np.argsort(-combined, kind="stable")]
 
+    # -- exact phrases ----------------------------------------------------------------------------
+    def _piece(self, t: int) -> str:
+        p = self._pieces.get(t)
+        if p is None:
+            assert self._piece_fn is not None  # phrases are looked for only with pieces
+            p = self._pieces[t] = self._piece_fn(t)
+        return p
+
+    def _rare_max(self) -> int:
+        return max(self.needle_df, self._count() // 1000)
+
+    def key_words(self, tokens: Sequence[int]) -> list[tuple[str, tuple[int, ...]]]:
+        """The keys ``tokens`` name (see ``phrases``), each with the token run spelling it."""
+        return [(text, run) for text, run, _ in self._keys_in(tokens)]
+
+    def _keys_in(self, tokens: Sequence[int]) -> list[tuple[str, tuple[int, ...], tuple[int, ...]]]:
+        """``key_words``, each with the (up to) three tokens before it: its frame."""
+        if self._piece_fn is None:
+            return []
+        out: dict[tuple[int, ...], tuple[str, tuple[int, ...]]] = {}
+        toks = [int(t) for t in tokens]
+        for w in words(toks, self._piece):
+            run = tuple(toks[w.start : w.end])
+            if run not in out and self.is_key(w.text, run):
+                out[run] = (w.text, tuple(toks[max(0, w.start - 3) : w.start]))
+        return [(text, run, frame) for run, (text, frame) in out.items()]
+
+    def is_key(self, text: str, run: Sequence[int]) -> bool:
+        """A word shaped like an identifier or a value, or spelled with several tokens one
+        of which is rare here."""
+        rare = self._rare_max()
+        return key_shaped(text) or (len(run) >= 2 and any(0 < self.pointers.count(int(t)) <= rare for t in run))
+
+    def find_phrase(self, run: Sequence[int]) -> list[tuple[int, int]] | None:
+        """Where the token run ``run`` occurs contiguously, as a whole word: (block, offset)
+        each. Candidates are the blocks whose postings hold every token of it, scanned on
+        their exact tokens; None when more than ``PHRASE_SCAN_MAX`` blocks would be."""
+        if not run or self._piece_fn is None:
+            return []
+        p = self.pointers
+        order = sorted(set(run), key=p.count)
+        if p.count(order[0]) == 0:
+            return []
+        cand = p.blocks_with(order[0])
+        for t in order[1:]:
+            if not cand:
+                return []
+            cand &= p.blocks_with(t)
+        if len(cand) > PHRASE_SCAN_MAX:
+            return None
+        arr = np.asarray(run, np.int32)
+        first, last = self._piece(int(arr[0])), self._piece(int(arr[-1]))
+        out = []
+        for b, bt in sorted(self._tokens(sorted(cand)).items()):
+            n = len(bt) - len(arr) + 1
+            if n <= 0:
+                continue
+            for s in np.flatnonzero(bt[:n] == arr[0]).tolist():
+                if len(arr) > 1 and not np.array_equal(bt[s : s + len(arr)], arr):
+                    continue
+                prev = self._piece(int(bt[s - 1])) if s > 0 else None
+                nxt = self._piece(int(bt[s + len(arr)])) if s + len(arr) < len(bt) else None
+                if boundary_ok(prev, first, last, nxt):
+                    out.append((b, s))
+        return out
+
+    def _find_word(self, text: str, run: Sequence[int]) -> list[tuple[int, int, int]] | None:
+        """Where the word ``text`` (spelled ``run`` where it was read) occurs: (block,
+        offset, length) each, however the text around it tokenizes it (after a space, at a
+        line's start); None when it is too common to look for."""
+        runs = {tuple(int(t) for t in run)} if len(run) else set()
+        if self._tokenize is not None:
+            runs |= {tuple(self._tokenize(v)) for v in (text, " " + text)}
+        occ: list[tuple[int, int, int]] = []
+        for r in sorted(runs):
+            got = self.find_phrase(r)
+            if got is None:
+                return None
+            occ += [(b, o, len(r)) for b, o in got]
+        return occ
+
+    def _block_words(self, b: int, bt: np.ndarray) -> tuple[str, list[int], list[Word]]:
+        got = self._words_of.get(b)
+        if got is None:
+            if len(self._words_of) > 4096:
+                self._words_of.clear()
+            text, offs = texts_of(bt.tolist(), self._piece)
+            got = self._words_of[b] = (text, offs, words(bt.tolist(), self._piece))
+        return got
+
+    def _hops(self, found: Found, where: list[tuple[int, int, int]], seen: set[str]) -> None:
+        """Follow assignments from the lines holding the matches in ``where`` ((block,
+        offset, length) each): a name such a line binds or reads (``VAR X2 = VAR X1``) is
+        looked up as a phrase, and the blocks holding it become needles too, for up to
+        ``HOP_ROUNDS`` rounds and ``HOP_BLOCKS`` blocks."""
+        done: set[tuple[int, int]] = set()
+        frontier = where
+        for _ in range(HOP_ROUNDS):
+            nxt: list[tuple[int, int, int]] = []
+            toks = self._tokens(sorted({b for b, _, _ in frontier}))
+            for b, off, _ in frontier:
+                bt = toks.get(b)
+                if bt is None:
+                    continue
+                text, offs, ws = self._block_words(b, bt)
+                c = offs[min(off, len(offs) - 1)]
+                a = text.rfind("\n", 0, c) + 1
+                e = text.find("\n", c)
+                e = len(text) if e < 0 else e
+                if (b, a) in done:
+                    continue
+                done.add((b, a))
+                for name in assigned_names(text[a:e]):
+                    if name in seen or len(name) < 2:
+                        continue
+                    seen.add(name)
+                    run = next(
+                        (
+                            tuple(int(t) for t in bt[w.start : w.end])
+                            for w in ws
+                            if w.text == name and a <= offs[w.start] < e
+                        ),
+                        (),
+                    )
+                    occ = self._find_word(name, run)
+                    if not occ or len({b2 for b2, _, _ in occ}) > PHRASE_MAX:
+                        continue
+                    for b2, _, _ in occ:
+                        if b2 not in found.needles:
+                            if len(found.hops) >= HOP_BLOCKS:
+                                return
+                            found.hops[b2] = name
+                            found.needles[b2] = 0.0
+                    nxt += occ
+            frontier = nxt
+            if not frontier:
+                return
+
+    def find_needles(self, question: Sequence[int], keys_only: bool = False) -> Found:
+        """The question's needle blocks. With keys (``key_words``) found as whole phrases,
+        the needles are every block holding one of them (all values of a key, every key
+        of a multi-key question), then the blocks reached from their assignment lines
+        (``_hops``); blocks its rare tokens hit as strongly as the needles' own threshold
+        but holding none of its keys are same-shaped lookalikes (a distractor ``One of
+        the magic numbers for OTHER-KEY``) and are left out of this question's working set.
+        Without keys found, the needles are the blocks holding its rarest tokens
+        (``keys_only``: none then)."""
+        found = Found()
+        rare = self.pointers.rare(question, self._rare_max())
+        for t in rare:
+            w = self.pointers.idf(t)
+            for b in self.pointers.blocks_with(t):
+                found.hits[b] = found.hits.get(b, 0.0) + w
+        where: list[tuple[int, int, int]] = []
+        seen: set[str] = set()
+        frames: list[tuple[int, ...]] = []
+        for text, run, frame in self._keys_in(question):
+            found.keys.append(text)
+            seen.add(text)
+            occ = self._find_word(text, run)
+            blocks = {b for b, _, _ in occ or ()}
+            if occ is None or not blocks or len(blocks) > PHRASE_MAX:
+                continue
+            found.matched[text] = len(blocks)
+            weight = sum(max(self.pointers.idf(t), 0.1) for t in set(run))
+            for b in blocks:
+                found.needles[b] = found.needles.get(b, 0.0) + weight
+            where += occ
+            if len(frame) >= 2:
+                frames.append(frame)
+        if found.needles:
+            # lookalikes: blocks the rare tokens hit as hard as a needle's own threshold, and
+            # blocks holding a key's frame (`numbers for`) followed by another key
+            top = max(found.hits.values(), default=0.0)
+            found.shadowed = {b for b, s in found.hits.items() if s >= 0.5 * top}
+            for frame in frames:  # a frame common enough to be no frame at all is none
+                lookalike = {b for b, _ in self.find_phrase(frame) or ()}
+                if len(lookalike) <= PHRASE_MAX:
+                    found.shadowed |= lookalike
+            self._hops(found, where, seen)
+            found.shadowed -= set(found.needles)
+        elif found.hits and not keys_only:
+            top = max(found.hits.values())
+            found.needles = {b: s for b, s in found.hits.items() if s >= 0.5 * top}
+        return found
+
     def rank(self, question: Sequence[int], k: int, query: np.ndarray | None = None) -> tuple[list[int], set[int]]:
         """Block numbers, best first, and which of them are needle blocks."""
         n = self._count()
         self._last_q = None
         if n == 0:
+            self.last_found = Found()
             return [], set()
-        rare = self.pointers.rare(question, max(self.needle_df, n // 1000))
-        hits: dict[int, float] = defaultdict(float)
-        for t in rare:
-            w = self.pointers.idf(t)
-            for b in self.pointers.blocks_with(t):
-                hits[b] += w
-        needles = {b for b, s in hits.items() if s >= 0.5 * max(hits.values())} if hits else set()
+        found = self.last_found = self.find_needles(question)
+        hits, out = found.hits, found.shadowed
+        ranked: list[int] = found.order()
+        ranked += [b for b in sorted(hits, key=lambda b: -hits[b]) if b not in found.needles and b not in out]
+        taken = set(ranked) | out
         q_tokens = np.asarray(list(dict.fromkeys(question)), np.int64)
         weights = np.array([self.pointers.idf(t) for t in q_tokens.tolist()], np.float32)
         keep = weights > 0
-        ranked: list[int] = sorted(hits, key=lambda b: -hits[b])
         use_attn = query is not None and self.has_keys
+        pool = k + len(out)  # room for the lookalikes left out
         if keep.any():
             q = self._last_q = self.sketches.sketch(q_tokens[keep], weights[keep])
-            ids, sk = self.search(q, q_tokens[keep], RERANK_POOL * k if use_attn else k)
+            ids, sk = self.search(q, q_tokens[keep], RERANK_POOL * pool if use_attn else pool)
             if use_attn:  # the second signal reorders the sketch's candidates
                 assert query is not None
-                ids = self.rerank(ids, sk, query)[:k]
-            ranked += [int(i) for i in ids if int(i) not in hits]
+                ids = self.rerank(ids, sk, query)[:pool]
+            ranked += [int(i) for i in ids if int(i) not in taken]
         elif use_attn:  # no word of the question is rare enough to weigh: attention alone
             assert query is not None
             ids = np.flatnonzero(self._has_keys[:n])
             att, _ = self.attention(ids, query)
-            ranked += [int(i) for i in ids[np.argsort(-att)[:k]] if int(i) not in hits]
-        return ranked, needles
+            ranked += [int(i) for i in ids[np.argsort(-att)[:pool]] if int(i) not in taken]
+        return ranked, set(found.needles)
 
     def search(
         self, q: np.ndarray, q_tokens: Sequence[int] | np.ndarray, k: int, force: str | None = None
@@ -320,19 +554,22 @@ class Retriever:
         extra = None if force == "lsh" else self.pointers.shortlist(q_tokens, max(SHORTLIST_MIN, self.sketches.n // 16))
         return self.sketches.lsh(q, k, extra=extra)
 
+    def _with_followers(self, order: list[int], needles: set[int]) -> tuple[list[int], set[int]]:
+        """A needle's value may run past its block's end (`KEY = "ab` | `cd"`): the next
+        block of the same document comes right after it, verbatim too."""
+        n = self._count()
+        follow = {b + 1 for b in needles if b + 1 < n and self._doc_of(b + 1) == self._doc_of(b)}
+        out = []
+        for b in order:
+            out.append(b)
+            if b + 1 in follow:
+                out.append(b + 1)
+        return out, set(needles) | follow
+
     def select(self, question: Sequence[int], budget_tokens: int, query: np.ndarray | None = None) -> list[BlockRow]:
         t0 = time.perf_counter()
         ranked, needles = self.rank(question, k=max(8, budget_tokens // 64), query=query)
-        # a needle's value may run past its block's end (`KEY = "ab` | `cd"`): the next
-        # block of the same document comes with it, verbatim too
-        n = self._count()
-        follow = {b + 1 for b in needles if b + 1 < n and self._doc_of(b + 1) == self._doc_of(b)}
-        needles = set(needles) | follow
-        order = []
-        for b in ranked:
-            order.append(b)
-            if b + 1 in follow:
-                order.append(b + 1)
+        order, needles = self._with_followers(ranked, needles)
         chosen, used, seen = [], 0, set()
         for b in order:
             if b in seen:
@@ -343,15 +580,31 @@ class Retriever:
                 continue
             chosen.append(b)
             used += size
-        chosen.sort()
+        # in their documents' order, the documents holding a needle last: what the question
+        # asks about sits nearest to it (a small model reads past a needle buried among
+        # pages of code), and a document's own blocks stay in their order
+        near = {self._doc_of(b) for b in chosen if b in needles}
+        chosen.sort(key=lambda b: (self._doc_of(b) in near, b))
         rows = self._rows_of(chosen)
         q = self._last_q
         scores = self.sketches.matrix[chosen] @ q if q is not None and chosen else np.zeros(len(chosen), np.float32)
         out = [r for r in rows if r is not None]  # a block whose tokens are damaged is left out
         self.last_needles = {r.key for b, r in zip(chosen, rows) if r is not None and b in needles}
+        self.last_shadowed = {self._key_of(b) for b in self.last_found.shadowed}
         self.last_scores = {r.key: float(sc) for r, sc in zip(rows, scores.tolist()) if r is not None}
         self.last_ms = (time.perf_counter() - t0) * 1000
         return out
+
+    def more(self, tokens: Sequence[int], have: set[str]) -> tuple[list[BlockRow], Found]:
+        """For a refresh during decoding: the needle blocks the keys of ``tokens`` (the
+        question and the answer so far) lead to, with their followers and hops, that are
+        not among ``have`` (block keys, with the question's lookalikes), best first."""
+        if self._count() == 0:
+            return [], Found()
+        found = self.find_needles(tokens, keys_only=True)
+        order, _ = self._with_followers(found.order(), set(found.needles))
+        fresh = [b for b in dict.fromkeys(order) if self._key_of(b) not in have]
+        return [r for r in self._rows_of(fresh) if r is not None], found
 
 
 # -- the persisted index: what a session's retrieval needs, kept on disk as blocks are sealed --
@@ -465,9 +718,13 @@ class StoredPointers(PointerIndex):
     def blocks_with(self, token: int) -> set[int]:
         return set(self._post(token))
 
-    def idf(self, token: int) -> float:
-        if token not in self.df:  # a token outside the prepared question (benchmarks)
+    def count(self, token: int) -> int:
+        if token not in self.df:  # a token outside the prepared question (a hop's name, benchmarks)
             self.df[token] = self.db.df([int(token)]).get(int(token), 0) + len(self._mem.get(token, ()))
+        return self.df[token]
+
+    def idf(self, token: int) -> float:
+        self.count(token)
         return super().idf(token)
 
     def shortlist(self, tokens: Sequence[int] | np.ndarray, max_blocks: int) -> np.ndarray:
@@ -484,8 +741,15 @@ class StoredRetriever(Retriever):
     SQLite. Rows missing (a session from before the index) or damaged are rebuilt from
     the blocks' exact tokens and written back, with one warning line."""
 
-    def __init__(self, db: IndexDB, sketch_path: Path, key_shape: tuple[int, ...] | None = None) -> None:
-        super().__init__(key_shape=key_shape)
+    def __init__(
+        self,
+        db: IndexDB,
+        sketch_path: Path,
+        key_shape: tuple[int, ...] | None = None,
+        piece: Callable[[int], str] | None = None,
+        tokenize: Callable[[str], list[int]] | None = None,
+    ) -> None:
+        super().__init__(key_shape=key_shape, piece=piece, tokenize=tokenize)
         self.db = db
         self.file = SketchFile(sketch_path)
         self.pointers: StoredPointers = StoredPointers(db)
@@ -494,6 +758,7 @@ class StoredRetriever(Retriever):
         self._docs = np.zeros(0, np.int64)
         self._lens = np.zeros(0, np.int64)
         self._keys_of: list[str] = []
+        self._token_cache: dict[int, np.ndarray] = {}  # block number -> exact tokens (phrase scans)
         self.repaired = 0  # rows rebuilt from tokens by the last load
 
     # -- loading --------------------------------------------------------------------------------
@@ -552,6 +817,8 @@ class StoredRetriever(Retriever):
         self._lens = np.asarray(cat["n_tokens"], np.int64)[keep]
         self._keys_of = [k for k, kp in zip(cat["keys"], keep.tolist()) if kp]
         self.sketches.load(m)
+        self._token_cache.clear()
+        self._words_of.clear()
         if self.key_shape is not None:
             self._keys = np.zeros((0, *self.key_shape), np.float16)
             self._has_keys = np.zeros(0, bool)
@@ -577,9 +844,27 @@ class StoredRetriever(Retriever):
     def _len_of(self, b: int) -> int:
         return int(self._lens[b])
 
+    def _key_of(self, b: int) -> str:
+        return self._keys_of[b]
+
     def _rows_of(self, bs: list[int]) -> list[BlockRow | None]:
         rows = self.db.rows([int(self._ids[b]) for b in bs])
         return [rows.get(int(self._ids[b])) for b in bs]
+
+    def _tokens(self, bs: list[int]) -> dict[int, np.ndarray]:
+        missing = [b for b in bs if b not in self._token_cache]
+        if missing:
+            if len(self._token_cache) + len(missing) > 2 * PHRASE_SCAN_MAX:
+                self._token_cache.clear()
+            for b, r in zip(missing, self._rows_of(missing)):
+                if r is not None:
+                    self._token_cache[b] = r.tokens
+        return {b: self._token_cache[b] for b in bs if b in self._token_cache}
+
+    def more(self, tokens: Sequence[int], have: set[str]) -> tuple[list[BlockRow], Found]:
+        self._ensure()
+        self.pointers.prepare(tokens)
+        return super().more(tokens, have)
 
     def rank(self, question: Sequence[int], k: int, query: np.ndarray | None = None) -> tuple[list[int], set[int]]:
         self._ensure()
