@@ -48,6 +48,22 @@ class Arranged:
     probe_ms: float = 0.0  # the question's probe decode for attention-native scoring
     # per document block chosen: (block, its sketch score for the question, "restored" or "reinjected")
     sources: list[tuple[BlockRow, float, str]] = field(default_factory=list)
+    budget: int = 0  # tokens of documents the set may hold
+    needles: set[str] = field(default_factory=set)  # keys of the blocks re-prefilled verbatim
+    shadowed: set[str] = field(default_factory=set)  # keys of the question's lookalikes, left out
+    scores: dict[str, float] = field(default_factory=dict)  # block key -> its sketch score
+
+
+@dataclass
+class Refresh:
+    """What one decode-time refresh changed."""
+
+    added: list[BlockRow]
+    dropped: list[BlockRow]
+    restored: int  # blocks brought back from the store (the new ones, and those after the first dropped)
+    reinjected: int  # blocks re-prefilled from their exact tokens
+    select_ms: float
+    ms: float  # the whole refresh: selection and bringing blocks in
 
 
 class WorkingSet:
@@ -72,6 +88,7 @@ class WorkingSet:
         self._make_selector = make_selector or (lambda shape: Retriever(key_shape=shape))
         self.selector = self._new_selector()
         self.recomputed = 0  # blocks rebuilt so far (any path)
+        self.last: Arranged | None = None  # the latest question's set (a refresh changes it)
         self.hot.decode("sink", sink)
 
     def _new_selector(self) -> Retriever:
@@ -117,7 +134,23 @@ class WorkingSet:
             out.probe_ms = (time.perf_counter() - t0) * 1000
         out.docs = self.selector.select(question, max(budget, 0), query)
         out.select_ms = self.selector.last_ms
-        needles = self.selector.last_needles
+        out.budget = max(budget, 0)
+        out.needles = set(self.selector.last_needles)
+        out.scores = dict(self.selector.last_scores)
+        out.shadowed = set(self.selector.last_shadowed)
+        before = self.recomputed
+        self._bring(out)
+        out.sources = [
+            (r, out.scores.get(r.key, 0.0), "reinjected" if r.key in out.needles else "restored") for r in out.docs
+        ]
+        out.recomputed = self.recomputed - before
+        self.last = out
+        return out
+
+    def _bring(self, out: Arranged) -> tuple[int, int]:
+        """Make the context hold the sink, ``out.docs``, the close of the system turn and
+        ``out.recent``: the longest prefix it holds already stays, the rest comes in
+        (needles re-prefilled, the others restored). Returns (restored, re-injected)."""
         want: list[tuple[str, BlockRow | None]] = [
             ("sink", None),
             *[(r.key, r) for r in out.docs],
@@ -129,20 +162,73 @@ class WorkingSet:
         while keep < min(len(have), len(want)) and have[keep] == want[keep][0]:
             keep += 1
         self.hot.truncate(keep)
-        before = self.recomputed
+        restored = reinjected = 0
         for key, row in want[keep:]:
             if row is None:
                 self.hot.decode(key, self.close)
-            elif row.key in needles:
+            elif row.key in out.needles:
                 self.hot.decode(row.key, row.tokens.tolist())
-                out.reinjected += 1
+                reinjected += 1
             else:
                 self.restore(row)
-                out.restored += 1
-        scores = self.selector.last_scores
-        out.sources = [(r, scores.get(r.key, 0.0), "reinjected" if r.key in needles else "restored") for r in out.docs]
-        out.recomputed = self.recomputed - before
-        return out
+                restored += 1
+        out.restored += restored
+        out.reinjected += reinjected
+        return restored, reinjected
+
+    def settle(self) -> None:
+        """Bring the latest set in whole again (after a refresh was cancelled midway)."""
+        if self.last is not None:
+            self._bring(self.last)
+
+    def refresh(self, tokens: list[int]) -> Refresh | None:
+        """Choose the working set again during an answer (seed 003's decode-time refresh):
+        the needle blocks that the keys of ``tokens`` (the question and the answer so far)
+        lead to and that the context lacks come in, in place of the lowest-scored blocks
+        that are not needles when the budget is spent; needles already in stay. The
+        context then ends with the recent conversation again: the caller decodes the
+        question and the answer so far after it. None when nothing new is wanted (the
+        context is left as it was)."""
+        last = self.last
+        if last is None:
+            return None
+        t0 = time.perf_counter()
+        have = {r.key for r in last.docs} | last.shadowed  # lookalikes stay out
+        new, _ = self.selector.more(tokens, have)
+        ms = (time.perf_counter() - t0) * 1000
+        if not new:
+            return None
+        used = sum(r.n_tokens for r in last.docs)
+        evictable = sorted(
+            (r for r in last.docs if r.key not in last.needles), key=lambda r: last.scores.get(r.key, 0.0)
+        )
+        taken: list[BlockRow] = []
+        dropped: list[BlockRow] = []
+        for row in new:
+            while used + row.n_tokens > last.budget and evictable:
+                victim = evictable.pop(0)
+                dropped.append(victim)
+                used -= victim.n_tokens
+            if used + row.n_tokens > last.budget:
+                break
+            taken.append(row)
+            used += row.n_tokens
+        if not taken:
+            return None
+        gone = {r.key for r in dropped}
+        # the blocks dropped leave the context and the gap closes (a shift, as the ingest
+        # window slides): what followed them, needles included, stays without being
+        # decoded again; the new blocks go after the ones kept
+        for i in sorted((i for i, seg in enumerate(self.hot.segments) if seg.key in gone), reverse=True):
+            self.hot.drop_front(i, 1)
+        last.docs = [r for r in last.docs if r.key not in gone] + sorted(taken, key=lambda r: (r.doc_id, r.idx))
+        last.needles |= {r.key for r in taken}
+        before = self.recomputed
+        restored, reinjected = self._bring(last)
+        last.recomputed += self.recomputed - before
+        for r in taken:
+            last.sources.append((r, last.scores.get(r.key, 0.0), "reinjected"))
+        return Refresh(taken, dropped, restored, reinjected, ms, (time.perf_counter() - t0) * 1000)
 
     # -- a document's window during ingest -----------------------------------------------------
     def arrange_window(self, want: list[BlockRow]) -> None:

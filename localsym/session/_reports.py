@@ -45,6 +45,11 @@ class TurnStats:
     # "score" (the block's sketch similarity to the question), "how": "restored" (its KV
     # from the block store) or "reinjected" (its exact tokens prefilled again)}
     sources: list[dict[str, Any]] = field(default_factory=list)
+    # decode-time refreshes that brought blocks in: {"at" (answer tokens so far), "reason"
+    # ("word" or "newline"), "words" (the answer's new keys), "blocks" (path, lines, how),
+    # "dropped" (blocks that made room), "ms"}; and how many re-scorings were made
+    refreshes: list[dict[str, Any]] = field(default_factory=list)
+    refresh_checks: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in self.__dict__.items()}

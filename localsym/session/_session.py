@@ -38,10 +38,11 @@ from localsym.memory.block_store import BlockStore, Sealed
 from localsym.memory.hot import N_SEQ
 from localsym.memory.index_db import BlockRow, IndexDB
 from localsym.memory.kv_quant import QuantPolicy, mix_summary
+from localsym.memory.phrases import words
 from localsym.memory.pinning import needle_like
 from localsym.memory.query_probe import AttentionSignal
 from localsym.memory.retrieval import StoredRetriever
-from localsym.memory.working_set import WorkingSet
+from localsym.memory.working_set import Refresh, WorkingSet
 from localsym.runtime.bridge import Cancelled
 from localsym.runtime.engine import Engine, GenParams, GenStats, RunOptions
 from localsym.runtime.model_info import model_info
@@ -148,6 +149,11 @@ class Session:
         self._n_docs, self._doc_token_count = db.doc_block_totals()
         self.turns: list[BlockRow] = db.blocks("turn")
         sketches = db.path.with_name("sketches.lsx")
+        lm = engine.model
+
+        def piece(t: int) -> str:
+            return lm.piece(t).decode("utf-8", "replace")
+
         self.working = WorkingSet(
             engine.ctx,
             self.n_caches,
@@ -157,7 +163,7 @@ class Session:
             attn,
             self._pinned,
             self._doc_rows,
-            lambda shape: StoredRetriever(db, sketches, shape),
+            lambda shape: StoredRetriever(db, sketches, shape, piece, lm.tokenize),
         )
         self._closed = False
         self._dirty = False  # something was written: close records the totals
@@ -485,14 +491,15 @@ class Session:
         return report
 
     # -- asking ---------------------------------------------------------------------------------------
-    def ask(self, question: str, params: GenParams | None = None, raw: bool = False) -> Turn:
+    def ask(self, question: str, params: GenParams | None = None, raw: bool = False, refresh: bool = True) -> Turn:
         """A turn: iterate it for the answer's pieces; its ``stats`` fill in as it runs. The
         turn is finished (the KV made whole, the exchange stored) when it is read to the
         end or closed, whichever comes first: a caller that stops early still leaves a
         consistent session.
 
         ``raw``: the question is a completion prompt, sent without the chat turn's framing
-        (base models asked in completion form)."""
+        (base models asked in completion form). ``refresh``: choose the working set again
+        while answering, when the answer names a key the question did not (``_Watch``)."""
         if not question.strip():
             raise LocalsymError("empty question")
         params = params or GenParams()
@@ -500,7 +507,7 @@ class Session:
             params = replace(
                 params, stop=tuple(params.stop) + tuple(s for s in self.default_stop if s not in params.stop)
             )
-        return Turn(self, question, params, raw)
+        return Turn(self, question, params, raw, refresh)
 
     def cancel(self) -> None:
         """Stop a running answer between tokens (callable from another thread)."""
@@ -546,8 +553,9 @@ class Turn:
     turn's numbers (complete once it is finished); ``close()`` (or leaving a ``with``
     block, or reading to the end) finishes it."""
 
-    def __init__(self, session: Session, question: str, params: GenParams, raw: bool) -> None:
+    def __init__(self, session: Session, question: str, params: GenParams, raw: bool, refresh: bool = True) -> None:
         self.session, self.question, self.params, self.raw = session, question, params, raw
+        self.refresh = refresh
         self.stats = TurnStats()
         self._gen: Generator[str, None, None] | None = None
         self._finished = False
@@ -594,47 +602,177 @@ class Turn:
             return
         st.restored_blocks, st.reinjected_blocks, st.recomputed_blocks = ws.restored, ws.reinjected, ws.recomputed
         st.select_ms, st.probe_ms = ws.select_ms, ws.probe_ms
-        st.sources = [
-            {
-                "path": row.source,
-                "lines": list(row.lines) if row.lines else None,
-                "score": round(score, 4),
-                "how": how,
-            }
-            for row, score, how in ws.sources
-        ]
+        st.sources = _sources(ws.sources)
         st.blocks_in_working_set = len(ws.docs) + len(ws.recent)
         turn_start = s.working.hot.end
-        gen = GenStats()
+        watch = _Watch(s, q_ids) if self.refresh else None
+        prefix: list[int] = []  # answer tokens generated before the latest refresh
         pieces: list[str] = []
+        decoded, decode_s = 0, 0.0  # decode steps and seconds of the parts a refresh ended
+        gen = GenStats()
         try:
-            for piece in eng.generate(q_toks, turn_start, p, seq=0, stats=gen):
-                if not pieces:
-                    st.ttft_s = time.perf_counter() - t0
-                pieces.append(piece)
-                yield piece
+            while True:
+                gen = GenStats()
+                part = replace(p, max_tokens=p.max_tokens - len(prefix))
+                it = eng.generate(q_toks + prefix, turn_start, part, seq=0, stats=gen)
+                t_part = t_tok = time.perf_counter()
+                refresh: Refresh | None = None
+                stopped = cancelled = False
+                for piece in it:
+                    if not pieces:
+                        st.ttft_s = time.perf_counter() - t0
+                    pieces.append(piece)
+                    yield piece
+                    t_tok = time.perf_counter()
+                    if prefix and p.stop and any(x in "".join(pieces) for x in p.stop):
+                        stopped = True  # a stop string across a refresh, which the engine cannot see
+                        break
+                    reason = watch.due(prefix + gen.tokens) if watch is not None else None
+                    if watch is not None and reason is not None and not eng.ctx.cancelled:
+                        try:
+                            refresh = watch.refresh(q_ids, prefix + gen.tokens, reason)
+                        except Cancelled:  # stopped while blocks came in: complete the set, then stop
+                            eng.ctx.clear_cancel()
+                            s.working.settle()
+                            cancelled = True
+                            break
+                        if refresh is not None:
+                            break
+                if not (stopped or cancelled or refresh is not None):
+                    break
+                if isinstance(it, Generator):
+                    it.close()  # the engine's sampler is freed; nothing else touches the context
+                if gen.prompt_decoded:  # the part's decode steps, for the answer's speed
+                    decoded += max(len(gen.tokens) - 1, 0)
+                    decode_s += t_tok - t_part - gen.prefill_s
+                if stopped:
+                    gen.stop_reason = "stop"
+                    break
+                if cancelled:  # the context holds the set, not the turn: it is decoded whole
+                    prefix += gen.tokens
+                    turn_start = s.working.hot.end
+                    gen = GenStats(cancelled=True, stop_reason="cancelled")
+                    break
+                assert refresh is not None
+                st.restored_blocks += refresh.restored
+                st.reinjected_blocks += refresh.reinjected
+                prefix += gen.tokens
+                turn_start = s.working.hot.end
+                if len(prefix) >= p.max_tokens:
+                    gen = GenStats(prompt_decoded=False, stop_reason="length")
+                    break
         finally:
-            self._finish(q_toks, gen, "".join(pieces), turn_start, t0)
+            if watch is not None:
+                st.refreshes, st.refresh_checks = watch.log, watch.checks
+                assert s.working.last is not None
+                st.sources = _sources(s.working.last.sources)
+                st.blocks_in_working_set = len(s.working.last.docs) + len(s.working.last.recent)
+            self._finish(q_toks, prefix, gen, "".join(pieces), turn_start, t0, decoded, decode_s)
 
-    def _finish(self, q_toks: list[int], gen: GenStats, answer: str, turn_start: int, t0: float) -> None:
+    def _finish(
+        self,
+        q_toks: list[int],
+        prefix: list[int],
+        gen: GenStats,
+        answer: str,
+        turn_start: int,
+        t0: float,
+        decoded: int = 0,
+        decode_s: float = 0.0,
+    ) -> None:
         """Bring the KV in line with the whole turn (the undecoded tail and the end-of-turn
-        marker) and store it, however the turn ended."""
+        marker) and store it, however the turn ended. ``prefix``: answer tokens generated
+        before the latest refresh (decoded again after the question since, as part of the
+        last part's prompt); ``decoded``/``decode_s``: the earlier parts' decode steps."""
         s, st = self.session, self.stats
         fr, ctx = s.frame, s.engine.ctx
         ctx.clear_cancel()
+        prompt = q_toks + prefix
         if gen.prompt_decoded:
-            tail, pos = gen.tokens[gen.n_decoded :] + fr.answer_end, turn_start + len(q_toks) + gen.n_decoded
+            tail, pos = gen.tokens[gen.n_decoded :] + fr.answer_end, turn_start + len(prompt) + gen.n_decoded
         else:  # stopped during the prompt's prefill: decode it whole again
-            tail, pos = q_toks + fr.answer_end, turn_start
+            tail, pos = prompt + gen.tokens + fr.answer_end, turn_start
         ctx.seq_rm(0, pos, -1)
         ctx.decode(tail, pos, 0, logits="none")
         self._finished = True
         st.answer, st.ttft_s = answer, st.ttft_s or (time.perf_counter() - t0)
-        st.decode_tok_s = gen.decode_tok_s
-        st.prompt_tokens, st.completion_tokens = gen.prompt_tokens, gen.completion_tokens
+        steps = decoded + max(gen.completion_tokens - 1, 0)
+        seconds = decode_s + (gen.decode_s if gen.completion_tokens > 1 else 0.0)
+        st.decode_tok_s = steps / seconds if prefix and seconds > 0 else gen.decode_tok_s
+        st.prompt_tokens, st.completion_tokens = len(q_toks), len(prefix) + gen.completion_tokens
         st.cancelled = gen.cancelled
         st.stop_reason = gen.stop_reason or "closed"  # closed by the caller before it ended
         # stored last: on a full disk the answer and its numbers stand, the exchange is not recorded
-        s._store_turn(self.question, answer, q_toks + gen.tokens + fr.answer_end, turn_start)
+        s._store_turn(self.question, answer, prompt + gen.tokens + fr.answer_end, turn_start)
         st.total_tokens, st.hot_tokens = s.total_tokens, s.working.hot.n_tokens
         st.blocks_total = s._n_docs + len(s.turns)
+
+
+def _sources(sources) -> list[dict]:
+    return [
+        {"path": row.source, "lines": list(row.lines) if row.lines else None, "score": round(score, 4), "how": how}
+        for row, score, how in sources
+    ]
+
+
+REFRESH_MAX = 3  # refreshes that bring blocks in, per answer
+REFRESH_CHECKS = 8  # re-scorings per answer
+REFRESH_GAP = 4  # answer tokens between two re-scorings, except at a newline
+
+
+class _Watch:
+    """When to choose the working set again during an answer: once a word of the answer
+    is complete that names a key the question did not (an identifier, a value, a word
+    rare in the session), at the next newline or ``REFRESH_GAP`` tokens on; at most
+    ``REFRESH_CHECKS`` re-scorings and ``REFRESH_MAX`` refreshes per answer."""
+
+    def __init__(self, session: Session, q_ids: list[int]) -> None:
+        self.session = session
+        self.selector = session.working.selector
+        model = session.engine.model
+        self.piece = lambda t: model.piece(t).decode("utf-8", "replace")
+        self.known = {w for w, _ in self.selector.key_words(q_ids)}
+        self.pending: list[str] = []
+        self.checks = 0
+        self.last_at = 0
+        self.log: list[dict] = []
+
+    def due(self, answer: list[int]) -> str | None:
+        """After each token the answer yields: the reason to re-score now, or None."""
+        if not answer or self.checks >= REFRESH_CHECKS or len(self.log) >= REFRESH_MAX:
+            return None
+        p = self.piece(answer[-1])
+        if not p or not (p[0].isalnum() or p[0] == "_") or "\n" in p:  # a word may have ended before it
+            tail = answer[-24:-1]
+            ws = words(tail, self.piece)
+            if ws and ws[-1].end == len(tail):
+                w = ws[-1]
+                if w.text not in self.known:
+                    self.known.add(w.text)
+                    if self.selector.is_key(w.text, tail[w.start : w.end]):
+                        self.pending.append(w.text)
+        if self.pending and ("\n" in p or len(answer) - self.last_at >= REFRESH_GAP):
+            return "newline" if "\n" in p else "word"
+        return None
+
+    def refresh(self, q_ids: list[int], answer: list[int], reason: str) -> Refresh | None:
+        """Re-score with the question and the answer so far; bring in what is new."""
+        self.checks += 1
+        self.last_at = len(answer)
+        words_, self.pending = self.pending, []
+        r = self.session.working.refresh(q_ids + answer)
+        if r is not None:
+            self.log.append(
+                {
+                    "at": len(answer),
+                    "reason": reason,
+                    "words": words_,
+                    "blocks": [
+                        {"path": b.source, "lines": list(b.lines) if b.lines else None, "how": "reinjected"}
+                        for b in r.added
+                    ],
+                    "dropped": len(r.dropped),
+                    "ms": round(r.ms, 1),
+                }
+            )
+        return r
