@@ -511,6 +511,8 @@ def cmd_ask(a: argparse.Namespace) -> int:
                 }
                 # the document blocks that served the answer: path, line range, score, restored/reinjected
                 | {"sources": d.get("sources", [])}
+                # the working set chosen again while answering: at which token, why, the blocks brought in
+                | {"refreshes": d.get("refreshes", [])}
             )
         )
     else:
@@ -528,6 +530,9 @@ def cmd_ask(a: argparse.Namespace) -> int:
         for src in stats.sources:
             how = f"score {src.get('score', 0):.2f}, {src.get('how', '?')}"
             sys.stderr.write(f"{'source:':<22}{source_label(src)} ({how})\n")
+        for r in getattr(stats, "refreshes", []):
+            brought = ", ".join(source_label(b) for b in r["blocks"])
+            sys.stderr.write(f"{'refresh:':<22}at answer token {r['at']} ({', '.join(r['words'])}): {brought}\n")
     return 0
 
 

@@ -172,7 +172,8 @@ def test_cli_load_and_ask(home, tmp_path):
     # "sources" (the blocks that served the answer) appears once the CLI prints it
     for src in out.get("sources", []):
         assert src["path"].endswith("notes.txt") and src["how"] in ("restored", "reinjected")
-    assert set(out) - {"sources"} == {
+    assert isinstance(out["refreshes"], list)  # the working set chosen again while answering
+    assert set(out) - {"sources", "refreshes"} == {
         "answer",
         "total_tokens",
         "hot_tokens",
