@@ -406,6 +406,9 @@ def run(args: argparse.Namespace) -> int:
                             "reinjected_blocks": st.reinjected_blocks,
                             "blocks_in_working_set": st.blocks_in_working_set,
                             "select_ms": round(st.select_ms, 2),
+                            # the working set chosen again while answering (blocks brought in)
+                            "refreshes": len(getattr(st, "refreshes", None) or []),
+                            "refreshed_blocks": sum(len(r["blocks"]) for r in getattr(st, "refreshes", None) or []),
                             "ingest_s": round(t_ask - t0, 2),
                             "ask_s": round(time.perf_counter() - t_ask, 2),
                         }
@@ -413,7 +416,8 @@ def run(args: argparse.Namespace) -> int:
                     print(
                         f"  {task} {label} trial {i}: {sc:.2f} {answer.strip()[:90]!r} "
                         f"({trials[-1]['ingest_s']}+{trials[-1]['ask_s']} s, "
-                        f"{rep.computed_blocks} blocks computed, {rep.reused_blocks} reused)",
+                        f"{rep.computed_blocks} blocks computed, {rep.reused_blocks} reused, "
+                        f"needles held {held}/{len(inst.inserts)}, {trials[-1]['refreshes']} refreshes)",
                         file=sys.stderr,
                     )
             seconds_per_length[label] = round(time.perf_counter() - t_len, 1)
