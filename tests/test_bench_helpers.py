@@ -1,10 +1,14 @@
-"""Pure helpers of the benchmarks: the needle haystack's pages and the heatmap PNG."""
+"""Pure helpers of the benchmarks: the needle haystack's pages, the heatmap PNG, bench quant's sweep."""
 
 import struct
 import zlib
 
+import pytest
+
 from localsym.bench.heatmap import write_png
 from localsym.bench.needle import _pages
+from localsym.bench.quant import _pairs
+from localsym.errors import LocalsymError
 
 
 def test_needle_pages_keep_their_boundaries_whatever_the_depth():
@@ -29,3 +33,11 @@ def test_heatmap_png_is_valid(tmp_path):
     idat_len = struct.unpack(">I", data[33:37])[0]
     raw = zlib.decompress(data[41 : 41 + idat_len])
     assert len(raw) == h * (1 + 3 * w)
+
+
+def test_quant_sweep_pairs_parse_and_reject_junk_in_one_line():
+    assert _pairs(None) == [] and _pairs("") == []
+    assert _pairs("1.2/0.22, 2/0.3,") == [(1.2, 0.22), (2.0, 0.3)]
+    for bad in ("1.2", "1/2/3", "a/b"):
+        with pytest.raises(LocalsymError, match="K/V threshold pairs"):
+            _pairs(bad)

@@ -124,6 +124,7 @@ def add_parsers(parser: argparse.ArgumentParser, add_runtime_flags: Callable) ->
     s.add_argument("--block", type=int, default=128, help="tokens per block")
     s.add_argument("--k-threshold", type=float, default=None, help="adaptive K threshold (default: the policy's)")
     s.add_argument("--v-threshold", type=float, default=None, help="adaptive V threshold (default: the policy's)")
+    s.add_argument("--sweep", default=None, help="more adaptive K/V threshold pairs in the same run: 1.5/0.25,2/0.3")
     s.add_argument("--vram", default=None, help=VRAM_HELP)
     s.add_argument("-t", "--threads", type=int, default=None)
     _common(s)

@@ -82,6 +82,22 @@ def memcpy_speed(stream: kv_state.KVStream, reps: int = 5) -> float:
     return nbytes / best / 1e9
 
 
+def _pairs(spec: str | None) -> list[tuple[float, float]]:
+    """``"1.2/0.22,1.5/0.25"`` -> [(1.2, 0.22), (1.5, 0.25)]: extra adaptive policies, same run."""
+    from localsym.errors import LocalsymError
+
+    out = []
+    for part in (spec or "").split(","):
+        if not part.strip():
+            continue
+        try:
+            k, v = (float(x) for x in part.split("/"))
+        except ValueError:
+            raise LocalsymError(f"--sweep takes K/V threshold pairs like 1.2/0.22,1.5/0.25, not {part!r}") from None
+        out.append((k, v))
+    return out
+
+
 def run(args: argparse.Namespace) -> int:
     from localsym import model_store
     from localsym.catalog import default_model
@@ -118,15 +134,20 @@ def run(args: argparse.Namespace) -> int:
             "formats": {},
         }
         roundtrip(stream, kq.QuantPolicy(fixed="q4"), eng.info.n_head_kv, args.block)  # compile / warm
-        for fmt in NAMES:
+        default = kq.QuantPolicy()
+        k_thr = default.k_threshold if args.k_threshold is None else args.k_threshold
+        v_thr = default.v_threshold if args.v_threshold is None else args.v_threshold
+        sweep = {f"adaptive@{k:g}/{v:g}": (k, v) for k, v in _pairs(args.sweep)}
+        for fmt in (*NAMES, *sweep):
             if fmt == "f16":
                 nbytes, ppl, qg, dg, mix = f16_bytes, base_ppl, None, None, {}
             else:
-                policy = kq.QuantPolicy(fixed=fmt) if fmt != "adaptive" else kq.QuantPolicy()
-                if fmt == "adaptive" and args.k_threshold is not None:
-                    policy.k_threshold = args.k_threshold
-                if fmt == "adaptive" and args.v_threshold is not None:
-                    policy.v_threshold = args.v_threshold
+                if fmt == "adaptive":
+                    policy = kq.QuantPolicy(k_threshold=k_thr, v_threshold=v_thr)
+                elif fmt in sweep:
+                    policy = kq.QuantPolicy(k_threshold=sweep[fmt][0], v_threshold=sweep[fmt][1])
+                else:
+                    policy = kq.QuantPolicy(fixed=fmt)
                 new, nbytes, tq, td, mix = roundtrip(stream, policy, eng.info.n_head_kv, args.block)
                 ppl = perplexity(ctx, kv_state.write(kv_state.SeqState(state.seq_id, [[new]])), n_pre, follow)
                 qg, dg = f16_bytes / tq / 1e9, f16_bytes / td / 1e9
@@ -138,16 +159,19 @@ def run(args: argparse.Namespace) -> int:
                 "quant_gbs": None if qg is None else round(qg, 3),
                 "dequant_gbs": None if dg is None else round(dg, 3),
             }
-            if fmt == "adaptive":
+            if fmt.startswith("adaptive"):
                 entry["mix"] = mix
+                entry["thresholds"] = [policy.k_threshold, policy.v_threshold]
             result["formats"][fmt] = entry
         # on the Pareto front: no uniform format is at least as small and at least as good
-        ad = result["formats"]["adaptive"]
-        result["adaptive_dominated_by"] = [
-            f
-            for f in ("q8", "q4", "q3", "q2")
-            if result["formats"][f]["ratio"] >= ad["ratio"] and result["formats"][f]["ppl"] <= ad["ppl"]
-        ]
+        for name in ("adaptive", *sweep):
+            ad = result["formats"][name]
+            ad["dominated_by"] = [
+                f
+                for f in ("q8", "q4", "q3", "q2")
+                if result["formats"][f]["ratio"] >= ad["ratio"] and result["formats"][f]["ppl"] <= ad["ppl"]
+            ]
+        result["adaptive_dominated_by"] = result["formats"]["adaptive"]["dominated_by"]
         result["adaptive_on_front"] = not result["adaptive_dominated_by"]
 
     def table(r: dict) -> str:
@@ -165,10 +189,13 @@ def run(args: argparse.Namespace) -> int:
                 f"{e['ppl_ratio']:>11.4f}{qg:>12}{dg:>14}"
             )
         if "mix" in r["formats"].get("adaptive", {}):
-            lines.append(
-                "adaptive mix (layer-blocks): "
-                + ", ".join(f"{k} {v}" for k, v in sorted(r["formats"]["adaptive"]["mix"].items()))
-            )
+            for n, e in r["formats"].items():
+                if n.startswith("adaptive"):
+                    lines.append(
+                        f"{n} {e['thresholds'][0]:g}/{e['thresholds'][1]:g} mix (layer-blocks): "
+                        + ", ".join(f"{k} {v}" for k, v in sorted(e["mix"].items()))
+                        + (f"; dominated by {', '.join(e['dominated_by'])}" if e["dominated_by"] else "")
+                    )
             lines.append(
                 "GB/s: f16 bytes per second sealing whole blocks (choosing formats, all layers in one set "
                 "of kernel calls) and decoding them into state blobs"
