@@ -51,7 +51,7 @@ def _one_line(r, code=1):
     return lines[0]
 
 
-@pytest.mark.parametrize("damage", ["header_dtype", "payload_bit", "truncated", "deleted", "other_block"])
+@pytest.mark.parametrize("damage", ["header_dtype", "payload_bit", "truncated", "deleted", "other_block", "old_layout"])
 def test_damaged_block_files_are_rebuilt_and_the_answer_stays_right(home, damage):
     paths = _loaded()
     victim, other = paths[0], paths[1]
@@ -67,6 +67,11 @@ def test_damaged_block_files_are_rebuilt_and_the_answer_stays_right(home, damage
         victim.write_bytes(data[: len(data) // 2])
     elif damage == "deleted":
         victim.unlink()
+    elif damage == "old_layout":  # a whole, checksummed file from a localsym whose KV codes were laid out v1
+        from localsym.memory import container
+
+        meta, arrays = container.read(victim)
+        container.write(victim, {**meta, "kv_layout": 1}, arrays)
     else:  # another block's file copied over this one: passes its own checksum
         victim.write_bytes(other.read_bytes())
     stats = _ask()

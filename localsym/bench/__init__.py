@@ -95,6 +95,7 @@ def add_parsers(parser: argparse.ArgumentParser, add_runtime_flags: Callable) ->
     s.add_argument("--used", type=int, default=4)
     s.add_argument("--decode", type=int, default=128, help="tokens decoded when recording")
     s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--vram", default=None, help=VRAM_HELP)
     _common(s)
 
     s = sub.add_parser(

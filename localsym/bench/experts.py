@@ -89,7 +89,17 @@ def _alternate(modes: dict, n_tokens: int) -> dict[str, float]:
     return {n: float(np.median(v)) for n, v in runs.items()}
 
 
-def _prefetch_speed(path: Path, n_tokens: int) -> dict:
+def _placement(path: Path, vram: str | None) -> dict:
+    """The fit plan's offload for ``--vram`` (as `run` would place the model): layers on the
+    GPU and the layers whose experts stay in RAM. Nothing offloaded on a CPU build."""
+    from localsym.runtime.engine import RunOptions, make_plan
+    from localsym.runtime.model_info import model_info
+
+    plan = make_plan(model_info(path), RunOptions(n_ctx=1024, vram=vram))
+    return {"n_gpu_layers": plan.n_gpu_layers, "n_cpu_moe": plan.cpu_moe_layers or plan.n_cpu_moe}
+
+
+def _prefetch_speed(path: Path, n_tokens: int, place: dict | None = None) -> dict:
     """Decode tok/s after dropping the file from the page cache: plain llama.cpp against a
     session's live experts (tap, online learning, next-token prefetch), same run."""
     from localsym.experts.live import LiveExperts
@@ -105,7 +115,7 @@ def _prefetch_speed(path: Path, n_tokens: int) -> dict:
             dropper = Prefetcher(path, 0)
             dropper.drop_all()
             dropper.close()
-            model = Model(path, use_mmap=True)
+            model = Model(path, use_mmap=True, **(place or {}))
             live = LiveExperts(path, info, None) if with_live else None
 
             def done():
@@ -128,7 +138,7 @@ def _prefetch_speed(path: Path, n_tokens: int) -> dict:
     }
 
 
-def _observer_cost(path: Path, n_tokens: int) -> dict:
+def _observer_cost(path: Path, n_tokens: int, place: dict | None = None) -> dict:
     """Decode tok/s with routing recorded vs not (model warm in the page cache): what
     recording costs."""
     from localsym.experts.traces import RoutingRecorder
@@ -136,7 +146,7 @@ def _observer_cost(path: Path, n_tokens: int) -> dict:
     from localsym.runtime.model_info import model_info
 
     info = model_info(path)
-    model = Model(path)
+    model = Model(path, **(place or {}))
     modes = {
         "off": lambda: (model, None, lambda: None),
         "on": lambda: (model, RoutingRecorder(info.n_layer, info.n_expert_used).observer, lambda: None),
@@ -191,17 +201,19 @@ def run(args: argparse.Namespace) -> int:
         else:
             from localsym.bench.corpus import stdlib_text
 
-            tr = record(path, stdlib_text(4000), n_decode=args.decode)
+            place = _placement(path, args.vram)
+            tr = record(path, stdlib_text(4000), n_decode=args.decode, **place)
             result["recorded"] = {
                 "model": label,
+                "n_gpu_layers": place["n_gpu_layers"],
                 "layers": info.n_layer,
                 "experts": info.n_expert,
                 "used": info.n_expert_used,
                 "tokens": int(len(tr)),
                 "policies": _policies(tr, info.n_layer, info.n_expert),
             }
-            result["recorded"].update(_observer_cost(path, args.decode))
-            result["recorded"].update(_prefetch_speed(path, args.decode))
+            result["recorded"].update(_observer_cost(path, args.decode, place))
+            result["recorded"].update(_prefetch_speed(path, args.decode, place))
 
     def table(r: dict) -> str:
         lines = [

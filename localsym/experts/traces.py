@@ -8,6 +8,7 @@ Bayes-optimal predictions are computable.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,8 +43,16 @@ class RoutingRecorder:
         return np.stack(self.rows) if self.rows else np.zeros((0, self.n_layer, self.n_used), np.int32)
 
 
-def record(model_path: Path, text: str, n_decode: int = 64, n_ctx: int = 1024) -> np.ndarray:
-    """Prefill ``text`` then decode greedily, recording every token's routing."""
+def record(
+    model_path: Path,
+    text: str,
+    n_decode: int = 64,
+    n_ctx: int = 1024,
+    n_gpu_layers: int = 0,
+    n_cpu_moe: int | Sequence[int] = 0,
+) -> np.ndarray:
+    """Prefill ``text`` then decode greedily, recording every token's routing (offloaded
+    as asked: ``n_gpu_layers``, and the layers whose experts stay in RAM)."""
     from localsym.runtime.bridge import Context, Model, Sampler
     from localsym.runtime.model_info import model_info
 
@@ -51,7 +60,7 @@ def record(model_path: Path, text: str, n_decode: int = 64, n_ctx: int = 1024) -
     if not info.is_moe:
         raise ValueError(f"{model_path.name} is a dense model: no experts to observe")
     rec = RoutingRecorder(info.n_layer, info.n_expert_used)
-    model = Model(model_path)
+    model = Model(model_path, n_gpu_layers=n_gpu_layers, n_cpu_moe=n_cpu_moe)
     ctx = Context(model, n_ctx, observer=rec.observer)
     sampler = Sampler(0.0)
     try:
