@@ -124,3 +124,17 @@ def test_repeat_penalty_changes_a_greedy_answer_and_bad_values_are_refused(smol_
         with pytest.raises(LocalsymError, match="repeat penalty"):
             Sampler(repeat_penalty=bad, n_vocab=eng.model.n_vocab)
     eng.ctx.clear()
+
+
+def test_logits_of_a_long_run_are_read_piece_by_piece_not_past_the_buffer(smol_engine):
+    """llama.cpp keeps only the last n_batch piece's logits: asking for more used to read
+    past its buffer (bench quant with --follow 1024 died of a segfault)."""
+    ctx, m = smol_engine.ctx, smol_engine.model
+    toks = (m.tokenize("one two three four five six seven eight nine ten ") * 200)[: ctx.n_batch + 40]
+    ctx.clear()
+    ctx.decode(toks, 0, 0, logits="all")
+    with pytest.raises(LocalsymError, match=f"logits for 40 tokens, not {len(toks)}"):
+        ctx.logits_all(len(toks))
+    last = ctx.logits_all(40)
+    assert last.shape == (40, m.n_vocab) and np.array_equal(last[-1], ctx.logits())
+    ctx.clear()

@@ -25,8 +25,12 @@ NAMES = ("f16", "q8", "q4", "q3", "q2", "adaptive")
 def perplexity(ctx, blob: bytes | bytearray, start: int, tokens: list[int]) -> float:
     ctx.clear()
     ctx.state_seq_set(0, blob)
-    ctx.decode(tokens, start, 0, logits="all")
-    lg = ctx.logits_all(len(tokens)).astype(np.float64)
+    parts = []
+    for i in range(0, len(tokens), ctx.n_batch):  # llama.cpp keeps one batch's logits
+        piece = tokens[i : i + ctx.n_batch]
+        ctx.decode(piece, start + i, 0, logits="all")
+        parts.append(ctx.logits_all(len(piece)).astype(np.float64))
+    lg = np.concatenate(parts)
     mx = lg.max(axis=1, keepdims=True)
     lse = np.log(np.exp(lg - mx).sum(axis=1)) + mx[:, 0]
     n = len(tokens) - 1

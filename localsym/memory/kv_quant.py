@@ -41,11 +41,13 @@ class QuantPolicy:
     formats: tuple[str, ...] = ("q8", "q4", "q3", "q2")
     # On SmolLM2-135M (stdlib source) K's logit change runs ~0.09 at q8, ~0.7 at q4, ~1.5 at
     # q3, ~3.6 at q2; V's relative L2 ~0.006, ~0.10, ~0.22, ~0.5.
-    # Chosen on `bench quant` (SmolLM2, one run, the same context): K 1.0 / V 0.2 gave 3.35x
-    # at ppl 0.977 (0.5% more bytes than uniform Q4); 1.2 / 0.22 gives 3.72x at 0.9996,
-    # below uniform Q4's 1.0034 with 10% fewer bytes; 1.2 / 0.25 3.89x at 1.012 (above Q4's).
-    k_threshold: float = 1.2
-    v_threshold: float = 0.22
+    # Chosen on `bench quant --context 3072 --follow 1024 --block 256` (SmolLM2, stdlib
+    # source; one run, all policies on the same context): 2.0 / 0.3 gives 4.20x at ppl 1.012,
+    # where 1.2 / 0.22 (the earlier default) gave 3.61x at the same 1.012 and uniform Q3 4.27x
+    # at 1.055, Q4 3.37x at 1.001; 2.5 / 0.35 4.28x at 1.025. At 128-token blocks: 4.24x at
+    # 1.016 (Q3 4.27x at 1.055). Blocks holding keys are pinned at Q8 whatever this says.
+    k_threshold: float = 2.0
+    v_threshold: float = 0.3
     fixed: str | None = None  # one format for everything (benchmarks, tests)
 
     def candidates(self, floor: str | None = None) -> list[str]:

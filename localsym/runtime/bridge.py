@@ -480,6 +480,7 @@ class Context:
         self.n_threads = threads
         self._batch = lc.llama_batch_init(n_batch, 0, n_seq_max)
         self._n_vocab = model.n_vocab
+        self._n_outputs = 0  # logits rows the last llama_decode kept (its batch's flags)
         _live.add(self)
 
     def close(self) -> None:
@@ -544,6 +545,7 @@ class Context:
                         b.seq_id[j][k] = s
                 b.logits[j] = flags[i]
             b.n_tokens = end - start
+            self._n_outputs = 0
             rc = lc.llama_decode(self._ptr, b)
             if self._tap is not None:
                 self._tap.flush(ok=rc == 0)
@@ -553,6 +555,7 @@ class Context:
                 raise BudgetError("the hot context is full: no KV cell is free for the batch")
             if rc != 0:
                 raise LocalsymError(f"llama_decode failed ({rc}): {_last_error('see the log')}")
+            self._n_outputs = sum(flags[start:end])
 
     def logits(self, i: int = -1) -> np.ndarray:
         """Logits of the i-th output of the last decode (a copy)."""
@@ -562,7 +565,10 @@ class Context:
         return np.ctypeslib.as_array(ptr, shape=(self._n_vocab,)).copy()
 
     def logits_all(self, n: int) -> np.ndarray:
-        """The logits of the last decode's ``n`` outputs, [n, vocab] (a copy)."""
+        """The logits of the last decode's ``n`` outputs, [n, vocab] (a copy). Only the last
+        ``n_batch`` piece's outputs are kept: decode longer runs piece by piece."""
+        if n > self._n_outputs:  # reading past llama.cpp's buffer would crash the process
+            raise LocalsymError(f"the last decode kept logits for {self._n_outputs} tokens, not {n}")
         ptr = lc.llama_get_logits(self._ptr)
         if not ptr:
             raise LocalsymError("no logits")
