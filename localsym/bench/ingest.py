@@ -66,7 +66,7 @@ def _model(spec: str | None) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from localsym.session import PlainModel, RunOptions, Session, SessionConfig
+    from localsym.session import PlainModel, RunOptions, Session, SessionConfig, default_model
 
     model = _model(args.model)
     opts = RunOptions(n_ctx=args.hot, vram=args.vram, n_threads=args.threads, n_gpu_layers=args.n_gpu_layers)
@@ -97,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
     during = statistics.median(b / sec / 1e6 for sec, b in rep.seals if sec > 0)
     raw = statistics.median(raw_s)
     result = {
-        "model": args.model or "default",
+        "model": args.model or default_model(),
         "device": st.device,
         "plan": st.plan,
         "tokens": rep.tokens,
