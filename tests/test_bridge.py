@@ -138,3 +138,16 @@ def test_logits_of_a_long_run_are_read_piece_by_piece_not_past_the_buffer(smol_e
     last = ctx.logits_all(40)
     assert last.shape == (40, m.n_vocab) and np.array_equal(last[-1], ctx.logits())
     ctx.clear()
+
+
+def test_a_closed_models_tokenizer_is_an_error_not_a_segfault(smol_path):
+    """The vocab lives inside the model: bench ruler tokenized cwe lists after its
+    Tokenizer was closed and died of a segfault."""
+    from localsym.runtime.bridge import Model
+
+    m = Model(smol_path, vocab_only=True)
+    assert m.tokenize("hello") and m.piece(m.tokenize("hello")[0])
+    m.close()
+    for call in (lambda: m.tokenize("hello"), lambda: m.piece(1), lambda: m.is_eog(1)):
+        with pytest.raises(LocalsymError, match="model is closed"):
+            call()

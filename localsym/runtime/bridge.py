@@ -135,6 +135,14 @@ class Model:
             raise LocalsymError("model is closed")
         return self._ptr
 
+    @property
+    def vocab(self):
+        """The vocab's pointer; it lives inside the model, so it dies with it (a tokenize
+        after close would read freed memory: a segfault, not an error)."""
+        if self._ptr is None:
+            raise LocalsymError("model is closed")
+        return self._vocab
+
     def close(self) -> None:
         if getattr(self, "_ptr", None):
             lc.llama_model_free(self._ptr)
@@ -184,11 +192,11 @@ class Model:
         data = text.encode("utf-8")
         cap = len(data) + 16
         buf = (lc.llama_token * cap)()
-        n = lc.llama_tokenize(self._vocab, data, len(data), buf, cap, add_special, parse_special)
+        n = lc.llama_tokenize(self.vocab, data, len(data), buf, cap, add_special, parse_special)
         if n < 0:
             cap = -n
             buf = (lc.llama_token * cap)()
-            n = lc.llama_tokenize(self._vocab, data, len(data), buf, cap, add_special, parse_special)
+            n = lc.llama_tokenize(self.vocab, data, len(data), buf, cap, add_special, parse_special)
         return list(buf[:n])
 
     def piece(self, token: int, special: bool = False) -> bytes:
@@ -197,10 +205,10 @@ class Model:
         if cached is not None:
             return cached
         buf = ctypes.create_string_buffer(64)
-        n = lc.llama_token_to_piece(self._vocab, token, buf, 64, 0, special)
+        n = lc.llama_token_to_piece(self.vocab, token, buf, 64, 0, special)
         if n < 0:
             buf = ctypes.create_string_buffer(-n)
-            n = lc.llama_token_to_piece(self._vocab, token, buf, -n, 0, special)
+            n = lc.llama_token_to_piece(self.vocab, token, buf, -n, 0, special)
         out = buf.raw[:n]
         self._piece_cache[key] = out
         return out
@@ -209,7 +217,7 @@ class Model:
         return b"".join(self.piece(t, special) for t in tokens).decode("utf-8", errors="replace")
 
     def is_eog(self, token: int) -> bool:
-        return bool(lc.llama_vocab_is_eog(self._vocab, token))
+        return bool(lc.llama_vocab_is_eog(self.vocab, token))
 
 
 class _BuftOverride(ctypes.Structure):
