@@ -170,3 +170,27 @@ def test_refresh_candidates_are_the_answers_new_keys(vocab):
     assert [row.key for row in rows][:1] == [f"k{where[notes[1]]}"]
     assert "ZORBLAX_7" in found.matched
     assert r.more(q, have)[0] == []  # the question's own keys bring nothing new
+
+
+def test_a_key_cut_by_a_block_boundary_is_found_in_both_blocks(vocab):
+    """The needle's key runs past its block's end (` damp-` | `ribbon`): it is found as
+    a phrase across the two blocks of its document, not left to the rare tokens."""
+    rng = random.Random(6)
+    (key, value), (other, other_value) = _needles(rng, ["damp-ribbon", "damp-violin"])
+    r, where = _retriever(vocab, [NIAH_NEEDLE.format(key=other, value=other_value)], n_pages=12, seed=6)
+    run = vocab.tokenize(" " + key)
+    needle = vocab.tokenize(" " + NIAH_NEEDLE.format(key=key, value=value))
+    at = next(i for i in range(len(needle)) if needle[i : i + len(run)] == run)
+    filler = vocab.tokenize(stdlib_text(20_000))
+    toks = filler[: B - at - 2] + needle + filler[B : 2 * B]  # the cut falls after the key's second token
+    assert toks[B - 2 : B + len(run) - 2] == run
+    b0, doc = len(r.blocks), max(b.doc_id for b in r.blocks) + 1
+    for j in range(0, len(toks), B):
+        r.add(
+            BlockRow(b0 + j // B, doc, j // B, f"k{b0 + j // B}", 0, np.asarray(toks[j : j + B], np.int32), "file", "x")
+        )
+    assert r.find_phrase(run) == [(b0, B - 2)]
+    chosen = r.select(vocab.tokenize(NIAH_QUESTION.format(query=key)), budget_tokens=8 * B)
+    assert {f"k{b0}", f"k{b0 + 1}"} <= r.last_needles <= {c.key for c in chosen}
+    assert r.last_found.matched == {key: 1}
+    assert f"k{where[NIAH_NEEDLE.format(key=other, value=other_value)]}" not in {c.key for c in chosen}

@@ -367,11 +367,11 @@ class Retriever:
         p = self.pointers
         order = sorted(set(run), key=p.count)
         if p.count(order[0]) == 0:
-            return []
+            return []  # a token found nowhere: not in a block, nor across two
         cand = p.blocks_with(order[0])
         for t in order[1:]:
             if not cand:
-                return []
+                break
             cand &= p.blocks_with(t)
         if len(cand) > PHRASE_SCAN_MAX:
             return None
@@ -389,6 +389,41 @@ class Retriever:
                 nxt = self._piece(int(bt[s + len(arr)])) if s + len(arr) < len(bt) else None
                 if boundary_ok(prev, first, last, nxt):
                     out.append((b, s))
+        return sorted(set(out) | set(self._find_across(arr, first, last)))
+
+    def _find_across(self, arr: np.ndarray, first: str, last: str) -> list[tuple[int, int]]:
+        """Where the run ``arr`` is cut by a block boundary: its head ends a block and its tail
+        starts the next block of the same document, as (first block, offset) each. Candidates
+        come from the postings of whichever part is rarer; a cut whose rarer part is in more
+        than ``PHRASE_SCAN_MAX`` blocks is not looked at."""
+        p = self.pointers
+        n = self._count()
+        out = []
+        for k in range(1, len(arr)):
+            head, tail = arr[:k], arr[k:]
+            side_is_head = min(p.count(int(t)) for t in head) <= min(p.count(int(t)) for t in tail)
+            side = head if side_is_head else tail
+            toks = sorted({int(t) for t in side}, key=p.count)
+            cand = p.blocks_with(toks[0]) if p.count(toks[0]) else set()
+            for t in toks[1:]:
+                if not cand:
+                    break
+                cand &= p.blocks_with(t)
+            if len(cand) > PHRASE_SCAN_MAX:
+                continue
+            pairs = sorted({(b, b + 1) if side_is_head else (b - 1, b) for b in cand})
+            pairs = [(a, c) for a, c in pairs if 0 <= a and c < n and self._doc_of(a) == self._doc_of(c)]
+            got = self._tokens(sorted({x for pair in pairs for x in pair}))
+            for a, c in pairs:
+                ta, tc = got.get(a), got.get(c)
+                if ta is None or tc is None or len(ta) < k or len(tc) < len(tail):
+                    continue
+                if not (np.array_equal(ta[len(ta) - k :], head) and np.array_equal(tc[: len(tail)], tail)):
+                    continue
+                prev = self._piece(int(ta[len(ta) - k - 1])) if len(ta) > k else None
+                nxt = self._piece(int(tc[len(tail)])) if len(tc) > len(tail) else None
+                if boundary_ok(prev, first, last, nxt):
+                    out.append((a, len(ta) - k))
         return out
 
     def _find_word(self, text: str, run: Sequence[int]) -> list[tuple[int, int, int]] | None:
