@@ -58,6 +58,9 @@ def test_niah_needles_appear_once_and_answer_the_question(task):
     keys = re.split(r", and |, ", asked)
     # the answer is exactly the values of the asked keys, derivable from the text alone
     assert sorted(inst.refs) == sorted(v for k, v in needles if k in keys)
+    # the needles it needs: multikey's distractors are not among them (a working set that
+    # leaves them out has not missed a needle)
+    assert len(inst.wanted()) == (1 if task in ("niah_single", "niah_multikey") else NEEDLES)
     if task == "niah_multikey":
         assert len(keys) == 1 and len({k for k, _ in needles}) == NEEDLES  # distractors differ in key only
     if task == "niah_multivalue":

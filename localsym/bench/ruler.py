@@ -125,6 +125,11 @@ class Instance:
                 docs.append((f"{prefix}-{i:04d}.{'txt' if self.pages is not None else 'py'}", pages[i]))
         return docs
 
+    def wanted(self) -> list[int]:
+        """The needle documents (``note-KK``) the answer needs: those holding a reference
+        string (not multikey's same-shaped distractors)."""
+        return [k for k, (_, text) in enumerate(self.inserts) if any(r in text for r in self.refs)]
+
     def oracle_documents(self) -> list[tuple[str, str]]:
         """The instruction and the needles alone."""
         return [("task.txt", self.intro)] + [(f"note-{k:02d}.txt", t) for k, (_, t) in enumerate(self.inserts)]
@@ -389,7 +394,8 @@ def run(args: argparse.Namespace) -> int:
                         # which needle documents the working set held (TurnStats.sources, where the
                         # session reports them): a miss without them is retrieval's
                         paths = {x.get("path") for x in getattr(st, "sources", None) or []}
-                        held = sum(f"note-{k:02d}.txt" in paths for k in range(len(inst.inserts)))
+                        wanted = inst.wanted()  # multikey's distractors are left out on purpose
+                        held = sum(f"note-{k:02d}.txt" in paths for k in wanted)
                         trials.append(
                             {
                                 "task": task,
@@ -399,7 +405,8 @@ def run(args: argparse.Namespace) -> int:
                                 "refs": inst.refs,
                                 "answer": answer.strip(),
                                 "score": round(sc, 4),
-                                "needles": len(inst.inserts),
+                                "needles": len(wanted),
+                                "distractors": len(inst.inserts) - len(wanted),
                                 "needles_in_working_set": held if paths else None,
                                 "computed_blocks": rep.computed_blocks,
                                 "reused_blocks": rep.reused_blocks,
@@ -418,7 +425,7 @@ def run(args: argparse.Namespace) -> int:
                             f"  {task} {label} trial {i}: {sc:.2f} {answer.strip()[:90]!r} "
                             f"({trials[-1]['ingest_s']}+{trials[-1]['ask_s']} s, "
                             f"{rep.computed_blocks} blocks computed, {rep.reused_blocks} reused, "
-                            f"needles held {held}/{len(inst.inserts)}, {trials[-1]['refreshes']} refreshes)",
+                            f"needles held {held}/{len(wanted)}, {trials[-1]['refreshes']} refreshes)",
                             file=sys.stderr,
                         )
                 seconds_per_length[label] = round(time.perf_counter() - t_len, 1)
