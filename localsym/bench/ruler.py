@@ -44,11 +44,14 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from localsym.bench import emit, private_home
 from localsym.bench.corpus import stdlib_text, stdlib_words
 from localsym.bench.heatmap import write_png
+
+if TYPE_CHECKING:
+    from localsym.session import Tokenizer
 
 TASKS = ("niah_single", "niah_multikey", "niah_multivalue", "niah_multiquery", "vt", "cwe")
 NEEDLES = 4  # RULER's num_needle_k / num_needle_v / num_needle_q
@@ -330,17 +333,7 @@ def prompt_of(inst: Instance, docs: list[tuple[str, str]], raw: bool) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from localsym.session import (
-        GenParams,
-        OneShot,
-        RunOptions,
-        Session,
-        SessionConfig,
-        Tokenizer,
-        default_model,
-        describe_model,
-        models,
-    )
+    from localsym.session import RunOptions, Tokenizer, default_model, describe_model, models
 
     name = args.model or default_model()
     path = str(models.resolve(name))
@@ -350,178 +343,181 @@ def run(args: argparse.Namespace) -> int:
         raise SystemExit(f"unknown task(s) {', '.join(bad)} (known: {', '.join(TASKS)})")
     raw = not describe_model(path, RunOptions(vram=args.vram))["chat_template"]  # a base model: completion form
     t_build = time.perf_counter()
-    vocab = Tokenizer(path)  # open for the whole run: cwe instances tokenize while trials run
-    try:
-        native = vocab.n_ctx_train
-        lengths = parse_lengths(args.lengths, native)
-        builder = Builder(vocab, int(1.25 * max(max(t for _, t in lengths), native)), args.page, args.seed)
-        count = vocab.tokenize
-        n_base = args.trials if args.baseline_trials is None else args.baseline_trials
-        base_insts = {t: [builder.instance(t, native, i) for i in range(n_base)] for t in tasks}
-        base_prompts = {
-            t: [prompt_of(x, x.documents(builder.pages(native)), raw) for x in base_insts[t]] for t in tasks
-        }
-        base_tokens = max((len(count(p)) for ps in base_prompts.values() for p in ps), default=0)
-        build_s = time.perf_counter() - t_build
-        print(f"  built instances in {build_s:.1f} s (raw model prompts up to {base_tokens} tokens)", file=sys.stderr)
+    with Tokenizer(path) as vocab:  # open for the whole run: cwe instances tokenize during the trials
+        return _measure(args, name, path, tasks, raw, vocab, t_build)
 
-        trials: list[dict[str, Any]] = []
-        seconds_per_length: dict[str, float] = {}
-        t_start = time.perf_counter()
-        with private_home("localsym-bench-ruler-"):  # the first trial of a length pays for its pages
-            opts = RunOptions(n_ctx=args.hot, vram=args.vram, n_threads=args.threads)
-            for label, tokens in lengths:
-                t_len = time.perf_counter()
-                haystack = builder.pages(tokens)
-                for task in tasks:
-                    for i in range(args.trials):
-                        inst = builder.instance(task, tokens, i)
-                        docs = inst.documents(haystack)
-                        t0 = time.perf_counter()
-                        cfg = SessionConfig(block_tokens=args.block, warm_mb=args.warm_mb, system="")
-                        with Session.open(f"ruler-{task}-{tokens}-{i}", path, opts, cfg) as s:
-                            rep = None
-                            for source, text in docs:
-                                rep = s.ingest_text(text, source, "file", report=rep)
-                            assert rep is not None  # the instruction is always a document
-                            t_ask = time.perf_counter()
-                            q = inst.question + (inst.answer_prefix if raw else "")
-                            with s.ask(q, GenParams(max_tokens=inst.gen_tokens), raw=raw) as turn:
-                                answer = turn.text()
-                            st = turn.stats
-                            total = s.total_tokens
-                        sc = score(answer, inst.refs)
-                        # which needle documents the working set held (TurnStats.sources, where the
-                        # session reports them): a miss without them is retrieval's
-                        paths = {x.get("path") for x in getattr(st, "sources", None) or []}
-                        wanted = inst.wanted()  # multikey's distractors are left out on purpose
-                        held = sum(f"note-{k:02d}.txt" in paths for k in wanted)
-                        trials.append(
-                            {
-                                "task": task,
-                                "length": label,
-                                "tokens": total,
-                                "trial": i,
-                                "refs": inst.refs,
-                                "answer": answer.strip(),
-                                "score": round(sc, 4),
-                                "needles": len(wanted),
-                                "distractors": len(inst.inserts) - len(wanted),
-                                "needles_in_working_set": held if paths else None,
-                                "computed_blocks": rep.computed_blocks,
-                                "reused_blocks": rep.reused_blocks,
-                                "restored_blocks": st.restored_blocks,
-                                "reinjected_blocks": st.reinjected_blocks,
-                                "blocks_in_working_set": st.blocks_in_working_set,
-                                "select_ms": round(st.select_ms, 2),
-                                # the working set chosen again while answering (blocks brought in)
-                                "refreshes": len(getattr(st, "refreshes", None) or []),
-                                "refreshed_blocks": sum(len(r["blocks"]) for r in getattr(st, "refreshes", None) or []),
-                                "ingest_s": round(t_ask - t0, 2),
-                                "ask_s": round(time.perf_counter() - t_ask, 2),
-                            }
-                        )
-                        print(
-                            f"  {task} {label} trial {i}: {sc:.2f} {answer.strip()[:90]!r} "
-                            f"({trials[-1]['ingest_s']}+{trials[-1]['ask_s']} s, "
-                            f"{rep.computed_blocks} blocks computed, {rep.reused_blocks} reused, "
-                            f"needles held {held}/{len(wanted)}, {trials[-1]['refreshes']} refreshes)",
-                            file=sys.stderr,
-                        )
-                seconds_per_length[label] = round(time.perf_counter() - t_len, 1)
-        ours_s = time.perf_counter() - t_start
 
-        # the raw model at its native context, and the oracle (instruction + needles only)
-        t_base = time.perf_counter()
-        base: list[dict[str, Any]] = []
-        oracle: dict[tuple[str, int, int], float] = {}
-        bopts = RunOptions(n_ctx=native, vram=args.vram, n_threads=args.threads)
-        oopts = RunOptions(n_ctx=2048, vram=args.vram, n_threads=args.threads)
-        for task in tasks:
-            for i, (inst, prompt) in enumerate(zip(base_insts[task], base_prompts[task])):
-                t0 = time.perf_counter()
-                with OneShot(path, prompt, bopts, GenParams(max_tokens=inst.gen_tokens), raw=raw) as one:
-                    answer = "".join(one)
-                base.append(
-                    {
-                        "task": task,
-                        "trial": i,
-                        "tokens": one.stats.prompt_tokens,
-                        "refs": inst.refs,
-                        "answer": answer.strip(),
-                        "score": round(score(answer, inst.refs), 4),
-                        "seconds": round(time.perf_counter() - t0, 1),
-                    }
-                )
-                print(f"  raw {task} trial {i}: {base[-1]['score']:.2f} {answer.strip()[:90]!r}", file=sys.stderr)
-        base_s = time.perf_counter() - t_base
-        t_oracle = time.perf_counter()
-        for _, tokens in lengths:
+def _measure(
+    args: argparse.Namespace, name: str, path: str, tasks: list[str], raw: bool, vocab: Tokenizer, t_build: float
+) -> int:
+    from localsym.session import GenParams, OneShot, RunOptions, Session, SessionConfig
+
+    native = vocab.n_ctx_train
+    lengths = parse_lengths(args.lengths, native)
+    builder = Builder(vocab, int(1.25 * max(max(t for _, t in lengths), native)), args.page, args.seed)
+    count = vocab.tokenize
+    n_base = args.trials if args.baseline_trials is None else args.baseline_trials
+    base_insts = {t: [builder.instance(t, native, i) for i in range(n_base)] for t in tasks}
+    base_prompts = {t: [prompt_of(x, x.documents(builder.pages(native)), raw) for x in base_insts[t]] for t in tasks}
+    base_tokens = max((len(count(p)) for ps in base_prompts.values() for p in ps), default=0)
+    build_s = time.perf_counter() - t_build
+    print(f"  built instances in {build_s:.1f} s (raw model prompts up to {base_tokens} tokens)", file=sys.stderr)
+
+    trials: list[dict[str, Any]] = []
+    seconds_per_length: dict[str, float] = {}
+    t_start = time.perf_counter()
+    with private_home("localsym-bench-ruler-"):  # the first trial of a length pays for its pages
+        opts = RunOptions(n_ctx=args.hot, vram=args.vram, n_threads=args.threads)
+        for label, tokens in lengths:
+            t_len = time.perf_counter()
+            haystack = builder.pages(tokens)
             for task in tasks:
-                if task == "cwe":
-                    continue  # the whole list is the needle
                 for i in range(args.trials):
                     inst = builder.instance(task, tokens, i)
-                    prompt = prompt_of(inst, inst.oracle_documents(), raw)
-                    with OneShot(path, prompt, oopts, GenParams(max_tokens=inst.gen_tokens), raw=raw) as one:
-                        oracle[(task, tokens, i)] = score("".join(one), inst.refs)
-        oracle_s = time.perf_counter() - t_oracle
-        for t in trials:
-            tokens = dict(lengths)[t["length"]]
-            o = oracle.get((t["task"], tokens, t["trial"]))
-            t["oracle_score"] = None if o is None else round(o, 4)
-            t["miss"] = _miss(t["score"], o, t["needles"], t["needles_in_working_set"])
+                    docs = inst.documents(haystack)
+                    t0 = time.perf_counter()
+                    cfg = SessionConfig(block_tokens=args.block, warm_mb=args.warm_mb, system="")
+                    with Session.open(f"ruler-{task}-{tokens}-{i}", path, opts, cfg) as s:
+                        rep = None
+                        for source, text in docs:
+                            rep = s.ingest_text(text, source, "file", report=rep)
+                        assert rep is not None  # the instruction is always a document
+                        t_ask = time.perf_counter()
+                        q = inst.question + (inst.answer_prefix if raw else "")
+                        with s.ask(q, GenParams(max_tokens=inst.gen_tokens), raw=raw) as turn:
+                            answer = turn.text()
+                        st = turn.stats
+                        total = s.total_tokens
+                    sc = score(answer, inst.refs)
+                    # which needle documents the working set held (TurnStats.sources, where the
+                    # session reports them): a miss without them is retrieval's
+                    paths = {x.get("path") for x in getattr(st, "sources", None) or []}
+                    wanted = inst.wanted()  # multikey's distractors are left out on purpose
+                    held = sum(f"note-{k:02d}.txt" in paths for k in wanted)
+                    trials.append(
+                        {
+                            "task": task,
+                            "length": label,
+                            "tokens": total,
+                            "trial": i,
+                            "refs": inst.refs,
+                            "answer": answer.strip(),
+                            "score": round(sc, 4),
+                            "needles": len(wanted),
+                            "distractors": len(inst.inserts) - len(wanted),
+                            "needles_in_working_set": held if paths else None,
+                            "computed_blocks": rep.computed_blocks,
+                            "reused_blocks": rep.reused_blocks,
+                            "restored_blocks": st.restored_blocks,
+                            "reinjected_blocks": st.reinjected_blocks,
+                            "blocks_in_working_set": st.blocks_in_working_set,
+                            "select_ms": round(st.select_ms, 2),
+                            # the working set chosen again while answering (blocks brought in)
+                            "refreshes": len(getattr(st, "refreshes", None) or []),
+                            "refreshed_blocks": sum(len(r["blocks"]) for r in getattr(st, "refreshes", None) or []),
+                            "ingest_s": round(t_ask - t0, 2),
+                            "ask_s": round(time.perf_counter() - t_ask, 2),
+                        }
+                    )
+                    print(
+                        f"  {task} {label} trial {i}: {sc:.2f} {answer.strip()[:90]!r} "
+                        f"({trials[-1]['ingest_s']}+{trials[-1]['ask_s']} s, "
+                        f"{rep.computed_blocks} blocks computed, {rep.reused_blocks} reused, "
+                        f"needles held {held}/{len(wanted)}, {trials[-1]['refreshes']} refreshes)",
+                        file=sys.stderr,
+                    )
+            seconds_per_length[label] = round(time.perf_counter() - t_len, 1)
+    ours_s = time.perf_counter() - t_start
 
-        per_task: dict[str, dict[str, dict[str, Any]]] = {}
-        for task in tasks:
-            b = [x["score"] for x in base if x["task"] == task]
-            per_task[task] = {}
-            for label, _ in lengths:
-                cell = [x for x in trials if x["task"] == task and x["length"] == label]
-                os_ = [x["oracle_score"] for x in cell if x["oracle_score"] is not None]
-                per_task[task][label] = {
-                    "accuracy": _mean([x["score"] for x in cell]),
-                    "baseline_accuracy": _mean(b) if b else None,
-                    "trials": len(cell),
-                    "all_correct": _mean([float(x["score"] == 1.0) for x in cell]),
-                    "oracle_accuracy": _mean(os_) if os_ else None,
-                    "misses": {k: sum(x["miss"] == k for x in cell) for k in ("retrieval", "model", "context")},
-                    "seconds": round(sum(x["ingest_s"] + x["ask_s"] for x in cell), 1),
+    # the raw model at its native context, and the oracle (instruction + needles only)
+    t_base = time.perf_counter()
+    base: list[dict[str, Any]] = []
+    oracle: dict[tuple[str, int, int], float] = {}
+    bopts = RunOptions(n_ctx=native, vram=args.vram, n_threads=args.threads)
+    oopts = RunOptions(n_ctx=2048, vram=args.vram, n_threads=args.threads)
+    for task in tasks:
+        for i, (inst, prompt) in enumerate(zip(base_insts[task], base_prompts[task])):
+            t0 = time.perf_counter()
+            with OneShot(path, prompt, bopts, GenParams(max_tokens=inst.gen_tokens), raw=raw) as one:
+                answer = "".join(one)
+            base.append(
+                {
+                    "task": task,
+                    "trial": i,
+                    "tokens": one.stats.prompt_tokens,
+                    "refs": inst.refs,
+                    "answer": answer.strip(),
+                    "score": round(score(answer, inst.refs), 4),
+                    "seconds": round(time.perf_counter() - t0, 1),
                 }
-        result: dict[str, Any] = {
-            "model": name,
-            "native_context": native,
-            "form": "completion" if raw else "chat",
-            "tasks": tasks,
-            "lengths": {label: tokens for label, tokens in lengths},
-            "trials": args.trials,
-            "seed": args.seed,
-            "hot": args.hot,
-            "block": args.block,
-            "page": args.page,
-            "scoring": "RULER string_match_all: fraction of expected strings in the answer (whole words, any case)",
-            "per_task": per_task,
-            "baseline_tokens": max((x["tokens"] for x in base), default=None),
-            "seconds": round(ours_s, 1),
-            "seconds_per_length": seconds_per_length,
-            "baseline_seconds": round(base_s, 1),
-            "oracle_seconds": round(oracle_s, 1),
-            "build_seconds": round(build_s, 1),
-            "per_trial": trials,
-            "baseline_trials": base,
-        }
-        labels = [label for label, _ in lengths]
-        grid: list[list[float | None]] = [
-            [per_task[t][labels[0]]["baseline_accuracy"]] + [per_task[t][label]["accuracy"] for label in labels]
-            for t in tasks
-        ]
-        if args.heatmap:
-            write_png(Path(args.heatmap), grid)
-            result["heatmap"] = str(args.heatmap)
-        emit(result, args, table)
-        return 0
-    finally:
-        vocab.close()
+            )
+            print(f"  raw {task} trial {i}: {base[-1]['score']:.2f} {answer.strip()[:90]!r}", file=sys.stderr)
+    base_s = time.perf_counter() - t_base
+    t_oracle = time.perf_counter()
+    for _, tokens in lengths:
+        for task in tasks:
+            if task == "cwe":
+                continue  # the whole list is the needle
+            for i in range(args.trials):
+                inst = builder.instance(task, tokens, i)
+                prompt = prompt_of(inst, inst.oracle_documents(), raw)
+                with OneShot(path, prompt, oopts, GenParams(max_tokens=inst.gen_tokens), raw=raw) as one:
+                    oracle[(task, tokens, i)] = score("".join(one), inst.refs)
+    oracle_s = time.perf_counter() - t_oracle
+    for t in trials:
+        tokens = dict(lengths)[t["length"]]
+        o = oracle.get((t["task"], tokens, t["trial"]))
+        t["oracle_score"] = None if o is None else round(o, 4)
+        t["miss"] = _miss(t["score"], o, t["needles"], t["needles_in_working_set"])
+
+    per_task: dict[str, dict[str, dict[str, Any]]] = {}
+    for task in tasks:
+        b = [x["score"] for x in base if x["task"] == task]
+        per_task[task] = {}
+        for label, _ in lengths:
+            cell = [x for x in trials if x["task"] == task and x["length"] == label]
+            os_ = [x["oracle_score"] for x in cell if x["oracle_score"] is not None]
+            per_task[task][label] = {
+                "accuracy": _mean([x["score"] for x in cell]),
+                "baseline_accuracy": _mean(b) if b else None,
+                "trials": len(cell),
+                "all_correct": _mean([float(x["score"] == 1.0) for x in cell]),
+                "oracle_accuracy": _mean(os_) if os_ else None,
+                "misses": {k: sum(x["miss"] == k for x in cell) for k in ("retrieval", "model", "context")},
+                "seconds": round(sum(x["ingest_s"] + x["ask_s"] for x in cell), 1),
+            }
+    result: dict[str, Any] = {
+        "model": name,
+        "native_context": native,
+        "form": "completion" if raw else "chat",
+        "tasks": tasks,
+        "lengths": {label: tokens for label, tokens in lengths},
+        "trials": args.trials,
+        "seed": args.seed,
+        "hot": args.hot,
+        "block": args.block,
+        "page": args.page,
+        "scoring": "RULER string_match_all: fraction of expected strings in the answer (whole words, any case)",
+        "per_task": per_task,
+        "baseline_tokens": max((x["tokens"] for x in base), default=None),
+        "seconds": round(ours_s, 1),
+        "seconds_per_length": seconds_per_length,
+        "baseline_seconds": round(base_s, 1),
+        "oracle_seconds": round(oracle_s, 1),
+        "build_seconds": round(build_s, 1),
+        "per_trial": trials,
+        "baseline_trials": base,
+    }
+    labels = [label for label, _ in lengths]
+    grid: list[list[float | None]] = [
+        [per_task[t][labels[0]]["baseline_accuracy"]] + [per_task[t][label]["accuracy"] for label in labels]
+        for t in tasks
+    ]
+    if args.heatmap:
+        write_png(Path(args.heatmap), grid)
+        result["heatmap"] = str(args.heatmap)
+    emit(result, args, table)
+    return 0
 
 
 def _f(x: float | None) -> str:
