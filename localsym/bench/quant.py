@@ -110,6 +110,7 @@ def run(args: argparse.Namespace) -> int:
     name = args.model or default_model()
     path = model_store.resolve(name)
     n_pre, n_follow = args.context, args.follow
+    sweep = {f"adaptive@{k:g}/{v:g}": (k, v) for k, v in _pairs(args.sweep)}  # bad pairs fail before any work
     with Engine(
         path, RunOptions(n_ctx=n_pre + n_follow + 64, n_seq_max=1, vram=args.vram, n_threads=args.threads)
     ) as eng:
@@ -141,7 +142,6 @@ def run(args: argparse.Namespace) -> int:
         default = kq.QuantPolicy()
         k_thr = default.k_threshold if args.k_threshold is None else args.k_threshold
         v_thr = default.v_threshold if args.v_threshold is None else args.v_threshold
-        sweep = {f"adaptive@{k:g}/{v:g}": (k, v) for k, v in _pairs(args.sweep)}
         for fmt in (*NAMES, *sweep):
             if fmt == "f16":
                 nbytes, ppl, qg, dg, mix = f16_bytes, base_ppl, None, None, {}
