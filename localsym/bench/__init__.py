@@ -123,6 +123,7 @@ def add_parsers(parser: argparse.ArgumentParser, add_runtime_flags: Callable) ->
     s.add_argument("--context", type=int, default=1024, help="tokens whose KV is quantized")
     s.add_argument("--follow", type=int, default=256, help="tokens whose perplexity is measured")
     s.add_argument("--block", type=int, default=128, help="tokens per block")
+    s.add_argument("--windows", type=int, default=4, help="disjoint stretches of text measured and pooled")
     s.add_argument("--k-threshold", type=float, default=None, help="adaptive K threshold (default: the policy's)")
     s.add_argument("--v-threshold", type=float, default=None, help="adaptive V threshold (default: the policy's)")
     s.add_argument("--sweep", default=None, help="more adaptive K/V threshold pairs in the same run: 1.5/0.25,2/0.3")

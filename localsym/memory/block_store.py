@@ -24,7 +24,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from localsym.memory import kv_quant
+from localsym.memory import heap, kv_quant
 from localsym.memory.container import CorruptFile
 from localsym.memory.encoded_block import EncodedBlock
 from localsym.memory.pinning import PIN_FLOOR
@@ -102,6 +102,7 @@ class BlockStore:
         return EncodedBlock.seal(state, self.policy, self.n_head_kv, PIN_FLOOR if pinned else None), state
 
     def _seal(self, key: str, blob: bytearray, pos0: int, pinned: bool) -> Sealed:
+        heap.trim()  # the previous seal's blob and the warm blocks it evicted are free by now
         t0 = time.perf_counter()
         eb, state = self.encode(blob, pinned)
         attn = self.attn.keys_of(state) if self.attn is not None else None
