@@ -57,7 +57,9 @@ def walk(path: str | Path, max_bytes: int = MAX_FILE_BYTES) -> WalkResult:
         raise LocalsymError(f"{root}: permission denied")
     out = WalkResult()
     if not stat.S_ISDIR(st.st_mode):  # a file, or a FIFO/device/socket that _consider turns away
-        _consider(root, out, max_bytes)
+        # named as a folder's walk names it (the folder resolved, the name kept, a symlink
+        # not followed), so `notes.txt`, `./notes.txt` and `/abs/notes.txt` are one document
+        _consider(root.parent.resolve() / root.name, out, max_bytes)
         return out
     _Walker(root.resolve(), out, max_bytes).run()
     out.files.sort()

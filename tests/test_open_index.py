@@ -11,9 +11,12 @@ import shutil
 import sqlite3
 import subprocess
 import sys
+import tempfile
+from pathlib import Path
 
 import pytest
 from conftest import run_cli
+from filelock import FileLock
 
 from localsym.memory.retrieval import StoredRetriever
 from localsym.session import GenParams, RunOptions, Session, SessionConfig
@@ -118,18 +121,23 @@ def test_a_session_from_before_the_index_opens_and_is_indexed_once(home, caplog)
 
 
 def test_replacing_a_file_drops_its_old_blocks_from_the_index(home, tmp_path, monkeypatch):
-    # loaded by a relative name: the source label is in the document's tokens, and pytest's
-    # numbered tmp path there changed the greedy answer about one run in four
-    monkeypatch.chdir(tmp_path)
-    f = tmp_path / "notes.txt"
-    f.write_text(DOC)
-    with Session.open("ix", "smollm2-135m", OPTS, _cfg()) as s:
-        s.load("notes.txt")
-        f.write_text(DOC.replace("KX-4471-QZ", "ZP-9001-MM"))
-        s.load("notes.txt")
-        with s.ask(QUESTION, GenParams(max_tokens=24)) as turn:
-            answer = turn.text()
-        assert "ZP-9001-MM" in answer and "KX-4471-QZ" not in answer
+    # the document's label (its absolute path) is in its tokens, and pytest's numbered tmp
+    # path there changed the greedy answer about one run in four: a fixed folder, one run at
+    # a time; loaded by a relative name first and an absolute one after, as one document
+    fixed = Path(tempfile.gettempdir()).resolve() / "localsym-test-notes"
+    with FileLock(str(fixed) + ".lock"):
+        fixed.mkdir(exist_ok=True)
+        monkeypatch.chdir(fixed)
+        f = fixed / "notes.txt"
+        f.write_text(DOC)
+        with Session.open("ix", "smollm2-135m", OPTS, _cfg()) as s:
+            s.load("notes.txt")
+            f.write_text(DOC.replace("KX-4471-QZ", "ZP-9001-MM"))
+            s.load(str(f))
+            assert {d.source for d in s.docs} == {str(f)}
+            with s.ask(QUESTION, GenParams(max_tokens=24)) as turn:
+                answer = turn.text()
+            assert "ZP-9001-MM" in answer and "KX-4471-QZ" not in answer
     with sqlite3.connect(home / "data" / "sessions" / "ix" / "session.db") as db:
         old = db.execute("SELECT id FROM docs WHERE active = 0").fetchall()
         assert (

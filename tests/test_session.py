@@ -238,7 +238,9 @@ def test_kill_9_during_load_keeps_what_was_acknowledged(home, tmp_path):
         for b in s.docs:
             s.store.cold.get(b.key)  # every acknowledged block is on disk and passes its checksum
         rep = s.load(tree)
-        assert rep.reused_blocks >= acknowledged - 1  # a half-ingested file restarts, its blocks reused
+        # nothing acknowledged is computed again: a finished file is skipped, a half-ingested
+        # one restarts and reuses its blocks (one may have been sealed but not yet indexed)
+        assert rep.computed_blocks <= len(s.docs) - (acknowledged - 1)
         assert len({b.source for b in s.docs}) == 4
 
 
