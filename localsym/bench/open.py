@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import resource
 import statistics
 import subprocess
 import sys
@@ -45,6 +46,8 @@ def _child(name: str, n_ctx: int, vram: str | None, max_tokens: int) -> dict:
         "select_ms": st.select_ms,
         "found": "KX-4471-QZ" in answer,
         "blocks": st.blocks_total,
+        # the whole process: model, contexts, the index and sketches opened, the answer
+        "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
 
 
@@ -106,7 +109,15 @@ def run(args: argparse.Namespace) -> int:
     model = args.model or default_model()
     path = str(model_store.resolve(model))
     sizes = args.sizes
-    result: dict = {"model": model, "n_ctx": args.ctx, "reps": args.reps, "open_s": {}, "ttft_s": {}, "sessions": {}}
+    result: dict = {
+        "model": model,
+        "n_ctx": args.ctx,
+        "reps": args.reps,
+        "open_s": {},
+        "ttft_s": {},
+        "rss_mb": {},
+        "sessions": {},
+    }
     with private_home("localsym-bench-open-") as home:
         for size in sizes:
             built = _build(f"open-{size}", size, path, args.ctx, args.vram, args.seed)
@@ -122,6 +133,7 @@ def run(args: argparse.Namespace) -> int:
             key = str(size)
             result["open_s"][key] = round(statistics.median(x["open_s"] for x in runs), 3)
             result["ttft_s"][key] = round(statistics.median(x["ttft_s"] for x in runs), 3)
+            result["rss_mb"][key] = round(statistics.median(x["rss_mb"] for x in runs), 1)
             result["sessions"][key] = {
                 "blocks": built["blocks"],
                 "select_ms": round(statistics.median(x["select_ms"] for x in runs), 1),
@@ -132,20 +144,25 @@ def run(args: argparse.Namespace) -> int:
             }
     lo, hi = str(min(sizes)), str(max(sizes))
     result["ttft_ratio_largest_vs_smallest"] = round(result["ttft_s"][hi] / max(result["ttft_s"][lo], 1e-9), 3)
+    result["rss_ratio_largest_vs_smallest"] = round(result["rss_mb"][hi] / result["rss_mb"][lo], 3)
 
     def table(r: dict) -> str:
         rows = [
             f"bench open: {r['model']}, -c {r['n_ctx']}, median of {r['reps']} fresh processes",
-            f"{'tokens':>10}{'blocks':>8}{'open s':>9}{'ttft s':>9}{'select ms':>11}{'found':>7}"
+            f"{'tokens':>10}{'blocks':>8}{'open s':>9}{'ttft s':>9}{'RSS MB':>9}{'select ms':>11}{'found':>7}"
             f"{'before open s (est.)':>22}",
         ]
         for k in r["open_s"]:
             ss = r["sessions"][k]
             rows.append(
-                f"{k:>10}{ss['blocks']:>8}{r['open_s'][k]:>9.3f}{r['ttft_s'][k]:>9.3f}{ss['select_ms']:>11.1f}"
+                f"{k:>10}{ss['blocks']:>8}{r['open_s'][k]:>9.3f}{r['ttft_s'][k]:>9.3f}{r['rss_mb'][k]:>9.1f}"
+                f"{ss['select_ms']:>11.1f}"
                 f"{ss['found']!s:>7}{ss['before_open_s_estimate']:>22.2f}"
             )
-        rows.append(f"ttft at {hi} vs {lo} tokens: {r['ttft_ratio_largest_vs_smallest']:.2f}x")
+        rows.append(
+            f"ttft at {hi} vs {lo} tokens: {r['ttft_ratio_largest_vs_smallest']:.2f}x, "
+            f"peak RSS {r['rss_ratio_largest_vs_smallest']:.2f}x"
+        )
         return "\n".join(rows)
 
     emit(result, args, table)
