@@ -1,13 +1,15 @@
-"""Pure helpers of the benchmarks: the needle haystack's pages, the heatmap PNG, bench quant's sweep."""
+"""Pure helpers of the benchmarks: the needle haystack's pages, the heatmap PNG, bench quant's sweep
+and its scores."""
 
 import struct
 import zlib
 
+import numpy as np
 import pytest
 
 from localsym.bench.heatmap import write_png
 from localsym.bench.needle import _pages
-from localsym.bench.quant import _pairs
+from localsym.bench.quant import _pairs, scores
 from localsym.errors import LocalsymError
 
 
@@ -41,3 +43,21 @@ def test_quant_sweep_pairs_parse_and_reject_junk_in_one_line():
     for bad in ("1.2", "1/2/3", "a/b"):
         with pytest.raises(LocalsymError, match="K/V threshold pairs"):
             _pairs(bad)
+
+
+def test_quant_scores_nll_and_kl_divergence_against_numpy():
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(130, 50))  # more rows than one 64-row chunk of the KL sum
+    tokens = list(rng.integers(0, 50, 131))
+
+    def log_softmax(x):
+        return (x - np.log(np.exp(x - x.max(1, keepdims=True)).sum(1, keepdims=True)) - x.max(1, keepdims=True)).astype(
+            np.float32
+        )
+
+    base, other = log_softmax(logits), log_softmax(logits + rng.normal(scale=0.3, size=logits.shape))
+    nll, kl = scores(base, tokens, None)
+    assert kl == 0.0 and nll == pytest.approx(-sum(float(base[i, tokens[i + 1]]) for i in range(130)), rel=1e-6)
+    assert scores(base, tokens, base)[1] == pytest.approx(0.0, abs=1e-4)  # a distribution is 0 from itself
+    want = float((np.exp(base.astype(np.float64)) * (base - other)).sum())
+    assert scores(other, tokens, base)[1] == pytest.approx(want, rel=1e-5) and want > 0
