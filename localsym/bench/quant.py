@@ -171,7 +171,7 @@ def run(args: argparse.Namespace) -> int:
         if eng.info.sliding_window:
             raise LocalsymError("bench quant measures single-cache models (not sliding-window ones)")
         acc = {f: _Tally() for f in policies}
-        f16_bytes, memcpy, base_nll, n_scored = 0, 0.0, 0.0, 0
+        memcpy, n_scored = 0.0, 0
         for w, toks in enumerate(_windows(eng, n_pre, n_follow, n_win)):
             pre, follow = toks[:n_pre], toks[n_pre:]
             ctx.clear()
@@ -180,10 +180,8 @@ def run(args: argparse.Namespace) -> int:
             state = kv_state.parse(blob, 1)
             stream = state.caches[0][0]
             nb = sum(k.nbytes + v.nbytes for k, v in zip(stream.k, stream.v))
-            f16_bytes += nb
             base = log_probs(ctx, blob, n_pre, follow)
             b_nll = scores(base, follow, None)[0]
-            base_nll += b_nll
             n_scored += len(follow) - 1
             if w == 0:
                 memcpy = memcpy_speed(stream)
@@ -207,7 +205,8 @@ def run(args: argparse.Namespace) -> int:
                 a.mix.update(mix)
                 a.win.append(round(math.exp((nll - b_nll) / (len(follow) - 1)), 4))
             del base
-        base_ppl = math.exp(base_nll / n_scored)
+        f16_bytes = acc["f16"].bytes
+        base_ppl = math.exp(acc["f16"].nll / n_scored)
         result: dict = {
             "model": name,
             "context_tokens": n_pre,

@@ -20,7 +20,7 @@ import struct
 import time
 import zlib
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -364,15 +364,9 @@ class Retriever:
         their exact tokens; None when more than ``PHRASE_SCAN_MAX`` blocks would be."""
         if not run or self._piece_fn is None:
             return []
-        p = self.pointers
-        order = sorted(set(run), key=p.count)
-        if p.count(order[0]) == 0:
+        if min(self.pointers.count(int(t)) for t in run) == 0:
             return []  # a token found nowhere: not in a block, nor across two
-        cand = p.blocks_with(order[0])
-        for t in order[1:]:
-            if not cand:
-                break
-            cand &= p.blocks_with(t)
+        cand = self._blocks_holding_all(run)
         if len(cand) > PHRASE_SCAN_MAX:
             return None
         arr = np.asarray(run, np.int32)
@@ -391,24 +385,29 @@ class Retriever:
                     out.append((b, s))
         return sorted(set(out) | set(self._find_across(arr, first, last)))
 
+    def _blocks_holding_all(self, tokens: Iterable[int]) -> set[int]:
+        """The blocks whose postings hold every one of ``tokens``, intersected rarest first."""
+        p = self.pointers
+        order = sorted({int(t) for t in tokens}, key=p.count)
+        cand = p.blocks_with(order[0]) if order and p.count(order[0]) else set()
+        for t in order[1:]:
+            if not cand:
+                break
+            cand &= p.blocks_with(t)
+        return cand
+
     def _find_across(self, arr: np.ndarray, first: str, last: str) -> list[tuple[int, int]]:
         """Where the run ``arr`` is cut by a block boundary: its head ends a block and its tail
         starts the next block of the same document, as (first block, offset) each. Candidates
         come from the postings of whichever part is rarer; a cut whose rarer part is in more
         than ``PHRASE_SCAN_MAX`` blocks is not looked at."""
-        p = self.pointers
+        counts = [self.pointers.count(int(t)) for t in arr]
         n = self._count()
         out = []
         for k in range(1, len(arr)):
             head, tail = arr[:k], arr[k:]
-            side_is_head = min(p.count(int(t)) for t in head) <= min(p.count(int(t)) for t in tail)
-            side = head if side_is_head else tail
-            toks = sorted({int(t) for t in side}, key=p.count)
-            cand = p.blocks_with(toks[0]) if p.count(toks[0]) else set()
-            for t in toks[1:]:
-                if not cand:
-                    break
-                cand &= p.blocks_with(t)
+            side_is_head = min(counts[:k]) <= min(counts[k:])
+            cand = self._blocks_holding_all(head if side_is_head else tail)
             if len(cand) > PHRASE_SCAN_MAX:
                 continue
             pairs = sorted({(b, b + 1) if side_is_head else (b - 1, b) for b in cand})
