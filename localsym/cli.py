@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from localsym.errors import LocalsymError
-from localsym.flags import add_runtime_flags, add_sampling_flags, apply_defaults, gen_params, run_options
+from localsym.flags import add_runtime_flags, add_sampling_flags, apply_defaults, ctx_note, gen_params, run_options
 from localsym.progress import human_bytes
 
 _JSON_ERRORS = False  # --json was on the command line: errors are JSON on stdout
@@ -331,7 +331,7 @@ def _print_timings(load_s: float, total_s: float, prompt_tokens: int, prefill_s:
 
 def cmd_run(a: argparse.Namespace) -> int:
     from localsym import running
-    from localsym.session import OneShot
+    from localsym.session import MIN_CTX, OneShot
 
     prompt = a.prompt
     if prompt is None and not sys.stdin.isatty():
@@ -346,6 +346,7 @@ def cmd_run(a: argparse.Namespace) -> int:
         raise LocalsymError("no prompt: give one as an argument or on standard input")
     params = gen_params(a)
     opts = run_options(a)
+    ctx_note(a, MIN_CTX)  # -c 1: llama.cpp makes 256 cells whatever it is asked
     _ensure_pulled(a.model, quiet=a.json)
     t0 = time.perf_counter()
     with running.registered("run", model=a.model), OneShot(a.model, prompt, opts, params, a.system, a.raw) as run:
@@ -407,7 +408,9 @@ def _open_session(a: argparse.Namespace):
         )
         if v is not None
     }
-    return Session.open(a.session, a.model, run_options(a), overrides=overrides)
+    sess = Session.open(a.session, a.model, run_options(a), overrides=overrides)
+    ctx_note(a, sess.engine.opts.n_ctx)
+    return sess
 
 
 def cmd_load(a: argparse.Namespace) -> int:
@@ -960,6 +963,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         rc = args.func(args)
         if interrupted.is_set():
             raise KeyboardInterrupt
+        if getattr(args, "ctx_note", None):
+            sys.stderr.write(f"localsym: note: {args.ctx_note}\n")
         return rc
     except LocalsymError as e:
         if interrupted.is_set():
@@ -976,7 +981,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         if isinstance(e, Cancelled):
             return _interrupted()
-        raise
+        from localsym.faults import describe
+
+        line = describe(e)  # a library error (zip, sqlite, OS): one line naming the cause
+        if line is None:
+            raise
+        import logging
+
+        logging.getLogger("localsym").error("%s failed: %s", args.command, line, exc_info=e)
+        _fail(line)
+        return 1
 
 
 def _interrupted() -> int:

@@ -150,12 +150,10 @@ def apply_defaults(a: argparse.Namespace, session_model: bool = False) -> dict[s
 
 def run_options(a: argparse.Namespace):
     """RunOptions from the runtime flags (benchmarks share them)."""
-    from localsym.session import RunOptions
+    from localsym.session import RunOptions, check_ctx, check_threads
 
-    if a.n_ctx is not None and a.n_ctx < 0:
-        raise LocalsymError("-c must be 0 (the model's own context) or a positive token count")
-    if a.n_threads is not None and a.n_threads < 1:
-        raise LocalsymError(f"--threads must be at least 1, not {a.n_threads}")
+    check_ctx(a.n_ctx)  # refuses what no context can be; a small one is raised where it is made (ctx_note)
+    check_threads(a.n_threads)
     if a.n_cpu_moe is not None and a.n_cpu_moe < 0:
         raise LocalsymError(f"--n-cpu-moe must be 0 or more, not {a.n_cpu_moe}")
     fa = None if a.flash_attn in (None, "auto") else a.flash_attn == "on"
@@ -201,3 +199,14 @@ def gen_params(a: argparse.Namespace):
     kwargs["seed"] = 0xFFFFFFFF if seed == -1 else seed & 0xFFFFFFFF
     kwargs["repeat_penalty"] = _check("--repeat-penalty", pick("repeat_penalty"), "repeat_penalty")
     return GenParams(**kwargs)
+
+
+def ctx_note(a: argparse.Namespace, used: int | None) -> None:
+    """Note (for ``main`` to print once the command succeeded: a failure stays one line) that
+    the user's ``-c`` was raised to ``used``: a context smaller than llama.cpp's 256 cells, or
+    than a session needs, would abort or fail later."""
+    from localsym.session import raised_note
+
+    note = raised_note(getattr(a, "n_ctx", None), used)
+    if note:
+        a.ctx_note = note

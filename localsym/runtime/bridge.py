@@ -22,6 +22,7 @@ import llama_cpp as lc
 import numpy as np
 
 from localsym.errors import BadModelFile, BudgetError, LocalsymError
+from localsym.runtime.limits import MIN_CTX, check_threads, context_sizes
 
 log = logging.getLogger("localsym.llama")
 
@@ -430,14 +431,16 @@ class Context:
         if type_v not in ("f16", "f32", "bf16") and not flash_attn:
             raise LocalsymError("a quantized V cache needs flash attention (-fa on)")
         self.model = model
-        n_batch = max(1, min(n_batch, n_ctx)) if n_ctx > 0 else n_batch  # llama.cpp aborts on n_batch > n_ctx
+        # sizes llama.cpp would abort on are raised or refused here (runtime/limits.py)
+        sizes = context_sizes(n_ctx or model.n_ctx_train or MIN_CTX, n_batch, n_ubatch, n_seq_max)
+        n_ctx, n_batch, n_seq_max = sizes.n_ctx, sizes.n_batch, sizes.n_seq_max
         p = lc.llama_context_default_params()
         p.n_ctx = n_ctx
         p.n_batch = n_batch
-        p.n_ubatch = min(n_ubatch, n_batch)
+        p.n_ubatch = sizes.n_ubatch
         p.n_seq_max = n_seq_max
         p.kv_unified = n_seq_max > 1 if kv_unified is None else kv_unified
-        threads = n_threads or default_threads()
+        threads = check_threads(n_threads) or default_threads()
         p.n_threads = threads
         p.n_threads_batch = threads
         p.type_k = CACHE_TYPES[type_k]

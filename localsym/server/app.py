@@ -4,8 +4,9 @@ and the app's life: sessions are closed cleanly when the server stops."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -15,8 +16,8 @@ from starlette.routing import Route
 from starlette.types import ASGIApp
 
 from localsym.server import load_api, ollama_api, openai_api
-from localsym.server.errors import ApiError, error_response
-from localsym.server.guard import Guard
+from localsym.server.errors import ApiError, classify, error_response
+from localsym.server.guard import Guard, request_id
 from localsym.server.settings import LOCAL_HOSTS
 from localsym.server.state import ServerState
 
@@ -25,21 +26,55 @@ log = logging.getLogger("localsym.server")
 
 async def _api_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, ApiError)
+    _log_client_error(request, exc)
     return error_response(request.url.path, exc)
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     msg = {404: f"no route {request.url.path}", 405: f"{request.method} is not allowed on {request.url.path}"}
-    return error_response(
-        request.url.path,
-        ApiError(exc.status_code, msg.get(exc.status_code, str(exc.detail)), headers=dict(exc.headers or {})),
-    )
+    err = ApiError(exc.status_code, msg.get(exc.status_code, str(exc.detail)), headers=dict(exc.headers or {}))
+    _log_client_error(request, err)
+    return error_response(request.url.path, err)
 
 
 async def _crash(request: Request, exc: Exception) -> Response:
-    log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
-    return error_response(request.url.path, ApiError(500, "internal error (see the server's log)"))
+    """Every other exception: what the client sent (4xx, one log line), a known condition
+    of this machine (a full disk, a busy session), or our own bug (500, the traceback in the
+    log under the request id). Never a dead process."""
+    rid = request_id(request.scope)
+    err = classify(exc)
+    if err is None:
+        log.error("%s %s failed (%s)", request.method, request.url.path, rid, exc_info=exc)
+        err = ApiError(500, f"internal error (request {rid}; see the server's log)")
+    elif err.status >= 500:
+        log.error("%s %s: %s (%s)", request.method, request.url.path, err.message, rid)
+    else:
+        _log_client_error(request, err)
+    return error_response(request.url.path, err)
+
+
+def _bounded(endpoint: Callable[[Request], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
+    """The route's own error boundary: an exception becomes its API's error response here
+    (Starlette's last-resort handler would answer too, but re-raise it into uvicorn's log)."""
+
+    @functools.wraps(endpoint)
+    async def run(request: Request) -> Response:
+        try:
+            return await endpoint(request)
+        except (ApiError, HTTPException):
+            raise
+        except Exception as exc:  # noqa: BLE001 - the boundary: classified, never lost
+            return await _crash(request, exc)
+
+    return run
+
+
+def _log_client_error(request: Request, err: ApiError) -> None:
+    if err.status < 500:
+        log.warning(
+            "%s %s -> %d %s (%s)", request.method, request.url.path, err.status, err.message, request_id(request.scope)
+        )
 
 
 async def _root(request: Request) -> Response:
@@ -48,21 +83,21 @@ async def _root(request: Request) -> Response:
 
 def build_app(state: ServerState) -> ASGIApp:
     routes = [
-        Route("/", _root, methods=["GET", "HEAD"]),
-        Route("/v1/chat/completions", openai_api.chat_completions, methods=["POST"]),
-        Route("/v1/completions", openai_api.completions, methods=["POST"]),
-        Route("/v1/models", openai_api.list_models, methods=["GET"]),
-        Route("/v1/models/{model:path}", openai_api.get_model, methods=["GET"]),
-        Route("/api/chat", ollama_api.chat, methods=["POST"]),
-        Route("/api/generate", ollama_api.generate, methods=["POST"]),
-        Route("/api/tags", ollama_api.tags, methods=["GET"]),
-        Route("/api/ps", ollama_api.ps, methods=["GET"]),
-        Route("/api/show", ollama_api.show, methods=["POST"]),
-        Route("/api/version", ollama_api.version, methods=["GET"]),
-        Route("/localsym/load", load_api.load, methods=["POST"]),
-        Route("/localsym/sessions", load_api.sessions, methods=["GET"]),
-        Route("/localsym/sessions/{name}", load_api.session_info, methods=["GET"]),
-        Route("/localsym/sessions/{name}", load_api.session_delete, methods=["DELETE"]),
+        Route("/", _bounded(_root), methods=["GET", "HEAD"]),
+        Route("/v1/chat/completions", _bounded(openai_api.chat_completions), methods=["POST"]),
+        Route("/v1/completions", _bounded(openai_api.completions), methods=["POST"]),
+        Route("/v1/models", _bounded(openai_api.list_models), methods=["GET"]),
+        Route("/v1/models/{model:path}", _bounded(openai_api.get_model), methods=["GET"]),
+        Route("/api/chat", _bounded(ollama_api.chat), methods=["POST"]),
+        Route("/api/generate", _bounded(ollama_api.generate), methods=["POST"]),
+        Route("/api/tags", _bounded(ollama_api.tags), methods=["GET"]),
+        Route("/api/ps", _bounded(ollama_api.ps), methods=["GET"]),
+        Route("/api/show", _bounded(ollama_api.show), methods=["POST"]),
+        Route("/api/version", _bounded(ollama_api.version), methods=["GET"]),
+        Route("/localsym/load", _bounded(load_api.load), methods=["POST"]),
+        Route("/localsym/sessions", _bounded(load_api.sessions), methods=["GET"]),
+        Route("/localsym/sessions/{name}", _bounded(load_api.session_info), methods=["GET"]),
+        Route("/localsym/sessions/{name}", _bounded(load_api.session_delete), methods=["DELETE"]),
     ]
 
     @contextlib.asynccontextmanager

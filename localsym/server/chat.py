@@ -13,11 +13,12 @@ How a request's messages meet a named session's memory (the ledger records what 
   history text, then only the last user message is asked (``incremental``). A resent long
   conversation costs its new message, not its length, and n_ctx does not bound it.
 - Otherwise the request contradicts the session (an edited earlier message, a regenerated
-  answer): the client's copy is the truth. The session is moved aside as ``NAME.prev``
-  (one level of undo), a new ``NAME`` is opened with the same system prompt, files loaded
-  into the old one through this server are loaded again (their blocks are reused, nothing
-  is recomputed), the request's earlier messages are ingested as history text and the
-  question asked (``reset``).
+  answer): the client's copy is the truth. The session is moved aside as ``NAME~prev``
+  (one level of undo; ``~`` is in no name a client can create, and the response names it
+  in ``localsym.previous_session`` and X-Localsym-Previous-Session), a new ``NAME`` is
+  opened with the same system prompt, files loaded into the old one through this server
+  are loaded again (their blocks are reused, nothing is recomputed), the request's earlier
+  messages are ingested as history text and the question asked (``reset``).
 
 Without a session name the request runs in an ephemeral session (``ephemeral``), deleted
 afterwards: its earlier messages are ingested as history text. Blocks are content-addressed
@@ -39,7 +40,7 @@ from localsym.server.ledger import Ledger, Msg, transcript
 from localsym.server.roots import allowed_path
 from localsym.server.sessions import Gone, Lease, SessionPool
 from localsym.server.turns import TurnRun
-from localsym.session import GenParams, LoadReport, TurnStats, delete_session, rename_session, session_exists
+from localsym.session import GenParams, LoadReport, TurnStats, set_aside
 
 
 @dataclass
@@ -58,6 +59,7 @@ class Prepared:
     mode: str  # new, continue, incremental, reset, ephemeral
     history_messages: int = 0
     history: LoadReport | None = None
+    previous: str | None = None  # reset: the session's old history, set aside under this name
 
 
 def finish_reason(stats: TurnStats | None) -> str:
@@ -104,6 +106,8 @@ class ChatRun:
             "X-Localsym-History-Reused-Blocks": str(h.reused_blocks if h else 0),
             "X-Localsym-History-Computed-Blocks": str(h.computed_blocks if h else 0),
         }
+        if self.prepared.previous:
+            out["X-Localsym-Previous-Session"] = self.prepared.previous
         if st is not None:
             out |= {
                 "X-Localsym-Restored-Blocks": str(st.restored_blocks),
@@ -129,6 +133,8 @@ class ChatRun:
             "history_reused_blocks": h.reused_blocks if h else 0,
             "history_computed_blocks": h.computed_blocks if h else 0,
         }
+        if self.prepared.previous:
+            d["previous_session"] = self.prepared.previous
         if st is not None:
             d |= {
                 k: getattr(st, k)
@@ -201,6 +207,7 @@ def prepare(lease: Lease, inp: ChatInput) -> Prepared:
     else:
         e.ledger.sync(messages)
     led = e.ledger
+    previous = None
     if e.ephemeral:
         mode, new = "ephemeral", inp.history
     elif not inp.resend or not inp.history:
@@ -208,7 +215,7 @@ def prepare(lease: Lease, inp: ChatInput) -> Prepared:
     else:
         found = led.match(inp.history)
         if found is None:
-            _reset(lease)
+            previous = _reset(lease)
             mode, new = "reset", inp.history
         else:
             mode, new = ("incremental" if led.covered else "new"), found
@@ -218,23 +225,17 @@ def prepare(lease: Lease, inp: ChatInput) -> Prepared:
         assert e.ledger is not None
         e.ledger.extend(new)
         e.ledger.save()
-    return Prepared(mode, len(new), report)
+    return Prepared(mode, len(new), report, previous)
 
 
-def _reset(lease: Lease) -> None:
-    """(worker) Move the session aside as NAME.prev and open a new NAME with the same system
-    prompt and the files this server loaded into the old one."""
+def _reset(lease: Lease) -> str:
+    """(worker) Move the session aside as NAME~prev (returned) and open a new NAME with the
+    same system prompt and the files this server loaded into the old one."""
     e, pool = lease.entry, lease.pool
     system = lease.session.config.system
     loads = list(e.ledger.loads) if e.ledger else []
     lease.close_session()
-    prev = f"{e.name[:59]}.prev"
-    if prev in pool.entries:  # someone uses NAME.prev as a session of its own: keep it, drop the old NAME
-        delete_session(e.name)
-    else:
-        if session_exists(prev):
-            delete_session(prev)
-        rename_session(e.name, prev)
+    prev = set_aside(e.name)  # NAME~prev: a name no user session can have, never shared
     s = lease.open_session({"system": system})
     e.ledger = Ledger.load(e.name, s.messages(), False)
     for path in loads:
@@ -245,3 +246,4 @@ def _reset(lease: Lease) -> None:
         s.load(real)
         e.ledger.add_load(str(real))
     e.ledger.save()
+    return prev

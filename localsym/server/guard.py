@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hmac
 import re
+import uuid
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -25,7 +26,8 @@ CORS_HEADERS = [
     (
         b"access-control-expose-headers",
         b"x-localsym-session, x-localsym-mode, x-localsym-restored-blocks, x-localsym-recomputed-blocks, "
-        b"x-localsym-reinjected-blocks, x-localsym-history-reused-blocks, x-localsym-history-computed-blocks",
+        b"x-localsym-reinjected-blocks, x-localsym-history-reused-blocks, x-localsym-history-computed-blocks, "
+        b"x-localsym-previous-session, x-request-id",
     ),
     (b"access-control-max-age", b"600"),
 ]
@@ -60,6 +62,16 @@ class Guard:
             await self.app(scope, receive, send)
             return
         path = scope.get("path", "")
+        rid = new_request_id()
+        scope.setdefault("state", {})["request_id"] = rid
+        outer = send
+
+        async def with_id(msg: Message) -> None:  # every answer names its request
+            if msg["type"] == "http.response.start":
+                msg = {**msg, "headers": [*msg.get("headers", []), (b"x-request-id", rid.encode())]}
+            await outer(msg)
+
+        send = with_id
 
         async def refuse(err: ApiError) -> None:
             await error_response(path, err)(scope, receive, send)
@@ -112,6 +124,15 @@ class Guard:
             return msg
 
         await self.app(scope, limited, send)
+
+
+def new_request_id() -> str:
+    return f"req-{uuid.uuid4().hex[:20]}"
+
+
+def request_id(scope: Scope) -> str:
+    """The id ``Guard`` gave this request (its X-Request-Id header and log lines)."""
+    return str(scope.get("state", {}).get("request_id", "req-unknown"))
 
 
 def too_large(limit: int) -> ApiError:

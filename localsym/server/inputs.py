@@ -9,6 +9,7 @@ from typing import Any
 
 from starlette.requests import Request
 
+from localsym.server.bounds import BoundsError, check_depth, check_text
 from localsym.server.errors import ApiError
 from localsym.server.guard import BodyTooLarge, too_large
 from localsym.server.ledger import Msg
@@ -23,11 +24,20 @@ async def read_json(request: Request, limit: int) -> dict[str, Any]:
     except BodyTooLarge:
         raise too_large(limit) from None
     try:
+        check_depth(raw)  # before the parser recurses
         body = json.loads(raw)
+    except BoundsError as e:
+        raise ApiError(400, str(e), "invalid_json") from None
+    except RecursionError:
+        raise ApiError(400, "request body nests too deeply", "invalid_json") from None
     except (ValueError, UnicodeDecodeError) as e:
         raise ApiError(400, f"request body is not valid JSON: {e}", "invalid_json") from None
     if not isinstance(body, dict):
         raise ApiError(400, "request body must be a JSON object", "invalid_json")
+    try:
+        check_text(body)
+    except BoundsError as e:
+        raise ApiError(400, str(e), "invalid_text") from None
     return body
 
 

@@ -11,6 +11,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from localsym.errors import LocalsymError
 from localsym.server.errors import ApiError, ClientGone, error_body
 from localsym.server.inputs import SESSION_HEADER, read_json
 from localsym.server.ledger import Ledger
@@ -18,7 +19,7 @@ from localsym.server.roots import allowed_path
 from localsym.server.sessions import Lease
 from localsym.server.state import ServerState
 from localsym.server.streaming import JSON, SSE, Streamed, sse_event
-from localsym.session import LoadReport, delete_session, list_sessions, session_exists
+from localsym.session import LoadReport, delete_session, list_sessions, session_dir, session_exists
 
 PROGRESS_EVERY_S = 0.2
 
@@ -128,7 +129,11 @@ async def sessions(request: Request) -> Response:
 async def _leased(request: Request) -> Lease | None:
     st: ServerState = request.app.state.server
     name = request.path_params["name"]
-    if not isinstance(name, str) or name.startswith("ephemeral-") or not session_exists(name):
+    try:
+        session_dir(name)  # a bad name is the client's mistake (400), not a missing session
+    except LocalsymError as e:
+        raise ApiError(400, str(e).encode("utf-8", "backslashreplace").decode(), "bad_session_name") from None
+    if name.startswith("ephemeral-") or not session_exists(name):
         raise ApiError(404, f"no session named {name!r}", "session_not_found")
     try:
         return await st.pool.acquire(name, None, request.is_disconnected)

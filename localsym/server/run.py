@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import errno
+import socket
 import sys
+from dataclasses import replace
 
 import uvicorn
 
@@ -10,6 +13,7 @@ from localsym.errors import LocalsymError
 from localsym.server.app import build_app
 from localsym.server.settings import LOCAL_HOSTS, ServerSettings
 from localsym.server.state import ServerState
+from localsym.session import raised_note, session_min_ctx
 
 
 def check(settings: ServerSettings) -> None:
@@ -28,9 +32,25 @@ def check(settings: ServerSettings) -> None:
             raise LocalsymError(f"--allow-root {r}: not a directory")
 
 
+def _raise_small_ctx(settings: ServerSettings) -> None:
+    """``serve -c 2``: raised at start to what a session works in (said on the console),
+    never an abort at the first request."""
+    from localsym import config
+    from localsym.session import SessionConfig
+
+    block = config.load().get("memory", {}).get("block_tokens")
+    floor = session_min_ctx(block if isinstance(block, int) and block > 0 else SessionConfig.block_tokens)
+    note = raised_note(settings.opts.n_ctx, floor)
+    if note:
+        settings.opts = replace(settings.opts, n_ctx=floor)
+        sys.stderr.write(f"localsym serve: note: {note}\n")
+
+
 def run(settings: ServerSettings) -> None:
     check(settings)
+    _raise_small_ctx(settings)
     state = ServerState.create(settings)
+    sock = _bind(settings.host, settings.port)  # before the banner: a port in use is the only line
     host = f"[{settings.host}]" if ":" in settings.host else settings.host
     roots = ", ".join(map(str, settings.allow_roots)) or "none (loading files is off)"
     sys.stderr.write(
@@ -39,6 +59,26 @@ def run(settings: ServerSettings) -> None:
         f"load roots: {roots}; {'API key required' if settings.api_key else 'no API key'}\n"
     )
     sys.stderr.flush()
-    uvicorn.run(
+    config = uvicorn.Config(
         build_app(state), host=settings.host, port=settings.port, log_level="warning", timeout_graceful_shutdown=10
     )
+    try:
+        uvicorn.Server(config).run(sockets=[sock])
+    finally:
+        sock.close()
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    """The listening socket, bound here so that a port in use (or an address this machine
+    lacks) is one line before anything says "serving"."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)  # as uvicorn does
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(2048)
+    except OSError as e:
+        sock.close()
+        why = "the port is in use (another server?)" if e.errno == errno.EADDRINUSE else (e.strerror or str(e))
+        raise LocalsymError(f"cannot listen on {host}:{port}: {why}") from None
+    sock.set_inheritable(True)
+    return sock

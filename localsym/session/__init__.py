@@ -9,14 +9,17 @@ from localsym.catalog import default_model, load_catalog
 from localsym.memory.kv_quant import mix_summary
 from localsym.runtime.bridge import Cancelled, cancel_all
 from localsym.runtime.engine import GenParams, GenStats, RunOptions
+from localsym.runtime.limits import MIN_CTX, check_ctx, check_threads, raised_note, session_min_ctx
 from localsym.session._catalog import (
     delete_session,
+    is_set_aside,
     list_sessions,
     open_sessions,
     rename_session,
     session_dir,
     session_exists,
     session_settings,
+    set_aside,
 )
 from localsym.session._config import DEFAULT_SYSTEM, SessionConfig, check_value, resolve_config
 from localsym.session._oneshot import OneShot, PlainModel, Tokenizer, describe_model, model_card
@@ -60,4 +63,11 @@ __all__ = [
     "session_exists",
     "source_label",
     "session_settings",
+    "is_set_aside",
+    "set_aside",
+    "MIN_CTX",
+    "check_ctx",
+    "check_threads",
+    "raised_note",
+    "session_min_ctx",
 ]

@@ -7,17 +7,63 @@ import shutil
 import sqlite3
 from pathlib import Path
 
+import filelock
+
 from localsym import paths
 from localsym.errors import LocalsymError
 from localsym.memory.index_db import IndexDB
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+# a diverged history the server set aside: NAME~prev (NAME~prev2, ... while that one is open).
+# '~' is in no name a user can give, so no session of theirs is ever taken for one.
+_PREV = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]{0,63})~prev([2-9]|[1-9][0-9]+)?$")
 
 
 def session_dir(name: str) -> Path:
-    if not isinstance(name, str) or not _NAME.fullmatch(name):
+    if not isinstance(name, str) or not (_NAME.fullmatch(name) or _PREV.fullmatch(name)):
         raise LocalsymError(f"bad session name {name!r}: letters, digits, '.', '_' and '-', at most 64")
     return paths.sessions_dir() / name
+
+
+def is_set_aside(name: str) -> bool:
+    """A name only ``set_aside`` makes (users cannot create one)."""
+    return isinstance(name, str) and bool(_PREV.fullmatch(name))
+
+
+def _locked(d: Path) -> filelock.BaseFileLock | None:
+    """The session folder's lock, taken; None when a process (this one too) has it open."""
+    lock = filelock.FileLock(str(d / "session.lock"), thread_local=False)
+    try:
+        lock.acquire(timeout=0)
+    except filelock.Timeout:
+        return None
+    return lock
+
+
+def set_aside(name: str) -> str:
+    """Move session ``name`` (closed) to ``NAME~prev``, its own diverged history, and return
+    that name. Only ``NAME``'s own earlier ``~prev`` is replaced; while that one is open
+    somewhere the next free ``NAME~prevN`` is used instead. Never touches another session."""
+    if not session_exists(name):
+        raise LocalsymError(f"no session named {name!r}")
+    if is_set_aside(name):
+        raise LocalsymError(f"{name!r} is a set-aside history: start a new session instead")
+    for n in range(1, 1000):
+        prev = f"{name}~prev" if n == 1 else f"{name}~prev{n}"
+        d = session_dir(prev)
+        if not d.exists():
+            rename_session(name, prev)
+            return prev
+        lock = _locked(d)
+        if lock is None:
+            continue  # open in a process (a client reads it): keep it, use the next name
+        try:
+            shutil.rmtree(d)
+        finally:
+            lock.release()
+        rename_session(name, prev)
+        return prev
+    raise LocalsymError(f"too many set-aside histories of {name!r} are open")
 
 
 def session_exists(name: str) -> bool:

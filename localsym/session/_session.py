@@ -45,8 +45,9 @@ from localsym.memory.retrieval import StoredRetriever
 from localsym.memory.working_set import Refresh, WorkingSet
 from localsym.runtime.bridge import Cancelled
 from localsym.runtime.engine import Engine, GenParams, GenStats, RunOptions
+from localsym.runtime.limits import session_min_ctx
 from localsym.runtime.model_info import model_info
-from localsym.session._catalog import session_dir
+from localsym.session._catalog import is_set_aside, session_dir
 from localsym.session._config import SessionConfig, resolve_config
 from localsym.session._frame import Frame
 from localsym.session._oneshot import ollama_summary
@@ -183,6 +184,8 @@ class Session:
         config file, what the session stored, then ``overrides``); ``config`` replaces them
         all. ``opts`` is not modified."""
         d = session_dir(name)
+        if is_set_aside(name) and not (d / "session.db").exists():
+            raise LocalsymError(f"{name!r}: names with '~' are kept for set-aside histories; choose another")
         d.mkdir(parents=True, exist_ok=True, mode=0o700)
         lock = filelock.FileLock(str(d / "session.lock"), thread_local=False)  # closed from any thread
         try:
@@ -216,6 +219,10 @@ class Session:
                 )
             o = replace(opts or RunOptions())
             o.n_seq_max = max(o.n_seq_max, N_SEQ)
+            floor = session_min_ctx(cfg.block_tokens)
+            if o.n_ctx and 0 < o.n_ctx < floor:  # `-c 1`: raised (the faces say so), never an abort
+                log.info("session %s: -c %d raised to %d", name, o.n_ctx, floor)
+                o.n_ctx = floor
             model_id = db.get("model_id") or model_store.identity(path)
             experts = usage = None
             info = model_info(path)

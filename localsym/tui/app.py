@@ -36,6 +36,7 @@ from localsym.session import (
     Session,
     TurnStats,
     mix_summary,
+    raised_note,
     session_dir,
     session_exists,
     source_label,
@@ -284,6 +285,9 @@ class ChatApp(App):
                     old.close()
                 self.session = Session.open(name, model, self.opts, overrides=self.overrides)
                 self.session_name = name
+            raised = raised_note(self.opts.n_ctx, self.session.engine.opts.n_ctx)
+            if raised:  # `chat -c 1`: a session needs more, said once
+                self.call_from_thread(self.note, raised)
             self.call_from_thread(self._session_ready)
         except LocalsymError as e:
             self.call_from_thread(
