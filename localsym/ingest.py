@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
+from localsym.documents import MAX_DOCUMENT_BYTES, document_kind
 from localsym.errors import LocalsymError
 
 MAX_FILE_BYTES = 1 << 20  # 1 MiB: bigger text files are almost always data, not code
@@ -78,13 +79,19 @@ def _consider(f: Path, out: WalkResult, max_bytes: int) -> None:
         fd = os.open(f, _OPEN_FLAGS)
         try:
             st = os.fstat(fd)
-            if not stat.S_ISREG(st.st_mode):
+            regular = stat.S_ISREG(st.st_mode)
+            head = os.read(fd, SNIFF_BYTES) if regular and st.st_size > 0 else b""
+            # a document (PDF, DOCX, EPUB, HTML, Markdown, mail) is read by localsym.documents,
+            # binary or not, up to a larger cap; a damaged one is refused there, with its reason
+            doc = regular and document_kind(f, head) is not None
+            cap = max(max_bytes, MAX_DOCUMENT_BYTES) if doc else max_bytes
+            if not regular:
                 out.skipped.append((f, "not a regular file"))
-            elif st.st_size > max_bytes:
-                out.skipped.append((f, f"too big ({st.st_size / 2**20:.1f} MiB > {max_bytes / 2**20:.1f} MiB)"))
+            elif st.st_size > cap:
+                out.skipped.append((f, f"too big ({st.st_size / 2**20:.1f} MiB > {cap / 2**20:.1f} MiB)"))
             elif st.st_size == 0:
                 out.skipped.append((f, "empty"))
-            elif b"\0" in os.read(fd, SNIFF_BYTES):
+            elif not doc and b"\0" in head:
                 out.skipped.append((f, "binary"))
             else:
                 out.files.append(f)

@@ -103,7 +103,8 @@ def _parts(doc: Any, progress: Progress | None) -> Iterator[Part]:
             if at < 0 or at >= n:
                 continue
             mid = min(at, LOOK)
-            kept = _drop_running(list(window), mid)
+            body = sizes.most_common(1)[0][0] if sizes else 0.0
+            kept = _drop_running(list(window), mid, body)
             yield from _page_parts(kept, at + 1, sizes, headings)
             if at >= LOOK:
                 window.popleft()
@@ -153,13 +154,15 @@ def _page_lines(doc: Any, i: int) -> list[_Line]:
         page.close()
 
 
-def _drop_running(window: list[list[_Line]], mid: int) -> list[_Line]:
-    """Page ``window[mid]`` without its running headers and footers: edge lines that are page
-    numbers, or whose text (digits aside) sits at an edge of a neighbouring page too."""
+def _drop_running(window: list[list[_Line]], mid: int, body: float) -> list[_Line]:
+    """Page ``window[mid]`` without its running headers and footers: edge lines no bigger than
+    the body text that are page numbers, or whose text (digits aside) sits at an edge of a
+    neighbouring page too ("Chapter 3" at the top of pages 3 and 4 is a heading, in big type)."""
     near = {ln.key for j, page in enumerate(window) if j != mid for ln in page if ln.key}
     kept = []
     for ln in window[mid]:
-        if ln.key and (_PAGE_NUMBER.match(ln.key) or ln.key in near):
+        small = body <= 0 or ln.size <= body * 1.05
+        if ln.key and small and (_PAGE_NUMBER.match(ln.key) or ln.key in near):
             continue
         kept.append(ln)
     return kept
@@ -178,6 +181,7 @@ def _page_parts(lines: list[_Line], page: int, sizes: Counter[float], headings: 
 
     paragraphs: list[list[str]] = []
     start_heading, prev, prev_heading = False, None, False
+    only_headings = False  # the part so far holds headings alone
     for ln in lines:
         is_heading = (
             body > 0 and ln.size >= body * HEADING_RATIO and len(ln.text) <= 150 and any(c.isalpha() for c in ln.text)
@@ -192,14 +196,17 @@ def _page_parts(lines: list[_Line], page: int, sizes: Counter[float], headings: 
             paragraphs[-1].append(ln.text)  # a title set on two lines
             headings.stack[-1] = (headings.stack[-1][0], headings.stack[-1][1] + " " + ln.text)
         elif is_heading:
-            if paragraphs:
+            if paragraphs and not only_headings:
                 yield Part(_text(paragraphs), page, headings.path, start_heading)
-            headings.enter(-ln.size, ln.text)
-            paragraphs, start_heading = [[ln.text]], True
+                paragraphs = []
+            headings.enter(-ln.size, ln.text)  # "Chapter 2" then "2.1 Oil": one part, the deeper path
+            paragraphs.append([ln.text])
+            start_heading = only_headings = True
         elif prev is not None and not prev_heading and ln.top > prev.bottom and ln.bottom < prev.top:
             paragraphs[-1][-1] += ln.text  # the same visual line, broken at a superscript
         elif prev is None or prev_heading or _new_paragraph(prev, ln, pitch, col_left, col_right):
             paragraphs.append([ln.text])
+            only_headings = False
         else:
             paragraphs[-1].append(ln.text)
         prev, prev_heading = ln, is_heading

@@ -5,8 +5,8 @@ its declared size (and fails the CRC if the data holds more), so the declared si
 from __future__ import annotations
 
 import io
-import zlib
 import zipfile
+import zlib
 
 from localsym.documents._types import MAX_UNPACKED_BYTES, MAX_ZIP_MEMBERS, DocumentError, Source
 
