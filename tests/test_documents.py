@@ -296,6 +296,34 @@ def test_epub_spine_order_and_chapter_titles(tmp_path):
     assert doc.text.index("High water") < doc.text.index("bowline")  # spine order, not manifest order
 
 
+def test_epub2_ncx_titles(tmp_path):
+    """An EPUB 2 names its chapters in toc.ncx, not in a nav document."""
+    src = _epub(tmp_path / "three.epub")
+    out = tmp_path / "two.epub"
+    ncx = (
+        '<ncx xmlns="http://www.daisy.org/z3986/2005/ncx/"><navMap>'
+        '<navPoint id="a"><navLabel><text>Tidal streams</text></navLabel><content src="text/ch1.xhtml"/></navPoint>'
+        '<navPoint id="b"><navLabel><text>Ropes</text></navLabel><content src="text/ch2.xhtml"/></navPoint>'
+        "</navMap></ncx>"
+    )
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(out, "w") as zout:
+        for info in zin.infolist():
+            data = zin.read(info.filename)
+            if info.filename == "OEBPS/content.opf":
+                data = (
+                    data.replace(b'properties="nav"', b"")
+                    .replace(b"<spine>", b'<spine toc="ncx">')
+                    .replace(
+                        b"</manifest>",
+                        b'<item id="ncx" href="toc.ncx" media-type="application/x-dtbncx+xml"/></manifest>',
+                    )
+                )
+            zout.writestr(info, data)
+        zout.writestr("OEBPS/toc.ncx", ncx)
+    doc = extract(out)
+    assert [p.heading for p in doc.parts][::2] == ["Tidal streams > Tides", "Ropes > Knots"]
+
+
 # -- HTML, Markdown ------------------------------------------------------------------------------
 def test_html_text_headings_and_what_is_dropped(tmp_path):
     path = tmp_path / "page.html"
@@ -322,7 +350,9 @@ def test_html_one_50mb_line(tmp_path):
     assert doc.text.count("word") == 10_000_000
     many = tmp_path / "many.html"
     many.write_bytes(b"<html><body>" + b"<p>a <b>b</b></p>" * 300_000 + b"</body></html>")
-    assert len(extract(many).text) > 1_000_000
+    parts = list(iter_parts(many))
+    assert sum(len(p.text) for p in parts) > 1_000_000
+    assert max(len(p.text) for p in parts) < 100_000  # a long section goes out in bounded parts
     assert time.perf_counter() - t < 20
 
 
@@ -403,3 +433,12 @@ def test_document_kind():
 def test_document_is_plain_data():
     d = Document("markdown")
     assert d.parts == [] and d.text == "" and d.title is None
+
+
+def test_measure_pdf_against_pdftotext(tmp_path):
+    from localsym.documents.measure import measure_pdf
+
+    r = measure_pdf(_manual_pdf(tmp_path / "m.pdf", pages=3), reps=1)
+    assert r["pages"] == 3 and r["localsym"]["pages_s"] > 0 and r["pdfium_plain"]["chars"] > 0
+    if r["pdftotext"] is not None:  # poppler-utils installed
+        assert r["word_recall"] > 0.8 and r["word_precision"] > 0.95

@@ -2,9 +2,9 @@
 and navigation dropped, <pre> kept verbatim, tables as rows.
 
 No tree is built: libxml2 calls ``start``/``data``/``end`` on a small writer as it reads 1 MiB
-chunks, so memory stays flat and one 50 MB line of small tags takes seconds (a tree walked with
-iterparse took 26 s and 1.9 GB fully built, ~280 MB freed as it went). ``huge_tree`` is on: without it libxml2
-silently cuts a text node at 10 MB (and iterparse ignores the flag for HTML).
+chunks, and a long section goes out in parts of ~64K characters, so one 50 MB line of 3M small
+tags streams at a 73 MB peak (a tree built whole took 1.9 GB). ``huge_tree`` is on: without it
+libxml2 silently cuts a text node at 10 MB (and iterparse ignores the flag for HTML).
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from localsym.documents._text import HeadingPath, fix_ligatures
 from localsym.documents._types import DocumentError, Part, PartStream, Progress, Source
 
 CHUNK = 1 << 20
+PART_CHARS = 1 << 16  # a section longer than this goes out in several parts, so memory stays flat
 DROP_TAGS = frozenset(
     "script style noscript template nav svg math canvas iframe object embed head title button select "
     "textarea input form dialog".split()
@@ -165,6 +166,7 @@ class _Writer:
         self.dropping = 0  # depth inside a dropped element (script, nav...)
         self.start_heading = root_heading is not None  # a chapter begins a part
         self.only_headings = False  # the section so far holds headings alone
+        self.size = 0  # characters in self.paragraphs
 
     # -- parser target
     def start(self, tag: str, attrib: Any) -> None:
@@ -239,14 +241,17 @@ class _Writer:
         self.line()
         if self.lines:
             self.paragraphs.append(fix_ligatures("\n".join(self.lines)))
+            self.size += len(self.paragraphs[-1]) + 2  # and the blank line after it
             self.lines = []
             self.only_headings = False
+            if self.size > PART_CHARS:
+                self.section()
 
     def section(self) -> None:
         self.paragraph()
         if self.paragraphs:
             self.done.append(Part("\n\n".join(self.paragraphs), None, self.headings.path, self.start_heading))
-        self.paragraphs, self.start_heading, self.only_headings = [], False, False
+        self.paragraphs, self.start_heading, self.only_headings, self.size = [], False, False, 0
 
     def finish(self) -> None:
         if self.heading:  # a heading never closed
