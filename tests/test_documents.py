@@ -385,14 +385,14 @@ def test_mbox_message_by_message(tmp_path):
     locked = _encrypted_pdf(tmp_path / "locked.pdf").read_bytes()
     path = tmp_path / "Inbox"
     with open(path, "wb") as f:
-        for m in [_mail("First"), _mail("Second, with From in the body", attach=locked), _mail("Third")]:
+        for m in [_mail("First"), _mail("Second, with From in the body", attach=locked), _mail("Troisième dîner")]:
             f.write(b"From ann@example.org Sat Dec  5 10:00:00 2026\n")
             body = m.as_bytes().replace(b"\nDinner is at", b"\nFrom the harbour: dinner is at")
             f.write(body.replace(b"\nFrom ", b"\n>From ") + b"\n")  # mboxrd quoting
     assert document_kind(path, path.read_bytes()[:8000]) == "mail"
     doc = extract(path)
     subjects = [p.heading.rsplit(" · ", 1)[-1] for p in doc.parts]
-    assert subjects == ["First", "Second, with From in the body", "Third"]
+    assert subjects == ["First", "Second, with From in the body", "Troisième dîner"]  # RFC 2047 decoded
     assert "[attachment menu.pdf: encrypted: needs a password]" in doc.parts[1].text
     assert "\nFrom the harbour: dinner is at eight" in doc.parts[2].text  # unquoted
 

@@ -26,7 +26,10 @@ DROP_TAGS = frozenset(
     "textarea input form dialog".split()
 )
 DROP_ROLES = frozenset({"navigation", "search", "banner", "contentinfo"})
-DROP_CLASSES = frozenset({"navheader", "navfooter", "breadcrumb", "breadcrumbs", "skip-link", "sr-only"})
+DROP_CLASSES = frozenset(
+    "navheader navfooter docnav navbar nav navigation pagination breadcrumb breadcrumbs skip-link sr-only".split()
+)  # DocBook's and Publican's page navigation, common site navigation
+DROP_IDS = frozenset({"banner", "navigation", "navbar", "nav"})
 BLOCK_TAGS = frozenset(
     "p div section article main header footer aside blockquote figure figcaption ul ol dl table "
     "thead tbody tfoot caption address details summary hr fieldset center body html".split()
@@ -270,6 +273,8 @@ def _dropped(tag: str, attrib: Any) -> bool:
     if not attrib:
         return False
     if attrib.get("hidden") is not None or attrib.get("aria-hidden") == "true" or attrib.get("role") in DROP_ROLES:
+        return True
+    if attrib.get("id") in DROP_IDS:
         return True
     cls = attrib.get("class")
     return bool(cls) and not DROP_CLASSES.isdisjoint(cls.split())
