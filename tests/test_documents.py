@@ -381,6 +381,17 @@ def test_eml_with_a_pdf_attachment(tmp_path):
     assert "page2word" in " ".join(att[0].text.split())
 
 
+def test_eml_html_body(tmp_path):
+    m = EmailMessage()
+    m["From"], m["Subject"] = "shop@example.org", "Your order"
+    m.set_content("<html><body><style>p{}</style><p>Order <b>42</b> ships on Monday.</p></body></html>", subtype="html")
+    path = tmp_path / "order.eml"
+    path.write_bytes(m.as_bytes())
+    doc = extract(path)
+    assert doc.parts[0].heading == "shop@example.org · Your order"
+    assert doc.parts[0].text.endswith("Order 42 ships on Monday.")
+
+
 def test_mbox_message_by_message(tmp_path):
     locked = _encrypted_pdf(tmp_path / "locked.pdf").read_bytes()
     path = tmp_path / "Inbox"
