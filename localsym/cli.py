@@ -443,7 +443,7 @@ def cmd_load(a: argparse.Namespace) -> int:
                 )
 
         try:
-            rep = sess.load(a.path, progress)
+            rep = sess.load(a.path, progress, no_ignore=a.no_ignore)
         finally:
             if bar is not None:
                 bar.stop()
@@ -460,6 +460,7 @@ def cmd_load(a: argparse.Namespace) -> int:
                     "reused_blocks": rep.reused_blocks,
                     "seconds": round(rep.seconds, 3),
                     "skipped": [{"path": p, "reason": r} for p, r in rep.skipped],
+                    "ignored": [{"ignore_file": p, "excluded": n} for p, n in rep.ignored],
                     "session_tokens": total_tokens,
                     "formats": mix,
                 }
@@ -477,7 +478,15 @@ def cmd_load(a: argparse.Namespace) -> int:
     print(f"  block formats (layers): {mix_summary(mix['cold'])}; {mix['pinned_blocks']} blocks pinned at q8")
     for p, why in rep.skipped:
         print(f"  skipped {p}: {why}")
+    for line in ignored_lines(rep.ignored):
+        print(f"  {line}")
     return 0
+
+
+def ignored_lines(ignored: list[tuple[str, int]]) -> list[str]:
+    """What ignore files kept out, and how to load it anyway."""
+    out = [f"{n} file{'s' if n != 1 else ''} excluded by {p}" for p, n in ignored]
+    return [*out, "(load --no-ignore loads them too)"] if out else []
 
 
 def cmd_ask(a: argparse.Namespace) -> int:

@@ -41,10 +41,17 @@ _OPEN_FLAGS = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)  # O_NON
 class WalkResult:
     files: list[Path] = field(default_factory=list)
     skipped: list[tuple[Path, str]] = field(default_factory=list)
+    # ignore file -> how many entries it excluded (a tree inside a repository that ignores
+    # it loads nothing, and says why)
+    ignored: dict[str, int] = field(default_factory=dict)
 
 
-def walk(path: str | Path, max_bytes: int = MAX_FILE_BYTES) -> WalkResult:
-    """The loadable files under ``path`` (sorted) and every file or folder passed over, with why."""
+IGNORED_CHECK_MAX = 20000  # excluded paths attributed to their ignore file, at most
+
+
+def walk(path: str | Path, max_bytes: int = MAX_FILE_BYTES, no_ignore: bool = False) -> WalkResult:
+    """The loadable files under ``path`` (sorted) and every file or folder passed over, with why.
+    ``no_ignore`` (ripgrep's name): ignore files are not read, and every file is listed."""
     root = Path(path).expanduser()
     try:
         st = os.stat(root)
@@ -62,7 +69,7 @@ def walk(path: str | Path, max_bytes: int = MAX_FILE_BYTES) -> WalkResult:
         # not followed), so `notes.txt`, `./notes.txt` and `/abs/notes.txt` are one document
         _consider(root.parent.resolve() / root.name, out, max_bytes)
         return out
-    _Walker(root.resolve(), out, max_bytes).run()
+    _Walker(root.resolve(), out, max_bytes, no_ignore).run()
     out.files.sort()
     out.skipped.sort(key=lambda s: s[0])
     return out
@@ -123,6 +130,55 @@ def _git_ls_files(folder: Path) -> list[bytes] | None:
     if r.returncode != 0:
         return None
     return [n for n in r.stdout.split(b"\0") if n]
+
+
+def _git_ignored(folder: Path) -> dict[str, int]:
+    """Which ignore files exclude which share of ``folder``'s files, as git reads them:
+    ignore file -> count (git check-ignore on at most ``IGNORED_CHECK_MAX`` of them)."""
+    git = shutil.which("git")
+    if git is None:
+        return {}
+    env = dict(os.environ, GIT_OPTIONAL_LOCKS="0")
+    try:
+        r = subprocess.run(
+            [git, "ls-files", "-o", "-i", "--exclude-standard", "-z"],
+            check=False,
+            cwd=folder,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            timeout=GIT_TIMEOUT_S,
+            env=env,
+        )
+        names = [n for n in r.stdout.split(b"\0") if n] if r.returncode == 0 else []
+        names = [n for n in names if not set(n.split(b"/")[:-1]) & _ALWAYS_SKIP_B]
+        if not names:
+            return {}
+        c = subprocess.run(
+            [git, "check-ignore", "-v", "-z", "--no-index", "--stdin"],
+            check=False,
+            cwd=folder,
+            input=b"\0".join(names[:IGNORED_CHECK_MAX]) + b"\0",
+            capture_output=True,
+            timeout=GIT_TIMEOUT_S,
+            env=env,
+        )
+        top = subprocess.run(
+            [git, "rev-parse", "--show-toplevel"], check=False, cwd=folder, capture_output=True, timeout=GIT_TIMEOUT_S
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return {}
+    repo = Path(os.fsdecode(top)) if top else folder  # git names ignore files from the work tree's top
+    out: dict[str, int] = {}
+    fields = c.stdout.split(b"\0")
+    for i in range(0, len(fields) - 3, 4):  # source, line, pattern, path
+        src = fields[i]
+        if src:
+            key = os.path.normpath(repo / os.fsdecode(src))  # an absolute source stays as it is
+            out[key] = out.get(key, 0) + 1
+    rest = len(names) - sum(out.values())
+    if rest > 0 and len(names) > IGNORED_CHECK_MAX:
+        out["(more, not attributed)"] = rest
+    return out
 
 
 def _global_excludes_file(folder: Path) -> Path | None:
@@ -346,26 +402,34 @@ def _is_dir(e: os.DirEntry[str]) -> bool:
         return False
 
 
-def _ignored(chain: tuple[_Rules, ...], rel: bytes, name: bytes, is_dir: bool) -> bool:
+def _ignored(chain: tuple[_Rules, ...], rel: bytes, name: bytes, is_dir: bool) -> _Rules | None:
     """git's rule: the deepest ignore file with a matching pattern decides, by its last match;
-    .git/info/exclude and the global file sit at the shallow end of ``chain``."""
+    .git/info/exclude and the global file sit at the shallow end of ``chain``. Returns the
+    rules that excluded the entry, or None when it is not excluded."""
     for rules in reversed(chain):
         sub = rel[len(rules.base) :]
         for p in reversed(rules.patterns):
             if p.dir_only and not is_dir:
                 continue
             if p.regex.fullmatch(name if p.basename else sub):
-                return not p.negative
-    return False
+                return None if p.negative else rules
+    return None
 
 
 class _Walker:
     """One walk: a worklist of trees (git's listing first, these rules when git says no),
     each walked with an explicit stack."""
 
-    def __init__(self, top: Path, out: WalkResult, max_bytes: int) -> None:
+    def __init__(self, top: Path, out: WalkResult, max_bytes: int, no_ignore: bool = False) -> None:
         self.top, self.out, self.max_bytes = top, out, max_bytes
-        self.git = shutil.which("git") is not None  # without git, a nested repository is a plain folder
+        self.no_ignore = no_ignore
+        # without git (or told to ignore no file), a nested repository is a plain folder
+        self.git = shutil.which("git") is not None and not no_ignore
+        self.rule_files: dict[int, str] = {}  # id of a file's rules -> its path, to say what excluded what
+
+    def excluded(self, rules: _Rules) -> None:
+        where = self.rule_files.get(id(rules), "ignore rules")
+        self.out.ignored[where] = self.out.ignored.get(where, 0) + 1
 
     def skip(self, p: Path, why: str) -> None:
         self.out.skipped.append((p, why))
@@ -374,11 +438,13 @@ class _Walker:
         trees = [(self.top, 0)]  # (folder, its depth below top); nested repositories join as met
         while trees:
             folder, depth = trees.pop()
-            names = _git_ls_files(folder)
+            names = _git_ls_files(folder) if self.git else None
             if names is None:
                 self.walk_here(folder, depth, trees)
             else:
                 self.take_listing(folder, depth, names, trees)
+                for where, n in _git_ignored(folder).items():
+                    self.out.ignored[where] = self.out.ignored.get(where, 0) + n
 
     # -- a listing from git
     def take_listing(self, folder: Path, depth: int, names: list[bytes], trees: list[tuple[Path, int]]) -> None:
@@ -413,7 +479,8 @@ class _Walker:
 
     # -- no git: the rules here
     def walk_here(self, folder: Path, depth: int, trees: list[tuple[Path, int]]) -> None:
-        stack: list[tuple[Path, bytes, int, tuple[_Rules, ...]]] = [(folder, b"", depth, self.base_rules(folder))]
+        base = () if self.no_ignore else self.base_rules(folder)
+        stack: list[tuple[Path, bytes, int, tuple[_Rules, ...]]] = [(folder, b"", depth, base)]
         while stack:
             d, rel, level, chain = stack.pop()
             try:
@@ -423,7 +490,7 @@ class _Walker:
                 self.skip(d, f"unreadable ({_why(err)})")
                 continue
             for e in entries:
-                if e.name == ".gitignore" and not _is_dir(e):
+                if e.name == ".gitignore" and not _is_dir(e) and not self.no_ignore:
                     rules = self.read_ignore(Path(e.path), rel, follow=False)
                     if rules is not None:
                         chain = (*chain, rules)
@@ -433,7 +500,9 @@ class _Walker:
                 is_dir = _is_dir(e)
                 if name == b".git" or (is_dir and name in _ALWAYS_SKIP_B) or (name == b".gitignore" and not is_dir):
                     continue
-                if _ignored(chain, rel + name, name, is_dir):
+                by = _ignored(chain, rel + name, name, is_dir)
+                if by is not None:
+                    self.excluded(by)
                     continue
                 p = Path(e.path)
                 if not is_dir:
@@ -485,6 +554,7 @@ class _Walker:
             data = data[: data.rfind(b"\n", 0, MAX_IGNORE_FILE_BYTES) + 1]
             notes.append(f"only its first {MAX_IGNORE_FILE_BYTES >> 20} MiB read")
         rules, bad = _parse_ignore(data, base)
+        self.rule_files[id(rules)] = str(path)
         if bad:
             notes.append(f"{bad} malformed pattern line{'s' if bad > 1 else ''} read as git reads them")
         if notes:

@@ -375,3 +375,33 @@ def test_missing_path_is_one_line(tmp_path):
     with pytest.raises(LocalsymError, match="no such file or folder") as e:
         walk(tmp_path / "missing")
     assert "\n" not in str(e.value)
+
+
+@pytest.mark.skipif(not HAS_GIT, reason="git is not installed")
+def test_a_tree_its_repository_ignores_says_why_and_loads_with_no_ignore(tmp_path):
+    """A Python installed under a version manager's repository (pyenv ignores `versions/`):
+    the walk lists nothing but says which ignore file excluded how many files, and
+    `no_ignore` lists them all (git's own listing is not used then)."""
+    repo = tmp_path / "manager"
+    lib = repo / "versions" / "3.11" / "lib"
+    write(lib, {"json/encoder.py": "x = 1\n", "json/decoder.py": "y = 2\n", "os.py": "z = 3\n"})
+    (repo / ".gitignore").write_text("/versions/\n")
+    git(repo, "init", "-q")
+    found = walk(lib)
+    assert found.files == [] and found.skipped == []
+    assert found.ignored == {str(repo / ".gitignore"): 3}
+    every = walk(lib, no_ignore=True)
+    assert rel(every, lib) == {b"json/encoder.py", b"json/decoder.py", b"os.py"} and every.ignored == {}
+
+
+def test_ignored_entries_are_counted_without_git(tmp_path, mode):
+    root = tmp_path / "t"
+    write(root, {"a.py": "a\n", "build/x.o.txt": "o\n", "b.log": "l\n", "c.log": "l\n"})
+    (root / ".gitignore").write_text("*.log\nbuild/\n")
+    if mode == "git":
+        git(root, "init", "-q")
+    found = walk(root)
+    assert rel(found, root) == {b"a.py"}
+    # git counts files, the rules count entries (an ignored folder is one)
+    assert found.ignored == {str(root.resolve() / ".gitignore"): 3}
+    assert rel(walk(root, no_ignore=True), root) == {b"a.py", b"build/x.o.txt", b"b.log", b"c.log"}

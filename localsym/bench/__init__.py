@@ -29,6 +29,7 @@ BENCHES = (
     "serve",
     "ruler",
     "open",
+    "code",
 )
 
 
@@ -43,6 +44,7 @@ def add_parsers(parser: argparse.ArgumentParser, add_runtime_flags: Callable) ->
     add_runtime_flags(s)
 
     _add_memory(sub)
+    _add_code(sub)
     _add_ruler(sub)
     _add_open(sub)
 
@@ -151,6 +153,22 @@ def _add_memory(sub) -> None:
     s.add_argument("--warm-mb", type=float, default=32, help="warm tier budget (full by 4K tokens)")
     s.add_argument("--hot", type=int, default=4096, help="hot context tokens")
     s.add_argument("--vram", default=None, help=VRAM_HELP)
+    s.add_argument("-t", "--threads", type=int, default=None)
+    _common(s)
+
+
+def _add_code(sub) -> None:
+    s = sub.add_parser("code", help="questions in words over a real package's code vs BM25 over line windows")
+    s.add_argument("--model", default=None, help="model (default: the catalog's default)")
+    s.add_argument("--packages", default="click,jinja2", help="installed packages to ask about, comma-separated")
+    s.add_argument("--tokens", type=int, default=40000, help="tokens of each package loaded (files in path order)")
+    s.add_argument("--questions", type=int, default=20, help="functions asked about per package")
+    s.add_argument("--window", type=int, default=30, help="lines per BM25 baseline window")
+    s.add_argument("--block", type=int, default=256)
+    s.add_argument("--hot", type=int, default=4096, help="hot context tokens")
+    s.add_argument("--answer-tokens", type=int, default=24)
+    s.add_argument("--vram", default=None, help=VRAM_HELP)
+    s.add_argument("--seed", type=int, default=0)
     s.add_argument("-t", "--threads", type=int, default=None)
     _common(s)
 

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from localsym.errors import BudgetError, LocalsymError
+from localsym.memory import lexical
 
 log = logging.getLogger("localsym.memory")
 
@@ -71,7 +72,22 @@ def _v4() -> str:
     """
 
 
-MIGRATIONS = [_v1, _v2, _v3, _v4]
+def _v5() -> str:
+    # questions in words: each document block's words in an FTS5 table (memory/lexical.py),
+    # ``lexed`` saying they are in; what a block holds as its header names it (``label``:
+    # definitions or a section) and, for paged documents, its pages. Blocks from before v5
+    # are indexed from their exact tokens on first use.
+    return f"""
+        ALTER TABLE blocks ADD COLUMN label TEXT;
+        ALTER TABLE blocks ADD COLUMN page0 INTEGER;
+        ALTER TABLE blocks ADD COLUMN page1 INTEGER;
+        ALTER TABLE blocks ADD COLUMN lexed INTEGER;
+        {lexical.SCHEMA.format(name=LEX_TABLE)};
+    """
+
+
+MIGRATIONS = [_v1, _v2, _v3, _v4, _v5]
+LEX_TABLE = "lexical"
 _ACTIVE_DOCS = "FROM blocks b JOIN docs d ON d.id = b.doc_id WHERE d.active = 1 AND d.kind != 'turn'"
 
 
@@ -108,6 +124,8 @@ class BlockRow:
     source: str
     attn: bytes | None = None  # representative keys, f16 [layers, kv heads, reps, head_dim]
     lines: tuple[int, int] | None = None  # first and last line of its file it covers (1-based)
+    label: str | None = None  # what it holds, as its header names it (definitions, a section)
+    pages: tuple[int, int] | None = None  # first and last page, for paged documents
 
     @property
     def n_tokens(self) -> int:
@@ -121,6 +139,7 @@ class IndexDB:
 
     def __init__(self, path: Path, readonly: bool = False) -> None:
         self.path = path
+        self._lexical: lexical.LexicalIndex | None = None
         if not path.exists():
             if readonly:
                 raise LocalsymError(f"{path}: no such session index")
@@ -222,6 +241,12 @@ class IndexDB:
                         "DELETE FROM postings WHERE block_id IN (SELECT id FROM blocks WHERE doc_id = ?)", (d,)
                     )
                     self.db.execute("UPDATE blocks SET indexed = NULL WHERE doc_id = ?", (d,))
+                    self.db.execute(
+                        f"DELETE FROM {LEX_TABLE} WHERE rowid IN "
+                        "(SELECT id FROM blocks WHERE doc_id = ? AND lexed = 1)",
+                        (d,),
+                    )
+                    self.db.execute("UPDATE blocks SET lexed = NULL WHERE doc_id = ?", (d,))
                     self.db.execute("UPDATE docs SET active = 0 WHERE id = ?", (d,))
                 return len(old)
         return 0
@@ -237,17 +262,23 @@ class IndexDB:
         sketch: tuple[int, int] | None = None,
         lines: tuple[int, int] | None = None,
         postings: bool = False,
+        label: str | None = None,
+        pages: tuple[int, int] | None = None,
+        words: tuple[str, str] | None = None,
     ) -> int:
         """One block's row; ``sketch``: its (row, crc32) in the session's sketch file;
         ``postings``: also index its distinct tokens (document blocks), in the same
-        transaction, so a block is selectable by its tokens exactly when its row exists."""
+        transaction, so a block is selectable by its tokens exactly when its row exists;
+        ``words``: its text and its file's name for the lexical index (same transaction)."""
         blob = np.asarray(tokens, np.int32).tobytes()
         row, crc = sketch if sketch is not None else (None, None)
         l0, l1 = lines if lines is not None else (None, None)
+        p0, p1 = pages if pages is not None else (None, None)
         with self._tx():
             cur = self.db.execute(
                 "INSERT INTO blocks(doc_id, idx, key, pos0, n_tokens, tokens, created, attn, tokens_crc, "
-                "sketch_row, sketch_crc, indexed, line0, line1) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                "sketch_row, sketch_crc, indexed, line0, line1, label, page0, page1, lexed) "
+                "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (
                     doc_id,
                     idx,
@@ -263,13 +294,52 @@ class IndexDB:
                     1 if postings else None,
                     l0,
                     l1,
+                    label,
+                    p0,
+                    p1,
+                    1 if words is not None else None,
                 ),
             )
             assert cur.lastrowid is not None  # set by every INSERT
             bid = int(cur.lastrowid)
             if postings:
                 self._add_postings(bid, tokens)
+            if words is not None:
+                self.lexical.add(bid, words[0], words[1], (label,) if label else ())
         return bid
+
+    # -- the lexical index ------------------------------------------------------------------------
+    @property
+    def lexical(self) -> lexical.LexicalIndex:
+        if self._lexical is None:
+            self._lexical = lexical.LexicalIndex(self.db, LEX_TABLE, create=False)
+        return self._lexical
+
+    def unlexed(self) -> list[int]:
+        """Active document blocks whose words are not in the lexical index yet."""
+        return [r[0] for r in self.db.execute(f"SELECT b.id {_ACTIVE_DOCS} AND b.lexed IS NULL ORDER BY b.id")]
+
+    def lex_blocks(self, items: list[tuple[int, str, str, str | None]]) -> None:
+        """Index blocks written before v5 (or after a rebuild): (id, text, path, label) each."""
+        with self._tx():
+            for bid, text, path, label in items:
+                self.lexical.add(bid, text, path, (label,) if label else ())
+            self.db.executemany("UPDATE blocks SET lexed = 1 WHERE id = ?", [(bid,) for bid, *_ in items])
+
+    def lex_search(self, words: list[str], limit: int) -> list[tuple[int, float]]:
+        """(block id, BM25 score) best first. A damaged lexical table is dropped and made
+        again (every block is indexed anew from its exact tokens on the next question)."""
+        try:
+            return self.lexical.search(words, limit)
+        except sqlite3.DatabaseError as e:
+            if _raise_if_full(self.path, e, check_only=True) or "locked" in str(e):
+                raise
+            log.warning("%s: the lexical index is damaged (%s): rebuilt from the blocks' exact tokens", self.path, e)
+            with self._tx():
+                self.db.execute(f"DROP TABLE IF EXISTS {LEX_TABLE}")
+                self.db.execute(lexical.SCHEMA.format(name=LEX_TABLE))
+                self.db.execute("UPDATE blocks SET lexed = NULL")
+            return []
 
     def _add_postings(self, bid: int, tokens: list[int] | np.ndarray) -> None:
         uniq = [(int(t), bid) for t in np.unique(np.asarray(tokens, np.int64))]
@@ -303,11 +373,13 @@ class IndexDB:
             log.warning("%s: the stored tokens of block %d of %s are damaged: block left out", self.path, r[2], r[7])
             return None
         lines = (r[11], r[12]) if r[11] is not None else None
-        return BlockRow(r[0], r[1], r[2], r[3], r[4], np.frombuffer(blob, np.int32), r[6], r[7], r[8], lines)
+        pages = (r[14], r[15]) if r[14] is not None else None
+        toks = np.frombuffer(blob, np.int32)
+        return BlockRow(r[0], r[1], r[2], r[3], r[4], toks, r[6], r[7], r[8], lines, r[13], pages)
 
     _COLS = (
         "SELECT b.id, b.doc_id, b.idx, b.key, b.pos0, b.tokens, d.kind, d.source, b.attn, b.tokens_crc, "
-        "b.n_tokens, b.line0, b.line1 FROM blocks b JOIN docs d ON d.id = b.doc_id "
+        "b.n_tokens, b.line0, b.line1, b.label, b.page0, b.page1 FROM blocks b JOIN docs d ON d.id = b.doc_id "
     )
 
     def blocks(self, kind: str | None = None) -> list[BlockRow]:

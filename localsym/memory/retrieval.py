@@ -28,9 +28,10 @@ import numpy as np
 
 from kernels_numba import fhrr
 from localsym.errors import BudgetError, LocalsymError
-from localsym.memory import attention_keys
+from localsym.memory import attention_keys, fusion, lexical
 from localsym.memory.index_db import BlockRow, IndexDB
 from localsym.memory.phrases import Word, assigned_names, boundary_ok, key_shaped, texts_of, words
+from localsym.memory.pinning import needle_like
 
 log = logging.getLogger("localsym.retrieval")
 
@@ -45,6 +46,9 @@ PHRASE_MAX = 16  # blocks a key may be found in and still pick its blocks out (b
 PHRASE_SCAN_MAX = 1024  # blocks holding all of a key's tokens that are scanned for it, at most
 HOP_ROUNDS = 6  # assignment hops followed from the needles (``X2 = X1`` -> where X1 is)
 HOP_BLOCKS = 16  # blocks the hops may add
+LEX_POOL = 64  # lexical candidates fused
+SKETCH_POOL = 32  # sketch candidates fused
+FALLBACK_NEEDLES = 2  # blocks a question's rare plain words may make needles (they must hold a value)
 
 
 class PointerIndex:
@@ -213,6 +217,12 @@ def _margin(scores: np.ndarray, k: int) -> float:
     return float(s[k - 1] - s[k])
 
 
+def short_path(source: str) -> str:
+    """A file's last three path parts: its words for the lexical index (a home folder's
+    parts are in every block's path and name none)."""
+    return "/".join(Path(source).parts[-3:])
+
+
 @dataclass
 class Found:
     """A question's exact matches: the blocks holding one of its keys as a whole phrase
@@ -261,6 +271,12 @@ class Retriever:
         self._piece_fn, self._tokenize = piece, tokenize
         self._pieces: dict[int, str] = {}
         self._words_of: dict[int, tuple[str, list[int], list[Word]]] = {}  # block -> its text, offsets, words
+        # questions in words: the lexical signal, fused with the others (memory/fusion.py)
+        self._lex: lexical.LexicalIndex | None = None  # in memory; a session's lives in its SQLite
+        self.weights = dict(fusion.WEIGHTS)
+        self.k_max, self.margin = fusion.K_MAX, fusion.MARGIN
+        self.last_fused = fusion.Fused()
+        self.last_signals: dict[str, str] = {}  # chosen block key -> the signal that chose it
 
     @property
     def blocks(self) -> list[BlockRow]:
@@ -290,6 +306,21 @@ class Retriever:
         self.pointers.add(block.tokens)
         self.sketches.add_vector(self.sketches.block_vector(block.tokens) if vector is None else vector)
         self._add_keys(len(self._blocks), block.attn)
+        if self._piece_fn is not None:
+            if self._lex is None:
+                self._lex = lexical.LexicalIndex(sqlite3.connect(":memory:", check_same_thread=False))
+            text = texts_of(block.tokens.tolist(), self._piece)[0]
+            self._lex.add(len(self._blocks) - 1, text, short_path(block.source), (block.label,) if block.label else ())
+
+    def _lexical(self, terms: list[str], limit: int) -> tuple[np.ndarray, np.ndarray]:
+        """Blocks by BM25 over their words: (block numbers, scores), best first."""
+        got = self._lex.search(terms, limit) if self._lex is not None else []
+        return np.array([b for b, _ in got], np.int64), np.array([s for _, s in got], np.float32)
+
+    def question_terms(self, question: Sequence[int]) -> list[str]:
+        if self._piece_fn is None:
+            return []
+        return lexical.query_terms(texts_of([int(t) for t in question], self._piece)[0])
 
     def _add_keys(self, n: int, attn: bytes | None) -> None:
         """Block ``n - 1``'s attention keys (zeros, and not counted, when it has none)."""
@@ -355,8 +386,14 @@ class Retriever:
     def is_key(self, text: str, run: Sequence[int]) -> bool:
         """A word shaped like an identifier or a value, or spelled with several tokens one
         of which is rare here."""
+        if key_shaped(text):
+            return True
+        # a made-up name (Zorblax) spelled with a rare token is one; a plain word is not,
+        # however rare here ("multipart", "following"): the lexical signal weighs those
+        if text.islower() or len(run) < 2:
+            return False
         rare = self._rare_max()
-        return key_shaped(text) or (len(run) >= 2 and any(0 < self.pointers.count(int(t)) <= rare for t in run))
+        return any(0 < self.pointers.count(int(t)) <= rare for t in run)
 
     def find_phrase(self, run: Sequence[int]) -> list[tuple[int, int]] | None:
         """Where the token run ``run`` occurs contiguously, as a whole word: (block, offset)
@@ -541,40 +578,59 @@ class Retriever:
             self._hops(found, where, seen)
             found.shadowed -= set(found.needles)
         elif found.hits and not keys_only:
+            # no key named: the rare words pick needles only when they single out one or
+            # two blocks (a fact stated once: "the pass key is 71432"), and only blocks
+            # that hold a value that must come back exact; words spread over many blocks
+            # ("manager", "indentation") are the fused ranking's, restored, not re-prefilled
             top = max(found.hits.values())
-            found.needles = {b: s for b, s in found.hits.items() if s >= 0.5 * top}
+            best = sorted((b for b, s in found.hits.items() if s >= 0.5 * top), key=lambda b: -found.hits[b])
+            if len(best) <= FALLBACK_NEEDLES:
+                toks = self._tokens(best)
+                valued = [b for b in best if b in toks and needle_like(self._block_words(b, toks[b])[0])]
+                found.needles = {b: found.hits[b] for b in valued}
         return found
 
     def rank(self, question: Sequence[int], k: int, query: np.ndarray | None = None) -> tuple[list[int], set[int]]:
-        """Block numbers, best first, and which of them are needle blocks."""
+        """Block numbers, best first, and which of them are needle blocks: the needles, then
+        the blocks the fused signals (lexical, sketch, attention, rare tokens) put within
+        the margin of the best, ``k`` at most."""
         n = self._count()
         self._last_q = None
+        self.last_fused = fusion.Fused()
         if n == 0:
             self.last_found = Found()
             return [], set()
         found = self.last_found = self.find_needles(question)
         hits, out = found.hits, found.shadowed
-        ranked: list[int] = found.order()
-        ranked += [b for b in sorted(hits, key=lambda b: -hits[b]) if b not in found.needles and b not in out]
-        taken = set(ranked) | out
+        needles = found.order()
+        signals: dict[str, fusion.Signal] = {}
+        terms = self.question_terms(question)
+        if terms:
+            signals["lexical"] = self._lexical(terms, LEX_POOL)
+        if hits:
+            signals["rare"] = (list(hits), [hits[b] for b in hits])
         q_tokens = np.asarray(list(dict.fromkeys(question)), np.int64)
         weights = np.array([self.pointers.idf(t) for t in q_tokens.tolist()], np.float32)
         keep = weights > 0
-        use_attn = query is not None and self.has_keys
-        pool = k + len(out)  # room for the lookalikes left out
         if keep.any():
             q = self._last_q = self.sketches.sketch(q_tokens[keep], weights[keep])
-            ids, sk = self.search(q, q_tokens[keep], RERANK_POOL * pool if use_attn else pool)
-            if use_attn:  # the second signal reorders the sketch's candidates
-                assert query is not None
-                ids = self.rerank(ids, sk, query)[:pool]
-            ranked += [int(i) for i in ids if int(i) not in taken]
-        elif use_attn:  # no word of the question is rare enough to weigh: attention alone
-            assert query is not None
-            ids = np.flatnonzero(self._has_keys[:n])
-            att, _ = self.attention(ids, query)
-            ranked += [int(i) for i in ids[np.argsort(-att)[:pool]] if int(i) not in taken]
-        return ranked, set(found.needles)
+            signals["sketch"] = self.search(q, q_tokens[keep], SKETCH_POOL)
+        if query is not None and self.has_keys:
+            if signals:  # attention reorders what the other signals found
+                cand = np.unique(np.concatenate([np.asarray(ids, np.int64) for ids, _ in signals.values()]))
+            else:  # nothing of the question is in the index: attention alone
+                cand = np.flatnonzero(self._has_keys[:n])
+            att, mask = self.attention(cand, query)
+            if mask.sum() > 1:
+                signals["attention"] = (cand[mask], _z(att, mask)[mask])
+            elif mask.any():
+                signals["attention"] = (cand[mask], np.ones(int(mask.sum()), np.float32))
+        f = self.last_fused = fusion.fuse(signals, self.weights, set(needles) | out)
+        # needles and the blocks after them count toward the cap: ``k_max`` in all, unless
+        # the needles alone are more (every value of an asked key comes)
+        with_followers = len(self._with_followers(needles, set(needles))[1])
+        room = max(min(k, self.k_max) - with_followers, 1)
+        return needles + fusion.cut(f, room, self.margin), set(found.needles)
 
     def search(
         self, q: np.ndarray, q_tokens: Sequence[int] | np.ndarray, k: int, force: str | None = None
@@ -602,7 +658,7 @@ class Retriever:
 
     def select(self, question: Sequence[int], budget_tokens: int, query: np.ndarray | None = None) -> list[BlockRow]:
         t0 = time.perf_counter()
-        ranked, needles = self.rank(question, k=max(8, budget_tokens // 64), query=query)
+        ranked, needles = self.rank(question, k=self.k_max, query=query)
         order, needles = self._with_followers(ranked, needles)
         chosen, used, seen = [], 0, set()
         for b in order:
@@ -617,15 +673,25 @@ class Retriever:
         # in their documents' order, the documents holding a needle last: what the question
         # asks about sits nearest to it (a small model reads past a needle buried among
         # pages of code), and a document's own blocks stay in their order
+        # the best-scored document nearest the question too (its blocks still in their order)
+        f = self.last_fused
         near = {self._doc_of(b) for b in chosen if b in needles}
-        chosen.sort(key=lambda b: (self._doc_of(b) in near, b))
+        best: dict[int, float] = {}
+        for b in chosen:
+            d = self._doc_of(b)
+            best[d] = max(best.get(d, 0.0), f.scores.get(b, 0.0))
+        chosen.sort(key=lambda b: (self._doc_of(b) in near, best[self._doc_of(b)], self._doc_of(b), b))
         rows = self._rows_of(chosen)
-        q = self._last_q
-        scores = self.sketches.matrix[chosen] @ q if q is not None and chosen else np.zeros(len(chosen), np.float32)
         out = [r for r in rows if r is not None]  # a block whose tokens are damaged is left out
         self.last_needles = {r.key for b, r in zip(chosen, rows) if r is not None and b in needles}
         self.last_shadowed = {self._key_of(b) for b in self.last_found.shadowed}
-        self.last_scores = {r.key: float(sc) for r, sc in zip(rows, scores.tolist()) if r is not None}
+        self.last_scores = {r.key: 1.0 if b in needles else f.scores.get(b, 0.0) for b, r in zip(chosen, rows) if r}
+        hops = self.last_found.hops
+        self.last_signals = {
+            r.key: ("hop" if b in hops else "needle") if b in needles else f.signal.get(b, "follower")
+            for b, r in zip(chosen, rows)
+            if r is not None
+        }
         self.last_ms = (time.perf_counter() - t0) * 1000
         return out
 
@@ -853,12 +919,39 @@ class StoredRetriever(Retriever):
         self.sketches.load(m)
         self._token_cache.clear()
         self._words_of.clear()
+        self._lex_missing()
         if self.key_shape is not None:
             self._keys = np.zeros((0, *self.key_shape), np.float16)
             self._has_keys = np.zeros(0, bool)
             for n, a in enumerate((a for a, kp in zip(cat["attn"], keep.tolist()) if kp), start=1):
                 self._add_keys(n, a)
         self._loaded = True
+
+    def _lex_missing(self) -> None:
+        """Put the words of blocks indexed before the lexical index (or after it was found
+        damaged) into it, from their exact tokens; on a disk that takes no writes they are
+        left out of the lexical signal only, with one warning line."""
+        todo = self.db.unlexed() if self._piece_fn is not None else []
+        if not todo:
+            return
+        try:
+            for i in range(0, len(todo), 256):
+                rows = self.db.rows(todo[i : i + 256])
+                self.db.lex_blocks(
+                    [
+                        (r.id, texts_of(r.tokens.tolist(), self._piece)[0], short_path(r.source), r.label)
+                        for r in rows.values()
+                    ]
+                )
+        except (LocalsymError, OSError, sqlite3.Error) as e:
+            log.warning("%s: could not index the words of %d blocks (%s)", self.db.path, len(todo), e)
+            return
+        log.info("%s: the words of %d blocks indexed from their exact tokens", self.db.path, len(todo))
+
+    def _lexical(self, terms: list[str], limit: int) -> tuple[np.ndarray, np.ndarray]:
+        got = [(self.pointers.ordinal.get(i), s) for i, s in self.db.lex_search(terms, limit)]
+        got = [(b, s) for b, s in got if b is not None]  # a block of a replaced document is gone
+        return np.array([b for b, _ in got], np.int64), np.array([s for _, s in got], np.float32)
 
     # -- what selection reads ---------------------------------------------------------------------
     @property

@@ -51,7 +51,8 @@ class Arranged:
     budget: int = 0  # tokens of documents the set may hold
     needles: set[str] = field(default_factory=set)  # keys of the blocks re-prefilled verbatim
     shadowed: set[str] = field(default_factory=set)  # keys of the question's lookalikes, left out
-    scores: dict[str, float] = field(default_factory=dict)  # block key -> its sketch score
+    scores: dict[str, float] = field(default_factory=dict)  # block key -> its fused score (needles 1)
+    signals: dict[str, str] = field(default_factory=dict)  # block key -> what chose it (lexical, needle...)
 
 
 @dataclass
@@ -138,6 +139,7 @@ class WorkingSet:
         out.needles = set(self.selector.last_needles)
         out.scores = dict(self.selector.last_scores)
         out.shadowed = set(self.selector.last_shadowed)
+        out.signals = dict(self.selector.last_signals)
         before = self.recomputed
         self._bring(out)
         out.sources = [

@@ -21,6 +21,7 @@ class LoadReport:
     seal_seconds: float = 0.0  # the seal worker's own time (parse, choose formats, encode)
     seals: list[tuple[float, int]] = field(default_factory=list)  # per sealed block: (seconds, f16 bytes)
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    ignored: list[tuple[str, int]] = field(default_factory=list)  # (ignore file, files it excluded)
 
 
 @dataclass
@@ -42,8 +43,10 @@ class TurnStats:
     stop_reason: str = ""
     cancelled: bool = False
     # the document blocks that served the answer: {"path", "lines": [first, last] or None,
-    # "score" (the block's sketch similarity to the question), "how": "restored" (its KV
-    # from the block store) or "reinjected" (its exact tokens prefilled again)}
+    # "score" (its fused score for the question, the best 1), "how": "restored" (its KV
+    # from the block store) or "reinjected" (its exact tokens prefilled again), "signal"
+    # (what chose it: lexical, sketch, attention, rare, needle, hop, follower, refresh),
+    # "section" (the definitions or heading it holds, where known), "pages" ([first, last])}
     sources: list[dict[str, Any]] = field(default_factory=list)
     # decode-time refreshes that brought blocks in: {"at" (answer tokens so far), "reason"
     # ("word" or "newline"), "words" (the answer's new keys), "blocks" (path, lines, how),
@@ -56,9 +59,15 @@ class TurnStats:
 
 
 def source_label(src: dict[str, Any]) -> str:
-    """``path:first-last`` of a source (just the path when its lines are not known)."""
-    lines = src.get("lines")
-    return f"{src.get('path')}:{lines[0]}-{lines[1]}" if lines else str(src.get("path"))
+    """``path:first-last`` of a source, or ``path p. 9-10`` for a paged document, then what
+    it holds (``· in Jar: get``, ``· Installation > From source``) where known."""
+    where = str(src.get("path"))
+    pages, lines = src.get("pages"), src.get("lines")
+    if pages:
+        where += f" p. {pages[0]}" if pages[0] == pages[1] else f" p. {pages[0]}-{pages[1]}"
+    elif lines:
+        where += f":{lines[0]}-{lines[1]}"
+    return where + (f" · {src['section']}" if src.get("section") else "")
 
 
 @dataclass

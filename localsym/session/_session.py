@@ -32,6 +32,7 @@ import numpy as np
 
 from localsym import config as config_file
 from localsym import model_store, paths
+from localsym.chunking import Chunk, chunk_file
 from localsym.errors import BudgetError, LocalsymError
 from localsym.ingest import walk
 from localsym.memory.block_store import BlockStore, Sealed
@@ -41,7 +42,7 @@ from localsym.memory.kv_quant import QuantPolicy, mix_summary
 from localsym.memory.phrases import words
 from localsym.memory.pinning import needle_like
 from localsym.memory.query_probe import AttentionSignal
-from localsym.memory.retrieval import StoredRetriever
+from localsym.memory.retrieval import StoredRetriever, short_path
 from localsym.memory.working_set import Refresh, WorkingSet
 from localsym.runtime.bridge import Cancelled
 from localsym.runtime.engine import Engine, GenParams, GenStats, RunOptions
@@ -381,8 +382,12 @@ class Session:
         progress: Progress | None = None,
         report: LoadReport | None = None,
         tokens: np.ndarray | None = None,
+        chunks: list[Chunk] | None = None,
+        name: str | None = None,
     ) -> LoadReport:
-        """Add a document; ``tokens``: its tokens when the caller has them already (``load``).
+        """Add a document; ``tokens``: its tokens when the caller has them already;
+        ``chunks``: its blocks, cut where its structure says (``load``), each with its
+        header; ``name``: how the blocks' headers name the file (its words are indexed).
         Each block is sealed by the store's worker while the next one decodes; a block is
         acknowledged (its index row written) once its file is on disk, and the document
         counts as loaded once all of its blocks are."""
@@ -390,15 +395,22 @@ class Session:
         t0 = time.perf_counter()
         eng, B = self.engine, self.config.block_tokens
         eng.ctx.clear_cancel()  # a cancel meant for an answer that had already ended
-        toks = tokens.tolist() if tokens is not None else self._doc_tokens(text, source)
-        chunks = [toks[i : i + B] for i in range(0, len(toks), B)]
-        keys = _chain_keys(self.root_key, chunks, b"|")
-        lines = _block_lines(eng.model.detokenize, chunks)
+        if chunks is not None:
+            parts = [[int(t) for t in c.tokens] for c in chunks]
+            lines = [c.lines for c in chunks]
+            labels: list[str | None] = [c.label or None for c in chunks]
+        else:
+            toks = tokens.tolist() if tokens is not None else self._doc_tokens(text, source)
+            parts = [toks[i : i + B] for i in range(0, len(toks), B)]
+            lines = _block_lines(eng.model.detokenize, parts)
+            labels = [None] * len(parts)
+        keys = _chain_keys(self.root_key, parts, b"|")
+        short = name or short_path(source)
         selector = self.working.selector
         assert isinstance(selector, StoredRetriever)  # a session's index is persisted
         self._dirty = True
         with _writing(self.db.path):
-            doc_id = self.db.add_doc(source, kind, _sha(text), len(toks))
+            doc_id = self.db.add_doc(source, kind, _sha(text), sum(len(c) for c in parts))
         P = len(self.frame.sink)
         window = min(eng.ctx.n_ctx - P - B - 16, self.config.ingest_window)
         sim: list[int] = []  # the doc's blocks in the window, by chunk index
@@ -420,17 +432,20 @@ class Session:
                     # the model's shared key store has every computed block's keys: a reload
                     # reads no block to get them
                     attn = self.store.attention_keys(keys[j])
-                tokens = np.asarray(chunks[j], np.int32)
+                tokens = np.asarray(parts[j], np.int32)
                 ((vec, sk),) = selector.persist([tokens])  # its sketch row first, then its index row
+                words_ = (eng.model.detokenize(parts[j]), short)
                 with _writing(self.db.path):
-                    bid = self.db.add_block(doc_id, j, keys[j], pos0, chunks[j], attn, sk, lines[j], postings=True)
-                rows.append(BlockRow(bid, doc_id, j, keys[j], pos0, tokens, kind, source, attn, lines[j]))
+                    bid = self.db.add_block(
+                        doc_id, j, keys[j], pos0, parts[j], attn, sk, lines[j], True, labels[j], None, words_
+                    )
+                rows.append(BlockRow(bid, doc_id, j, keys[j], pos0, tokens, kind, source, attn, lines[j], labels[j]))
                 vectors.append(vec)
 
-        for j, (chunk, key) in enumerate(zip(chunks, keys)):
-            while sim and sum(len(chunks[i]) for i in sim) + len(chunk) > window:
+        for j, (chunk, key) in enumerate(zip(parts, keys)):
+            while sim and sum(len(parts[i]) for i in sim) + len(chunk) > window:
                 sim.pop(0)
-            pos0 = P + sum(len(chunks[i]) for i in sim)
+            pos0 = P + sum(len(parts[i]) for i in sim)
             provisional.append(BlockRow(0, doc_id, j, key, pos0, np.asarray(chunk, np.int32), kind, source))
             if not self.store.has(key):
                 self.working.arrange_window([provisional[i] for i in sim])
@@ -468,14 +483,20 @@ class Session:
         report.seconds += time.perf_counter() - t0
         return report
 
-    def load(self, path: str | Path, progress: Progress | None = None) -> LoadReport:
+    def load(self, path: str | Path, progress: Progress | None = None, no_ignore: bool = False) -> LoadReport:
         """Ingest a file or a tree. Unchanged files already in the session are skipped;
         changed ones replace their older version; their blocks come from the block cache
-        when this model has seen the same content before."""
-        found = walk(path, self.config.max_file_bytes)
+        when this model has seen the same content before. Each file is cut where its
+        structure says (``chunking``), its blocks named by their path relative to ``path``.
+        ``no_ignore``: load what ignore files (.gitignore...) exclude too."""
+        found = walk(path, self.config.max_file_bytes, no_ignore=no_ignore)
         report = LoadReport(skipped=[(str(p), why) for p, why in found.skipped])
+        report.ignored = sorted(found.ignored.items())
+        root = Path(path).expanduser()
+        base = root.resolve() if root.is_dir() else None
         known = self.db.doc_sources()
-        todo = []  # (source, text, tokens) of new or changed files: the bar's total is exact
+        todo = []  # (source, text, name, chunks) of new or changed files: the bar's total is exact
+        tokenize = self.engine.model.tokenize
         for f in found.files:
             try:
                 text = f.read_text(encoding="utf-8", errors="replace")
@@ -485,12 +506,21 @@ class Session:
             source = os.fsencode(f).decode("utf-8", "replace")
             report.files += 1
             if known.get(source) != _sha(text):
-                # int32 while waiting: a list of Python ints costs 9x the memory
-                todo.append((source, text, np.asarray(self._doc_tokens(text, source), np.int32)))
-        total = sum(len(t) for _, _, t in todo)
-        for source, text, toks in todo:
+                name = os.fsencode(f.relative_to(base) if base else f.name).decode("utf-8", "replace")
+                chunks = chunk_file(text, name, tokenize, self.config.block_tokens)
+                for c in chunks:  # int32 while waiting: a list of Python ints costs 9x the memory
+                    c.tokens = np.asarray(c.tokens, np.int32)
+                todo.append((source, text, name, chunks))
+        total = sum(len(c.tokens) for *_, cs in todo for c in cs)
+        for source, text, name, chunks in todo:
             self.ingest_text(
-                text, source, "file", (lambda d, _t, s: progress(d, total, s)) if progress else None, report, toks
+                text,
+                source,
+                "file",
+                (lambda d, _t, s: progress(d, total, s)) if progress else None,
+                report,
+                chunks=chunks,
+                name=name,
             )
         if todo:
             with _writing(self.db.path):
@@ -609,7 +639,7 @@ class Turn:
             return
         st.restored_blocks, st.reinjected_blocks, st.recomputed_blocks = ws.restored, ws.reinjected, ws.recomputed
         st.select_ms, st.probe_ms = ws.select_ms, ws.probe_ms
-        st.sources = _sources(ws.sources)
+        st.sources = _sources(ws.sources, ws.signals)
         st.blocks_in_working_set = len(ws.docs) + len(ws.recent)
         turn_start = s.working.hot.end
         watch = _Watch(s, q_ids) if self.refresh else None
@@ -672,7 +702,7 @@ class Turn:
             if watch is not None:
                 st.refreshes, st.refresh_checks = watch.log, watch.checks
                 assert s.working.last is not None
-                st.sources = _sources(s.working.last.sources)
+                st.sources = _sources(s.working.last.sources, s.working.last.signals)
                 st.blocks_in_working_set = len(s.working.last.docs) + len(s.working.last.recent)
             self._finish(q_toks, prefix, gen, "".join(pieces), turn_start, t0, decoded, decode_s)
 
@@ -715,11 +745,19 @@ class Turn:
         st.blocks_total = s._n_docs + len(s.turns)
 
 
-def _sources(sources) -> list[dict]:
-    return [
-        {"path": row.source, "lines": list(row.lines) if row.lines else None, "score": round(score, 4), "how": how}
-        for row, score, how in sources
-    ]
+def _sources(sources, signals: dict[str, str]) -> list[dict]:
+    """What ``ask --json``, the chat and ``serve`` say of each block that served an answer."""
+    out = []
+    for row, score, how in sources:
+        src = {"path": row.source, "lines": list(row.lines) if row.lines else None, "score": round(score, 4)}
+        src["how"] = how
+        src["signal"] = signals.get(row.key, "refresh")
+        if row.label:
+            src["section"] = row.label
+        if row.pages:
+            src["pages"] = list(row.pages)
+        out.append(src)
+    return out
 
 
 REFRESH_MAX = 3  # refreshes that bring blocks in, per answer

@@ -709,6 +709,8 @@ class ChatApp(App):
                 lines.append(
                     f"\nskipped {len(rep.skipped)}:\n" + "\n".join(f"- `{p}`: {why}" for p, why in rep.skipped[:20])
                 )
+            if rep.ignored:
+                lines.append("\n" + "; ".join(f"{n} files excluded by `{p}`" for p, n in rep.ignored))
             self.call_from_thread(self.note, "\n".join(lines))
         except LocalsymError as e:
             self.call_from_thread(self.note, f"**cannot load** `{path}`: {e}")
