@@ -28,9 +28,10 @@ _COMMENT = re.compile(r"^\s*(#(?!!)|//|/\*|\*|--|;)")
 @dataclass
 class Chunk:
     tokens: list[int] | np.ndarray
-    lines: tuple[int, int]  # first and last line of the file it covers, 1-based
-    label: str = ""  # what it holds, as its header says it ("in Jar: get, set")
+    lines: tuple[int, int] | None  # first and last line of the file it covers, 1-based (None: a document)
+    label: str = ""  # what it holds, as its header says it ("in Jar: get, set"; a section)
     defs: tuple[str, ...] = field(default_factory=tuple)  # qualified names it defines or sits in
+    pages: tuple[int, int] | None = None  # first and last page, for paged documents
 
 
 def split_lines(text: str) -> list[str]:

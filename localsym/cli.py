@@ -802,6 +802,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("load", help="ingest a file or a tree into a session")
     s.add_argument("path")
+    s.add_argument(
+        "--no-ignore", action="store_true", help="load what .gitignore and other ignore files exclude (ripgrep's name)"
+    )
     s.add_argument("--json", action="store_true", help="print the load report as JSON")
     s.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     _add_session_flags(s)

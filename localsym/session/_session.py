@@ -33,6 +33,8 @@ import numpy as np
 from localsym import config as config_file
 from localsym import model_store, paths
 from localsym.chunking import Chunk, chunk_file
+from localsym.document_chunks import chunk_document
+from localsym.documents import DocumentError, document_kind, extract
 from localsym.errors import BudgetError, LocalsymError
 from localsym.ingest import walk
 from localsym.memory.block_store import BlockStore, Sealed
@@ -104,6 +106,25 @@ def _block_lines(detok, chunks: list[list[int]]) -> list[tuple[int, int]]:
         out.append((max(nl, 1), max(nl + inner.count("\n"), 1)))
         nl += text.count("\n")
     return out
+
+
+# formats read as text as they are (their lines are what a person cites); the other
+# document kinds are extracted (localsym.documents) and cited by page and section
+_AS_TEXT = {"markdown"}
+
+
+def _read(f: Path) -> tuple[str, str | None]:
+    """A file's text and its document kind (None: text or code, read as it is). A document's
+    "text" here is its content hash: what tells an unchanged file from a changed one."""
+    with open(f, "rb") as fh:
+        head = fh.read(4096)
+        kind = document_kind(f, head)
+        if kind is None or kind in _AS_TEXT:
+            return (head + fh.read()).decode("utf-8", "replace"), None
+        h = hashlib.sha256(head)
+        for piece in iter(lambda: fh.read(1 << 20), b""):
+            h.update(piece)
+    return f"{kind}:{h.hexdigest()}", kind
 
 
 class Session:
@@ -397,13 +418,15 @@ class Session:
         eng.ctx.clear_cancel()  # a cancel meant for an answer that had already ended
         if chunks is not None:
             parts = [[int(t) for t in c.tokens] for c in chunks]
-            lines = [c.lines for c in chunks]
+            lines: list[tuple[int, int] | None] = [c.lines for c in chunks]
             labels: list[str | None] = [c.label or None for c in chunks]
+            pages = [c.pages for c in chunks]
         else:
             toks = tokens.tolist() if tokens is not None else self._doc_tokens(text, source)
             parts = [toks[i : i + B] for i in range(0, len(toks), B)]
-            lines = _block_lines(eng.model.detokenize, parts)
+            lines = list(_block_lines(eng.model.detokenize, parts))
             labels = [None] * len(parts)
+            pages = [None] * len(parts)
         keys = _chain_keys(self.root_key, parts, b"|")
         short = name or short_path(source)
         selector = self.working.selector
@@ -437,9 +460,10 @@ class Session:
                 words_ = (eng.model.detokenize(parts[j]), short)
                 with _writing(self.db.path):
                     bid = self.db.add_block(
-                        doc_id, j, keys[j], pos0, parts[j], attn, sk, lines[j], True, labels[j], None, words_
+                        doc_id, j, keys[j], pos0, parts[j], attn, sk, lines[j], True, labels[j], pages[j], words_
                     )
-                rows.append(BlockRow(bid, doc_id, j, keys[j], pos0, tokens, kind, source, attn, lines[j], labels[j]))
+                row = BlockRow(bid, doc_id, j, keys[j], pos0, tokens, kind, source, attn, lines[j], labels[j], pages[j])
+                rows.append(row)
                 vectors.append(vec)
 
         for j, (chunk, key) in enumerate(zip(parts, keys)):
@@ -499,18 +523,30 @@ class Session:
         tokenize = self.engine.model.tokenize
         for f in found.files:
             try:
-                text = f.read_text(encoding="utf-8", errors="replace")
+                text, doc_kind = _read(f)
             except OSError as e:
                 report.skipped.append((str(f), f"unreadable ({e.strerror})"))
                 continue
             source = os.fsencode(f).decode("utf-8", "replace")
-            report.files += 1
             if known.get(source) != _sha(text):
                 name = os.fsencode(f.relative_to(base) if base else f.name).decode("utf-8", "replace")
-                chunks = chunk_file(text, name, tokenize, self.config.block_tokens)
+                if doc_kind is None:
+                    chunks = chunk_file(text, name, tokenize, self.config.block_tokens)
+                else:
+                    try:
+                        chunks = chunk_document(extract(f), name, tokenize, self.config.block_tokens)
+                    except DocumentError as e:
+                        report.skipped.append((str(f), str(e)))
+                        continue
+                    if not chunks:
+                        report.skipped.append((str(f), f"no text in this {doc_kind}"))
+                        continue
+                report.files += 1
                 for c in chunks:  # int32 while waiting: a list of Python ints costs 9x the memory
                     c.tokens = np.asarray(c.tokens, np.int32)
                 todo.append((source, text, name, chunks))
+            else:
+                report.files += 1
         total = sum(len(c.tokens) for *_, cs in todo for c in cs)
         for source, text, name, chunks in todo:
             self.ingest_text(
