@@ -68,5 +68,8 @@ def test_bad_input_is_one_line(home, tmp_path, smol_path):
     junk.write_text("not a model")
     assert "not a GGUF" in _one_clean_line(run_cli("run", str(junk), "hi", home=home))
     assert "unrecognized arguments" in _one_clean_line(run_cli("run", "smollm2-135m", "hi", "--bogus", home=home))
-    assert "lower -c" in _one_clean_line(run_cli("run", "smollm2-135m", "hi", "-c", "2000000000", home=home))
+    assert "-c 2000000000 is too large" in _one_clean_line(
+        run_cli("run", "smollm2-135m", "hi", "-c", "2000000000", home=home)
+    )
+    assert "lower -c" in _one_clean_line(run_cli("run", "smollm2-135m", "hi", "-c", "500000000", home=home))
     assert "no such file" in _one_clean_line(run_cli("pull", str(tmp_path / "missing.gguf"), home=home))

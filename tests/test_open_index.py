@@ -109,7 +109,9 @@ def test_a_session_from_before_the_index_opens_and_is_indexed_once(home, caplog)
             "DROP TABLE postings; DROP TABLE token_df; "
             "ALTER TABLE blocks DROP COLUMN sketch_row; ALTER TABLE blocks DROP COLUMN sketch_crc; "
             "ALTER TABLE blocks DROP COLUMN indexed; ALTER TABLE blocks DROP COLUMN line0; "
-            "ALTER TABLE blocks DROP COLUMN line1; PRAGMA user_version = 3;"
+            "ALTER TABLE blocks DROP COLUMN line1; ALTER TABLE blocks DROP COLUMN label; "
+            "ALTER TABLE blocks DROP COLUMN page0; ALTER TABLE blocks DROP COLUMN page1; "
+            "ALTER TABLE blocks DROP COLUMN lexed; DROP TABLE lexical; PRAGMA user_version = 3;"
         )
     (d / "sketches.lsx").unlink()
     with caplog.at_level(logging.WARNING):

@@ -29,6 +29,28 @@ def _cfg(**kw):
     return SessionConfig(**{"block_tokens": 64, **kw})
 
 
+def _held_blocks(s):
+    """The document blocks the last turn's working set held, in the hot context's order."""
+    by_key = {b.key: b for b in s.docs}
+    return [by_key[g.key] for g in s.working.hot.segments if g.key in by_key]
+
+
+def _never_left(s, held, question, max_tokens):
+    """The reference answer: the same blocks decoded straight into the context, one decode
+    call each (llama.cpp's quantized CPU kernels give batch-size-dependent results), nothing
+    ever saved out, quantized or restored."""
+    eng, fr = s.engine, s.frame
+    eng.ctx.clear()
+    pos = 0
+    for piece in [fr.sink] + [b.tokens.tolist() for b in held] + [fr.close]:
+        eng.ctx.decode(piece, pos, 0, logits="none")
+        pos += len(piece)
+    q = fr.user_prefix + eng.model.tokenize(question) + fr.user_suffix
+    reference = "".join(eng.generate(q, pos, GenParams(max_tokens=max_tokens)))
+    s.working.hot.segments.clear()
+    return reference
+
+
 def test_fact_restored_from_disk_answers_like_it_never_left(home):
     # warm tier of zero bytes: every block comes back from the cold files on disk
     with Session.open("evicted", "smollm2-135m", _opts(), _cfg(warm_mb=0)) as s:
@@ -36,16 +58,11 @@ def test_fact_restored_from_disk_answers_like_it_never_left(home):
         assert len(s.store.warm) == 0 and s.store.cold.used > 0
         turn = s.ask(QUESTION, GenParams(max_tokens=32))
         answer = turn.text()
-        # every document block came back: from disk, or (the one holding the key) re-prefilled verbatim
-        assert turn.stats.restored_blocks + turn.stats.reinjected_blocks == len(s.docs)
+        # the working set came back: from disk, or (the one holding the key) re-prefilled verbatim
+        held = _held_blocks(s)
+        assert turn.stats.restored_blocks + turn.stats.reinjected_blocks == len(held) >= 2
         assert turn.stats.reinjected_blocks == 2  # the block holding the key, and the one after it
-        eng, fr = s.engine, s.frame
-        # the reference: the same tokens decoded straight through, nothing ever left the context
-        doc_tokens = [t for b in s.docs for t in b.tokens.tolist()]
-        prompt = fr.sink + doc_tokens + fr.close + fr.user_prefix + eng.model.tokenize(QUESTION) + fr.user_suffix
-        eng.ctx.clear()
-        reference = "".join(eng.generate(prompt, 0, GenParams(max_tokens=32)))
-        s.working.hot.segments.clear()
+        reference = _never_left(s, held, QUESTION, 32)
     assert "KX-4471-QZ" in reference
     assert answer == reference
 
@@ -279,16 +296,9 @@ def test_sliding_window_model_restores_like_it_never_left(home, gemma_path):
         s.ingest_text(DOC, "notes.txt", "file")
         turn = s.ask(question, GenParams(max_tokens=24))
         answer = turn.text()
-        assert turn.stats.restored_blocks + turn.stats.reinjected_blocks == len(s.docs)
-        eng, fr = s.engine, s.frame
-        eng.ctx.clear()
-        pos = 0
-        for piece in [fr.sink] + [b.tokens.tolist() for b in s.docs] + [fr.close]:
-            eng.ctx.decode(piece, pos, 0, logits="none")
-            pos += len(piece)
-        q = fr.user_prefix + eng.model.tokenize(question) + fr.user_suffix
-        reference = "".join(eng.generate(q, pos, GenParams(max_tokens=24)))
-        s.working.hot.segments.clear()
+        held = _held_blocks(s)
+        assert turn.stats.restored_blocks + turn.stats.reinjected_blocks == len(held) >= 2
+        reference = _never_left(s, held, question, 24)
     assert "KX-4471-QZ" in reference
     assert answer == reference
     for fmt in ("q8", "adaptive"):

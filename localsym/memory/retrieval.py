@@ -586,7 +586,10 @@ class Retriever:
             best = sorted((b for b, s in found.hits.items() if s >= 0.5 * top), key=lambda b: -found.hits[b])
             if len(best) <= FALLBACK_NEEDLES:
                 toks = self._tokens(best)
-                valued = [b for b in best if b in toks and needle_like(self._block_words(b, toks[b])[0])]
+                if self._piece_fn is None:  # token ids alone: no words to judge by, as before
+                    valued = [b for b in best if b in toks]
+                else:
+                    valued = [b for b in best if b in toks and needle_like(self._block_words(b, toks[b])[0])]
                 found.needles = {b: found.hits[b] for b in valued}
         return found
 
