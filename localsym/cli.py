@@ -235,11 +235,18 @@ def cmd_rm(a: argparse.Namespace) -> int:
 
     rows = []
     for name in a.model:
-        m, freed = remove_model(name)
+        m, freed, broken = remove_model(name, force=a.force)
         rows.append({"name": m.name, "file_kept": m.source != "catalog", "freed_bytes": freed})
+        if broken:
+            rows[-1]["open_sessions"] = [{"name": u["name"], "pid": u["pid"]} for u in broken]
         if not a.json:
             kept = " (file kept: it is yours)" if m.source not in ("catalog",) else ""
             print(f"removed {m.name}{kept}" + (f"; freed {_human(freed)} of its blocks" if freed else ""))
+            for u in broken:  # --force: what it broke
+                sys.stderr.write(
+                    f"localsym: warning: session {u['name']!r} (pid {u['pid']}) had {m.name} open: its cached "
+                    "blocks were deleted under it, and it cannot reopen until the model is pulled again\n"
+                )
     if a.json:
         print(json.dumps(rows))
     return 0
@@ -778,6 +785,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("rm", help="remove models, their block caches and learned routing")
     s.add_argument("model", nargs="+")
     s.add_argument("--json", action="store_true", help="print what was removed as JSON")
+    s.add_argument("--force", action="store_true", help="remove a model even while a process has a session of it open")
     s.set_defaults(func=cmd_rm)
 
     s = sub.add_parser("prune", help="delete cached blocks that no session uses")

