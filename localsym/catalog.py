@@ -1,4 +1,5 @@
-"""The model catalog: one TOML manifest per model in ``localsym/_models/`` (package data)."""
+"""The model catalog: one TOML manifest per model in the top-level ``models/`` folder, which
+the wheel carries as the package ``localsym._models`` (setup.py maps the folder there)."""
 
 from __future__ import annotations
 
@@ -30,8 +31,17 @@ class Manifest:
     parts: tuple[Part, ...]
 
 
+def catalog_dir() -> Path:
+    """Where the manifests are: ``localsym/_models`` in an installed wheel, else the
+    checkout's ``models/`` beside ``localsym/`` (an editable install, the tests)."""
+    installed = Path(str(resources.files("localsym"))) / "_models"
+    if installed.is_dir():
+        return installed
+    return Path(__file__).resolve().parent.parent / "models"
+
+
 def _manifest_files() -> list[Path]:
-    folder = Path(str(resources.files("localsym") / "_models"))
+    folder = catalog_dir()
     return sorted(folder.glob("*.toml")) if folder.is_dir() else []
 
 
