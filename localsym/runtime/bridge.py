@@ -633,10 +633,21 @@ class Cancelled(Exception):
     """A decode or generation stopped because cancel() was called."""
 
 
+_TOKEN_DATA = np.dtype([("id", np.int32), ("logit", np.float32), ("p", np.float32)])
+assert _TOKEN_DATA.itemsize == ctypes.sizeof(lc.llama_token_data)
+
+
 class Sampler:
     """A llama.cpp sampler chain: a repeat penalty over the last ``REPEAT_LAST_N`` generated
     tokens when ``repeat_penalty`` is not 1, then greedy at temp 0, else
-    top-k/top-p/min-p/temp/dist."""
+    top-k/top-p/min-p/temp/dist.
+
+    With a ``grammar`` (GBNF, rule ``root``; ``model`` gives the vocabulary) every token
+    must match it, checked as llama.cpp's common sampler does: the chain samples first and
+    the grammar checks only that token; only when it rejects it is the grammar applied to
+    the whole vocabulary and the chain run again over what is left (a grammar over all
+    tokens at every step costs milliseconds per token at large vocabularies). ``resampled``
+    counts those second passes."""
 
     REPEAT_LAST_N = 64  # llama.cpp's and Ollama's default window
 
@@ -649,12 +660,29 @@ class Sampler:
         seed: int = 0xFFFFFFFF,
         repeat_penalty: float = 1.0,
         n_vocab: int = 0,
+        grammar: str | None = None,
+        model: Model | None = None,
     ) -> None:
         _ensure_backend()
+        self._grammar = None
+        self.resampled = 0
+        if grammar:
+            if model is None:
+                raise LocalsymError("a grammar needs the model's vocabulary")
+            _recent_errors().clear()
+            g = lc.llama_sampler_init_grammar(model.vocab, grammar.encode("utf-8"), b"root")
+            if not g:
+                raise LocalsymError(f"the grammar does not parse: {_last_error('see the log')}")
+            self._grammar = g
+            self._n_vocab = model.n_vocab
+            self._cands = np.zeros(model.n_vocab, _TOKEN_DATA)
+            self._ids = np.arange(model.n_vocab, dtype=np.int32)
+            self._one = np.zeros(1, _TOKEN_DATA)
         chain = lc.llama_sampler_chain_init(lc.llama_sampler_chain_default_params())
         if repeat_penalty != 1.0:
             if not (repeat_penalty > 0 and math.isfinite(repeat_penalty)) or n_vocab <= 0:
                 lc.llama_sampler_free(chain)
+                self.close()
                 raise LocalsymError(f"repeat penalty must be a positive number, not {repeat_penalty}")
             # this llama.cpp's signature: (n_vocab, last_n, repeat, freq, present)
             lc.llama_sampler_chain_add(
@@ -672,15 +700,59 @@ class Sampler:
 
     def sample(self, ctx: Context, idx: int = -1) -> int:
         """Sample from output ``idx`` of the last decode and accept the token."""
-        return int(lc.llama_sampler_sample(self._ptr, ctx._ptr, idx))
+        if self._grammar is None:
+            return int(lc.llama_sampler_sample(self._ptr, ctx._ptr, idx))
+        ptr = lc.llama_get_logits_ith(ctx._ptr, idx)
+        if not ptr:
+            raise LocalsymError("no logits for that output")
+        logits = np.ctypeslib.as_array(ptr, shape=(self._n_vocab,))
+        tok = self._run(logits, with_grammar=False)
+        one = self._one
+        one["id"], one["logit"], one["p"] = tok, 1.0, 0.0
+        self._apply(self._grammar, one)
+        if not math.isfinite(float(one["logit"][0])):  # the grammar rejects it: choose among what it allows
+            self.resampled += 1
+            tok = self._run(logits, with_grammar=True)
+        lc.llama_sampler_accept(self._grammar, tok)
+        lc.llama_sampler_accept(self._ptr, tok)
+        return tok
+
+    @staticmethod
+    def _apply(smpl, cands: np.ndarray) -> tuple[int, float] | None:
+        """Run sampler ``smpl`` over ``cands`` in place; the (token, logit) it selected."""
+        arr = lc.llama_token_data_array(
+            cands.ctypes.data_as(ctypes.POINTER(lc.llama_token_data)), len(cands), -1, False
+        )
+        lc.llama_sampler_apply(smpl, ctypes.byref(arr))
+        if arr.selected < 0 or arr.selected >= arr.size:
+            return None
+        d = arr.data[arr.selected]  # samplers may sort and shrink, always in the same buffer
+        return int(d.id), float(d.logit)
+
+    def _run(self, logits: np.ndarray, with_grammar: bool) -> int:
+        c = self._cands
+        c["id"], c["logit"], c["p"] = self._ids, logits, 0.0
+        if with_grammar:
+            self._apply(self._grammar, c)
+            if not np.isfinite(c["logit"]).any():
+                raise LocalsymError("the grammar allows no token here")
+        got = self._apply(self._ptr, c)
+        if got is None or (with_grammar and not math.isfinite(got[1])):
+            raise LocalsymError("the grammar allows no token here")
+        return got[0]
 
     def reset(self) -> None:
         lc.llama_sampler_reset(self._ptr)
+        if self._grammar is not None:
+            lc.llama_sampler_reset(self._grammar)
 
     def close(self) -> None:
         if getattr(self, "_ptr", None):
             lc.llama_sampler_free(self._ptr)
             self._ptr = None
+        if getattr(self, "_grammar", None):
+            lc.llama_sampler_free(self._grammar)
+            self._grammar = None
 
     def __del__(self) -> None:
         self.close()

@@ -8,6 +8,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import psutil
@@ -48,6 +49,7 @@ class GenStats:
     tokens: list[int] = field(default_factory=list)  # generated ids (no end-of-generation token)
     n_decoded: int = 0  # how many of them are in the KV cache (the last may not be)
     prompt_decoded: bool = False  # the whole prompt is in the KV cache
+    grammar_resampled: int = 0  # tokens the grammar rejected, sampled again from what it allows
 
     @property
     def prefill_tok_s(self) -> float:
@@ -70,6 +72,7 @@ class GenParams:
     min_p: float = 0.05
     stop: Sequence[str] = field(default_factory=tuple)
     repeat_penalty: float = 1.0  # over the last 64 generated tokens; 1 = off
+    grammar: str | None = None  # GBNF (rule ``root``) every answer token must match (localsym.runtime.grammar)
 
 
 def make_plan(
@@ -145,11 +148,12 @@ class Engine:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def chat_tokens(self, messages: Sequence[Message], add_generation_prompt: bool = True) -> list[int]:
+    def chat_tokens(self, messages: Sequence[Message], add_generation_prompt: bool = True, **extra: Any) -> list[int]:
         """The rendered conversation's tokens: the template's markup with special tokens parsed,
-        the messages' text as plain text (a prompt that spells ``<|im_end|>`` stays text)."""
-        text = self.template.render(messages, add_generation_prompt)
-        return self._tokenize_parts(self._user_text_parts(text, messages, add_generation_prompt))
+        the messages' text as plain text (a prompt that spells ``<|im_end|>`` stays text).
+        ``extra``: more template variables (``tools``)."""
+        text = self.template.render(messages, add_generation_prompt, **extra)
+        return self._tokenize_parts(self._user_text_parts(text, messages, add_generation_prompt, extra))
 
     def tokenize_prompt(self, text: str, plain: Sequence[str] = ()) -> list[int]:
         """Tokens of a full prompt: BOS added when the model wants one and the text lacks it.
@@ -159,7 +163,7 @@ class Engine:
         return self._tokenize_parts(self._plain_parts(text, plain))
 
     def _user_text_parts(
-        self, text: str, messages: Sequence[Message], add_generation_prompt: bool
+        self, text: str, messages: Sequence[Message], add_generation_prompt: bool, extra: dict[str, Any] | None = None
     ) -> list[tuple[str, bool]]:
         """``text`` cut into (piece, is_markup): the template rendered again with a marker for
         each message's content gives the markup between them. Where a template changes content
@@ -167,7 +171,9 @@ class Engine:
         marks = [f"\u2063{i}\u2063" for i in range(len(messages))]
         try:
             shape = self.template.render(
-                [{**m, "content": k} for m, k in zip(messages, marks, strict=True)], add_generation_prompt
+                [{**m, "content": k} for m, k in zip(messages, marks, strict=True)],
+                add_generation_prompt,
+                **(extra or {}),
             )
         except LocalsymError:
             shape = ""
@@ -180,7 +186,7 @@ class Engine:
                 parts.append((messages[int(piece.strip("\u2063"))]["content"], False))
         if shape and "".join(p for p, _ in parts) == text:
             return parts
-        return self._plain_parts(text, [m["content"] for m in messages])
+        return self._plain_parts(text, [m.get("content") or "" for m in messages])
 
     @staticmethod
     def _plain_parts(text: str, plain: Sequence[str]) -> list[tuple[str, bool]]:
@@ -232,6 +238,8 @@ class Engine:
             params.seed,
             repeat_penalty=params.repeat_penalty,
             n_vocab=self.model.n_vocab,
+            grammar=params.grammar,
+            model=self.model,
         )
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         ctx.clear_cancel()
@@ -281,6 +289,7 @@ class Engine:
             elif t1:
                 stats.decode_s = time.perf_counter() - t1  # the tokens decoded before the stop count
         finally:
+            stats.grammar_resampled = sampler.resampled
             sampler.close()
         tail = decoder.decode(b"", final=True)
         if tail:

@@ -8,7 +8,9 @@ from localsym import model_store as models
 from localsym.catalog import default_model, load_catalog
 from localsym.memory.kv_quant import mix_summary
 from localsym.runtime.bridge import Cancelled, cancel_all
+from localsym.runtime.chat_template import ChatTemplate
 from localsym.runtime.engine import GenParams, GenStats, RunOptions
+from localsym.runtime.grammar import json_grammar, tool_call_grammar
 from localsym.runtime.limits import MIN_CTX, check_ctx, check_threads, raised_note, session_min_ctx
 from localsym.session._catalog import (
     delete_session,
@@ -22,6 +24,7 @@ from localsym.session._catalog import (
     set_aside,
 )
 from localsym.session._config import DEFAULT_SYSTEM, SessionConfig, check_value, resolve_config
+from localsym.session._conversation import ConversationTurn
 from localsym.session._oneshot import OneShot, PlainModel, Tokenizer, describe_model, model_card
 from localsym.session._reports import LoadReport, Progress, SessionStatus, TurnStats, source_label
 from localsym.session._session import Session, SessionBusy, Turn
@@ -30,6 +33,10 @@ from localsym.session._storage import prune_blocks, remove_model
 __all__ = [
     "Cancelled",
     "cancel_all",
+    "ChatTemplate",
+    "ConversationTurn",
+    "json_grammar",
+    "tool_call_grammar",
     "DEFAULT_SYSTEM",
     "GenParams",
     "default_model",

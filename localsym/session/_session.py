@@ -26,6 +26,7 @@ from collections.abc import Generator, Iterator
 from concurrent.futures import Future
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import filelock
 import numpy as np
@@ -52,6 +53,7 @@ from localsym.runtime.limits import session_min_ctx
 from localsym.runtime.model_info import model_info
 from localsym.session._catalog import discard_new, is_set_aside, session_dir
 from localsym.session._config import SessionConfig, resolve_config
+from localsym.session._conversation import ConversationTurn
 from localsym.session._frame import Frame
 from localsym.session._oneshot import ollama_summary
 from localsym.session._reports import LoadReport, Progress, SessionStatus, TurnStats
@@ -589,7 +591,23 @@ class Session:
             params = replace(
                 params, stop=tuple(params.stop) + tuple(s for s in self.default_stop if s not in params.stop)
             )
-        return Turn(self, question, params, raw, refresh)
+        # a grammar's state lives in the sampler: no refresh, which would restart it mid-answer
+        return Turn(self, question, params, raw, refresh and not params.grammar)
+
+    def ask_conversation(
+        self, messages: list[dict[str, Any]], params: GenParams | None = None, tools: list[dict] | None = None
+    ) -> ConversationTurn:
+        """A whole conversation rendered by the model's own chat template (OpenAI-shaped
+        messages: ``tool_calls`` on assistant turns, ``tool`` turns; ``tools`` becomes the
+        template's ``tools`` variable), answered beside the session's memory: it neither
+        reads nor stores any (see ``_conversation``). Raises LocalsymError when the template
+        cannot render it."""
+        params = params or GenParams()
+        if self.default_stop:
+            params = replace(
+                params, stop=tuple(params.stop) + tuple(s for s in self.default_stop if s not in params.stop)
+            )
+        return ConversationTurn(self, messages, params, tools)
 
     def cancel(self) -> None:
         """Stop a running answer between tokens (callable from another thread)."""
