@@ -52,11 +52,15 @@ class ChatInput:
     params: GenParams = field(default_factory=GenParams)
     raw: bool = False  # completion form, no chat framing
     resend: bool = True  # chat APIs: the messages are the conversation; completion APIs: continue the session
+    # tool calling: the whole conversation in the template's shape (server.tools), answered
+    # beside the session's memory (Session.ask_conversation); ``tools`` for the template
+    conversation: list[dict[str, Any]] | None = None
+    tools: list[dict[str, Any]] | None = None
 
 
 @dataclass
 class Prepared:
-    mode: str  # new, continue, incremental, reset, ephemeral
+    mode: str  # new, continue, incremental, reset, ephemeral, conversation (tool calling)
     history_messages: int = 0
     history: LoadReport | None = None
     previous: str | None = None  # reset: the session's old history, set aside under this name
@@ -79,12 +83,17 @@ class ChatRun:
         t0 = time.perf_counter()
         lease = await pool.acquire(inp.session, inp.system, gone)
         try:
-            prepared = await lease.call(prepare, lease, inp)
+            if inp.conversation is not None:
+                prepared = Prepared("conversation")  # the session's memory is neither read nor changed
+                if not lease.entry.hot_capacity:
+                    lease.entry.hot_capacity = await lease.call(lambda: lease.session.status().hot_capacity)
+            else:
+                prepared = await lease.call(prepare, lease, inp)
             params = inp.params
             cap = max(16, lease.entry.hot_capacity // 2)  # the answer's room in the hot context
             if params.max_tokens > cap:
                 params = replace(params, max_tokens=cap)
-            turn = TurnRun(lease, inp.question, params, inp.raw)
+            turn = TurnRun(lease, inp.question, params, inp.raw, inp.conversation, inp.tools)
             turn.start()
         except BaseException as e:
             await lease.release()

@@ -5,6 +5,7 @@ unchanged."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -16,6 +17,8 @@ from localsym.server.errors import ApiError, ClientGone
 from localsym.server.inputs import integer, number, read_json, session_name, split_messages, stops
 from localsym.server.state import ServerState
 from localsym.server.streaming import JSON, NDJSON, Streamed, ndjson
+from localsym.server.structured import ollama_grammar, refuse_logprobs
+from localsym.server.tools import CallFilter, ToolUse, model_style, parse_answer, plan_tools
 from localsym.session import GenParams
 
 # Ollama clients gate features on the server's version; this is the API level we follow
@@ -75,20 +78,39 @@ def _loaded(model: str, key: str) -> Response:
     return JSONResponse({"model": model, "created_at": _now(), key: empty, "done": True, "done_reason": "load"})
 
 
-async def _respond(run: ChatRun, stream: bool, model: str, key: str) -> Response:
-    """``key``: "message" (chat) or "response" (generate)."""
+def _tool_calls(calls: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{"function": {"name": c["name"], "arguments": c["arguments"]}} for c in calls]
+
+
+async def _respond(run: ChatRun, stream: bool, model: str, key: str, use: ToolUse | None = None) -> Response:
+    """``key``: "message" (chat) or "response" (generate); ``use``: the answer may hold tool calls."""
 
     def part(text: str) -> Any:
         return {"role": "assistant", "content": text} if key == "message" else text
 
     async def streamed():
+        calls = CallFilter(use.style) if use is not None and use.style else None
         async for piece in run.turn.pieces():
+            if calls is not None:
+                piece = calls.feed(piece)
+                if not piece:
+                    continue
             yield ndjson({"model": model, "created_at": _now(), key: part(piece), "done": False})
+        if calls is not None and use is not None:
+            parsed = calls.finish(use.names)
+            if parsed.content or parsed.calls:
+                msg = part(parsed.content) | ({"tool_calls": _tool_calls(parsed.calls)} if parsed.calls else {})
+                yield ndjson({"model": model, "created_at": _now(), key: msg, "done": False})
         yield ndjson({"model": model, "created_at": _now(), key: part("")} | _final(run))
 
     async def whole():
         text = "".join([p async for p in run.turn.pieces()])
-        yield json.dumps({"model": model, "created_at": _now(), key: part(text)} | _final(run)).encode()
+        msg = part(text)
+        if use is not None and use.style:
+            parsed = parse_answer(text, use.style, use.names)
+            if parsed.calls:
+                msg = part(parsed.content) | {"tool_calls": _tool_calls(parsed.calls)}
+        yield json.dumps({"model": model, "created_at": _now(), key: msg} | _final(run)).encode()
 
     return Streamed(
         streamed() if stream else whole(),
@@ -107,15 +129,23 @@ async def chat(request: Request) -> Response:
     stream = _stream(body)
     if not body.get("messages"):
         return _loaded(model, "message")
-    system, history, question = split_messages(body.get("messages"))
-    inp = ChatInput(
-        session_name(request, body, False), system, history, question, _params(body, st.settings.default_max_tokens)
-    )
+    refuse_logprobs(body, "logprobs", "top_logprobs")
+    messages = body.get("messages")
+    if isinstance(messages, list) and any(isinstance(m, dict) and m.get("images") for m in messages):
+        raise ApiError(400, "images are not supported: this server runs text models", param="messages")
+    params = replace(_params(body, st.settings.default_max_tokens), grammar=ollama_grammar(body))
+    conversation, tools, params, use = plan_tools(body, st.settings.model, params)
+    name = session_name(request, body, False)
+    if conversation is None:
+        system, history, question = split_messages(messages)
+        inp = ChatInput(name, system, history, question, params)
+    else:
+        inp = ChatInput(name, None, [], conversation[-1]["content"], params, conversation=conversation, tools=tools)
     try:
         run = await ChatRun.begin(st.pool, inp, request.is_disconnected)
     except ClientGone:
         return Response(status_code=499)
-    return await _respond(run, stream, model, "message")
+    return await _respond(run, stream, model, "message", use)
 
 
 async def generate(request: Request) -> Response:
@@ -132,6 +162,8 @@ async def generate(request: Request) -> Response:
         raise ApiError(400, "system must be a string")
     if body.get("images"):
         raise ApiError(400, "images are not supported: this server runs text models")
+    refuse_logprobs(body, "logprobs", "top_logprobs")
+    grammar = ollama_grammar(body)
     if not prompt or not prompt.strip():
         return _loaded(model, "response")
     inp = ChatInput(
@@ -139,7 +171,7 @@ async def generate(request: Request) -> Response:
         system or None,
         [],
         prompt,
-        _params(body, st.settings.default_max_tokens),
+        replace(_params(body, st.settings.default_max_tokens), grammar=grammar),
         raw=body.get("raw") is True,
         resend=False,
     )
@@ -200,7 +232,7 @@ async def show(request: Request) -> Response:
             "template": "",
             "details": c.details,
             "model_info": {"general.architecture": arch, f"{arch}.context_length": c.n_ctx},
-            "capabilities": ["completion"],
+            "capabilities": ["completion", "tools"] if model_style(st.settings.model) else ["completion"],
             "modified_at": _iso(c.modified),
         }
     )

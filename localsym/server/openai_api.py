@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from dataclasses import replace
 from typing import Any
 
 from starlette.requests import Request
@@ -16,6 +17,8 @@ from localsym.server.errors import ApiError, ClientGone
 from localsym.server.inputs import content_text, integer, number, read_json, session_name, split_messages, stops
 from localsym.server.state import ServerState
 from localsym.server.streaming import JSON, SSE, Streamed, sse
+from localsym.server.structured import openai_grammar, refuse_logprobs
+from localsym.server.tools import CallFilter, parse_answer, plan_tools
 from localsym.session import GenParams
 
 GONE = Response(status_code=499)  # nginx's "client closed request": nobody reads it
@@ -56,10 +59,18 @@ async def chat_completions(request: Request) -> Response:
     st: ServerState = request.app.state.server
     body = await read_json(request, st.settings.max_body)
     st.check_model(body.get("model"))
-    system, history, question = split_messages(body.get("messages"))
-    params = _params(body, st.settings.default_max_tokens)
+    refuse_logprobs(body, "logprobs", "top_logprobs")
+    params = replace(_params(body, st.settings.default_max_tokens), grammar=openai_grammar(body))
+    conversation, tools, params, use = plan_tools(body, st.settings.model, params)
     stream, include_usage = _stream_flags(body)
-    inp = ChatInput(session_name(request, body, True), system, history, question, params)
+    if conversation is None:
+        system, history, question = split_messages(body.get("messages"))
+        inp = ChatInput(session_name(request, body, True), system, history, question, params)
+    else:
+        question = conversation[-1]["content"]
+        inp = ChatInput(
+            session_name(request, body, True), None, [], question, params, conversation=conversation, tools=tools
+        )
     try:
         run = await ChatRun.begin(st.pool, inp, request.is_disconnected)
     except ClientGone:
@@ -78,14 +89,30 @@ async def chat_completions(request: Request) -> Response:
 
     async def streamed():
         opened = False
+        calls = CallFilter(use.style) if use.style else None
         async for piece in run.turn.pieces():
             if not opened:
                 opened = True
                 yield sse(chunk({"role": "assistant", "content": ""}))
-            yield sse(chunk({"content": piece}))
+            if calls is not None:
+                piece = calls.feed(piece)
+            if piece:
+                yield sse(chunk({"content": piece}))
         if not opened:
             yield sse(chunk({"role": "assistant", "content": ""}))
-        last = chunk({}, finish_reason(run.turn.stats))
+        reason = finish_reason(run.turn.stats)
+        if calls is not None:
+            parsed = calls.finish(use.names)
+            if parsed.content:
+                yield sse(chunk({"content": parsed.content}))
+            for i, c in enumerate(parsed.calls):
+                head = {"index": i, "id": c["id"], "type": "function", "function": {"name": c["name"], "arguments": ""}}
+                yield sse(chunk({"tool_calls": [head]}))
+                args = {"index": i, "function": {"arguments": json.dumps(c["arguments"])}}
+                yield sse(chunk({"tool_calls": [args]}))
+            if parsed.calls:
+                reason = "tool_calls"
+        last = chunk({}, reason)
         last["localsym"] = run.extra()
         yield sse(last)
         if include_usage:
@@ -94,6 +121,21 @@ async def chat_completions(request: Request) -> Response:
 
     async def whole():
         text = "".join([p async for p in run.turn.pieces()])
+        message: dict[str, Any] = {"role": "assistant", "content": text, "refusal": None}
+        reason = finish_reason(run.turn.stats)
+        if use.style:
+            parsed = parse_answer(text, use.style, use.names)
+            if parsed.calls:
+                message["content"] = parsed.content or None
+                message["tool_calls"] = [
+                    {
+                        "id": c["id"],
+                        "type": "function",
+                        "function": {"name": c["name"], "arguments": json.dumps(c["arguments"])},
+                    }
+                    for c in parsed.calls
+                ]
+                reason = "tool_calls"
         yield json.dumps(
             {
                 "id": cid,
@@ -101,14 +143,7 @@ async def chat_completions(request: Request) -> Response:
                 "created": created,
                 "model": model,
                 "system_fingerprint": None,
-                "choices": [
-                    {
-                        "index": 0,
-                        "message": {"role": "assistant", "content": text, "refusal": None},
-                        "logprobs": None,
-                        "finish_reason": finish_reason(run.turn.stats),
-                    }
-                ],
+                "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": reason}],
                 "usage": _usage(run),
                 "localsym": run.extra(),
             }

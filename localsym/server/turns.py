@@ -56,8 +56,17 @@ def _api_error(e: BaseException) -> ApiError:
 
 
 class TurnRun:
-    def __init__(self, lease: Lease, question: str, params: GenParams, raw: bool) -> None:
+    def __init__(
+        self,
+        lease: Lease,
+        question: str,
+        params: GenParams,
+        raw: bool,
+        conversation: list[dict[str, Any]] | None = None,
+        tools: list[dict[str, Any]] | None = None,
+    ) -> None:
         self.lease, self.question, self.params, self.raw = lease, question, params, raw
+        self.conversation, self.tools = conversation, tools
         self.filter = StopFilter(list(params.stop))
         self.sent: list[str] = []  # what went to the client, after the stop filter
         self.stats: TurnStats | None = None
@@ -75,7 +84,12 @@ class TurnRun:
 
         def work() -> None:
             try:
-                turn = self.lease.session.ask(self.question, self.params, self.raw)
+                s = self.lease.session
+                turn: Any = (
+                    s.ask(self.question, self.params, self.raw)
+                    if self.conversation is None
+                    else s.ask_conversation(self.conversation, self.params, self.tools)
+                )
             except Exception as e:  # noqa: BLE001 - handed to the event loop, which answers with it
                 put("error", e)
                 return

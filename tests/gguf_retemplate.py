@@ -1,0 +1,22 @@
+"""A real model with another chat template: a copy of a GGUF whose ``tokenizer.chat_template``
+is replaced (gguf's own ``gguf_new_metadata`` copy: every other key and every tensor as they
+were), e.g. SmolLM2 with Qwen 2.5's template, which can express tools and shares its ChatML
+markup."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import gguf
+from gguf.scripts.gguf_new_metadata import MetadataDetails, copy_with_new_metadata
+
+
+def with_template(src: Path, dst: Path, template: str) -> Path:
+    logging.getLogger("gguf-new-metadata").setLevel(logging.WARNING)
+    reader = gguf.GGUFReader(src, "r")
+    arch = reader.fields[gguf.Keys.General.ARCHITECTURE].contents()
+    writer = gguf.GGUFWriter(str(dst), arch=arch, endianess=reader.endianess)
+    new = {gguf.Keys.Tokenizer.CHAT_TEMPLATE: MetadataDetails(gguf.GGUFValueType.STRING, template)}
+    copy_with_new_metadata(reader, writer, new, [])
+    return dst
