@@ -72,11 +72,12 @@ def smol(home) -> Iterator[Server]:
 @pytest.fixture(scope="module")
 def tools_server(home, smol_path) -> Iterator[Server]:
     """SmolLM2's weights under Qwen 2.5's chat template, registered as ``smol-qwen-tools``."""
+    import os
     import subprocess
     import sys
 
     dst = with_template(smol_path, home.parent / f"{TOOLS_MODEL}.gguf", _qwen_template())
-    env = {"LOCALSYM_HOME": str(home), "PATH": "/usr/bin:/bin"}
+    env = dict(os.environ, LOCALSYM_HOME=str(home))
     r = subprocess.run([sys.executable, "-m", "localsym", "pull", str(dst)], env=env, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     s = Server(home, "--model", TOOLS_MODEL)
