@@ -532,10 +532,15 @@ def cmd_ask(a: argparse.Namespace) -> int:
                 | {"sources": d.get("sources", [])}
                 # the working set chosen again while answering: at which token, why, the blocks brought in
                 | {"refreshes": d.get("refreshes", [])}
+                # damage met: blocks left out (stored tokens damaged) or rebuilt (stored KV damaged)
+                | {"warnings": d.get("warnings", [])}
             )
         )
     else:
         sys.stdout.write("\n")
+    sys.stdout.flush()
+    for line in stats.warnings:  # also with --json: said where a user looks
+        sys.stderr.write(f"localsym: warning: {line}\n")
     if a.verbose:
         sys.stdout.flush()
         n = stats.completion_tokens

@@ -57,9 +57,24 @@ def _load_registry() -> dict[str, dict]:
     if not p.exists():
         return {}
     try:
-        return json.loads(p.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as e:
+        reg = json.loads(p.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:  # ValueError: not JSON, or not UTF-8 text
         raise LocalsymError(f"{p}: model registry is unreadable ({e}); remove it and pull again") from None
+    if not isinstance(reg, dict):
+        raise LocalsymError(f"{p}: model registry is damaged (not a JSON object); remove it and pull again")
+    for name, r in reg.items():  # every record as `_entry` reads it: never a traceback from a hand edit
+        if not (
+            isinstance(r, dict)
+            and isinstance(r.get("path"), str)
+            and isinstance(r.get("sha256"), str)
+            and isinstance(r.get("size"), int)
+            and isinstance(r.get("source"), str)
+            and isinstance(r.get("extras", {}), dict | None)
+        ):
+            raise LocalsymError(
+                f"{p}: model registry is damaged (the record of {name!r} is not a model's); remove it and pull again"
+            )
+    return reg
 
 
 def _save_registry(reg: dict[str, dict]) -> None:

@@ -80,6 +80,23 @@ def test_damaged_block_files_are_rebuilt_and_the_answer_stays_right(home, damage
     assert again.recomputed_blocks == 0 and "KX-4471-QZ" in again.answer
 
 
+def test_a_block_rebuilt_from_damaged_kv_is_said_once(home):
+    paths = _loaded()
+    for victim in paths:  # every block without the key: whichever the question restores is damaged
+        b = bytearray(victim.read_bytes())
+        b[-200] ^= 0x10
+        victim.write_bytes(bytes(b))
+    with Session.open("f", opts=OPTS) as s:
+        with s.ask("What does the weekly report list?", GenParams(max_tokens=8)) as turn:
+            turn.text()
+        assert turn.stats.recomputed_blocks >= 1
+        rebuilt = [w for w in turn.stats.warnings if "rebuilt" in w]
+        assert len(rebuilt) == turn.stats.recomputed_blocks and all("notes.txt:" in w for w in rebuilt)
+        with s.ask("What does the weekly report list?", GenParams(max_tokens=8)) as turn:
+            turn.text()
+        assert not turn.stats.warnings  # rebuilt and written back: nothing more to say
+
+
 def test_rebuilt_block_matches_its_original_context(home):
     """A block that is not its file's first is rebuilt after its file's earlier blocks (as
     it was first computed), so its KV matches the original, not a sink-only guess."""
@@ -128,6 +145,38 @@ def test_bit_rot_in_stored_tokens_is_caught(home):
         db.execute("UPDATE blocks SET tokens = ? WHERE id = ?", (bytes(bad), bid))
     with Session.open("f", opts=OPTS) as s:
         assert bid not in {b.id for b in s.docs}  # left out, never used as if it could be trusted
+
+
+def test_bit_rot_in_stored_tokens_is_said_and_a_reload_repairs_it(home, tmp_path):
+    f = tmp_path / "notes.txt"
+    f.write_text(DOC)
+    with Session.open("rot", "smollm2-135m", OPTS, _cfg()) as s:
+        s.load(f)
+    db_path = home / "data" / "sessions" / "rot" / "session.db"
+    with sqlite3.connect(db_path) as db:  # the block holding the key: the question's needle
+        rows = db.execute("SELECT id, tokens FROM blocks ORDER BY id").fetchall()
+        with Session.open("rot", opts=OPTS) as s:
+            key_ids = {b.id for b in s.docs if "KX" in s.engine.model.detokenize(b.tokens.tolist())}
+        bid, blob = next((i, t) for i, t in rows if i in key_ids)
+        bad = bytearray(blob)
+        bad[5] ^= 0x01
+        db.execute("UPDATE blocks SET tokens = ? WHERE id = ?", (bytes(bad), bid))
+    ask = ("ask", QUESTION, "--session", "rot", "-n", "24", "--temp", "0", "-c", "2048", "--vram", "cpu")
+    r = run_cli(*ask, home=home)
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
+    lines = [line for line in r.stderr.splitlines() if "warning" in line]
+    assert len(lines) == 1 and str(f) in lines[0] and "damaged" in lines[0] and "load" in lines[0], r.stderr
+    r = run_cli("load", str(f), "--session", "rot", "-q", "-c", "2048", "--vram", "cpu", home=home)
+    assert r.returncode == 0, r.stderr
+    assert "(0 computed" in r.stdout  # read again, every block from the block cache
+    r = run_cli(*ask, "--json", home=home)
+    assert r.returncode == 0 and "warning" not in r.stderr, r.stderr
+    out = json.loads(r.stdout)
+    # the key's block serves the answer again (the words may echo the damaged turn's answer)
+    assert out["warnings"] == [] and any(src["path"] == str(f) and src["signal"] == "needle" for src in out["sources"])
+    with Session.open("rot", opts=OPTS) as s:
+        holders = [b for b in s.docs if "KX" in s.engine.model.detokenize(b.tokens.tolist())]
+        assert holders and bid not in {b.id for b in holders} and not s.db.damaged_sources()
 
 
 def test_a_second_process_on_a_session_is_told_it_is_busy(home):

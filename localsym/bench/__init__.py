@@ -30,6 +30,7 @@ BENCHES = (
     "ruler",
     "open",
     "code",
+    "soak",
 )
 
 
@@ -47,6 +48,15 @@ def add_parsers(parser: argparse.ArgumentParser, add_runtime_flags: Callable) ->
     _add_code(sub)
     _add_ruler(sub)
     _add_open(sub)
+
+    s = sub.add_parser("soak", help="a real server under hostile requests from 8 clients: alive, sessions intact")
+    s.add_argument("--model", default=None)
+    s.add_argument("--requests", type=int, default=1000)
+    s.add_argument("--clients", type=int, default=8)
+    s.add_argument("--ctx", type=int, default=2048, help="the server's -c")
+    s.add_argument("--vram", default=None, help="VRAM budget for the server (default: cpu)")
+    s.add_argument("--seed", type=int, default=0)
+    _common(s)
 
     s = sub.add_parser("ingest", help="ingest through the memory layer vs plain prefill; seal/restore MB/s")
     s.add_argument("--model", default=None, help="a model, a GGUF path, or synthetic:7b / synthetic:1.5b")

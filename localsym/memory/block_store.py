@@ -68,6 +68,7 @@ class BlockStore:
         self._slots = threading.BoundedSemaphore(QUEUE_DEPTH)
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="localsym-seal")
         self._meta: dict[str, dict] = {}  # block key -> its cold file's metadata (reports)
+        self.damaged: set[str] = set()  # keys whose cold file was found damaged (not merely missing)
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
@@ -134,6 +135,8 @@ class BlockStore:
         except (CorruptFile, FileNotFoundError) as e:
             log.warning("block %s is damaged or missing (%s): rebuilding it from its tokens", key[:12], e)
             self._meta.pop(key, None)
+            if isinstance(e, CorruptFile):
+                self.damaged.add(key)
             return None
         with self._lock:
             self.warm.put(key, eb)

@@ -140,6 +140,8 @@ class IndexDB:
     def __init__(self, path: Path, readonly: bool = False) -> None:
         self.path = path
         self._lexical: lexical.LexicalIndex | None = None
+        # blocks whose stored tokens failed their checksum, seen so far: id -> (kind, source, idx)
+        self.damaged: dict[int, tuple[str, str, int]] = {}
         if not path.exists():
             if readonly:
                 raise LocalsymError(f"{path}: no such session index")
@@ -370,7 +372,11 @@ class IndexDB:
     def _row(self, r: tuple) -> BlockRow | None:
         blob = r[5]
         if (r[9] is not None and zlib.crc32(blob) != r[9]) or len(blob) != 4 * r[10]:
-            log.warning("%s: the stored tokens of block %d of %s are damaged: block left out", self.path, r[2], r[7])
+            if r[0] not in self.damaged:
+                log.warning(
+                    "%s: the stored tokens of block %d of %s are damaged: block left out", self.path, r[2], r[7]
+                )
+            self.damaged[r[0]] = (r[6], r[7], r[2])
             return None
         lines = (r[11], r[12]) if r[11] is not None else None
         pages = (r[14], r[15]) if r[14] is not None else None
@@ -453,6 +459,18 @@ class IndexDB:
                 "SELECT source, content_sha FROM docs WHERE active = 1 AND complete = 1 AND kind = 'file'"
             ).fetchall()
         )
+
+    def damaged_sources(self) -> frozenset[str]:
+        """Active file sources holding a block whose stored tokens fail their checksum (a
+        reload of the unchanged file writes them again)."""
+        out: dict[str, None] = {}
+        for source, blob, crc, n in self.db.execute(
+            "SELECT d.source, b.tokens, b.tokens_crc, b.n_tokens FROM blocks b JOIN docs d ON d.id = b.doc_id "
+            "WHERE d.active = 1 AND d.complete = 1 AND d.kind = 'file'"
+        ):
+            if source not in out and ((crc is not None and zlib.crc32(blob) != crc) or len(blob) != 4 * n):
+                out[source] = None
+        return frozenset(out)
 
     # -- messages -------------------------------------------------------------------------------------
     def add_message(self, role: str, content: str, doc_id: int | None = None) -> None:

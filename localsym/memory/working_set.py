@@ -89,6 +89,7 @@ class WorkingSet:
         self._make_selector = make_selector or (lambda shape: Retriever(key_shape=shape))
         self.selector = self._new_selector()
         self.recomputed = 0  # blocks rebuilt so far (any path)
+        self.repaired: list[BlockRow] = []  # blocks rebuilt because their stored KV was damaged
         self.last: Arranged | None = None  # the latest question's set (a refresh changes it)
         self.hot.decode("sink", sink)
 
@@ -259,6 +260,10 @@ class WorkingSet:
             except (LocalsymError, ValueError) as e:  # a block that reads clean but llama.cpp refuses
                 log.warning("block %s could not be restored (%s): rebuilding it from its tokens", row.key[:12], e)
                 self.hot.truncate(len(self.hot.segments))
+                self.repaired.append(row)
+        elif row.key in self.store.damaged:  # damaged, not merely evicted: the faces say so
+            self.store.damaged.discard(row.key)
+            self.repaired.append(row)
         eb = self.rebuild(row)
         return self.hot.restore(row.key, eb.to_blob(row.pos0, 1), row.pos0, row.n_tokens)
 

@@ -53,6 +53,10 @@ class TurnStats:
     # "dropped" (blocks that made room), "ms"}; and how many re-scorings were made
     refreshes: list[dict[str, Any]] = field(default_factory=list)
     refresh_checks: int = 0
+    # damage met while answering, one line each, for the faces to show where the user looks
+    # (stderr, the chat): blocks left out because their stored tokens are damaged, blocks
+    # whose stored KV was damaged and was rebuilt from their tokens
+    warnings: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in self.__dict__.items()}

@@ -192,6 +192,7 @@ class Session:
         )
         self._closed = False
         self._dirty = False  # something was written: close records the totals
+        self._damage_said: set[int] = set()  # damaged blocks a turn has reported already
         self.default_stop: tuple[str, ...] = ()  # stop strings the model's store asks for (Ollama)
 
     # -- opening and closing -------------------------------------------------------------------
@@ -530,6 +531,7 @@ class Session:
         root = Path(path).expanduser()
         base = root.resolve() if root.is_dir() else None
         known = self.db.doc_sources()
+        damaged = self.db.damaged_sources()  # an unchanged file whose stored tokens rotted: read again
         todo = []  # (source, text, name, chunks) of new or changed files: the bar's total is exact
         tokenize = self.engine.model.tokenize
         for f in found.files:
@@ -539,7 +541,7 @@ class Session:
                 report.skipped.append((str(f), f"unreadable ({e.strerror})"))
                 continue
             source = os.fsencode(f).decode("utf-8", "replace")
-            if known.get(source) != _sha(text):
+            if known.get(source) != _sha(text) or source in damaged:
                 name = os.fsencode(f.relative_to(base) if base else f.name).decode("utf-8", "replace")
                 if doc_kind is None:
                     chunks = chunk_file(text, name, tokenize, self.config.block_tokens)
@@ -608,6 +610,14 @@ class Session:
                 params, stop=tuple(params.stop) + tuple(s for s in self.default_stop if s not in params.stop)
             )
         return ConversationTurn(self, messages, params, tools)
+
+    def _damage_notes(self) -> list[str]:
+        """The damage met since the last call, said once: blocks left out (their stored
+        tokens fail their checksum) and blocks rebuilt (their stored KV was damaged)."""
+        new = [(bid, v) for bid, v in self.db.damaged.items() if bid not in self._damage_said]
+        self._damage_said.update(bid for bid, _ in new)
+        repaired, self.working.repaired = self.working.repaired, []
+        return _damage_notes_for([v for _, v in new], repaired)
 
     def cancel(self) -> None:
         """Stop a running answer between tokens (callable from another thread)."""
@@ -806,6 +816,27 @@ class Turn:
         s._store_turn(self.question, answer, prompt + gen.tokens + fr.answer_end, turn_start)
         st.total_tokens, st.hot_tokens = s.total_tokens, s.working.hot.n_tokens
         st.blocks_total = s._n_docs + len(s.turns)
+        st.warnings = s._damage_notes()
+
+
+def _damage_notes_for(left_out: list[tuple[str, str, int]], repaired: list[BlockRow]) -> list[str]:
+    """One line per file (or for the conversation) of the damage a turn met."""
+    out = []
+    by_source: dict[tuple[str, str], list[int]] = {}
+    for kind, source, idx in left_out:
+        by_source.setdefault((kind, source), []).append(idx)
+    for (kind, source), idxs in by_source.items():
+        n = f"{len(idxs)} block{'s' if len(idxs) > 1 else ''}"
+        if kind == "turn":
+            out.append(f"{n} of the conversation left out: their stored tokens are damaged")
+        elif kind == "file":
+            out.append(f"{source}: {n} left out: the stored tokens are damaged; load the file again to repair them")
+        else:
+            out.append(f"{source}: {n} left out: the stored tokens are damaged; add it again to repair them")
+    for row in repaired:
+        where = f"{short_path(row.source)}:{row.lines[0]}-{row.lines[1]}" if row.lines else short_path(row.source)
+        out.append(f"{where}: its stored KV was damaged; rebuilt from its exact tokens")
+    return out
 
 
 def _sources(sources, signals: dict[str, str]) -> list[dict]:

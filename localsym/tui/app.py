@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import math
 import os
 import shlex
@@ -100,6 +101,15 @@ PARAM_ALIASES = {"temp": "temperature", "ctx": "num_ctx", "n_ctx": "num_ctx", "m
 NO_LIMIT = 1 << 30  # num_predict -1: the answer runs until the model ends it or the context is full
 HISTORY_FILE = "prompts.jsonl"
 HISTORY_KEEP = 500
+
+
+def _cause(e: BaseException) -> str:
+    """An error the chat shows in one line: a library error (zip, SQLite, a full disk) by its
+    cause, anything else (our bug) by its type; the full traceback goes to the log."""
+    from localsym.faults import describe
+
+    logging.getLogger("localsym").error("chat: %s", e, exc_info=e)
+    return describe(e) or f"unexpected {type(e).__name__}: {e}"
 
 
 def _sources_line(sources: list[dict] | None, limit: int = 6) -> str:
@@ -297,7 +307,7 @@ class ChatApp(App):
                 "or set `LOCALSYM_WHEELHOUSE` to a folder holding its wheel.",
             )
         except Exception as e:  # shown, never fatal
-            self.call_from_thread(self.note, f"**cannot open the session:** unexpected {type(e).__name__}: {e}")
+            self.call_from_thread(self.note, f"**cannot open the session:** {_cause(e)}")
         finally:
             self.busy = False
 
@@ -384,10 +394,11 @@ class ChatApp(App):
                 self.last_stats = turn.stats
                 self.decode_tok_s = turn.stats.decode_tok_s or self.decode_tok_s
                 suffix = (" *(stopped)*" if turn.stats.cancelled else "") + _sources_line(turn.stats.sources)
+                suffix += "".join(f"\n\n*warning:* `{w}`" for w in turn.stats.warnings)
         except LocalsymError as e:
             parts.append(f"\n\n*error: {e}*")
         except Exception as e:  # shown, never fatal: the session stays usable
-            parts.append(f"\n\n*unexpected error: {type(e).__name__}: {e}*")
+            parts.append(f"\n\n*error: {_cause(e)}*")
         finally:
             text = "".join(parts)
             self.last_answer = text
@@ -447,7 +458,7 @@ class ChatApp(App):
         try:
             getattr(self, f"cmd_{cmd}")(args)
         except Exception as e:  # a command's failure is one line in the chat, never a crash
-            self.note(f"`/{cmd}` failed: {type(e).__name__}: {e}" if not isinstance(e, LocalsymError) else str(e))
+            self.note(f"`/{cmd}` failed: {_cause(e)}" if not isinstance(e, LocalsymError) else str(e))
 
     def cmd_help(self, args: list[str]) -> None:
         self.note(HELP)
@@ -519,7 +530,7 @@ class ChatApp(App):
         except LocalsymError as e:
             self.call_from_thread(self.note, f"**cannot save** `{name}`: {e}")
         except Exception as e:  # shown, never fatal
-            self.call_from_thread(self.note, f"**cannot save** `{name}`: {type(e).__name__}: {e}")
+            self.call_from_thread(self.note, f"**cannot save** `{name}`: {_cause(e)}")
         finally:
             self.busy = False
 
@@ -533,7 +544,7 @@ class ChatApp(App):
         try:
             u, mix = session.status(), session.quant_mix()
         except Exception as e:  # shown, never fatal (the session may have closed meanwhile)
-            self.call_from_thread(self.note, f"cannot read the memory tiers: {type(e).__name__}: {e}")
+            self.call_from_thread(self.note, f"cannot read the memory tiers: {_cause(e)}")
             return
         self.call_from_thread(
             self.note,
@@ -715,7 +726,7 @@ class ChatApp(App):
         except LocalsymError as e:
             self.call_from_thread(self.note, f"**cannot load** `{path}`: {e}")
         except Exception as e:  # shown, never fatal
-            self.call_from_thread(self.note, f"**cannot load** `{path}`: unexpected {type(e).__name__}: {e}")
+            self.call_from_thread(self.note, f"**cannot load** `{path}`: {_cause(e)}")
         finally:
             self.busy = False
             self.call_from_thread(self._progress_done)
