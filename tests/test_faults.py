@@ -22,6 +22,7 @@ FACT = "The deploy key for the staging server is KX-4471-QZ."
 FILLER = "".join(f"Line {i}: the weekly report lists routine maintenance and nothing unusual.\n" for i in range(24))
 DOC = f"Project notes.\n{FILLER[:900]}{FACT}\n{FILLER[900:]}"
 QUESTION = "What is the deploy key for the staging server?"
+FILLER_Q = "What does the weekly report list?"
 OPTS = RunOptions(n_ctx=2048, vram="cpu")
 
 
@@ -36,9 +37,9 @@ def _loaded(name="f"):
         return [s.store.cold.path(b.key) for b in plain]
 
 
-def _ask(name="f"):
+def _ask(name="f", question=QUESTION):
     with Session.open(name, opts=OPTS) as s:
-        with s.ask(QUESTION, GenParams(max_tokens=24)) as turn:
+        with s.ask(question, GenParams(max_tokens=24)) as turn:
             turn.text()
         return turn.stats
 
@@ -54,30 +55,33 @@ def _one_line(r, code=1):
 @pytest.mark.parametrize("damage", ["header_dtype", "payload_bit", "truncated", "deleted", "other_block", "old_layout"])
 def test_damaged_block_files_are_rebuilt_and_the_answer_stays_right(home, damage):
     paths = _loaded()
-    victim, other = paths[0], paths[1]
-    data = victim.read_bytes()
-    if damage == "header_dtype":  # a dtype in the header's array table: "<f2" -> "<f4"
-        i = data.index(b'"dtype":"<f2"')
-        victim.write_bytes(data[: i + 11] + b"4" + data[i + 12 :])
-    elif damage == "payload_bit":
-        b = bytearray(data)
-        b[-200] ^= 0x10
-        victim.write_bytes(bytes(b))
-    elif damage == "truncated":
-        victim.write_bytes(data[: len(data) // 2])
-    elif damage == "deleted":
-        victim.unlink()
-    elif damage == "old_layout":  # a whole, checksummed file from a localsym whose KV codes were laid out v1
-        from localsym.memory import container
+    victims, other = paths[:-1], paths[-1]  # every block without the key: whichever comes back is damaged
+    for victim in victims:
+        data = victim.read_bytes()
+        if damage == "header_dtype":  # a dtype in the header's array table: "<f2" -> "<f4"
+            i = data.index(b'"dtype":"<f2"')
+            victim.write_bytes(data[: i + 11] + b"4" + data[i + 12 :])
+        elif damage == "payload_bit":
+            b = bytearray(data)
+            b[-200] ^= 0x10
+            victim.write_bytes(bytes(b))
+        elif damage == "truncated":
+            victim.write_bytes(data[: len(data) // 2])
+        elif damage == "deleted":
+            victim.unlink()
+        elif damage == "old_layout":  # a whole, checksummed file from a localsym whose KV codes were laid out v1
+            from localsym.memory import container
 
-        meta, arrays = container.read(victim)
-        container.write(victim, {**meta, "kv_layout": 1}, arrays)
-    else:  # another block's file copied over this one: passes its own checksum
-        victim.write_bytes(other.read_bytes())
+            meta, arrays = container.read(victim)
+            container.write(victim, {**meta, "kv_layout": 1}, arrays)
+        else:  # another block's file copied over this one: passes its own checksum
+            victim.write_bytes(other.read_bytes())
+    # the filler's words bring filler blocks: the damaged ones are rebuilt from their tokens
+    assert _ask(question=FILLER_Q).recomputed_blocks >= 1
     stats = _ask()
-    assert stats.recomputed_blocks >= 1 and "KX-4471-QZ" in stats.answer
-    again = _ask()  # the rebuilt file reads back clean
-    assert again.recomputed_blocks == 0 and "KX-4471-QZ" in again.answer
+    assert stats.recomputed_blocks == 0 and "KX-4471-QZ" in stats.answer
+    again = _ask(question=FILLER_Q)  # the rebuilt files read back clean
+    assert again.recomputed_blocks == 0 and again.restored_blocks >= 1
 
 
 def test_a_block_rebuilt_from_damaged_kv_is_said_once(home):

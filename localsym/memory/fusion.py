@@ -18,7 +18,7 @@ import numpy as np
 # how much each signal counts: fitted on `localsym bench code` (questions in words over real
 # code) with the needle benches unchanged (their needles do not go through fusion)
 WEIGHTS = {"lexical": 1.0, "sketch": 0.35, "attention": 0.15, "rare": 0.25}
-MARGIN = 0.55  # a block comes along while its fused score is at least this share of the best
+MARGIN = 0.3  # a block comes along while its fused score is at least this share of the best
 K_MAX = 8  # blocks chosen by the fused signals, at most (needles come on top)
 K_MIN = 1
 

@@ -43,9 +43,18 @@ RERANK_POOL = 4  # sketch candidates per slot that the attention signal reorders
 ATTN_WEIGHT = 0.5  # attention z-score against the sketch's: a weaker signal (bench attention)
 SHORTLIST_MIN = 1024  # token postings rescored beside the LSH candidates, at least
 PHRASE_MAX = 16  # blocks a key may be found in and still pick its blocks out (beyond: not a key)
+# blocks a key may be found in and still make them all needles: a fact's key is stated in a
+# few places (RULER's multi-value needles: 4), a name used all over a codebase
+# (`click.Context.meta`, `shlex.split`: 7-9 blocks of click) is the fused ranking's to order
+# (its words are the lexical signal's), or every use of it came verbatim, with its hops
+KEY_BLOCKS = 4
+# a needle's next block comes too when the match ends this near its block's end: the value
+# after a key ("... is KX-4471-QZ", a UUID, a list of values) may run past the block
+SPILL_TOKENS = 48
 PHRASE_SCAN_MAX = 1024  # blocks holding all of a key's tokens that are scanned for it, at most
 HOP_ROUNDS = 6  # assignment hops followed from the needles (``X2 = X1`` -> where X1 is)
 HOP_BLOCKS = 16  # blocks the hops may add
+HOP_FROM = 2  # hops start from a key stated in this many blocks at most (a value's chain, not a name in use)
 LEX_POOL = 64  # lexical candidates fused
 SKETCH_POOL = 32  # sketch candidates fused
 FALLBACK_NEEDLES = 2  # blocks a question's rare plain words may make needles (they must hold a value)
@@ -235,6 +244,13 @@ class Found:
     keys: list[str] = field(default_factory=list)  # the key words looked for
     matched: dict[str, int] = field(default_factory=dict)  # key word -> blocks holding it
     hops: dict[int, str] = field(default_factory=dict)  # block reached by a hop -> the name that led there
+    # block -> where its last key or hop match ends (token offset): a value that follows the
+    # match can run into the next block only from near the end (blocks not here: unknown)
+    ends: dict[int, int] = field(default_factory=dict)
+
+    def matched_at(self, occ: list[tuple[int, int, int]]) -> None:
+        for b, off, n in occ:
+            self.ends[b] = max(self.ends.get(b, 0), off + n)
 
     def order(self) -> list[int]:
         return sorted(self.needles, key=lambda b: (-self.needles[b], b))
@@ -521,7 +537,7 @@ class Retriever:
                         (),
                     )
                     occ = self._find_word(name, run)
-                    if not occ or len({b2 for b2, _, _ in occ}) > PHRASE_MAX:
+                    if not occ or len({b2 for b2, _, _ in occ}) > KEY_BLOCKS:  # a name used all over: no link
                         continue
                     for b2, _, _ in occ:
                         if b2 not in found.needles:
@@ -529,6 +545,7 @@ class Retriever:
                                 return
                             found.hops[b2] = name
                             found.needles[b2] = 0.0
+                    found.matched_at(occ)
                     nxt += occ
             frontier = nxt
             if not frontier:
@@ -559,11 +576,16 @@ class Retriever:
             blocks = {b for b, _, _ in occ or ()}
             if occ is None or not blocks or len(blocks) > PHRASE_MAX:
                 continue
+            if len(blocks) > KEY_BLOCKS:
+                found.matched[text] = len(blocks)
+                continue
             found.matched[text] = len(blocks)
             weight = sum(max(self.pointers.idf(t), 0.1) for t in set(run))
             for b in blocks:
                 found.needles[b] = found.needles.get(b, 0.0) + weight
-            where += occ
+            found.matched_at(occ)
+            if len(blocks) <= HOP_FROM:
+                where += occ
             if len(frame) >= 2:
                 frames.append(frame)
         if found.needles:
@@ -615,7 +637,11 @@ class Retriever:
         q_tokens = np.asarray(list(dict.fromkeys(question)), np.int64)
         weights = np.array([self.pointers.idf(t) for t in q_tokens.tolist()], np.float32)
         keep = weights > 0
-        if keep.any():
+        # the sketch (a bag of the question's tokenizer pieces) is a blurred copy of the
+        # lexical signal where that one has words to go by, and fused with it it lost blocks
+        # (bench code: source hit 0.78 without it, 0.70 with it at 0.35): it speaks only when
+        # the words found nothing (a question in a script the lexical index does not split)
+        if keep.any() and not len(signals.get("lexical", ((),))[0]):
             q = self._last_q = self.sketches.sketch(q_tokens[keep], weights[keep])
             signals["sketch"] = self.search(q, q_tokens[keep], SKETCH_POOL)
         if query is not None and self.has_keys:
@@ -631,7 +657,7 @@ class Retriever:
         f = self.last_fused = fusion.fuse(signals, self.weights, set(needles) | out)
         # needles and the blocks after them count toward the cap: ``k_max`` in all, unless
         # the needles alone are more (every value of an asked key comes)
-        with_followers = len(self._with_followers(needles, set(needles))[1])
+        with_followers = len(self._with_followers(needles, set(needles), found)[1])
         room = max(min(k, self.k_max) - with_followers, 1)
         return needles + fusion.cut(f, room, self.margin), set(found.needles)
 
@@ -647,11 +673,19 @@ class Retriever:
         extra = None if force == "lsh" else self.pointers.shortlist(q_tokens, max(SHORTLIST_MIN, self.sketches.n // 16))
         return self.sketches.lsh(q, k, extra=extra)
 
-    def _with_followers(self, order: list[int], needles: set[int]) -> tuple[list[int], set[int]]:
+    def _with_followers(self, order: list[int], needles: set[int], found: Found) -> tuple[list[int], set[int]]:
         """A needle's value may run past its block's end (`KEY = "ab` | `cd"`): the next
-        block of the same document comes right after it, verbatim too."""
+        block of the same document comes right after it, verbatim too, when the match ends
+        within ``SPILL_TOKENS`` of the end (or where it ends is not known)."""
         n = self._count()
-        follow = {b + 1 for b in needles if b + 1 < n and self._doc_of(b + 1) == self._doc_of(b)}
+        ends = found.ends
+        follow = {
+            b + 1
+            for b in needles
+            if b + 1 < n
+            and self._doc_of(b + 1) == self._doc_of(b)
+            and (b not in ends or self._len_of(b) - ends[b] <= SPILL_TOKENS)
+        }
         out = []
         for b in order:
             out.append(b)
@@ -662,7 +696,7 @@ class Retriever:
     def select(self, question: Sequence[int], budget_tokens: int, query: np.ndarray | None = None) -> list[BlockRow]:
         t0 = time.perf_counter()
         ranked, needles = self.rank(question, k=self.k_max, query=query)
-        order, needles = self._with_followers(ranked, needles)
+        order, needles = self._with_followers(ranked, needles, self.last_found)
         chosen, used, seen = [], 0, set()
         for b in order:
             if b in seen:
@@ -705,7 +739,7 @@ class Retriever:
         if self._count() == 0:
             return [], Found()
         found = self.find_needles(tokens, keys_only=True)
-        order, _ = self._with_followers(found.order(), set(found.needles))
+        order, _ = self._with_followers(found.order(), set(found.needles), found)
         fresh = [b for b in dict.fromkeys(order) if self._key_of(b) not in have]
         return [r for r in self._rows_of(fresh) if r is not None], found
 
