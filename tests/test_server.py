@@ -424,6 +424,18 @@ def test_load_only_under_the_roots(server, root):
     assert events[-1]["files"] == 1 and events[-1]["tokens"] > 0
     again = load(str(root / "pkg"), stream=False).json()
     assert again["files"] == 1 and again["computed_blocks"] == 0  # unchanged: nothing recomputed
+    r = server.oa().chat.completions.create(
+        model=MODEL,
+        messages=[{"role": "user", "content": "What is RETRY_DELAY_S?"}],
+        max_tokens=4,
+        temperature=0,
+        extra_headers={SESSION: "proj"},
+    )
+    info = r.model_extra["localsym"]  # what served the answer, as `ask --json` says it
+    assert [(x["path"].endswith("retry.py"), x["lines"], x["signal"]) for x in info["sources"]] == [
+        (True, [1, 1], "needle")
+    ]
+    assert info["warnings"] == []
 
 
 def test_web_pages_cannot_drive_it(server, auth_server):

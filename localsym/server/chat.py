@@ -158,6 +158,10 @@ class ChatRun:
                 )
             }
             d["ttft_s"] = round(st.ttft_s, 4)
+            # what served the answer, as `ask --json` lists it (path, lines or pages, section,
+            # signal, how), and what was found damaged on the way
+            d["sources"] = list(getattr(st, "sources", None) or [])
+            d["warnings"] = list(getattr(st, "warnings", None) or [])
         return d
 
     def durations_ns(self) -> dict[str, int]:
