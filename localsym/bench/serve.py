@@ -8,6 +8,10 @@ whole conversation so far is resent every turn. localsym answers from the sessio
 new message is prefilled; earlier turns come back from its tiers), llama-cpp-python from
 its KV cache and prompt cache (the shared prefix is kept, the new message prefilled) while
 the conversation fits its context.
+
+First (``--sessions N``, 4 by default) it reports the process RSS with one session open and
+with N sessions open on the same model, each having answered one request: what each further
+session costs (its own context, and before #27 its own copy of the weights).
 """
 
 from __future__ import annotations
@@ -168,6 +172,36 @@ def _concurrent(url: str, clients: int, per_client: int, gen: int) -> dict[str, 
     }
 
 
+def _rss_mb() -> float:
+    import psutil
+
+    return psutil.Process().memory_info().rss / (1 << 20)
+
+
+def _sessions_rss(url: str, n: int, gen: int) -> dict[str, Any]:
+    """Process RSS (this process runs the server) with 1, then ``n`` sessions open, each
+    having answered one short request (so its weights and KV cache are touched)."""
+    import gc
+
+    import httpx
+
+    rss: list[float] = []
+    with httpx.Client(timeout=600) as c:
+        for i in range(n):
+            _ask(c, url, f"rss-{i}", [{"role": "user", "content": f"Session {i}: name a colour."}], gen)
+            gc.collect()
+            rss.append(round(_rss_mb(), 1))
+            print(f"  {i + 1} session(s) open: RSS {rss[-1]:.0f} MiB", file=sys.stderr)
+    return {
+        "sessions": n,
+        "rss_mib": rss,
+        "rss_1_mib": rss[0],
+        "rss_n_mib": rss[-1],
+        "ratio": round(rss[-1] / rss[0], 3),
+        "per_extra_session_mib": round((rss[-1] - rss[0]) / max(n - 1, 1), 1),
+    }
+
+
 def run(args: argparse.Namespace) -> int:
     import httpx
 
@@ -189,16 +223,21 @@ def run(args: argparse.Namespace) -> int:
     base_ctx = min(max(2048, (args.turns * (args.turn_tokens + args.gen + 64) + 1023) // 512 * 512), args.baseline_ctx)
     t_start = time.perf_counter()
     with private_home("localsym-bench-serve-"):  # the first turn pays for its blocks
-        srv = _Server(ServerSettings(model=str(path), opts=opts, max_sessions=max(4, args.clients), queue=8))
-        baseline = _Baseline(path, base_ctx, opts.n_threads)
+        srv = _Server(
+            ServerSettings(model=str(path), opts=opts, max_sessions=max(4, args.clients, args.sessions), queue=8)
+        )
+        baseline = None
         try:
+            # before llama-cpp-python's copy of the model is loaded into this process
+            rss = _sessions_rss(srv.url, args.sessions, args.gen) if args.sessions else None
+            baseline = bl = _Baseline(path, base_ctx, opts.n_threads)
             with httpx.Client(timeout=1800) as c:
                 # turn by turn, localsym then llama-cpp-python on the same messages (localsym's
                 # answers become the history both are sent): drift in machine speed hits both alike
                 for k, text in enumerate(texts):
                     convo.append({"role": "user", "content": text})
                     r = _ask(c, srv.url, "bench", convo, args.gen)
-                    base.append(baseline.ttft(convo, args.gen))
+                    base.append(bl.ttft(convo, args.gen))
                     convo.append({"role": "assistant", "content": r["text"]})
                     ttft.append(round(r["ttft_s"], 3))
                     info.append(r["info"])
@@ -208,10 +247,11 @@ def run(args: argparse.Namespace) -> int:
                         f" of {info[-1].get('total_tokens')} tokens), llama-cpp-python {b}",
                         file=sys.stderr,
                     )
-            baseline.close()
+            bl.close()
             conc = _concurrent(srv.url, args.clients, args.requests, args.gen) if args.clients else None
         finally:
-            baseline.close()
+            if baseline is not None:
+                baseline.close()
             srv.close()
     conversation_tokens = info[-1].get("total_tokens", 0) if info else 0
     result = {
@@ -229,6 +269,7 @@ def run(args: argparse.Namespace) -> int:
         "restored_blocks": [i.get("restored_blocks") for i in info],
         "modes": [i.get("mode") for i in info],
         "concurrent": conc,
+        "sessions_rss": rss,
         "seconds": round(time.perf_counter() - t_start, 1),
     }
 
@@ -240,6 +281,12 @@ def run(args: argparse.Namespace) -> int:
         ]
         for k, (a, b, p) in enumerate(zip(r["ttft_s"], r["baseline_ttft_s"], r["prefilled_tokens"])):
             rows.append(f"  {k + 1:>4} {a:>13.2f}s {(f'{b:.2f}s' if b is not None else 'n/a'):>22} {p:>10}")
+        if r["sessions_rss"]:
+            sr = r["sessions_rss"]
+            rows.append(
+                f"  RSS with 1 session open {sr['rss_1_mib']:.0f} MiB, with {sr['sessions']} "
+                f"{sr['rss_n_mib']:.0f} MiB ({sr['ratio']}x; +{sr['per_extra_session_mib']} MiB per session)"
+            )
         if r["concurrent"]:
             cc = r["concurrent"]
             rows.append(
