@@ -31,6 +31,7 @@ BENCHES = (
     "open",
     "code",
     "soak",
+    "docs",
 )
 
 
@@ -46,6 +47,7 @@ def add_parsers(parser: argparse.ArgumentParser, add_runtime_flags: Callable) ->
 
     _add_memory(sub)
     _add_code(sub)
+    _add_docs(sub)
     _add_ruler(sub)
     _add_open(sub)
 
@@ -178,6 +180,24 @@ def _add_code(sub) -> None:
     s.add_argument("--block", type=int, default=256)
     s.add_argument("--hot", type=int, default=4096, help="hot context tokens")
     s.add_argument("--answer-tokens", type=int, default=24)
+    s.add_argument("--vram", default=None, help=VRAM_HELP)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("-t", "--threads", type=int, default=None)
+    _common(s)
+
+
+def _add_docs(sub) -> None:
+    s = sub.add_parser("docs", help="questions in words over real PDF/HTML manuals vs BM25 per page; PDF pages/s")
+    s.add_argument("--model", default=None, help="model (default: the catalog's default)")
+    s.add_argument("--pdf", default=None, help="a PDF manual (default: one of 50+ pages found on this machine)")
+    s.add_argument("--docs", default=None, help="other documents, comma-separated (default: an HTML manual here)")
+    s.add_argument("--tokens", type=int, default=32000, help="tokens loaded in all (the PDF's first pages fill it)")
+    s.add_argument("--questions", type=int, default=20)
+    s.add_argument("--window", type=int, default=300, help="words per BM25 baseline passage")
+    s.add_argument("--reps", type=int, default=3, help="extraction runs (median)")
+    s.add_argument("--block", type=int, default=256)
+    s.add_argument("--hot", type=int, default=4096, help="hot context tokens")
+    s.add_argument("--answer-tokens", type=int, default=16)
     s.add_argument("--vram", default=None, help=VRAM_HELP)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("-t", "--threads", type=int, default=None)
