@@ -887,7 +887,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="a directory /localsym/load may read (repeatable; none: loading is off)",
     )
     s.add_argument("--api-key", default=None, help="require this key (Bearer or x-api-key; default $LOCALSYM_API_KEY)")
-    s.add_argument("--max-sessions", type=int, default=4, help="sessions open at once (each its own llama.cpp context)")
+    s.add_argument(
+        "--max-sessions",
+        type=int,
+        default=4,
+        help="sessions open at once (each its own llama.cpp context, all on one copy of the model)",
+    )
     s.add_argument("--queue", type=int, default=8, help="requests that may wait for a session before a 503")
     add_runtime_flags(s)
     s.set_defaults(func=cmd_serve)

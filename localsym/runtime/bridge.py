@@ -85,13 +85,66 @@ def default_threads() -> int:
     return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
 
 
+def shared_models() -> list[tuple[ModelKey, int]]:
+    """The shared models loaded now, each with how many holders use it."""
+    with _shared_lock:
+        return [(k, m._users) for k, m in _shared.items() if m._ptr is not None]
+
+
 def gpu_offload_supported() -> bool:
     _ensure_backend()
     return bool(lc.llama_supports_gpu_offload())
 
 
+@dataclass(frozen=True)
+class ModelKey:
+    """What makes two loads the same weights: the file (resolved, and its identity: device,
+    inode, size, mtime, so a replaced or rewritten file is a new model) and the placement
+    (GPU layers, the layers whose experts stay in RAM, vocab-only, mmap)."""
+
+    path: str
+    dev: int
+    ino: int
+    size: int
+    mtime_ns: int
+    n_gpu_layers: int
+    cpu_moe_layers: tuple[int, ...]
+    vocab_only: bool
+    use_mmap: bool
+
+    @classmethod
+    def of(
+        cls,
+        path: str | Path,
+        n_gpu_layers: int = 0,
+        vocab_only: bool = False,
+        use_mmap: bool = True,
+        n_cpu_moe: int | Sequence[int] = 0,
+    ) -> ModelKey:
+        real = Path(path).resolve()
+        st = real.stat()
+        layers: tuple[int, ...] = ()
+        if n_cpu_moe and n_gpu_layers:  # without GPU layers the overrides are not applied
+            layers = tuple(range(n_cpu_moe)) if isinstance(n_cpu_moe, int) else tuple(sorted(set(n_cpu_moe)))
+        return cls(
+            str(real), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, n_gpu_layers, layers, vocab_only, use_mmap
+        )
+
+
+_shared_lock = threading.Lock()
+_shared: dict[ModelKey, Model] = {}  # loaded models in use, by what they are; each counts its users
+
+
 class Model:
-    """Loaded weights and vocabulary. Contexts borrow it; close it after them."""
+    """Loaded weights and vocabulary. Contexts borrow it; close it after them.
+
+    ``Model(path)`` is a private load, freed by ``close()``. ``Model.shared(path, ...)`` is
+    the process-wide copy for that file and placement: every caller gets the same object
+    (one ``llama_model``, one copy of the weights), each ``close()`` gives one use back and
+    the last frees it. llama.cpp runs several contexts on one model, from several threads:
+    a loaded model is read-only (weights, vocab, metadata); logits, KV cache, batches and
+    samplers belong to each context or caller.
+    """
 
     def __init__(
         self,
@@ -128,7 +181,43 @@ class Model:
         self.bos = lc.llama_vocab_bos(self._vocab)
         self.eos = lc.llama_vocab_eos(self._vocab)
         self.add_bos = bool(lc.llama_vocab_get_add_bos(self._vocab))
+        # shared between threads: a dict read/write is atomic under the GIL, and a race
+        # only computes the same piece twice
         self._piece_cache: dict[int, bytes] = {}
+        self._key: ModelKey | None = None  # set when shared
+        self._users = 1
+
+    @classmethod
+    def shared(
+        cls,
+        path: str | Path,
+        n_gpu_layers: int = 0,
+        vocab_only: bool = False,
+        use_mmap: bool = True,
+        n_cpu_moe: int | Sequence[int] = 0,
+    ) -> Model:
+        """The process's copy of this model with this placement, loaded on first use; the
+        caller owns one use of it (``close()`` gives it back)."""
+        key = ModelKey.of(path, n_gpu_layers, vocab_only, use_mmap, n_cpu_moe)
+        with _shared_lock:  # held while loading: two sessions opening at once load it once
+            m = _shared.get(key)
+            if m is not None and m._ptr is not None:
+                m._users += 1
+                return m
+            m = cls(key.path, n_gpu_layers, vocab_only, use_mmap, n_cpu_moe)
+            m._key = key
+            _shared[key] = m
+            return m
+
+    @property
+    def users(self) -> int:
+        """How many holders share this loaded model (1 for a private one; 0 once freed)."""
+        return self._users if self._ptr is not None else 0
+
+    @property
+    def address(self) -> int:
+        """The ``llama_model`` pointer as an int (to tell copies apart)."""
+        return ctypes.cast(self.ptr, ctypes.c_void_p).value or 0
 
     @property
     def ptr(self):
@@ -145,12 +234,29 @@ class Model:
         return self._vocab
 
     def close(self) -> None:
+        """Give back one use; the last one frees the model (its contexts must be closed)."""
+        key = getattr(self, "_key", None)
+        if key is not None:
+            with _shared_lock:
+                if self._ptr is None:
+                    return
+                self._users -= 1
+                if self._users > 0:
+                    return
+                if _shared.get(key) is self:
+                    del _shared[key]
+                self._free()
+            return
+        self._free()
+
+    def _free(self) -> None:
         if getattr(self, "_ptr", None):
             lc.llama_model_free(self._ptr)
             self._ptr = None
+            self._users = 0
 
     def __del__(self) -> None:
-        self.close()
+        self._free()  # unreachable: nobody holds it, whatever the count says
 
     def description(self) -> str:
         buf = ctypes.create_string_buffer(256)

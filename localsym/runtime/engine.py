@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import codecs
 import re
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -14,9 +15,9 @@ import numpy as np
 import psutil
 
 from localsym.errors import LocalsymError
-from localsym.runtime.bridge import Cancelled, Context, Model, Sampler, gpu_offload_supported
+from localsym.runtime.bridge import Cancelled, Context, Model, ModelKey, Sampler, gpu_offload_supported
 from localsym.runtime.chat_template import ChatTemplate, Message
-from localsym.runtime.fit_plan import FitPlan, place_experts, plan_fit, vram_budget
+from localsym.runtime.fit_plan import FitPlan, detect_vram, place_experts, plan_beside, plan_fit, vram_budget
 from localsym.runtime.gguf_file import check_complete, read_header
 from localsym.runtime.model_info import ModelInfo, model_info
 
@@ -76,14 +77,33 @@ class GenParams:
 
 
 def make_plan(
-    info: ModelInfo, opts: RunOptions, expert_usage: np.ndarray | None = None, what_if: bool = False
+    info: ModelInfo,
+    opts: RunOptions,
+    expert_usage: np.ndarray | None = None,
+    what_if: bool = False,
+    beside: FitPlan | None = None,
+    gpu_in_use: int = 0,
 ) -> FitPlan:
     """The fit plan; with learned routing (``expert_usage`` [layers, experts]) the experts
     kept in RAM are those of the layers with the smallest working sets, not the first N.
 
     ``what_if`` plans for an explicit ``--vram`` even on a CPU build of llama.cpp (what
     `show` prints for the laptop the user asks about); running always plans for the build.
+
+    ``beside``: the plan of an open engine whose weights this one will share; only a context
+    is planned, with its placement, in the VRAM left: the free VRAM now (``--vram auto``),
+    or the budget less ``gpu_in_use``, what this process's open engines hold on the GPU.
     """
+    if beside is not None:
+        if beside.device != "gpu":
+            left = 0
+        elif opts.vram in (None, "auto"):
+            left = detect_vram()
+        else:
+            left = vram_budget(opts.vram) - gpu_in_use
+        return plan_beside(
+            info, beside, left, psutil.virtual_memory().available, opts.n_ctx, opts.type_k, opts.type_v, opts.flash_attn
+        )
     vram = vram_budget(opts.vram)
     what_if_gpu = False  # planning for a GPU this build of llama.cpp cannot use
     if vram and not gpu_offload_supported():
@@ -105,40 +125,81 @@ def make_plan(
     return plan
 
 
+_placing = threading.Lock()  # plan, load and context as one step: engines opening at once agree
+_open_lock = threading.Lock()
+_open: list[Engine] = []  # open engines, for the weights they share and the VRAM they hold
+
+
+def _asked(opts: RunOptions) -> tuple:
+    """The placement a caller asked for: engines that asked alike share one copy of the weights."""
+    return (opts.n_gpu_layers, opts.n_cpu_moe, opts.vram)
+
+
 class Engine:
-    """One model, one context, the chat template: what `run`, `bench` and sessions share."""
+    """One model, one context, the chat template: what `run`, `bench` and sessions share.
+
+    The weights are shared: engines on the same file with the same asked placement use one
+    loaded model (``Model.shared``), each with its own context; the second one's fit plan
+    keeps the first one's placement and budgets only its own KV cache and compute buffer."""
 
     def __init__(
         self, path: str | Path, opts: RunOptions | None = None, observer=None, expert_usage: np.ndarray | None = None
     ) -> None:
         self.opts = opts or RunOptions()
+        self.plan: FitPlan
+        self._closed = False
         header = read_header(path)
         check_complete(header)
         self.info = model_info(path, header)
-        self.plan = make_plan(self.info, self.opts, expert_usage)
-        self.model = Model(
-            path, n_gpu_layers=self.plan.n_gpu_layers, n_cpu_moe=self.plan.cpu_moe_layers or self.plan.n_cpu_moe
-        )
-        try:
-            self.ctx = Context(
-                self.model,
-                self.plan.n_ctx,
-                n_batch=self.opts.n_batch,
-                n_seq_max=self.opts.n_seq_max,
-                type_k=self.plan.type_k,
-                type_v=self.plan.type_v,
-                flash_attn=self.plan.flash_attn,
-                n_threads=self.opts.n_threads,
-                observer=observer,
+        file = ModelKey.of(path)
+        self._file = (file.path, file.dev, file.ino, file.size, file.mtime_ns)
+        with _placing:
+            with _open_lock:
+                others = list(_open)
+            beside = next((e for e in others if e._file == self._file and _asked(e.opts) == _asked(self.opts)), None)
+            self.plan = make_plan(
+                self.info,
+                self.opts,
+                expert_usage,
+                beside=beside.plan if beside is not None else None,
+                gpu_in_use=sum(e.plan.gpu_bytes for e in others),
             )
-        except Exception:
-            self.model.close()
-            raise
+            self.model = Model.shared(
+                path, n_gpu_layers=self.plan.n_gpu_layers, n_cpu_moe=self.plan.cpu_moe_layers or self.plan.n_cpu_moe
+            )
+            try:
+                self._open_context(observer)
+            except BaseException:
+                self.model.close()
+                raise
+            with _open_lock:
+                _open.append(self)
         bos = self.model.piece(self.model.bos, special=True).decode("utf-8", "replace") if self.model.bos >= 0 else ""
         eos = self.model.piece(self.model.eos, special=True).decode("utf-8", "replace") if self.model.eos >= 0 else ""
         self.template = ChatTemplate(self.model.chat_template(), bos, eos)
 
+    def _open_context(self, observer) -> None:
+        self.ctx = Context(
+            self.model,
+            self.plan.n_ctx,
+            n_batch=self.opts.n_batch,
+            n_seq_max=self.opts.n_seq_max,
+            type_k=self.plan.type_k,
+            type_v=self.plan.type_v,
+            flash_attn=self.plan.flash_attn,
+            n_threads=self.opts.n_threads,
+            observer=observer,
+        )
+
     def close(self) -> None:
+        """Free this engine's context and give back its use of the shared model (the last
+        engine on it frees the weights). Safe to call twice."""
+        if self._closed:
+            return
+        self._closed = True
+        with _open_lock:
+            if self in _open:
+                _open.remove(self)
         self.ctx.close()
         self.model.close()
 

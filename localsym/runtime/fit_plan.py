@@ -243,6 +243,75 @@ def plan_fit(
     return plan
 
 
+def plan_beside(
+    info: ModelInfo,
+    placed: FitPlan,
+    vram_left: int,
+    ram: int,
+    n_ctx: int | None = None,
+    type_k: str | None = None,
+    type_v: str | None = None,
+    flash_attn: bool | None = None,
+) -> FitPlan:
+    """A plan for one more context on weights already loaded with ``placed``'s placement
+    (its GPU layers and RAM-kept experts are kept: changing them would load a second copy).
+    Only this context's KV cache and compute buffer are new: they must fit ``vram_left``
+    (what the GPU has beside everything already loaded) and ``ram``.
+
+    The weights appear as ``shared_weights``, outside ``gpu_bytes``."""
+    native = info.n_ctx_train or 4096
+    ctx_choices = [min(c, native) for c in AUTO_HOT_CTX] if n_ctx is None else [n_ctx or native]
+    ctx_choices = list(dict.fromkeys(ctx_choices))
+    fa = placed.flash_attn if flash_attn is None else flash_attn
+    kv_choices = [(type_k, type_v)] if type_k or type_v else [("f16", "f16"), ("q8_0", "q8_0"), ("q4_0", "q4_0")]
+    kv_choices = [(_check_type(k or "f16"), _check_type(v or "f16")) for k, v in kv_choices]
+    if not fa:
+        if type_v not in (None, "f16", "f32", "bf16"):
+            raise LocalsymError("a quantized V cache needs flash attention (-fa on)")
+        kv_choices = [(k, v) for k, v in kv_choices if v in ("f16", "f32", "bf16")] or [("f16", "f16")]
+    on_gpu = min(placed.n_gpu_layers, info.n_layer) if placed.device == "gpu" else 0
+    shared = {k: v for k, v in placed.parts.items() if k.endswith("weights")}
+    weights = {"shared_weights": sum(shared.values())}
+    for c in ctx_choices:
+        for k, v in kv_choices:
+            kv = _kv(info, c, k, v, info.n_layer)
+            comp = _compute_bytes(info, c, fa)
+            gpu_kv = kv * on_gpu // max(info.n_layer, 1)
+            if on_gpu:
+                if gpu_kv + comp <= vram_left and kv - gpu_kv <= ram:
+                    parts = {"gpu_kv_cache": gpu_kv, "gpu_compute": comp, "cpu_kv_cache": kv - gpu_kv, **weights}
+                    break
+            elif kv + comp <= ram:
+                parts = {"cpu_kv_cache": kv, "cpu_compute": comp, **weights}
+                break
+        else:
+            continue
+        break
+    else:
+        where = f"the {vram_left / GiB:.2f} GiB of VRAM left" if on_gpu else f"the {ram / GiB:.1f} GiB of RAM"
+        raise BudgetError(
+            f"no room for another session's KV cache beside the loaded model in {where}: "
+            "lower -c or --max-sessions, or close a session"
+        )
+    notes = [n for n in placed.notes if not n.startswith("weights shared")]
+    notes.append("weights shared with the open sessions on this model: only this context's KV cache is new")
+    if (k, v) != ("f16", "f16") and not (type_k or type_v):
+        notes.append(f"KV cache quantized to {k}/{v} to fit beside the open sessions")
+    return FitPlan(
+        placed.device,
+        placed.vram_budget,
+        placed.n_gpu_layers,
+        c,
+        k,
+        v,
+        fa,
+        placed.n_cpu_moe,
+        parts,
+        notes,
+        list(placed.cpu_moe_layers) if placed.cpu_moe_layers is not None else None,
+    )
+
+
 def _gpu_plan(info, vram, ngl, c, k, v, fa, cpu_moe, kv, comp, out_bytes) -> FitPlan:
     moved = sum(info.expert_bytes[:cpu_moe])
     notes = []

@@ -1,5 +1,6 @@
 """The open sessions: at most ``max_sessions`` at once, since each owns a llama.cpp context
-(its KV cache, compute buffers and, on a GPU, its own copy of the weights); the least
+(its KV cache and compute buffers; the weights are one copy for all of them, shared through
+``Model.shared``): ``max_sessions`` bounds open contexts, not model copies. The least
 recently used idle one is closed to make room. A session serves one request at a time: the
 others wait in a FIFO queue of bounded length, and past it get a 503 with Retry-After.
 
