@@ -99,6 +99,7 @@ def test_a_session_keeps_block_keys_across_restarts(home, smol_path):
         assert query.shape == (2, 9, 64)
     with Session.open("attn", str(smol_path), RunOptions(n_ctx=1024, vram="cpu"), cfg) as s:
         assert [b.attn for b in s.working.selector.blocks] == before  # from the index, not recomputed
+        s.working.selector.weights["attention"] = 0.15  # off by default (fusion.WEIGHTS): on, it probes
         turn = s.ask("What does helper_7 return?")
         answer = turn.text()
         assert turn.stats.probe_ms > 0 and answer

@@ -16,8 +16,12 @@ from dataclasses import dataclass, field
 import numpy as np
 
 # how much each signal counts: fitted on `localsym bench code` (questions in words over real
-# code) with the needle benches unchanged (their needles do not go through fusion)
-WEIGHTS = {"lexical": 1.0, "sketch": 0.35, "attention": 0.15, "rare": 0.25}
+# code) with the needle benches unchanged (their needles do not go through fusion). The
+# sketch speaks only when the lexical signal finds nothing (retrieval.py). Attention (the
+# question's own queries against each block's key centroids) cost bench code's click
+# questions 2 of 20 at 0.15 and 1 at 0.05 (SmolLM2: a weak signal, bench attention), so it is
+# off, and its probe decode is skipped; a stronger model may earn it back
+WEIGHTS = {"lexical": 1.0, "sketch": 0.35, "attention": 0.0, "rare": 0.25}
 MARGIN = 0.3  # a block comes along while its fused score is at least this share of the best
 K_MAX = 8  # blocks chosen by the fused signals, at most (needles come on top)
 K_MIN = 1

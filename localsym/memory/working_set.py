@@ -130,7 +130,8 @@ class WorkingSet:
             used += turn.n_tokens
         budget = min(docs_budget or n_ctx // 2, free - used)
         query = None
-        if self.attn is not None and self.selector.has_keys:
+        # the probe decode only when the attention signal counts (fusion.WEIGHTS: off by default)
+        if self.attn is not None and self.selector.has_keys and self.selector.weights.get("attention", 0.0) > 0:
             t0 = time.perf_counter()
             query = self.attn.query(question)  # the question's own queries, from a probe decode
             out.probe_ms = (time.perf_counter() - t0) * 1000
