@@ -692,6 +692,7 @@ def cmd_serve(a: argparse.Namespace) -> int:
         max_sessions=a.max_sessions,
         queue=a.queue,
         api_key=a.api_key or os.environ.get("LOCALSYM_API_KEY") or None,
+        session_from_user=a.session_from_user,
     )
     with running.registered("serve", model=model, address=f"{a.host}:{a.port}"):
         serve(settings)

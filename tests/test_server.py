@@ -198,7 +198,7 @@ def test_two_sessions_keep_separate_histories(server):
         model=MODEL,
         max_tokens=6,
         temperature=0,
-        user="sep-a",  # OpenAI's `user` names the session too
+        extra_headers={SESSION: "sep-a"},
         messages=[
             {"role": "user", "content": q["a"]},
             {"role": "assistant", "content": first["a"]},
@@ -209,6 +209,12 @@ def test_two_sessions_keep_separate_histories(server):
     a, b = server.messages("sep-a"), server.messages("sep-b")
     assert [m["content"] for m in a][::2] == [q["a"], "What is my cat called?"]
     assert [m["content"] for m in b] == [q["b"], first["b"]]
+    # OpenAI's `user` names no session unless the server was started with --session-from-user:
+    # a web UI sends one `user` for all of a person's separate chats
+    r = client.chat.completions.create(
+        model=MODEL, max_tokens=2, temperature=0, user="sep-a", messages=[{"role": "user", "content": "Hi"}]
+    )
+    assert r.model_extra["localsym"]["mode"] == "ephemeral" and len(server.messages("sep-a")) == len(a)
 
 
 def _turn_text(i: int) -> str:
@@ -362,7 +368,7 @@ def test_queue_full_is_503_with_retry_after(server):
 
 @pytest.fixture(scope="module")
 def auth_server(server_home) -> Iterator[Server]:
-    s = Server(server_home, "--api-key", "s3cret")
+    s = Server(server_home, "--api-key", "s3cret", "--session-from-user")
     yield s
     s.stop()
 
@@ -380,6 +386,10 @@ def test_api_key(auth_server):
         ollama.Client(host=url).list()
     assert e.value.status_code == 401
     assert ollama.Client(host=url, headers={"Authorization": "Bearer s3cret"}).list().models
+    r = auth_server.oa(api_key="s3cret").chat.completions.create(  # --session-from-user: `user` names it
+        model=MODEL, max_tokens=2, temperature=0, user="by-user", messages=[{"role": "user", "content": "Hi"}]
+    )
+    assert r.model_extra["localsym"]["session"] == "by-user"
 
 
 def test_refuses_other_hosts_without_a_key(server_home):

@@ -65,11 +65,17 @@ async def chat_completions(request: Request) -> Response:
     stream, include_usage = _stream_flags(body)
     if conversation is None:
         system, history, question = split_messages(body.get("messages"))
-        inp = ChatInput(session_name(request, body, True), system, history, question, params)
+        inp = ChatInput(session_name(request, body, st.settings.session_from_user), system, history, question, params)
     else:
         question = conversation[-1]["content"]
         inp = ChatInput(
-            session_name(request, body, True), None, [], question, params, conversation=conversation, tools=tools
+            session_name(request, body, st.settings.session_from_user),
+            None,
+            [],
+            question,
+            params,
+            conversation=conversation,
+            tools=tools,
         )
     try:
         run = await ChatRun.begin(st.pool, inp, request.is_disconnected)
@@ -175,7 +181,13 @@ async def completions(request: Request) -> Response:
     params = _params(body, st.settings.default_max_tokens)
     stream, include_usage = _stream_flags(body)
     inp = ChatInput(
-        session_name(request, body, True), None, [], content_text(prompt, "prompt"), params, raw=True, resend=False
+        session_name(request, body, st.settings.session_from_user),
+        None,
+        [],
+        content_text(prompt, "prompt"),
+        params,
+        raw=True,
+        resend=False,
     )
     try:
         run = await ChatRun.begin(st.pool, inp, request.is_disconnected)

@@ -26,6 +26,9 @@ class ServerSettings:
     queue: int = 8  # requests that may wait for one session (and for a free slot) before a 503
     max_body: int = MAX_BODY
     default_max_tokens: int = 512
+    # OpenAI's ``user`` names a session only when asked: web UIs send one ``user`` for all of
+    # a person's chats, and separate chats must not share one memory
+    session_from_user: bool = False
 
 
 def resolve_roots(roots: list[str]) -> list[Path]:
