@@ -895,6 +895,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="sessions open at once (each its own llama.cpp context, all on one copy of the model)",
     )
     s.add_argument("--queue", type=int, default=8, help="requests that may wait for a session before a 503")
+    s.add_argument(
+        "--session-from-user",
+        action="store_true",
+        help="OpenAI's `user` field names the session (off: only the X-Localsym-Session header does, so one "
+        "web-UI user's separate chats never share a memory)",
+    )
     add_runtime_flags(s)
     s.set_defaults(func=cmd_serve)
 
