@@ -448,6 +448,17 @@ def test_load_only_under_the_roots(server, root):
     assert info["warnings"] == []
 
 
+def test_routes_not_served_say_not_supported(server):
+    """An API route localsym does not serve is a 501 in that API's error shape (a client stops
+    asking); a path no API has is a 404."""
+    r = httpx.post(f"{server.url}/v1/embeddings", json={"model": MODEL, "input": "hi"})
+    assert r.status_code == 501 and "not supported" in r.json()["error"]["message"]
+    r = httpx.post(f"{server.url}/api/embed", json={"model": MODEL, "input": "hi"})
+    assert r.status_code == 501 and "not supported" in r.json()["error"]
+    assert httpx.get(f"{server.url}/v1/images/generations").status_code == 501
+    assert httpx.get(f"{server.url}/v2/nothing").status_code == 404
+
+
 def test_web_pages_cannot_drive_it(server, auth_server):
     """A page on another site (text/plain POSTs need no preflight) or behind DNS rebinding
     (a foreign Host) is refused; a local web UI gets CORS."""

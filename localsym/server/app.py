@@ -30,9 +30,40 @@ async def _api_error(request: Request, exc: Exception) -> Response:
     return error_response(request.url.path, exc)
 
 
+# routes of the OpenAI and Ollama APIs that localsym does not serve (yet): a client told 501
+# "not supported" knows to stop asking, where "no route" reads like a wrong base URL
+UNSUPPORTED = (
+    "/v1/embeddings",
+    "/v1/images/",
+    "/v1/audio/",
+    "/v1/files",
+    "/v1/fine_tuning/",
+    "/v1/batches",
+    "/v1/moderations",
+    "/v1/responses",
+    "/v1/assistants",
+    "/v1/threads",
+    "/api/embed",
+    "/api/embeddings",
+    "/api/create",
+    "/api/copy",
+    "/api/push",
+    "/api/blobs/",
+)
+
+
+def _unsupported(path: str) -> bool:
+    return any(path == u.rstrip("/") or (u.endswith("/") and path.startswith(u)) for u in UNSUPPORTED)
+
+
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
-    msg = {404: f"no route {request.url.path}", 405: f"{request.method} is not allowed on {request.url.path}"}
+    path = request.url.path
+    if exc.status_code == 404 and _unsupported(path):
+        err = ApiError(501, f"{path} is not supported by localsym", "not_supported")
+        _log_client_error(request, err)
+        return error_response(path, err)
+    msg = {404: f"no route {path}", 405: f"{request.method} is not allowed on {path}"}
     err = ApiError(exc.status_code, msg.get(exc.status_code, str(exc.detail)), headers=dict(exc.headers or {}))
     _log_client_error(request, err)
     return error_response(request.url.path, err)

@@ -23,6 +23,7 @@ _OPENAI_TYPES = {
     503: "server_overloaded",
     507: "server_error",
     500: "server_error",
+    501: "invalid_request_error",
 }
 
 
