@@ -448,6 +448,22 @@ def test_load_only_under_the_roots(server, root):
     assert info["warnings"] == []
 
 
+def test_keep_alive_zero_closes_idle_sessions_and_they_reopen(server):
+    """Ollama's unload (an empty request with keep_alive 0) frees every idle session's context;
+    the sessions stay on disk and the next request on one opens it with its history."""
+    chat = {"model": MODEL, "messages": [{"role": "user", "content": "Say hi."}], "stream": False}
+    r = httpx.post(f"{server.url}/api/chat", json=chat | {"options": {"num_predict": 2}}, headers={SESSION: "ka"})
+    assert (
+        r.status_code == 200 and "ka" in httpx.get(f"{server.url}/api/ps").json()["models"][0]["localsym"]["sessions"]
+    )
+    r = httpx.post(f"{server.url}/api/generate", json={"model": MODEL, "keep_alive": 0})
+    assert r.json()["done_reason"] == "unload"
+    assert httpx.get(f"{server.url}/api/ps").json()["models"] == []
+    assert len(server.messages("ka")) == 2  # nothing of it lost
+    r = httpx.post(f"{server.url}/api/chat", json=chat | {"options": {"num_predict": 2}}, headers={SESSION: "ka"})
+    assert r.status_code == 200 and len(server.messages("ka")) == 4
+
+
 def test_routes_not_served_say_not_supported(server):
     """An API route localsym does not serve is a 501 in that API's error shape (a client stops
     asking); a path no API has is a 404."""

@@ -72,10 +72,24 @@ def _final(run: ChatRun) -> dict[str, Any]:
     }
 
 
-def _loaded(model: str, key: str) -> Response:
-    """An empty prompt or message list: Ollama's way to load a model. Sessions open on demand."""
+async def _loaded(st: ServerState, body: dict[str, Any], model: str, key: str) -> Response:
+    """An empty prompt or message list: Ollama's way to load a model (sessions open on
+    demand), or with ``keep_alive: 0`` to unload it: every idle session is closed."""
     empty: Any = "" if key == "response" else {"role": "assistant", "content": ""}
-    return JSONResponse({"model": model, "created_at": _now(), key: empty, "done": True, "done_reason": "load"})
+    reason = "load"
+    if _keep_alive_zero(body.get("keep_alive")):
+        await st.pool.close_idle()
+        reason = "unload"
+    return JSONResponse({"model": model, "created_at": _now(), key: empty, "done": True, "done_reason": reason})
+
+
+def _keep_alive_zero(v: Any) -> bool:
+    """Ollama's keep_alive: a number of seconds or a duration string ("0", "0s", "0m")."""
+    if isinstance(v, bool):
+        return False
+    if isinstance(v, int | float):
+        return v == 0
+    return isinstance(v, str) and v.strip().rstrip("smh") in ("0", "0.0")
 
 
 def _tool_calls(calls: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -128,7 +142,7 @@ async def chat(request: Request) -> Response:
     model = body.get("model") or st.card.name
     stream = _stream(body)
     if not body.get("messages"):
-        return _loaded(model, "message")
+        return await _loaded(st, body, model, "message")
     refuse_logprobs(body, "logprobs", "top_logprobs")
     messages = body.get("messages")
     if isinstance(messages, list) and any(isinstance(m, dict) and m.get("images") for m in messages):
@@ -165,7 +179,7 @@ async def generate(request: Request) -> Response:
     refuse_logprobs(body, "logprobs", "top_logprobs")
     grammar = ollama_grammar(body)
     if not prompt or not prompt.strip():
-        return _loaded(model, "response")
+        return await _loaded(st, body, model, "response")
     inp = ChatInput(
         session_name(request, body, False),
         system or None,

@@ -227,7 +227,7 @@ class SessionPool:
         e.ledger = None
         e.hot_capacity = 0
 
-    def _least_recent_idle(self, exclude: Entry) -> Entry | None:
+    def _least_recent_idle(self, exclude: Entry | None) -> Entry | None:
         idle = [
             x
             for x in self.entries.values()
@@ -245,6 +245,20 @@ class SessionPool:
             e.lock.release()
         if not e.waiting and self.entries.get(e.name) is e:
             del self.entries[e.name]
+
+    async def close_idle(self) -> int:
+        """Ollama's ``keep_alive: 0``: close every open session no request holds or waits
+        for (their contexts are freed; each session stays on disk and opens again on its next
+        request). Returns how many were closed."""
+        n = 0
+        async with self.cond:  # as _open closes its victims: one closer at a time
+            while (victim := self._least_recent_idle(None)) is not None:
+                await self._close(victim)
+                if not victim.lock.locked() and not victim.waiting and self.entries.get(victim.name) is victim:
+                    del self.entries[victim.name]
+                n += 1
+            self.cond.notify_all()
+        return n
 
     # -- reading and shutting down ----------------------------------------------------------------
     def open_sessions(self) -> list[Entry]:
