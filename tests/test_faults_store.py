@@ -124,7 +124,7 @@ def test_rm_of_a_model_in_use_refuses_and_names_the_process(home):
 def test_prune_during_a_load_keeps_the_blocks_the_load_writes(home, tmp_path):
     doc = tmp_path / "long.txt"
     doc.write_text(
-        "".join(f"Line {i}: the inventory lists crate {i * 7 % 101} on shelf {i % 13}.\n" for i in range(400))
+        "".join(f"Line {i}: the inventory lists crate {i * 7 % 101} on shelf {i % 13}.\n" for i in range(160))
     )
     env = dict(os.environ, LOCALSYM_HOME=str(home))
     load = subprocess.Popen(

@@ -462,9 +462,9 @@ async def test_unexpected_worker_error_is_shown_not_fatal(home, monkeypatch):
         monkeypatch.setattr(app.session, "ask", broken)  # a fault the worker did not expect
         await _send(pilot, app, "Say hello.")
         await wait_until(pilot, lambda: _messages(app, "assistant") and not app.busy)
-        assert "unexpected error: RuntimeError: injected fault" in _messages(app, "assistant")[-1].text
+        assert "unexpected RuntimeError: injected fault" in _messages(app, "assistant")[-1].text
         monkeypatch.setattr(app.session, "quant_mix", broken)
-        await _command(pilot, app, "/memory", "cannot read the memory tiers: RuntimeError: injected fault")
+        await _command(pilot, app, "/memory", "cannot read the memory tiers: unexpected RuntimeError: injected fault")
         monkeypatch.undo()
         assert app.is_running
         await _send(pilot, app, "What is 2+2? Answer with a number.")
