@@ -20,21 +20,19 @@ from __future__ import annotations
 import argparse
 import ast
 import importlib.util
-import math
 import random
 import re
-import sqlite3
 import statistics
 import sys
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from localsym.bench import emit, private_home
-from localsym.memory import lexical
+from localsym.bench import baselines, emit, private_home
 
 QUESTION = "Which function in this code does the following: {what}? Answer with the function's name."
 
@@ -159,29 +157,12 @@ def _windows(root: Path, size: int) -> list[tuple[str, int, int, str]]:
     return out
 
 
-def _bm25(windows: list[tuple[str, int, int, str]]):
-    db = sqlite3.connect(":memory:")
-    idx = lexical.LexicalIndex(db, "windows")
-    for i, (_, _, _, text) in enumerate(windows):
-        idx.add(i, text)
-
-    def top(question: str, k: int) -> list[int]:
-        return [i for i, _ in idx.search(lexical.query_terms(question), k)]
-
-    return top
+def _bm25(windows: list[tuple[str, int, int, str]]) -> Callable[[str, int], list[int]]:
+    return baselines.bm25([w[3] for w in windows])
 
 
 def _overlaps(path: str, lines: tuple[int, int] | list[int] | None, t: Target) -> bool:
     return bool(lines) and path == t.path and lines[0] <= t.lines[1] and t.lines[0] <= lines[1]  # type: ignore[index]
-
-
-def _p_random(n: int, m: int, k: int) -> float:
-    """Chance that ``k`` of ``n`` blocks drawn at random include one of ``m``."""
-    if m <= 0 or k <= 0:
-        return 0.0
-    if n - m < k:
-        return 1.0
-    return 1.0 - math.comb(n - m, k) / math.comb(n, k)
 
 
 def _package(args, name: str, pkg: str, path, opts, tmp: Path, vocab) -> dict:
@@ -214,11 +195,7 @@ def _package(args, name: str, pkg: str, path, opts, tmp: Path, vocab) -> dict:
             # the same baseline allowed the working set's tokens instead of its count: a
             # 30-line window is ~1.6 of our definition-cut blocks
             used = sum(sizes.get((x["path"], tuple(x["lines"] or ())), 0) for x in chosen)
-            by_tokens: list[int] = []
-            for w in bm25(q, 4 * max(k, 1) + 8):
-                if sum(win_tokens[i] for i in by_tokens) + win_tokens[w] > used:
-                    break
-                by_tokens.append(w)
+            by_tokens = baselines.top_within_tokens(bm25, q, k, win_tokens, used)
             bm_tok_hit = any(_overlaps(windows[w][0], (windows[w][1], windows[w][2]), t) for w in by_tokens)
             m = sum(_overlaps(p, ln, t) for p, ln in docs)
             rows.append(
@@ -231,7 +208,7 @@ def _package(args, name: str, pkg: str, path, opts, tmp: Path, vocab) -> dict:
                     "bm25_hit": bm_hit,
                     "bm25_tokens_hit": bm_tok_hit,
                     "bm25_tokens_windows": len(by_tokens),
-                    "random_p": round(_p_random(len(docs), m, k), 4),
+                    "random_p": round(baselines.p_random(len(docs), m, k), 4),
                     "answer_hit": bool(re.search(rf"\b{re.escape(t.name)}\b", answer)),
                     "answer": answer.strip()[:120],
                     "ttft_s": round(st.ttft_s, 3),
@@ -259,17 +236,7 @@ def _package(args, name: str, pkg: str, path, opts, tmp: Path, vocab) -> dict:
 
 def _summary(rows: list[dict]) -> dict[str, Any]:
     n = max(len(rows), 1)
-    return {
-        "source_hit": round(sum(r["source_hit"] for r in rows) / n, 4),
-        "bm25_hit": round(sum(r["bm25_hit"] for r in rows) / n, 4),
-        "bm25_tokens_hit": round(sum(r["bm25_tokens_hit"] for r in rows) / n, 4),
-        "random_hit": round(sum(r["random_p"] for r in rows) / n, 4),
-        "answer_hit": round(sum(r["answer_hit"] for r in rows) / n, 4),
-        "k_mean": round(sum(r["k"] for r in rows) / n, 2),
-        "k_max": max((r["k"] for r in rows), default=0),
-        "ttft_s_median": round(statistics.median([r["ttft_s"] for r in rows]), 3) if rows else None,
-        "reinjected_mean": round(sum(r["reinjected"] for r in rows) / n, 2),
-    }
+    return baselines.hit_rates(rows) | {"reinjected_mean": round(sum(r["reinjected"] for r in rows) / n, 2)}
 
 
 def _one_block_ttft(path, opts, tmp: Path, block: int) -> float:

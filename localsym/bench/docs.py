@@ -29,11 +29,9 @@ time.
 from __future__ import annotations
 
 import argparse
-import math
 import random
 import re
 import shutil
-import sqlite3
 import statistics
 import subprocess
 import sys
@@ -46,7 +44,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from localsym.bench import emit, private_home
+from localsym.bench import baselines, emit, private_home
 from localsym.memory import lexical
 
 QUESTION = 'Fill in the blank from the documents: "{cloze}" Which word goes in the blank? Answer with that word.'
@@ -317,15 +315,7 @@ def passages(paras: list[Paragraph], size: int) -> list[tuple[str, int | None, s
 
 
 def _bm25(units: list[tuple[str, int | None, str, str]]) -> Callable[[str, int], list[int]]:
-    db = sqlite3.connect(":memory:")
-    idx = lexical.LexicalIndex(db, "passages")
-    for i, (path, _, _, text) in enumerate(units):
-        idx.add(i, text, Path(path).name)
-
-    def top(question: str, k: int) -> list[int]:
-        return [i for i, _ in idx.search(lexical.query_terms(question), k)]
-
-    return top
+    return baselines.bm25([u[3] for u in units], [Path(u[0]).name for u in units])
 
 
 def covers(path: str, pages: Iterable[int] | None, section: str | None, text: str | None, t: Target) -> bool:
@@ -340,15 +330,6 @@ def covers(path: str, pages: Iterable[int] | None, section: str | None, text: st
     if t.page is None and section is not None and section == t.heading:
         return True
     return text is not None and t.probe in " ".join(text.split())
-
-
-def _p_random(n: int, m: int, k: int) -> float:
-    """Chance that ``k`` of ``n`` units drawn at random include one of ``m``."""
-    if m <= 0 or k <= 0:
-        return 0.0
-    if n - m < k:
-        return 1.0
-    return 1.0 - math.comb(n - m, k) / math.comb(n, k)
 
 
 # -- the run --------------------------------------------------------------------------------------
@@ -407,11 +388,7 @@ def measure(
             used = sum(statistics.mean(docs[i].n_tokens for i in rows_of(x)) if rows_of(x) else block for x in chosen)
             top = bm25(q, max(k, 1))
             bm_hit = any(covers(units[u][0], _pp(units[u][1]), units[u][2], units[u][3], t) for u in top)
-            by_tokens: list[int] = []
-            for u in bm25(q, 4 * max(k, 1) + 8):
-                if sum(unit_tokens[j] for j in by_tokens) + unit_tokens[u] > used:
-                    break
-                by_tokens.append(u)
+            by_tokens = baselines.top_within_tokens(bm25, q, k, unit_tokens, used)
             bm_tok_hit = any(covers(units[u][0], _pp(units[u][1]), units[u][2], units[u][3], t) for u in by_tokens)
             m = sum(covers(b.source, b.pages, b.label, texts[i], t) for i, b in enumerate(docs))
             answer_hit = bool(re.search(rf"\b{re.escape(t.word)}\b", answer, re.IGNORECASE))
@@ -427,7 +404,7 @@ def measure(
                     "bm25_hit": bm_hit,
                     "bm25_tokens_hit": bm_tok_hit,
                     "bm25_tokens_passages": len(by_tokens),
-                    "random_p": round(_p_random(len(docs), m, k), 4),
+                    "random_p": round(baselines.p_random(len(docs), m, k), 4),
                     "answer_hit": answer_hit,
                     "answer": answer.strip()[:120],
                     "ttft_s": round(st.ttft_s, 3),
@@ -466,18 +443,7 @@ def _pp(page: int | None) -> tuple[int, int] | None:
 
 
 def summary(rows: list[dict]) -> dict[str, Any]:
-    n = max(len(rows), 1)
-    return {
-        "n": len(rows),
-        "source_hit": round(sum(r["source_hit"] for r in rows) / n, 4),
-        "bm25_hit": round(sum(r["bm25_hit"] for r in rows) / n, 4),
-        "bm25_tokens_hit": round(sum(r["bm25_tokens_hit"] for r in rows) / n, 4),
-        "random_hit": round(sum(r["random_p"] for r in rows) / n, 4),
-        "answer_hit": round(sum(r["answer_hit"] for r in rows) / n, 4),
-        "k_mean": round(sum(r["k"] for r in rows) / n, 2),
-        "k_max": max((r["k"] for r in rows), default=0),
-        "ttft_s_median": round(statistics.median([r["ttft_s"] for r in rows]), 3) if rows else None,
-    }
+    return {"n": len(rows), **baselines.hit_rates(rows)}
 
 
 def extraction(pdf: Path | None, reps: int = 3) -> dict[str, Any] | None:
