@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from localsym.bench import docs as bench_docs
+from localsym.bench.docs_questions import ASKED
 
 TOPICS = [
     ("anchor", "The anchor chain is flaked on deck and inspected for rust before every long passage north."),
@@ -115,3 +116,32 @@ def test_extraction_reports_pdftotext_beside_ours(tmp_path):
     if e["pdftotext_pages_s"] is None:
         pytest.skip("pdftotext (poppler-utils) is not installed here")
     assert e["speed_vs_pdftotext"] > 0 and e["word_recall"] > 0.8
+
+
+def test_written_questions_apply_only_where_their_answer_is(tmp_path):
+    """The hand-written questions are used only for their own document, each where its quote
+    is; another document (the tiny corpus) gets none and the bench falls back to cloze."""
+    folder = tmp_path / "corpus"
+    folder.mkdir()
+    pdf, html = _pdf(folder / "boat.pdf"), _html(folder / "club.html")
+    paras = bench_docs.paragraphs(pdf) + bench_docs.paragraphs(html)
+    got, notes = bench_docs.asked_targets(paras, {str(pdf.resolve()): bench_docs._pdftotext_pages(pdf)})
+    assert got == [] and notes == []
+    ninja = Path("/usr/share/doc/ninja-build/manual.html")
+    if not ninja.is_file():
+        pytest.skip("Ninja's manual (ninja-build) is not installed here")
+    copy = folder / "manual.html"
+    copy.write_bytes(ninja.read_bytes())
+    got, notes = bench_docs.asked_targets(bench_docs.paragraphs(copy), {})
+    assert len(got) >= 6 and notes == []
+    for t in got:
+        assert t.kind == "asked" and t.page is None and t.heading
+        section = next(q.section for q in ASKED if q.question == t.question)
+        assert t.heading.split(" > ")[-1] == section
+        assert t.probe in " ".join(p.text for p in bench_docs.paragraphs(copy) if p.heading == t.heading).lower()
+        assert bench_docs.covers(t.path, None, t.heading, None, t)  # its own section serves it
+    # the same file with one answer edited away: that question is left out, with a note
+    text = copy.read_text(encoding="utf-8").replace("NINJA_STATUS", "NINJA_PROGRESS")
+    copy.write_text(text, encoding="utf-8")
+    got2, notes2 = bench_docs.asked_targets(bench_docs.paragraphs(copy), {})
+    assert len(got2) == len(got) - 1 and len(notes2) == 1 and "progress line" in notes2[0]

@@ -192,7 +192,13 @@ def _add_docs(sub) -> None:
     s.add_argument("--pdf", default=None, help="a PDF manual (default: one of 50+ pages found on this machine)")
     s.add_argument("--docs", default=None, help="other documents, comma-separated (default: an HTML manual here)")
     s.add_argument("--tokens", type=int, default=32000, help="tokens loaded in all (the PDF's first pages fill it)")
-    s.add_argument("--questions", type=int, default=20)
+    s.add_argument("--questions", type=int, default=20, help="cloze questions drawn (written: all that apply)")
+    s.add_argument(
+        "--kind",
+        choices=("asked", "cloze"),
+        default="asked",
+        help="asked: questions written for the default manuals (cloze where too few apply); cloze: drawn from the text",
+    )
     s.add_argument("--window", type=int, default=300, help="words per BM25 baseline passage")
     s.add_argument("--reps", type=int, default=3, help="extraction runs (median)")
     s.add_argument("--block", type=int, default=256)

@@ -50,6 +50,7 @@ from localsym.memory import lexical
 QUESTION = 'Fill in the blank from the documents: "{cloze}" Which word goes in the blank? Answer with that word.'
 BLANK = "____"
 MIN_PDF_PAGES = 50
+MIN_ASKED = 5  # fewer written questions apply to the documents found: cloze questions instead
 # Debian documentation packages that ship a PDF manual, looked for in apt's cache when no PDF
 # of 50+ pages is installed (``apt-get download NAME`` puts one there too)
 DEB_MANUALS = ("ledger", "docbook-xsl-doc-pdf", "camlidl-doc")
@@ -76,9 +77,20 @@ class Target:
     page: int | None
     heading: str
     sentence: str
-    word: str  # the held-out word
+    word: str  # the held-out word (cloze), or the answer's words (a written question)
     cloze: str
-    probe: str  # the words around the blank, whitespace-normalised: a unit holding them holds the sentence
+    probe: (
+        str  # the words around the blank (or the answer's quote), whitespace-normalised: a unit holding them holds it
+    )
+    question: str = ""  # what is asked (a cloze: QUESTION around it)
+    answer: str = ""  # regular expression the reply must match (case-insensitive)
+    kind: str = "cloze"  # or "asked": written by hand (bench/docs_questions.py)
+
+    def __post_init__(self) -> None:
+        if not self.question:
+            self.question = QUESTION.format(cloze=self.cloze)
+        if not self.answer:
+            self.answer = rf"\b{re.escape(self.word)}\b"
 
 
 # -- finding real documents -----------------------------------------------------------------------
@@ -258,6 +270,54 @@ def make_targets(paras: list[Paragraph], n: int, seed: int, poppler: dict[str, l
     return out
 
 
+def asked_targets(paras: list[Paragraph], poppler: dict[str, list[set[str]] | None]) -> tuple[list[Target], list[str]]:
+    """The written questions (bench/docs_questions.py) whose document is here and whose quote
+    is where they say (the PDF page in our text and in poppler's, or the section), and a
+    note for each one left out."""
+    from localsym.bench.docs_questions import ASKED
+
+    out: list[Target] = []
+    notes: list[str] = []
+    docs: dict[str, list[Paragraph]] = {}
+    for p in paras:
+        docs.setdefault(p.path, []).append(p)
+    for q in ASKED:
+        path = next(
+            (
+                d
+                for d, ps in docs.items()
+                if (Path(d).name == q.doc or (Path(d).name.startswith(q.doc) and q.doc.find(".") < 0))
+                and any(q.marker in p.text for p in ps[:50])
+            ),
+            None,
+        )
+        if path is None:
+            continue  # its document is not in this corpus
+        quote = " ".join(q.quote.split()).lower()
+        found = next(
+            (
+                p
+                for p in docs[path]
+                if quote in p.text.lower()
+                and (q.page is None or p.page == q.page)
+                and (q.section is None or p.heading.split(" > ")[-1] == q.section)
+            ),
+            None,
+        )
+        pages = poppler.get(path)
+        if found is not None and q.page is not None and pages is not None:
+            words = {w.lower() for w in _WORD.findall(q.quote)}
+            if not 1 <= q.page <= len(pages) or not words <= pages[q.page - 1]:
+                found = None  # poppler does not put it on that page: our page numbers would be wrong
+        if found is None:
+            notes.append(f"left out (not at {'p. ' + str(q.page) if q.page else q.section} here): {q.question}")
+            continue
+        out.append(
+            Target(path, found.page, found.heading, found.text[:200], q.quote, "", quote, q.question, q.answer, "asked")
+        )
+    return out, notes
+
+
 def _sentences(text: str) -> list[str]:
     return [s.strip() for s in re.split(r"(?<=[.!?])\s+(?=[A-Z(\"'])", text) if s.strip()]
 
@@ -343,6 +403,7 @@ def measure(
     block: int = 256,
     window: int = 300,
     answer_tokens: int = 16,
+    kind: str = "asked",
     vocab,
     log: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
@@ -354,7 +415,16 @@ def measure(
     files = sorted(p for p in folder.iterdir() if p.is_file())
     paras = [p for f in files for p in paragraphs(f)]
     poppler = {str(f.resolve()): _pdftotext_pages(f) for f in files if f.suffix.lower() == ".pdf"}
-    targets = make_targets(paras, questions, seed, poppler)
+    notes: list[str] = []
+    targets: list[Target] = []
+    if kind == "asked":
+        targets, notes = asked_targets(paras, poppler)
+        if len(targets) < MIN_ASKED:
+            notes.append(f"{len(targets)} written questions apply to these documents: cloze questions instead")
+            targets = []
+    if not targets:
+        kind = "cloze"
+        targets = make_targets(paras, questions, seed, poppler)
     units = passages(paras, window)
     bm25 = _bm25(units)
     unit_tokens = [len(vocab.tokenize(u[3])) for u in units]
@@ -370,7 +440,7 @@ def measure(
         for i, b in enumerate(docs):
             by_key.setdefault((b.source, tuple(b.pages or ()), b.label or None), []).append(i)
         for qi, t in enumerate(targets):
-            q = QUESTION.format(cloze=t.cloze)
+            q = t.question
             with s.ask(q, GenParams(max_tokens=answer_tokens)) as turn:
                 answer = turn.text()
             st = turn.stats
@@ -391,13 +461,14 @@ def measure(
             by_tokens = baselines.top_within_tokens(bm25, q, k, unit_tokens, used)
             bm_tok_hit = any(covers(units[u][0], _pp(units[u][1]), units[u][2], units[u][3], t) for u in by_tokens)
             m = sum(covers(b.source, b.pages, b.label, texts[i], t) for i, b in enumerate(docs))
-            answer_hit = bool(re.search(rf"\b{re.escape(t.word)}\b", answer, re.IGNORECASE))
+            answer_hit = bool(re.search(t.answer, answer, re.IGNORECASE))
             rows.append(
                 {
                     "file": Path(t.path).name,
                     "page": t.page,
                     "section": t.heading,
-                    "question": t.cloze,
+                    "question": t.question,
+                    "kind": t.kind,
                     "word": t.word,
                     "k": k,
                     "source_hit": hit,
@@ -430,6 +501,8 @@ def measure(
         "skipped": [list(x) for x in rep.skipped],
         "load_s": round(load_s, 1),
         "load_tok_s": round(rep.tokens / load_s, 1) if load_s > 0 else None,
+        "questions_kind": kind,
+        "notes": notes,
         "passages": len(units),
         "window_words": window,
         "per_file": per_file,
@@ -499,6 +572,7 @@ def run(args: argparse.Namespace) -> int:
                 block=args.block,
                 window=args.window,
                 answer_tokens=args.answer_tokens,
+                kind=args.kind,
                 vocab=vocab,
                 log=lambda m: print(m, file=sys.stderr),
             )
@@ -523,7 +597,8 @@ def run(args: argparse.Namespace) -> int:
 
 def table(r: dict) -> str:
     lines = [
-        f"bench docs: {r['model']}, cloze questions in words vs BM25 over {r['window_words']}-word passages "
+        f"bench docs: {r['model']}, {r['questions_kind']} questions in words vs BM25 over "
+        f"{r['window_words']}-word passages "
         "per page/section (as many as our blocks; 'tok': as many tokens)",
         "corpus: "
         + "; ".join(
@@ -551,5 +626,6 @@ def table(r: dict) -> str:
             f"extraction {e['file']} ({e['pages']} pages): localsym {e['localsym_pages_s']} pages/s, "
             f"bare PDFium {e['pdfium_pages_s']}, {vs}; word recall {e['word_recall']}"
         )
+    lines += [f"note: {n}" for n in r.get("notes", [])]
     lines.append("targets: " + ", ".join(f"{k} {'yes' if v else 'NO'}" for k, v in r["targets"].items()))
     return "\n".join(lines)
