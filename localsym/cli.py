@@ -307,9 +307,14 @@ def _chat_session_name(model: str) -> str:
 
 
 def _open_chat(a: argparse.Namespace, model: str | None, session: str, overrides: dict[str, Any]) -> int:
+    from localsym.session import connect
     from localsym.tui import ChatApp
 
-    app = ChatApp(model, session, run_options(a), overrides=overrides)
+    opts = run_options(a)
+    sessions = connect(model, session, a.no_server)  # a running `serve` of this model, else this process
+    if model is not None and not sessions.remote:
+        _ensure_pulled(model, quiet=False)
+    app = ChatApp(model, session, opts, overrides=overrides, sessions=sessions)
     if hasattr(a, "temp") and hasattr(app, "params"):
         # the sampling flags (and -n) for every answer; the chat's /set changes them later.
         # Unless -n is set somewhere, the chat keeps its own (longer) answer length.
@@ -336,9 +341,24 @@ def _print_timings(load_s: float, total_s: float, prompt_tokens: int, prefill_s:
     sys.stderr.write("".join(f"{k + ':':<22}{v}\n" for k, v in rows))
 
 
+# the runtime flags a running server was started with its own of
+RUNTIME_FLAGS = {
+    "ctx_size": "-c",
+    "n_gpu_layers": "-ngl",
+    "vram": "--vram",
+    "threads": "-t",
+    "cache_type_k": "-ctk",
+    "cache_type_v": "-ctv",
+    "flash_attn": "-fa",
+    "n_cpu_moe": "--n-cpu-moe",
+}
+
+
 def cmd_run(a: argparse.Namespace) -> int:
+    import contextlib
+
     from localsym import running
-    from localsym.session import MIN_CTX, OneShot
+    from localsym.session import MIN_CTX, TurnStats, connect, gen_stats
 
     prompt = a.prompt
     if prompt is None and not sys.stdin.isatty():
@@ -347,16 +367,39 @@ def cmd_run(a: argparse.Namespace) -> int:
         if a.json or not sys.stdout.isatty():
             raise LocalsymError("no prompt: give one as an argument or on standard input")
         # `run MODEL` at a terminal opens the chat on that model, as Ollama does
-        _ensure_pulled(a.model, quiet=False)
-        return _open_chat(a, a.model, _chat_session_name(a.model), {})
+        return _open_chat(a, a.model, a.session or _chat_session_name(a.model), {})
     if not prompt.strip():
         raise LocalsymError("no prompt: give one as an argument or on standard input")
     params = gen_params(a)
     opts = run_options(a)
-    ctx_note(a, MIN_CTX)  # -c 1: llama.cpp makes 256 cells whatever it is asked
-    _ensure_pulled(a.model, quiet=a.json)
+    sessions = connect(a.model, a.session, a.no_server)  # a running `serve` of this model, else this process
+    for line in sessions.notes:
+        sys.stderr.write(f"localsym: note: {line}\n")
+    if sessions.remote:
+        given = [
+            RUNTIME_FLAGS[k] for k, src in getattr(a, "sources", {}).items() if k in RUNTIME_FLAGS and src == "flag"
+        ]
+        if given:
+            sys.stderr.write(
+                f"localsym: note: {sessions.where} runs the model with its own {', '.join(given)} "
+                "(--no-server runs it here with yours)\n"
+            )
+    else:
+        _ensure_pulled(a.model, quiet=a.json)
     t0 = time.perf_counter()
-    with running.registered("run", model=a.model), OneShot(a.model, prompt, opts, params, a.system, a.raw) as run:
+    warnings: list[str] = []
+    with running.registered("run", model=a.model), contextlib.ExitStack() as stack:
+        if a.session:  # the answer joins the session's memory (the server's, when attached)
+            overrides = {"system": a.system} if a.system else None
+            sess, notes = sessions.open(a.session, a.model, opts, overrides)
+            stack.enter_context(sess)
+            if notes:
+                a.ctx_note = notes[0]
+            run: Any = stack.enter_context(sess.ask(prompt, params, a.raw))
+        else:
+            if not sessions.remote:
+                ctx_note(a, MIN_CTX)  # -c 1: llama.cpp makes 256 cells whatever it is asked
+            run = stack.enter_context(sessions.oneshot(a.model, prompt, opts, params, a.system, a.raw))
         load_s = time.perf_counter() - t0
         text = []
         for piece in run:
@@ -364,7 +407,11 @@ def cmd_run(a: argparse.Namespace) -> int:
             if not a.json:
                 sys.stdout.write(piece)
                 sys.stdout.flush()
-        stats = run.stats
+        if isinstance(run.stats, TurnStats):
+            warnings = run.stats.warnings
+            stats = gen_stats(run.stats)
+        else:
+            stats = run.stats
     total_s = time.perf_counter() - t0
     if a.json:
         print(
@@ -381,8 +428,10 @@ def cmd_run(a: argparse.Namespace) -> int:
         )
     else:
         sys.stdout.write("\n")
+    sys.stdout.flush()
+    for line in warnings:
+        sys.stderr.write(f"localsym: warning: {line}\n")
     if a.verbose:
-        sys.stdout.flush()
         _print_timings(load_s, total_s, stats.prompt_tokens, stats.prefill_s, stats.completion_tokens, stats.decode_s)
     return 0
 
@@ -577,8 +626,6 @@ def cmd_sessions(a: argparse.Namespace) -> int:
 
 def cmd_chat(a: argparse.Namespace) -> int:
     overrides = {k: v for k, v in (("warm_mb", a.warm_mb), ("cold_gb", a.cold_gb)) if v is not None}
-    if a.model is not None:
-        _ensure_pulled(a.model, quiet=False)
     return _open_chat(a, a.model, a.session, overrides)
 
 
@@ -725,6 +772,14 @@ def _add_verbose(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_no_server(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--no-server",
+        action="store_true",
+        help="run the model in this process even when a `localsym serve` of it is running (default: attach to it)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(
         prog="localsym",
@@ -810,6 +865,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true", help="print one JSON object at the end")
     s.add_argument("--system", default=None, help="system prompt")
     s.add_argument("--raw", action="store_true", help="no chat template: plain completion")
+    s.add_argument(
+        "--session",
+        "-s",
+        default=None,
+        help="answer in this session, which keeps the exchange (default: none; with no prompt, the chat's)",
+    )
+    _add_no_server(s)
     add_sampling_flags(s)
     add_runtime_flags(s)
     s.set_defaults(func=cmd_run)
@@ -836,6 +898,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--session", "-s", default="default", help="session name (default: default)")
     s.add_argument("--warm-mb", type=float, default=None, help="RAM for the warm tier (MiB)")
     s.add_argument("--cold-gb", type=float, default=None, help="disk for the cold tier (GiB)")
+    _add_no_server(s)
     add_sampling_flags(s)
     add_runtime_flags(s)
     s.set_defaults(func=cmd_chat)
@@ -983,9 +1046,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if interrupted.is_set():
             raise KeyboardInterrupt
         interrupted.set()
-        from localsym.session import cancel_all
+        from localsym.session import cancel_all, cancel_remote
 
         cancel_all()
+        cancel_remote()  # an answer read from a server: its connection is closed, the server stops it
 
     if args.command not in ("chat", "serve"):  # Textual and uvicorn handle their own keys
         signal.signal(signal.SIGINT, on_sigint)

@@ -50,8 +50,9 @@ def registered(kind: str, **info: Any) -> Iterator[None]:
             path.unlink(missing_ok=True)
 
 
-def processes() -> list[dict[str, Any]]:
-    """The `run` and `serve` processes alive now, oldest first."""
+def processes(gone: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+    """The `run` and `serve` processes alive now, oldest first. The records of processes
+    that ended without removing theirs (killed with -9) are removed, and added to ``gone``."""
     root = paths.run_dir()
     out = []
     if root.is_dir():
@@ -65,6 +66,8 @@ def processes() -> list[dict[str, Any]]:
             # a pid the system gave to another process since (the recorded start differs)
             if created is None or (rec.get("create_time") and abs(created - rec["create_time"]) > 1):
                 f.unlink(missing_ok=True)
+                if gone is not None:
+                    gone.append(rec)
                 continue
             rec.pop("create_time", None)
             out.append(rec)

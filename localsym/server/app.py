@@ -15,7 +15,8 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp
 
-from localsym.server import load_api, ollama_api, openai_api
+from localsym.server import load_api, ollama_api, openai_api, session_api
+from localsym.server.embeddings import ollama_embed, ollama_embeddings, openai_embeddings
 from localsym.server.errors import ApiError, classify, error_response
 from localsym.server.guard import Guard, request_id
 from localsym.server.settings import LOCAL_HOSTS
@@ -33,7 +34,6 @@ async def _api_error(request: Request, exc: Exception) -> Response:
 # routes of the OpenAI and Ollama APIs that localsym does not serve (yet): a client told 501
 # "not supported" knows to stop asking, where "no route" reads like a wrong base URL
 UNSUPPORTED = (
-    "/v1/embeddings",
     "/v1/images/",
     "/v1/audio/",
     "/v1/files",
@@ -43,8 +43,6 @@ UNSUPPORTED = (
     "/v1/responses",
     "/v1/assistants",
     "/v1/threads",
-    "/api/embed",
-    "/api/embeddings",
     "/api/create",
     "/api/copy",
     "/api/push",
@@ -118,9 +116,12 @@ def build_app(state: ServerState) -> ASGIApp:
         Route("/v1/chat/completions", _bounded(openai_api.chat_completions), methods=["POST"]),
         Route("/v1/completions", _bounded(openai_api.completions), methods=["POST"]),
         Route("/v1/models", _bounded(openai_api.list_models), methods=["GET"]),
+        Route("/v1/embeddings", _bounded(openai_embeddings), methods=["POST"]),
         Route("/v1/models/{model:path}", _bounded(openai_api.get_model), methods=["GET"]),
         Route("/api/chat", _bounded(ollama_api.chat), methods=["POST"]),
         Route("/api/generate", _bounded(ollama_api.generate), methods=["POST"]),
+        Route("/api/embed", _bounded(ollama_embed), methods=["POST"]),
+        Route("/api/embeddings", _bounded(ollama_embeddings), methods=["POST"]),
         Route("/api/tags", _bounded(ollama_api.tags), methods=["GET"]),
         Route("/api/ps", _bounded(ollama_api.ps), methods=["GET"]),
         Route("/api/show", _bounded(ollama_api.show), methods=["POST"]),
@@ -129,12 +130,16 @@ def build_app(state: ServerState) -> ASGIApp:
         Route("/localsym/sessions", _bounded(load_api.sessions), methods=["GET"]),
         Route("/localsym/sessions/{name}", _bounded(load_api.session_info), methods=["GET"]),
         Route("/localsym/sessions/{name}", _bounded(load_api.session_delete), methods=["DELETE"]),
+        Route("/localsym/server", _bounded(session_api.server_info), methods=["GET"]),
+        Route("/localsym/open", _bounded(session_api.open_session), methods=["POST"]),
+        Route("/localsym/ask", _bounded(session_api.ask), methods=["POST"]),
     ]
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
         yield
         await state.pool.close_all()
+        state.embeddings.close()
 
     app = Starlette(
         routes=routes,

@@ -26,6 +26,7 @@ from localsym.session._catalog import (
 from localsym.session._config import DEFAULT_SYSTEM, SessionConfig, check_value, resolve_config
 from localsym.session._conversation import ConversationTurn
 from localsym.session._oneshot import OneShot, PlainModel, Tokenizer, describe_model, model_card
+from localsym.session._remote import ChatSession, ChatTurn, InProcess, Sessions, cancel_remote, connect, gen_stats
 from localsym.session._reports import LoadReport, Progress, SessionStatus, TurnStats, source_label
 from localsym.session._session import Session, SessionBusy, Turn
 from localsym.session._storage import prune_blocks, remove_model
@@ -33,6 +34,13 @@ from localsym.session._storage import prune_blocks, remove_model
 __all__ = [
     "Cancelled",
     "cancel_all",
+    "cancel_remote",
+    "ChatSession",
+    "ChatTurn",
+    "connect",
+    "gen_stats",
+    "InProcess",
+    "Sessions",
     "ChatTemplate",
     "ConversationTurn",
     "json_grammar",

@@ -1,7 +1,9 @@
 """`localsym chat`: a Textual chat over a Session, with a live view of the memory tiers.
 
 Model calls run in thread workers and reach the UI only through ``call_from_thread``;
-the UI never blocks. Everything goes through the Session API the CLI uses too.
+the UI never blocks. Everything goes through the Session API the CLI uses too: sessions
+come from a ``Sessions`` (this process, or a running `localsym serve` the chat attached to),
+and the chat holds them as ``ChatSession`` whichever it is.
 """
 
 from __future__ import annotations
@@ -32,12 +34,13 @@ from textual.worker import WorkerState
 from localsym.errors import LocalsymError
 from localsym.progress import human_bytes
 from localsym.session import (
+    ChatSession,
     GenParams,
+    InProcess,
     RunOptions,
-    Session,
+    Sessions,
     TurnStats,
     mix_summary,
-    raised_note,
     session_dir,
     session_exists,
     source_label,
@@ -167,12 +170,16 @@ class ChatApp(App):
         session: str = "default",
         opts: RunOptions | None = None,
         overrides: dict | None = None,
+        sessions: Sessions | None = None,
     ) -> None:
+        """``sessions``: where sessions open (``localsym.session.connect``); this process by default."""
         super().__init__()
         self.model_name, self.session_name = model, session
         self.opts = opts or RunOptions()
         self.overrides = dict(overrides or {})
-        self.session: Session | None = None
+        self.sessions: Sessions = sessions or InProcess()
+        self._said = [*self.sessions.notes, *([self.sessions.banner] if self.sessions.banner else [])]
+        self.session: ChatSession | None = None
         self.model_lock = threading.Lock()  # held by a worker while it uses the model
         self._quitting = False
         self._signals: list[signal.Signals] = []  # handlers to take down on the way out
@@ -293,12 +300,11 @@ class ChatApp(App):
                 old, self.session = self.session, None
                 if old is not None:
                     old.close()
-                self.session = Session.open(name, model, self.opts, overrides=self.overrides)
+                self.session, notes = self.sessions.open(name, model, self.opts, self.overrides)
                 self.session_name = name
-            raised = raised_note(self.opts.n_ctx, self.session.engine.opts.n_ctx)
-            if raised:  # `chat -c 1`: a session needs more, said once
-                self.call_from_thread(self.note, raised)
             self.call_from_thread(self._session_ready)
+            for line in notes:  # `chat -c 1`: a session needs more, said once
+                self.call_from_thread(self.note, line)
         except LocalsymError as e:
             self.call_from_thread(
                 self.note,
@@ -317,7 +323,10 @@ class ChatApp(App):
         history.remove_children()
         for m in self.session.messages():
             self.add_message(m["role"], m["content"])
-        self.sub_title = f"{self.session.name} · {self.session.model}"
+        self.sub_title = " · ".join(x for x in (self.session.name, self.session.model, self.sessions.where) if x)
+        said, self._said = self._said, []
+        for line in said:  # where the chat runs, and why not on a server it found: once
+            self.note(line)
         prompt = self.query_one(PromptInput)
         saved = self._read_history(self.session.name)
         if saved or not prompt.prompts:  # a session with no prompts yet keeps the ones in hand
@@ -539,7 +548,7 @@ class ChatApp(App):
             self._memory_report(self.session)
 
     @work(thread=True, group="report")
-    def _memory_report(self, session: Session) -> None:
+    def _memory_report(self, session: ChatSession) -> None:
         """Off the UI thread: the format mix reads the cold files' headers once."""
         try:
             u, mix = session.status(), session.quant_mix()
@@ -637,6 +646,9 @@ class ChatApp(App):
         if not ok(value):
             self.note(f"`{name}` takes {takes}, not `{args[1]}`")
             return
+        if name == "num_ctx" and self.sessions.remote:
+            self.note(f"num_ctx is {self.sessions.where}'s own (its `-c`); `localsym chat --no-server` sets yours")
+            return
         if name == "num_ctx":
             self.opts.n_ctx = int(value)
             self.note(f"num_ctx = {value}; reopening the model")
@@ -662,8 +674,6 @@ class ChatApp(App):
         self.push_screen(SessionPicker(rows), chosen)
 
     def cmd_rename(self, args: list[str]) -> None:
-        from localsym.session import rename_session
-
         if len(args) != 1 or self.session is None:
             self.note("usage: `/rename NEW-NAME`")
             return
@@ -671,7 +681,7 @@ class ChatApp(App):
         self.session.close()
         self.session = None
         try:
-            rename_session(old, args[0])
+            self.sessions.rename(old, args[0])
             self.note(f"renamed {old} to {args[0]}")
             self.open_session(args[0])
         except LocalsymError as e:
@@ -679,15 +689,13 @@ class ChatApp(App):
             self.open_session(old)
 
     def cmd_delete(self, args: list[str]) -> None:
-        from localsym.session import delete_session
-
         if len(args) != 1:
             self.note("usage: `/delete NAME`")
         elif args[0] == self.session_name:
             self.note("that is the open session: switch to another one first")
         else:
             try:
-                delete_session(args[0])
+                self.sessions.delete(args[0])
                 self.note(f"deleted session {args[0]}")
             except LocalsymError as e:
                 self.note(str(e))
