@@ -467,9 +467,9 @@ def test_keep_alive_zero_closes_idle_sessions_and_they_reopen(server):
 def test_routes_not_served_say_not_supported(server):
     """An API route localsym does not serve is a 501 in that API's error shape (a client stops
     asking); a path no API has is a 404."""
-    r = httpx.post(f"{server.url}/v1/embeddings", json={"model": MODEL, "input": "hi"})
+    r = httpx.post(f"{server.url}/v1/moderations", json={"model": MODEL, "input": "hi"})
     assert r.status_code == 501 and "not supported" in r.json()["error"]["message"]
-    r = httpx.post(f"{server.url}/api/embed", json={"model": MODEL, "input": "hi"})
+    r = httpx.post(f"{server.url}/api/create", json={"model": "mine", "from": MODEL})
     assert r.status_code == 501 and "not supported" in r.json()["error"]
     assert httpx.get(f"{server.url}/v1/images/generations").status_code == 501
     assert httpx.get(f"{server.url}/v2/nothing").status_code == 404

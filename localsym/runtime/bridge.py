@@ -209,6 +209,21 @@ class Model:
             _shared[key] = m
             return m
 
+    @classmethod
+    def loaded(cls, path: str | Path) -> Model | None:
+        """The process's shared copy of this file, whatever its placement, if one is loaded
+        now (a new use of it: ``close()`` gives it back); None otherwise. A second context on
+        the weights already in memory (the embedding context beside the chat sessions)
+        needs no placement of its own."""
+        f = ModelKey.of(path)
+        with _shared_lock:
+            for k, m in _shared.items():
+                same = (k.path, k.dev, k.ino, k.size, k.mtime_ns) == (f.path, f.dev, f.ino, f.size, f.mtime_ns)
+                if same and not k.vocab_only and m._ptr is not None:
+                    m._users += 1
+                    return m
+        return None
+
     @property
     def users(self) -> int:
         """How many holders share this loaded model (1 for a private one; 0 once freed)."""
@@ -530,7 +545,10 @@ class Context:
         n_threads: int | None = None,
         swa_full: bool = True,
         observer: EvalObserver | RoutingTap | None = None,
+        embeddings: bool = False,
     ) -> None:
+        """``embeddings``: the context outputs every token's last hidden state (after the
+        output norm: what llama.cpp pools) instead of logits; see ``Embedder``."""
         for name in (type_k, type_v):
             if name not in CACHE_TYPES:
                 raise LocalsymError(f"unknown cache type {name!r}: one of {', '.join(CACHE_TYPES)}")
@@ -554,6 +572,12 @@ class Context:
         p.flash_attn_type = 1 if flash_attn else 0
         p.swa_full = swa_full
         p.no_perf = True
+        if embeddings:
+            # one row per token, pooled by Embedder: llama.cpp's own pooling needs each
+            # sequence whole in one ubatch, and a ubatch computes the output layer's logits
+            # for every row (n_vocab floats each: ~780 MB for 2048 SmolLM2 tokens)
+            p.embeddings = True
+            p.pooling_type = lc.LLAMA_POOLING_TYPE_NONE
         self._cancel = threading.Event()
         self._abort_cb = lc.ggml_abort_callback(lambda _data: self._cancel.is_set())
         p.abort_callback = self._abort_cb
@@ -597,6 +621,7 @@ class Context:
         self.n_threads = threads
         self._batch = lc.llama_batch_init(n_batch, 0, n_seq_max)
         self._n_vocab = model.n_vocab
+        self.embeddings_out = embeddings
         self._n_outputs = 0  # logits rows the last llama_decode kept (its batch's flags)
         _live.add(self)
 
@@ -691,6 +716,19 @@ class Context:
             raise LocalsymError("no logits")
         return np.ctypeslib.as_array(ptr, shape=(n * self._n_vocab,)).reshape(n, self._n_vocab).copy()
 
+    def embeddings(self, n: int) -> np.ndarray:
+        """The hidden states of the last decode's ``n`` outputs, [n, n_embd] float32 (a copy);
+        an ``embeddings=True`` context only."""
+        if not self.embeddings_out:
+            raise LocalsymError("this context does not output embeddings")
+        if n > self._n_outputs:  # reading past llama.cpp's buffer would crash the process
+            raise LocalsymError(f"the last decode kept embeddings for {self._n_outputs} tokens, not {n}")
+        ptr = lc.llama_get_embeddings(self._ptr)
+        if not ptr:
+            raise LocalsymError("no embeddings")
+        d = self.model.n_embd
+        return np.ctypeslib.as_array(ptr, shape=(n * d,)).reshape(n, d).copy()
+
     # -- memory (KV cache) --------------------------------------------------------------
     def clear(self) -> None:
         lc.llama_memory_clear(self._mem, True)
@@ -737,6 +775,93 @@ class Context:
 
 class Cancelled(Exception):
     """A decode or generation stopped because cancel() was called."""
+
+
+class Embedder:
+    """Sentence embeddings: the mean over a text's tokens of the model's last hidden state
+    (after the output norm), computed in a context of its own on ``model``, whose use it
+    takes over (``close()``, or a failed construction, gives it back). Nothing it does
+    touches another context.
+
+    Each text is decoded on its own, in the same ``n_batch`` pieces whatever else a request
+    holds: CPU kernels are not batch-size invariant (SmolLM2's Q4_1 matmuls take another
+    path past 64 rows a ubatch: a text packed with others moved by ~5e-3 after
+    normalization), and the same text must give the same vector alone or in a batch. Rows
+    are pooled here, so a text may span several decode calls and the ubatch stays small
+    (see ``Context``'s ``embeddings``). A text is at most ``n_ctx`` tokens. One caller at a
+    time; ``cancel()`` may come from another thread."""
+
+    SCRATCH_BYTES = 128 << 20  # a ubatch computes n_vocab logits per row: bound that buffer
+
+    def __init__(
+        self,
+        model: Model,
+        n_ctx: int,
+        n_threads: int | None = None,
+        flash_attn: bool = True,
+    ) -> None:
+        self.model = model
+        n_ctx = min(n_ctx, model.n_ctx_train) if model.n_ctx_train else n_ctx
+        n_batch = max(64, min(512, self.SCRATCH_BYTES // (4 * max(model.n_vocab, 1))))
+        try:
+            self.ctx = Context(
+                model,
+                n_ctx,
+                n_batch=n_batch,
+                n_ubatch=n_batch,
+                flash_attn=flash_attn,
+                n_threads=n_threads,
+                embeddings=True,
+            )
+        except BaseException:
+            model.close()  # the use it was given goes back with the failure
+            raise
+        self.n_ctx = self.ctx.n_ctx  # what the cache holds (llama.cpp pads to 256 cells)
+        self.n_embd = model.n_embd
+        self.n_vocab = model.n_vocab
+
+    def check(self, tokens: Sequence[int], what: str = "input") -> None:
+        """Raise LocalsymError for a text this context cannot embed (empty, too long, or an
+        id outside the vocabulary: llama.cpp would read past its tables)."""
+        if not tokens:
+            raise LocalsymError(f"{what} is empty")
+        if len(tokens) > self.n_ctx:
+            raise LocalsymError(f"{what} is {len(tokens)} tokens: at most {self.n_ctx} fit the embedding context")
+        lo, hi = min(tokens), max(tokens)
+        if lo < 0 or hi >= self.n_vocab:
+            bad = lo if lo < 0 else hi
+            raise LocalsymError(f"{what}: token id {bad} is outside the vocabulary (0 to {self.n_vocab - 1})")
+
+    def embed(self, texts: Sequence[Sequence[int]]) -> np.ndarray:
+        """One mean-pooled vector per token list, [len(texts), n_embd] float32 (not
+        normalized). Raises Cancelled when cancel() was called meanwhile."""
+        for i, t in enumerate(texts):
+            self.check(t, f"input[{i}]")
+        out = np.zeros((len(texts), self.n_embd), np.float32)
+        self.ctx.clear_cancel()
+        step = self.ctx.n_batch
+        try:
+            for i, text in enumerate(texts):
+                self.ctx.clear()
+                total = np.zeros(self.n_embd, np.float64)
+                for s in range(0, len(text), step):
+                    piece = text[s : s + step]
+                    self.ctx.decode(piece, s, 0, logits="all")
+                    total += self.ctx.embeddings(len(piece)).sum(axis=0, dtype=np.float64)
+                out[i] = total / len(text)
+        finally:
+            self.ctx.clear()
+        return out
+
+    def cancel(self) -> None:
+        self.ctx.cancel()
+
+    def close(self) -> None:
+        """Free the context and give back the use of the model. Safe to call twice."""
+        if getattr(self, "ctx", None) is not None:
+            self.ctx.close()
+            self.ctx = None  # type: ignore[assignment]
+            self.model.close()
 
 
 _TOKEN_DATA = np.dtype([("id", np.int32), ("logit", np.float32), ("p", np.float32)])

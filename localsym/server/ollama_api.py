@@ -79,6 +79,7 @@ async def _loaded(st: ServerState, body: dict[str, Any], model: str, key: str) -
     reason = "load"
     if _keep_alive_zero(body.get("keep_alive")):
         await st.pool.close_idle()
+        await st.embeddings.close_idle()
         reason = "unload"
     return JSONResponse({"model": model, "created_at": _now(), key: empty, "done": True, "done_reason": reason})
 

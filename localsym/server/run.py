@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import os
 import socket
 import sys
 from dataclasses import replace
@@ -10,8 +11,9 @@ from dataclasses import replace
 import uvicorn
 
 from localsym.errors import LocalsymError
+from localsym.runtime.limits import MAX_CTX
 from localsym.server.app import build_app
-from localsym.server.settings import LOCAL_HOSTS, ServerSettings
+from localsym.server.settings import DEFAULT_EMBED_CTX, LOCAL_HOSTS, ServerSettings
 from localsym.server.state import ServerState
 from localsym.session import raised_note, session_min_ctx
 
@@ -30,6 +32,22 @@ def check(settings: ServerSettings) -> None:
     for r in settings.allow_roots:
         if not r.is_dir():
             raise LocalsymError(f"--allow-root {r}: not a directory")
+    settings.embed_ctx = embed_ctx(settings.embed_ctx)
+
+
+def embed_ctx(given: int | None) -> int:
+    """The embedding context's size: as given, else LOCALSYM_EMBED_CTX, else the default."""
+    if given is None:
+        raw = os.environ.get("LOCALSYM_EMBED_CTX", "").strip()
+        if not raw:
+            return DEFAULT_EMBED_CTX
+        try:
+            given = int(raw)
+        except ValueError:
+            raise LocalsymError(f"LOCALSYM_EMBED_CTX must be a token count, not {raw!r}") from None
+    if not 1 <= given <= MAX_CTX:
+        raise LocalsymError(f"the embedding context must be 1 to {MAX_CTX} tokens, not {given}")
+    return given
 
 
 def _raise_small_ctx(settings: ServerSettings) -> None:

@@ -12,6 +12,7 @@ from localsym.session import RunOptions
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 DEFAULT_PORT = 11435  # beside Ollama's 11434
 MAX_BODY = 8 * 2**20
+DEFAULT_EMBED_CTX = 2048
 
 
 @dataclass
@@ -29,6 +30,9 @@ class ServerSettings:
     # OpenAI's ``user`` names a session only when asked: web UIs send one ``user`` for all of
     # a person's chats, and separate chats must not share one memory
     session_from_user: bool = False
+    # the embedding context, in tokens: the longest input (at most the model's own context);
+    # None: LOCALSYM_EMBED_CTX, else DEFAULT_EMBED_CTX (``run.check`` settles it)
+    embed_ctx: int | None = None
 
 
 def resolve_roots(roots: list[str]) -> list[Path]:

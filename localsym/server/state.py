@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from localsym.errors import LocalsymError
+from localsym.server.embeddings import EmbedService
 from localsym.server.errors import ApiError
 from localsym.server.sessions import SessionPool
 from localsym.server.settings import ServerSettings
@@ -65,6 +66,7 @@ class ServerState:
     def __init__(self, settings: ServerSettings, card: ModelCard) -> None:
         self.settings, self.card = settings, card
         self.pool = SessionPool(settings)
+        self.embeddings = EmbedService(settings, self.pool)
         self.started = time.time()
 
     @classmethod
