@@ -482,24 +482,37 @@ def cmd_load(a: argparse.Namespace) -> int:
             bar = Progress(
                 TextColumn("{task.description}"),
                 BarColumn(),
-                TextColumn("{task.completed} tok"),
-                TextColumn("{task.fields[rate]:.0f} tok/s"),
+                TextColumn("{task.completed} {task.fields[unit]}"),
+                TextColumn("{task.fields[rate]:.0f} {task.fields[unit]}/s"),
                 TimeRemainingColumn(),
                 transient=True,
                 console=Console(stderr=True),
             )
-            task = bar.add_task("load", total=None, rate=0.0)
+            task = bar.add_task("load", total=None, rate=0.0, unit="tok")
             bar.start()
+        pages_t0: dict[str, float] = {}
 
         def progress(done: int, total: int, source: str) -> None:
             if bar is not None:
                 rate = done / max(time.perf_counter() - t0, 1e-6)
                 bar.update(
-                    task, completed=done, total=max(total, done), rate=rate, description=os.path.basename(source)[:30]
+                    task,
+                    completed=done,
+                    total=max(total, done),
+                    rate=rate,
+                    unit="tok",
+                    description=os.path.basename(source)[:30],
                 )
 
+        def reading(done: int, total: int, name: str) -> None:  # a document's pages, before its tokens
+            if bar is not None:
+                start = pages_t0.setdefault(name, time.perf_counter())
+                rate = done / max(time.perf_counter() - start, 1e-6)
+                label = f"reading {os.path.basename(name)}"[:30]
+                bar.update(task, completed=done, total=max(total, done), rate=rate, unit="pages", description=label)
+
         try:
-            rep = sess.load(a.path, progress, no_ignore=a.no_ignore)
+            rep = sess.load(a.path, progress, no_ignore=a.no_ignore, reading=reading)
         finally:
             if bar is not None:
                 bar.stop()

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from test_documents import HTML, _docx, _epub, _mail
 
+from localsym.documents import ExtractionCache
 from localsym.session import GenParams, RunOptions, Session, SessionConfig, source_label
 
 pytest.importorskip("fpdf")
@@ -79,3 +80,57 @@ def test_a_folder_of_documents_loads_as_text_and_answers_cite_the_page(home, fol
             ("At what time is dinner at the harbour restaurant?", "Inbox"),
         ]:
             assert name in {Path(x["path"]).name for x in _sources(s, question)}, question
+
+
+def test_a_document_read_once_is_not_extracted_again_by_any_session(home, tmp_path):
+    """The extraction cache: a second session loading the same PDF bytes reads no page (the
+    reading callback never runs) and gets the same blocks; a damaged cache entry is a miss,
+    extracted again and rewritten."""
+    from localsym import paths
+
+    d = tmp_path / "one"
+    d.mkdir()
+    _manual(d / "manual.pdf")
+    opts, cfg = RunOptions(n_ctx=1024, vram="cpu"), SessionConfig(block_tokens=64)
+    pages: list[tuple[int, int, str]] = []
+    with Session.open("first", "smollm2-135m", opts, cfg) as s:
+        s.load(str(d), reading=lambda done, total, name: pages.append((done, total, name)))
+        first = [b.tokens.tolist() for b in s.docs]
+    assert pages and pages[-1] == (len(PAGES), len(PAGES), "manual.pdf")  # page by page
+    entries = list((paths.cache_dir() / "documents").rglob("*.json.gz"))
+    assert len(entries) == 1
+    again: list[tuple[int, int, str]] = []
+    with Session.open("second", "smollm2-135m", opts, cfg) as s:
+        s.load(str(d), reading=lambda done, total, name: again.append((done, total, name)))
+        assert again == [] and [b.tokens.tolist() for b in s.docs] == first
+    raw = bytearray(entries[0].read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    entries[0].write_bytes(bytes(raw))
+    with Session.open("third", "smollm2-135m", opts, cfg) as s:
+        s.load(str(d), reading=lambda done, total, name: again.append((done, total, name)))
+        assert again and [b.tokens.tolist() for b in s.docs] == first  # read again, same text
+    assert ExtractionCache(entries[0].parent.parent).get(entries[0].name.split("-r")[0]) is not None  # rewritten
+
+
+def test_extraction_cache_misses_on_damage_and_never_fails_a_load(tmp_path):
+    from localsym.documents import Document, Part
+
+    cache = ExtractionCache(tmp_path / "c")
+    doc = Document("pdf", [Part("One page.", 1, "Intro", True), Part("Two.", 2, None)], "T")
+    digest = "ab" * 32
+    assert cache.get(digest) is None and cache.put(digest, doc)
+    assert cache.get(digest) == doc
+    assert cache.get("cd" * 32) is None  # another file's bytes
+    entry = next((tmp_path / "c").rglob("*.json.gz"))
+    for damage in (b"", b"not gzip", entry.read_bytes()[:20]):
+        entry.write_bytes(damage)
+        assert cache.get(digest) is None
+    import gzip
+    import json
+
+    rec = {"format": 1, "digest": digest, "checksum": "0" * 64, "body": {"kind": "pdf", "parts": []}}
+    entry.write_bytes(gzip.compress(json.dumps(rec).encode()))
+    assert cache.get(digest) is None  # the checksum does not match its body
+    blocked = tmp_path / "file"
+    blocked.write_text("x")
+    assert ExtractionCache(blocked).put(digest, doc) is False  # cannot write: no error, a miss next time

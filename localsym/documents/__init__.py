@@ -5,6 +5,7 @@ nothing of the session, memory or runtime layers, and no format library until a 
 """
 
 from localsym.documents._api import extract, iter_parts, read_source
+from localsym.documents._cache import ExtractionCache
 from localsym.documents._kind import KINDS, document_kind
 from localsym.documents._types import (
     MAX_DOCUMENT_BYTES,
@@ -20,6 +21,7 @@ __all__ = [
     "MAX_DOCUMENT_BYTES",
     "Document",
     "DocumentError",
+    "ExtractionCache",
     "Part",
     "PartStream",
     "Progress",

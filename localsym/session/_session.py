@@ -35,7 +35,7 @@ from localsym import config as config_file
 from localsym import model_store, paths
 from localsym.chunking import Chunk, chunk_file
 from localsym.document_chunks import chunk_document
-from localsym.documents import DocumentError, document_kind, extract
+from localsym.documents import Document, DocumentError, ExtractionCache, document_kind, extract
 from localsym.errors import BudgetError, LocalsymError
 from localsym.ingest import walk
 from localsym.memory.block_store import BlockStore, Sealed
@@ -158,6 +158,7 @@ class Session:
         ).hexdigest()
         attn = AttentionSignal.for_model(engine.model, engine.plan.type_k)
         policy = QuantPolicy(fixed=None if config.kv_format == "adaptive" else config.kv_format)
+        self._extracts = ExtractionCache(paths.cache_dir() / "documents")
         self.store = BlockStore(
             paths.data_dir() / "blocks" / model_id[:24],
             model_id,
@@ -519,12 +520,20 @@ class Session:
         report.seconds += time.perf_counter() - t0
         return report
 
-    def load(self, path: str | Path, progress: Progress | None = None, no_ignore: bool = False) -> LoadReport:
+    def load(
+        self,
+        path: str | Path,
+        progress: Progress | None = None,
+        no_ignore: bool = False,
+        reading: Progress | None = None,
+    ) -> LoadReport:
         """Ingest a file or a tree. Unchanged files already in the session are skipped;
         changed ones replace their older version; their blocks come from the block cache
         when this model has seen the same content before. Each file is cut where its
         structure says (``chunking``), its blocks named by their path relative to ``path``.
-        ``no_ignore``: load what ignore files (.gitignore...) exclude too."""
+        ``no_ignore``: load what ignore files (.gitignore...) exclude too. ``reading``:
+        (pages done, pages, file) while a document's text is extracted (a PDF page by page),
+        before ``progress`` counts tokens."""
         found = walk(path, self.config.max_file_bytes, no_ignore=no_ignore)
         report = LoadReport(skipped=[(str(p), why) for p, why in found.skipped])
         report.ignored = sorted(found.ignored.items())
@@ -547,7 +556,8 @@ class Session:
                     chunks = chunk_file(text, name, tokenize, self.config.block_tokens)
                 else:
                     try:
-                        chunks = chunk_document(extract(f), name, tokenize, self.config.block_tokens)
+                        doc = self._extract(f, text.split(":", 1)[1], name, reading)
+                        chunks = chunk_document(doc, name, tokenize, self.config.block_tokens)
                     except DocumentError as e:
                         report.skipped.append((str(f), str(e)))
                         continue
@@ -575,6 +585,16 @@ class Session:
             with _writing(self.db.path):
                 self.db.set("total_tokens", self.total_tokens)
         return report
+
+    def _extract(self, f: Path, digest: str, name: str, reading: Progress | None) -> Document:
+        """The document's text: from the extraction cache when any session read these bytes
+        before, else extracted (and kept there)."""
+        doc = self._extracts.get(digest)
+        if doc is None:
+            doc = extract(f, (lambda done, total: reading(done, total, name)) if reading else None)
+            if not self._extracts.put(digest, doc):
+                log.info("extraction cache not written for %s", name)
+        return doc
 
     # -- asking ---------------------------------------------------------------------------------------
     def ask(self, question: str, params: GenParams | None = None, raw: bool = False, refresh: bool = True) -> Turn:
