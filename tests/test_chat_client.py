@@ -83,6 +83,26 @@ def test_run_attaches_and_an_openai_client_sees_the_turn(server, client_home):
     assert busy.returncode == 1 and "busy" in busy.stderr and "serve" in busy.stderr, busy.stderr
 
 
+def test_the_native_routes_check_their_input(server):
+    def post(path: str, body) -> httpx.Response:
+        return httpx.post(f"{server.url}{path}", content=json.dumps(body), timeout=30)
+
+    for path, body, word in (
+        ("/localsym/ask", {"question": " "}, "question"),
+        ("/localsym/ask", {"question": "Hi", "params": {"temp": "hot"}}, "temp"),
+        ("/localsym/ask", {"question": "Hi", "params": {"max_tokens": 0}}, "max_tokens"),
+        ("/localsym/ask", {"question": "Hi", "session": "ephemeral-x"}, "ephemeral"),
+        ("/localsym/ask", {"question": "Hi", "session": "bad/name"}, "bad session name"),
+        ("/localsym/ask", {"question": "Hi", "raw": "yes"}, "raw"),
+        ("/localsym/open", {}, "name the session"),
+        ("/localsym/ask", {"question": "Hi", "x": json.loads("[" * 70 + "]" * 70)}, "nests"),
+    ):
+        r = post(path, body)
+        assert r.status_code == 400 and word in r.json()["error"]["message"], (body, r.text)
+    info = httpx.get(f"{server.url}/localsym/server", timeout=30).json()
+    assert info["model"] == SMOL and info["pid"] == server.proc.pid and info["load"] is True
+
+
 class _Recorder:
     """The chat's Markdown stream, with the pieces written to it recorded."""
 
