@@ -4,7 +4,9 @@ clients on SmolLM2: OpenAI's /v1/embeddings, Ollama's /api/embed and /api/embedd
 from __future__ import annotations
 
 import base64
+import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -12,7 +14,7 @@ import ollama
 import openai
 import pytest
 from conftest import SMOL, register_cached
-from test_server import MODEL, Server
+from test_server import MODEL, SESSION, Server
 
 EMBED_CTX = 256  # the server's embedding context here: a truncated input costs one small decode
 CAT, CAT2, STOCKS = "The cat sat on the mat.", "A cat was sitting on the rug.", "Stock markets fell sharply on Tuesday."
@@ -44,6 +46,36 @@ def tokenize(smol_path):
     vocab = Model(smol_path, vocab_only=True)
     yield lambda text: vocab.tokenize(text, add_special=True)
     vocab.close()
+
+
+def _maps_of(server: Server, smol_path) -> int:
+    """How many mappings of the model file the server process holds (one per load)."""
+    maps = Path(f"/proc/{server.proc.pid}/maps")
+    if not maps.exists():
+        pytest.skip("needs /proc")
+    return sum(1 for line in maps.read_text().splitlines() if line.endswith(smol_path.name))
+
+
+def test_one_copy_of_the_weights(server, smol_path):
+    """The embedding context runs on the weights the chat sessions use: opened beside an
+    open session it borrows that model; a session opened beside it finds it (one mapping of
+    the file throughout)."""
+    chat = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1}
+    r = httpx.post(f"{server.url}/v1/chat/completions", json=chat, headers={SESSION: "s1"}, timeout=120)
+    assert r.status_code == 200
+    loaded = _maps_of(server, smol_path)
+    assert loaded >= 1
+    server.oa().embeddings.create(model=MODEL, input=CAT)
+    assert _maps_of(server, smol_path) == loaded
+    assert httpx.delete(f"{server.url}/localsym/sessions/s1", timeout=60).status_code == 200
+    assert _maps_of(server, smol_path) == loaded  # the embedding context still holds the model
+    r = httpx.post(f"{server.url}/v1/chat/completions", json=chat, headers={SESSION: "s2"}, timeout=120)
+    assert r.status_code == 200 and _maps_of(server, smol_path) == loaded
+    r = httpx.post(f"{server.url}/api/generate", json={"model": MODEL, "keep_alive": 0}, timeout=60)
+    assert r.json()["done_reason"] == "unload" and _maps_of(server, smol_path) == 0  # all closed: freed
+    assert httpx.get(f"{server.url}/api/ps").json()["models"] == []
+    server.oa().embeddings.create(model=MODEL, input=CAT)
+    assert [m["model"] for m in httpx.get(f"{server.url}/api/ps").json()["models"]] == [f"{MODEL}:latest"]
 
 
 def _vectors(resp) -> np.ndarray:
@@ -132,6 +164,18 @@ def test_too_long(server):
     assert oe.value.status_code == 400 and "longer than the embedding context" in oe.value.error
     r = client.embed(model=MODEL, input=long)
     assert r.prompt_eval_count == EMBED_CTX and len(r.embeddings) == 1
+
+
+def test_a_client_that_leaves_stops_the_work(server):
+    """A client gone mid-request stops its decode: the next request is served at once, not
+    after the minutes the first one's inputs would take."""
+    long = " ".join(f"word{i}" for i in range(EMBED_CTX))
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(f"{server.url}/api/embed", json={"model": MODEL, "input": [long] * 64}, timeout=1.5)
+    t0 = time.monotonic()
+    r = httpx.post(f"{server.url}/api/embed", json={"model": MODEL, "input": CAT}, timeout=120)
+    assert r.status_code == 200 and len(r.json()["embeddings"]) == 1
+    assert time.monotonic() - t0 < 20  # 64 x 256 tokens: over a minute at ~100 tokens/s
 
 
 @pytest.mark.parametrize(

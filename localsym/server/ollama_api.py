@@ -215,10 +215,11 @@ async def tags(request: Request) -> Response:
 
 
 async def ps(request: Request) -> Response:
-    """The model is "loaded" while any session is open; each open session has its own context."""
+    """The model is "loaded" while any session (or the embedding context) is open; each
+    open session has its own context."""
     st: ServerState = request.app.state.server
     open_ = st.pool.open_sessions()
-    if not open_:
+    if not open_ and st.embeddings.embedder is None:
         return JSONResponse({"models": []})
     entry = _model_entry(st) | {
         "expires_at": "9999-12-31T23:59:59Z",
