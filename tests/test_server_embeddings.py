@@ -227,3 +227,20 @@ def test_other_model_and_bad_json(server):
     assert r.status_code == 404 and "not found" in r.json()["error"]
     r = httpx.post(f"{server.url}/v1/embeddings", content=b"{not json", timeout=30)
     assert r.status_code == 400 and "not valid JSON" in r.json()["error"]["message"]
+
+
+def test_embedder_on_a_sliding_window_model(gemma_path):
+    """The bridge's embedding context on Gemma 3 (iSWA caches; 128-token pieces for its 262K
+    vocabulary): the same properties as SmolLM2's through the server."""
+    from localsym.runtime.bridge import Embedder, Model
+
+    emb = Embedder(Model.shared(gemma_path), 1024, n_threads=2)
+    try:
+        tok = lambda s: emb.model.tokenize(s, add_special=True)  # noqa: E731
+        v = emb.embed([tok(CAT), tok(CAT2), tok(STOCKS)])
+        assert v.shape == (3, emb.n_embd) and np.isfinite(v).all()
+        u = v / np.linalg.norm(v, axis=1, keepdims=True)
+        assert u[0] @ u[1] > u[0] @ u[2] + 0.05
+        assert np.abs(emb.embed([tok(CAT2)])[0] - v[1]).max() < 1e-4
+    finally:
+        emb.close()
