@@ -737,6 +737,8 @@ def cmd_completion(a: argparse.Namespace) -> int:
 
 
 def cmd_serve(a: argparse.Namespace) -> int:
+    from dataclasses import replace
+
     from localsym import running
     from localsym.server import serve
     from localsym.server.settings import ServerSettings, resolve_roots
@@ -745,7 +747,7 @@ def cmd_serve(a: argparse.Namespace) -> int:
     model = a.model or default_model()
     settings = ServerSettings(
         model=model,
-        opts=run_options(a),
+        opts=replace(run_options(a), parallel=a.parallel),
         host=a.host,
         port=a.port,
         allow_roots=resolve_roots(a.allow_root),
@@ -968,7 +970,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-sessions",
         type=int,
         default=4,
-        help="sessions open at once (each its own llama.cpp context, all on one copy of the model)",
+        help="sessions open at once (all on one copy of the model and, with --parallel, one context)",
+    )
+    s.add_argument(
+        "--parallel",
+        "-np",
+        type=int,
+        default=1,
+        metavar="N",
+        help="sessions whose working sets the one shared llama.cpp context holds at once, each with -c tokens "
+        "(memory: N hot contexts however many sessions are open; another session waits or evicts the least "
+        "recently used idle one); 0: a context per open session",
     )
     s.add_argument("--queue", type=int, default=8, help="requests that may wait for a session before a 503")
     s.add_argument(

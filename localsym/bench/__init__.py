@@ -154,6 +154,9 @@ def add_parsers(parser: argparse.ArgumentParser, add_runtime_flags: Callable) ->
     s.add_argument("--requests", type=int, default=3, help="requests per concurrent client")
     s.add_argument("--baseline-ctx", type=int, default=32768, help="the largest context given llama-cpp-python")
     s.add_argument("--sessions", type=int, default=4, help="RSS with 1 vs this many sessions open; 0: skip")
+    s.add_argument(
+        "--parallel", "-np", type=int, default=1, help="serve's --parallel (sessions resident in one shared context)"
+    )
     _common(s)
     add_runtime_flags(s)
 

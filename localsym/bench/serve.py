@@ -11,7 +11,8 @@ the conversation fits its context.
 
 First (``--sessions N``, 4 by default) it reports the process RSS with one session open and
 with N sessions open on the same model, each having answered one request: what each further
-session costs (its own context, and before #27 its own copy of the weights).
+session costs (with ``--parallel 0`` its own context; before #27 also its own copy of the
+weights; with ``--parallel P`` the sessions share one context holding P working sets).
 """
 
 from __future__ import annotations
@@ -212,6 +213,7 @@ def run(args: argparse.Namespace) -> int:
     name = args.model or default_model()
     path = models.resolve(name)
     opts = run_options(args)
+    opts.parallel = args.parallel
     opts.n_threads = _threads(opts.n_threads)
     if opts.n_ctx is None:
         opts.n_ctx = 4096
@@ -261,6 +263,7 @@ def run(args: argparse.Namespace) -> int:
         "gen_tokens": args.gen,
         "threads": opts.n_threads,
         "n_ctx": opts.n_ctx,
+        "parallel": opts.parallel,
         "baseline_n_ctx": base_ctx,
         "conversation_tokens": conversation_tokens,
         "ttft_s": ttft,
@@ -285,7 +288,8 @@ def run(args: argparse.Namespace) -> int:
             sr = r["sessions_rss"]
             rows.append(
                 f"  RSS with 1 session open {sr['rss_1_mib']:.0f} MiB, with {sr['sessions']} "
-                f"{sr['rss_n_mib']:.0f} MiB ({sr['ratio']}x; +{sr['per_extra_session_mib']} MiB per session)"
+                + (f"(--parallel {r['parallel']}) " if r.get("parallel") else "(a context each) ")
+                + f"{sr['rss_n_mib']:.0f} MiB ({sr['ratio']}x; +{sr['per_extra_session_mib']} MiB per session)"
             )
         if r["concurrent"]:
             cc = r["concurrent"]

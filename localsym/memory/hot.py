@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from localsym.runtime import kv_state
-from localsym.runtime.bridge import Context
+from localsym.runtime.context_pool import AnyContext
 
 MAIN, SCRATCH, REBUILD = 0, 1, 2
 N_SEQ = 3
@@ -24,7 +24,7 @@ class Segment:
 
 @dataclass
 class HotContext:
-    ctx: Context
+    ctx: AnyContext
     n_caches: int
     segments: list[Segment] = field(default_factory=list)
 

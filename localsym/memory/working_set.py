@@ -30,7 +30,7 @@ from localsym.memory.hot import REBUILD, HotContext, Segment
 from localsym.memory.index_db import BlockRow
 from localsym.memory.query_probe import AttentionSignal
 from localsym.memory.retrieval import Retriever, StoredRetriever
-from localsym.runtime.bridge import Context
+from localsym.runtime.context_pool import AnyContext
 
 log = logging.getLogger("localsym.memory")
 
@@ -70,7 +70,7 @@ class Refresh:
 class WorkingSet:
     def __init__(
         self,
-        ctx: Context,
+        ctx: AnyContext,
         n_caches: int,
         store: BlockStore,
         sink: list[int],
@@ -92,6 +92,13 @@ class WorkingSet:
         self.repaired: list[BlockRow] = []  # blocks rebuilt because their stored KV was damaged
         self.last: Arranged | None = None  # the latest question's set (a refresh changes it)
         self.hot.decode("sink", sink)
+
+    def reset(self) -> None:
+        """The context lost this set (a context shared with other sessions gave its room
+        away): start again from the sink; the next question brings its blocks back."""
+        self.hot.segments.clear()
+        self.last = None
+        self.hot.decode("sink", self.sink)
 
     def _new_selector(self) -> Retriever:
         return self._make_selector(self.attn.shape if self.attn else None)

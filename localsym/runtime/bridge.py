@@ -579,7 +579,10 @@ class Context:
             p.embeddings = True
             p.pooling_type = lc.LLAMA_POOLING_TYPE_NONE
         self._cancel = threading.Event()
-        self._abort_cb = lc.ggml_abort_callback(lambda _data: self._cancel.is_set())
+        # a context shared by several sessions (runtime/context_pool.py) also stops on the
+        # cancel of the session whose decode is running
+        self.abort_also: Callable[[], bool] | None = None
+        self._abort_cb = lc.ggml_abort_callback(lambda _data: self._cancel.is_set() or self._abort_also())
         p.abort_callback = self._abort_cb
         self._eval_cb = None
         self._tap = observer if isinstance(observer, RoutingTap) else None
@@ -642,6 +645,10 @@ class Context:
     def clear_cancel(self) -> None:
         self._cancel.clear()
 
+    def _abort_also(self) -> bool:
+        also = self.abort_also
+        return also is not None and also()
+
     @property
     def cancelled(self) -> bool:
         return self._cancel.is_set()
@@ -691,13 +698,19 @@ class Context:
             rc = lc.llama_decode(self._ptr, b)
             if self._tap is not None:
                 self._tap.flush(ok=rc == 0)
-            if rc == 2 or (rc != 0 and self._cancel.is_set()):
+            if rc == 2 or (rc != 0 and (self._cancel.is_set() or self._abort_also())):
                 raise Cancelled()
             if rc == 1:
                 raise BudgetError("the hot context is full: no KV cell is free for the batch")
             if rc != 0:
                 raise LocalsymError(f"llama_decode failed ({rc}): {_last_error('see the log')}")
             self._n_outputs = sum(flags[start:end])
+
+    def decode_sample(self, tokens: Sequence[int], positions: Sequence[int] | int, seq: int, sampler: Sampler) -> int:
+        """Decode ``tokens`` (logits for the last) and sample the next token from them: one
+        step, so that a shared context's other users cannot decode in between."""
+        self.decode(tokens, positions, seq)
+        return sampler.sample(self)
 
     def logits(self, i: int = -1) -> np.ndarray:
         """Logits of the i-th output of the last decode (a copy)."""

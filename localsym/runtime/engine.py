@@ -17,6 +17,7 @@ import psutil
 from localsym.errors import LocalsymError
 from localsym.runtime.bridge import Cancelled, Context, Model, ModelKey, Sampler, gpu_offload_supported
 from localsym.runtime.chat_template import ChatTemplate, Message
+from localsym.runtime.context_pool import ContextPool, ContextView
 from localsym.runtime.fit_plan import FitPlan, detect_vram, place_experts, plan_beside, plan_fit, vram_budget
 from localsym.runtime.gguf_file import check_complete, read_header
 from localsym.runtime.model_info import ModelInfo, model_info
@@ -36,6 +37,9 @@ class RunOptions:
     vram: str | None = None  # --vram 8GiB|16GiB|auto|cpu
     n_seq_max: int = 1
     n_batch: int = 512
+    # --parallel: 0 = this engine's own context; N = one context shared by every engine of
+    # the same model and settings in the process, N of them resident at once (context_pool)
+    parallel: int = 0
 
 
 @dataclass
@@ -179,6 +183,21 @@ class Engine:
         self.template = ChatTemplate(self.model.chat_template(), bos, eos)
 
     def _open_context(self, observer) -> None:
+        self.ctx: Context | ContextView
+        if self.opts.parallel > 0 and observer is None:  # a routing tap sees one context's batches
+            pool = ContextPool.shared(
+                self.model,
+                self.plan.n_ctx,
+                self.opts.parallel,
+                self.opts.n_seq_max,
+                n_batch=self.opts.n_batch,
+                type_k=self.plan.type_k,
+                type_v=self.plan.type_v,
+                flash_attn=self.plan.flash_attn,
+                n_threads=self.opts.n_threads,
+            )
+            self.ctx = pool.view()
+            return
         self.ctx = Context(
             self.model,
             self.plan.n_ctx,
@@ -309,13 +328,14 @@ class Engine:
         text = ""
         t1 = 0.0
         try:
-            ctx.decode(prompt, start_pos, seq)
+            # decode and sample in one step: a context shared by sessions is not decoded by
+            # another between the two (runtime/context_pool.py)
+            tok = ctx.decode_sample(prompt, start_pos, seq, sampler)
             stats.prompt_decoded = True
             stats.prefill_s = time.perf_counter() - t0
             pos = start_pos + len(prompt)
             t1 = time.perf_counter()
             while True:
-                tok = sampler.sample(ctx)
                 if self.model.is_eog(tok):
                     stats.stop_reason = "eog"
                     break
@@ -338,7 +358,7 @@ class Engine:
                     break
                 if ctx.cancelled:
                     raise Cancelled()
-                ctx.decode([tok], pos, seq)
+                tok = ctx.decode_sample([tok], pos, seq, sampler)
                 stats.n_decoded += 1
                 pos += 1
             stats.decode_s = time.perf_counter() - t1

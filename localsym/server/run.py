@@ -17,6 +17,8 @@ from localsym.server.settings import DEFAULT_EMBED_CTX, LOCAL_HOSTS, ServerSetti
 from localsym.server.state import ServerState
 from localsym.session import raised_note, session_min_ctx
 
+MAX_PARALLEL = 64  # three llama.cpp sequences each: within its 256
+
 
 def check(settings: ServerSettings) -> None:
     if settings.host not in LOCAL_HOSTS and not settings.api_key:
@@ -25,6 +27,8 @@ def check(settings: ServerSettings) -> None:
         )
     if settings.max_sessions < 1:
         raise LocalsymError("--max-sessions must be at least 1")
+    if not 0 <= settings.opts.parallel <= MAX_PARALLEL:
+        raise LocalsymError(f"--parallel must be between 0 and {MAX_PARALLEL}")
     if settings.queue < 0:
         raise LocalsymError("--queue must be 0 or more")
     if not 0 < settings.port < 65536:
@@ -73,8 +77,13 @@ def run(settings: ServerSettings) -> None:
     roots = ", ".join(map(str, settings.allow_roots)) or "none (loading files is off)"
     sys.stderr.write(
         f"localsym serve: {state.card.name} on http://{host}:{settings.port} "
-        f"(OpenAI: /v1, Ollama: /api); up to {settings.max_sessions} open sessions; "
-        f"load roots: {roots}; {'API key required' if settings.api_key else 'no API key'}\n"
+        f"(OpenAI: /v1, Ollama: /api); up to {settings.max_sessions} open sessions"
+        + (
+            f", {settings.opts.parallel} at a time in one shared context; "
+            if settings.opts.parallel
+            else ", a context each; "
+        )
+        + f"load roots: {roots}; {'API key required' if settings.api_key else 'no API key'}\n"
     )
     sys.stderr.flush()
     config = uvicorn.Config(

@@ -62,6 +62,10 @@ class ConversationTurn:
         self.close()
 
     def _run(self) -> Generator[str, None, None]:
+        with self.session.held():
+            yield from self._answer()
+
+    def _answer(self) -> Generator[str, None, None]:
         s, st, p = self.session, self.stats, self.params
         eng = s.engine
         ctx = eng.ctx

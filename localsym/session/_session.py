@@ -191,6 +191,8 @@ class Session:
             self._doc_rows,
             lambda shape: StoredRetriever(db, sketches, shape, piece, lm.tokenize),
         )
+        if hasattr(engine.ctx, "on_evicted"):  # a shared context gave this session's room away
+            engine.ctx.on_evicted = self.working.reset
         self._closed = False
         self._dirty = False  # something was written: close records the totals
         self._damage_said: set[int] = set()  # damaged blocks a turn has reported already
@@ -395,7 +397,14 @@ class Session:
         row = next((b for b in self.docs if b.n_tokens == self.config.block_tokens), None)
         if row is None:
             raise LocalsymError("no full-size document block to measure: load more text first")
-        return self.working.measure(row, reps)
+        with self.held():
+            return self.working.measure(row, reps)
+
+    def held(self) -> contextlib.AbstractContextManager[object]:
+        """Keep this session's room in a context it shares with other sessions (``serve
+        --parallel``) through several calls; nothing where the session has its own."""
+        hold = getattr(self.engine.ctx, "hold", None)
+        return hold() if callable(hold) else contextlib.nullcontext()
 
     # -- helpers for the floors below ---------------------------------------------------------------
     def _pinned(self, tokens: np.ndarray) -> bool:
@@ -425,7 +434,20 @@ class Session:
         Each block is sealed by the store's worker while the next one decodes; a block is
         acknowledged (its index row written) once its file is on disk, and the document
         counts as loaded once all of its blocks are."""
-        report = report or LoadReport()
+        with self.held():
+            return self._ingest(text, source, kind, progress, report or LoadReport(), tokens, chunks, name)
+
+    def _ingest(
+        self,
+        text: str,
+        source: str,
+        kind: str,
+        progress: Progress | None,
+        report: LoadReport,
+        tokens: np.ndarray | None,
+        chunks: list[Chunk] | None,
+        name: str | None,
+    ) -> LoadReport:
         t0 = time.perf_counter()
         eng, B = self.engine, self.config.block_tokens
         eng.ctx.clear_cancel()  # a cancel meant for an answer that had already ended
@@ -534,6 +556,12 @@ class Session:
         ``no_ignore``: load what ignore files (.gitignore...) exclude too. ``reading``:
         (pages done, pages, file) while a document's text is extracted (a PDF page by page),
         before ``progress`` counts tokens."""
+        with self.held():
+            return self._load(path, progress, no_ignore, reading)
+
+    def _load(
+        self, path: str | Path, progress: Progress | None, no_ignore: bool, reading: Progress | None
+    ) -> LoadReport:
         found = walk(path, self.config.max_file_bytes, no_ignore=no_ignore)
         report = LoadReport(skipped=[(str(p), why) for p, why in found.skipped])
         report.ignored = sorted(found.ignored.items())
@@ -711,6 +739,10 @@ class Turn:
         self.close()
 
     def _run(self) -> Generator[str, None, None]:
+        with self.session.held():  # a shared context: nobody takes this session's room mid-turn
+            yield from self._answer()
+
+    def _answer(self) -> Generator[str, None, None]:
         s, p, st = self.session, self.params, self.stats
         eng, fr = s.engine, s.frame
         t0 = time.perf_counter()
