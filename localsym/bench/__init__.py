@@ -152,6 +152,7 @@ def add_parsers(parser: argparse.ArgumentParser, add_runtime_flags: Callable) ->
     s.add_argument("--gen", type=int, default=16, help="tokens generated per answer")
     s.add_argument("--clients", type=int, default=4, help="concurrent clients (each its own session); 0: skip")
     s.add_argument("--requests", type=int, default=3, help="requests per concurrent client")
+    s.add_argument("--decode-tokens", type=int, default=64, help="tokens each client decodes for the batching figure")
     s.add_argument("--baseline-ctx", type=int, default=32768, help="the largest context given llama-cpp-python")
     s.add_argument("--sessions", type=int, default=4, help="RSS with 1 vs this many sessions open; 0: skip")
     s.add_argument(

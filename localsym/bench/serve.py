@@ -9,6 +9,10 @@ new message is prefilled; earlier turns come back from its tiers), llama-cpp-pyt
 its KV cache and prompt cache (the shared prefix is kept, the new message prefilled) while
 the conversation fits its context.
 
+Then the decode rate of ``--clients`` clients at once (aggregate tokens/s, each on its own
+session, ``--decode-tokens`` each) against one client alone, beside llama.cpp's own batch
+ceiling on this machine (one decode step of 1 row vs N rows).
+
 First (``--sessions N``, 4 by default) it reports the process RSS with one session open and
 with N sessions open on the same model, each having answered one request: what each further
 session costs (with ``--parallel 0`` its own context; before #27 also its own copy of the
@@ -173,6 +177,68 @@ def _concurrent(url: str, clients: int, per_client: int, gen: int) -> dict[str, 
     }
 
 
+STORY = "Client {i}: write a long story about a sailor who sails around the world."
+
+
+def _decode_rate(url: str, clients: int, gen: int) -> dict[str, Any]:
+    """Aggregate decode tokens/s of ``clients`` clients asking at once, each on its own
+    session (opened by a short request first), from the first client's first token to the
+    last client's last: with ``--parallel`` >= clients their steps share batches."""
+    import httpx
+
+    sessions = [f"decode-{clients}-{i}" for i in range(clients)]
+    with httpx.Client(timeout=600) as c:
+        for name in sessions:
+            _ask(c, url, name, [{"role": "user", "content": "Say hello."}], 4)
+
+    def client(i: int) -> tuple[float, float, int]:
+        with httpx.Client(timeout=600) as c:
+            t0 = time.perf_counter()
+            r = _ask(c, url, sessions[i], [{"role": "user", "content": STORY.format(i=i)}], gen)
+        n = int(r["info"].get("completion_tokens") or len(r["text"].split()))
+        return t0 + r["ttft_s"], t0 + r["seconds"], n
+
+    with ThreadPoolExecutor(clients) as pool:
+        got = list(pool.map(client, range(clients)))
+    first, last = min(g[0] for g in got), max(g[1] for g in got)
+    tokens = sum(max(g[2] - 1, 0) for g in got)  # a first token is the prefill's
+    return {
+        "clients": clients,
+        "tokens": tokens,
+        "seconds": round(last - first, 3),
+        "tok_s": round(tokens / (last - first), 1),
+    }
+
+
+def _raw_batch_ceiling(path, opts, rows: int, reps: int = 30) -> dict[str, Any]:
+    """llama.cpp alone on this machine: one decode step of 1 row vs ``rows`` rows of
+    different sequences (what batching can give here at most; on 2 CPU cores far less than
+    on a GPU, where a step's cost hardly grows with its rows)."""
+    from dataclasses import replace
+
+    from localsym.runtime.engine import Engine
+
+    with Engine(path, replace(opts, parallel=0, n_seq_max=rows, n_ctx=1024)) as eng:
+        ctx = eng.ctx
+        for s in range(rows):
+            ctx.decode(list(range(100, 164)), 0, s, logits="none")
+        pos = [64] * rows
+        rate = {}
+        for n in (1, rows):
+            t0 = time.perf_counter()
+            for _ in range(reps):
+                ctx.decode([200] * n, pos[:n], list(range(n)), [True] * n)
+                for i in range(n):
+                    pos[i] += 1
+            rate[n] = n * reps / (time.perf_counter() - t0)
+    return {
+        "rows": rows,
+        "tok_s_1": round(rate[1], 1),
+        "tok_s_n": round(rate[rows], 1),
+        "ratio": round(rate[rows] / rate[1], 2),
+    }
+
+
 def _rss_mb() -> float:
     import psutil
 
@@ -251,6 +317,16 @@ def run(args: argparse.Namespace) -> int:
                     )
             bl.close()
             conc = _concurrent(srv.url, args.clients, args.requests, args.gen) if args.clients else None
+            batching = None
+            if args.clients > 1:
+                one = _decode_rate(srv.url, 1, args.decode_tokens)
+                many = _decode_rate(srv.url, args.clients, args.decode_tokens)
+                batching = {
+                    "one": one,
+                    "many": many,
+                    "ratio": round(many["tok_s"] / one["tok_s"], 2),
+                    "llama_cpp_ceiling": _raw_batch_ceiling(path, opts, args.clients),
+                }
         finally:
             if baseline is not None:
                 baseline.close()
@@ -272,6 +348,7 @@ def run(args: argparse.Namespace) -> int:
         "restored_blocks": [i.get("restored_blocks") for i in info],
         "modes": [i.get("mode") for i in info],
         "concurrent": conc,
+        "batching": batching,
         "sessions_rss": rss,
         "seconds": round(time.perf_counter() - t_start, 1),
     }
@@ -290,6 +367,14 @@ def run(args: argparse.Namespace) -> int:
                 f"  RSS with 1 session open {sr['rss_1_mib']:.0f} MiB, with {sr['sessions']} "
                 + (f"(--parallel {r['parallel']}) " if r.get("parallel") else "(a context each) ")
                 + f"{sr['rss_n_mib']:.0f} MiB ({sr['ratio']}x; +{sr['per_extra_session_mib']} MiB per session)"
+            )
+        if r.get("batching"):
+            b = r["batching"]
+            c = b["llama_cpp_ceiling"]
+            rows.append(
+                f"  decode: 1 client {b['one']['tok_s']} tok/s, {b['many']['clients']} at once {b['many']['tok_s']} "
+                f"tok/s ({b['ratio']}x; --parallel {r['parallel']}); llama.cpp alone here: 1 row {c['tok_s_1']}, "
+                f"{c['rows']} rows {c['tok_s_n']} tok/s ({c['ratio']}x)"
             )
         if r["concurrent"]:
             cc = r["concurrent"]

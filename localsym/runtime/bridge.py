@@ -8,6 +8,7 @@ Python ints, bytes and numpy arrays only.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import logging
 import math
@@ -705,6 +706,10 @@ class Context:
             if rc != 0:
                 raise LocalsymError(f"llama_decode failed ({rc}): {_last_error('see the log')}")
             self._n_outputs = sum(flags[start:end])
+
+    def generating(self) -> contextlib.AbstractContextManager[None]:
+        """Around a decode loop (a shared context batches the loops running at once)."""
+        return contextlib.nullcontext()
 
     def decode_sample(self, tokens: Sequence[int], positions: Sequence[int] | int, seq: int, sampler: Sampler) -> int:
         """Decode ``tokens`` (logits for the last) and sample the next token from them: one

@@ -14,23 +14,46 @@ however many sessions are open: llama.cpp's server does the same with ``--parall
 
 Every llama.cpp call on the shared context runs under one lock, and a decode and the sample
 that reads its logits are one step (``decode_sample``), so two sessions' threads interleave
-call by call and never see each other's logits. A caller that needs several calls in a row
+call by call and never see each other's logits. With ``parallel`` > 1 the decoding steps
+are batched (continuous batching): a session's next token waits in ``step`` for the other
+sessions in a decode loop to bring theirs (a few ms at most), then one ``llama_decode`` runs
+every waiting row, one per sequence, and each row is sampled by its own session's sampler
+(grammar and all); a session joins the next batch when its prefill is done and leaves when
+its answer ends. A caller that needs several calls in a row
 without another session evicting it (a request: arrange the working set, then generate)
 holds its view (``hold()``); a call made without a hold takes a slot for that call only.
 """
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from localsym.errors import LocalsymError
-from localsym.runtime.bridge import Context, Model, Sampler
+from localsym.runtime.bridge import Cancelled, Context, Model, Sampler
+
+
+@dataclass
+class _Step:
+    """One session's next token, waiting to be decoded in the next batch."""
+
+    seq: int  # the shared context's sequence id
+    token: int
+    pos: int
+    sampler: Sampler
+    out: int = -1
+    error: BaseException | None = None
+    done: bool = False
+
+
+GATHER_S = 0.004  # how long a batch waits at most for the other decoding sessions' tokens
 
 
 class ContextPool:
@@ -52,6 +75,13 @@ class ContextPool:
         self.users = 0
         self.evictions = 0
         self._key: tuple | None = None
+        # continuous batching: sessions' next tokens wait here; whoever gets the lock next
+        # decodes all of them in one batch (rows of different sequences) and samples each
+        self._steps: list[_Step] = []
+        self._steps_lock = threading.Condition(threading.Lock())
+        self.decoding = 0  # sessions in a decode loop now (``generating``): a batch waits for theirs
+        self.batches = 0  # batched decodes run, and the rows they held (for bench serve)
+        self.batched_rows = 0
 
     @classmethod
     def shared(cls, model: Model, n_ctx: int, parallel: int, n_seq: int, **ctx_kwargs: Any) -> ContextPool:
@@ -76,6 +106,65 @@ class ContextPool:
             if self._key is not None and ContextPool._pools.get(self._key) is self:
                 del ContextPool._pools[self._key]
         self.ctx.close()
+
+    def step(self, seq: int, token: int, pos: int, sampler: Sampler) -> int:
+        """Decode one token of sequence ``seq`` and sample the next, in one batch with the
+        other sessions' tokens that are waiting at the same time (no waiting added: a
+        session's token joins the batch that starts after it arrives)."""
+        mine = _Step(seq, token, pos, sampler)
+        with self._steps_lock:
+            self._steps.append(mine)
+            self._steps_lock.notify_all()
+            # the batch fills while every session in a decode loop brings its token (they come
+            # a few ms apart: each samples, detokenizes and checks its stop strings first)
+            end = time.monotonic() + GATHER_S
+            while not mine.done and len(self._steps) < self.decoding:
+                left = end - time.monotonic()
+                if left <= 0:
+                    break
+                self._steps_lock.wait(left)
+        with self.lock:
+            if not mine.done:
+                with self._steps_lock:
+                    batch, self._steps = self._steps, []
+                self._run(batch)
+        if mine.error is not None:
+            raise mine.error
+        return mine.out
+
+    def _run(self, batch: list[_Step]) -> None:
+        """(holding the lock) One decode for every waiting step, then each step's sample."""
+        try:
+            self.ctx.decode(
+                [b.token for b in batch], [b.pos for b in batch], [b.seq for b in batch], [True] * len(batch)
+            )
+            self.batches += 1
+            self.batched_rows += len(batch)
+            for i, b in enumerate(batch):
+                try:
+                    b.out = b.sampler.sample(self.ctx, i)
+                except BaseException as e:  # one step's sampler fails: the others go on
+                    b.error = e
+        except BaseException as e:
+            for b in batch:
+                b.error = b.error or e
+        finally:
+            for b in batch:
+                b.done = True
+            with self._steps_lock:
+                self._steps_lock.notify_all()
+
+    @contextmanager
+    def generating(self) -> Iterator[None]:
+        """A session's decode loop runs: batches wait (a little) for its tokens."""
+        with self._steps_lock:
+            self.decoding += 1
+        try:
+            yield
+        finally:
+            with self._steps_lock:
+                self.decoding -= 1
+                self._steps_lock.notify_all()
 
     def _running_cancelled(self) -> bool:
         v = self._running
@@ -221,7 +310,16 @@ class ContextView:
             return self._seq(seq_ids)
         return [self._seq(s) if isinstance(s, int) else [self._seq(x) for x in s] for s in seq_ids]
 
+    def generating(self) -> contextlib.AbstractContextManager[None]:
+        return self.pool.generating() if self.pool.parallel > 1 else contextlib.nullcontext()
+
     def decode_sample(self, tokens: Sequence[int], positions: Sequence[int] | int, seq: int, sampler: Sampler) -> int:
+        if len(tokens) == 1 and self.pool.parallel > 1:  # a decoding step: batched with the others'
+            pos = positions if isinstance(positions, int) else positions[0]
+            with self.hold():
+                if self._cancel.is_set():
+                    raise Cancelled()
+                return self.pool.step(self._seq(seq), tokens[0], pos, sampler)
         with self._call():
             self.pool.ctx.decode(tokens, positions, self._seq(seq))
             return sampler.sample(self.pool.ctx)

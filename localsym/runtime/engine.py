@@ -325,7 +325,6 @@ class Engine:
         ctx.clear_cancel()
         t0 = time.perf_counter()
         stats.prompt_tokens = len(prompt)
-        text = ""
         t1 = 0.0
         try:
             # decode and sample in one step: a context shared by sessions is not decoded by
@@ -335,32 +334,8 @@ class Engine:
             stats.prefill_s = time.perf_counter() - t0
             pos = start_pos + len(prompt)
             t1 = time.perf_counter()
-            while True:
-                if self.model.is_eog(tok):
-                    stats.stop_reason = "eog"
-                    break
-                stats.completion_tokens += 1
-                stats.tokens.append(tok)
-                if stats.completion_tokens == 1:
-                    stats.ttft_s = time.perf_counter() - t0
-                piece = decoder.decode(self.model.piece(tok))
-                if piece:
-                    text += piece
-                    yield piece
-                if params.stop and any(s in text for s in params.stop):
-                    stats.stop_reason = "stop"
-                    break
-                if stats.completion_tokens >= params.max_tokens:
-                    stats.stop_reason = "length"
-                    break
-                if pos + 1 >= ctx.n_ctx:
-                    stats.stop_reason = "context"
-                    break
-                if ctx.cancelled:
-                    raise Cancelled()
-                tok = ctx.decode_sample([tok], pos, seq, sampler)
-                stats.n_decoded += 1
-                pos += 1
+            with ctx.generating():
+                yield from self._decode_loop(ctx, tok, pos, seq, params, sampler, decoder, stats, t0)
             stats.decode_s = time.perf_counter() - t1
         except Cancelled:
             stats.cancelled = True
@@ -375,3 +350,44 @@ class Engine:
         tail = decoder.decode(b"", final=True)
         if tail:
             yield tail
+
+    def _decode_loop(
+        self,
+        ctx: Context | ContextView,
+        tok: int,
+        pos: int,
+        seq: int,
+        params: GenParams,
+        sampler: Sampler,
+        decoder: codecs.IncrementalDecoder,
+        stats: GenStats,
+        t0: float,
+    ) -> Iterator[str]:
+        """Token by token from the first sampled ``tok`` (at ``pos``) until a stop."""
+        text = ""
+        while True:
+            if self.model.is_eog(tok):
+                stats.stop_reason = "eog"
+                return
+            stats.completion_tokens += 1
+            stats.tokens.append(tok)
+            if stats.completion_tokens == 1:
+                stats.ttft_s = time.perf_counter() - t0
+            piece = decoder.decode(self.model.piece(tok))
+            if piece:
+                text += piece
+                yield piece
+            if params.stop and any(s in text for s in params.stop):
+                stats.stop_reason = "stop"
+                return
+            if stats.completion_tokens >= params.max_tokens:
+                stats.stop_reason = "length"
+                return
+            if pos + 1 >= ctx.n_ctx:
+                stats.stop_reason = "context"
+                return
+            if ctx.cancelled:
+                raise Cancelled()
+            tok = ctx.decode_sample([tok], pos, seq, sampler)
+            stats.n_decoded += 1
+            pos += 1
