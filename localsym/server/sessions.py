@@ -1,8 +1,9 @@
-"""The open sessions: at most ``max_sessions`` at once, since each owns a llama.cpp context
-(its KV cache and compute buffers; the weights are one copy for all of them, shared through
-``Model.shared``): ``max_sessions`` bounds open contexts, not model copies. The least
-recently used idle one is closed to make room. A session serves one request at a time: the
-others wait in a FIFO queue of bounded length, and past it get a 503 with Retry-After.
+"""The open sessions: at most ``max_sessions`` at once. They share one copy of the weights
+(``Model.shared``) and, with ``--parallel N`` (the default, N=1), one llama.cpp context that
+holds N sessions' working sets (runtime/context_pool.py: another session evicts the least
+recently used idle one); with ``--parallel 0`` each owns a context. The least recently used
+idle session is closed to make room. A session serves one request at a time: the others
+wait in a FIFO queue of bounded length, and past it get a 503 with Retry-After.
 
 llama.cpp calls block (they release the GIL), so everything a session does runs in the
 pool's worker threads, never on the event loop; a request holds its session's lease from

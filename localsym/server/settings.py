@@ -23,7 +23,7 @@ class ServerSettings:
     port: int = DEFAULT_PORT
     allow_roots: list[Path] = field(default_factory=list)  # resolved; loads outside them are refused
     api_key: str | None = None
-    max_sessions: int = 4  # open sessions (each its own llama.cpp context); the least recently used is closed
+    max_sessions: int = 4  # open sessions (opts.parallel of them resident in one context); the LRU idle one is closed
     queue: int = 8  # requests that may wait for one session (and for a free slot) before a 503
     max_body: int = MAX_BODY
     default_max_tokens: int = 512
