@@ -207,7 +207,7 @@ def _add_docs(sub) -> None:
     s.add_argument("--reps", type=int, default=3, help="extraction runs (median)")
     s.add_argument("--block", type=int, default=256)
     s.add_argument("--hot", type=int, default=4096, help="hot context tokens")
-    s.add_argument("--answer-tokens", type=int, default=16)
+    s.add_argument("--answer-tokens", type=int, default=32, help="tokens of each answer (a sentence)")
     s.add_argument("--vram", default=None, help=VRAM_HELP)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("-t", "--threads", type=int, default=None)

@@ -402,7 +402,7 @@ def measure(
     seed: int = 0,
     block: int = 256,
     window: int = 300,
-    answer_tokens: int = 16,
+    answer_tokens: int = 32,
     kind: str = "asked",
     vocab,
     log: Callable[[str], None] | None = None,

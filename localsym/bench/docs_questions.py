@@ -114,7 +114,7 @@ ASKED: tuple[Asked, ...] = (
     Asked(
         *NINJA,
         "How many jobs at once may run with direct access to the terminal's input and output?",
-        r"\b1\b|\bone\b",
+        r"depth of (1|one)\b|\b(1|one) (job|task)|only (1|one)\b|\b(1|one) at a time",
         "a depth of 1",
         section="The console pool",
     ),
