@@ -168,7 +168,7 @@ def test_serve_on_a_port_in_use_is_one_line_and_no_banner(home):
 def test_a_tiny_context_on_any_command_never_aborts(home):
     for c in ("1", "2"):
         for args in (
-            ("run", SMOL, "Hi", "-n", "4"),
+            ("run", SMOL, "Hi", "-n", "4", "--no-server"),  # in this process even while a test's serve runs
             ("ask", "What is two plus two?", "--session", f"tiny{c}", "-n", "4"),
         ):
             r = run_cli(*args, "-c", c, "--vram", "cpu", home=home)
