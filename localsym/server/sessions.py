@@ -162,7 +162,10 @@ class SessionPool:
         entry = self.entries.get(name)
         if entry is None:
             entry = self.entries[name] = Entry(name, ephemeral)
-        if (entry.lock.locked() or entry.waiting) and entry.waiting >= self.settings.queue:
+        # one request runs and ``queue`` wait: ``waiting`` counts every request not yet
+        # holding the session, the one about to take a free lock among them (a burst that
+        # arrives before the first holds it, or the next one just woken by a release)
+        if entry.waiting + entry.lock.locked() > self.settings.queue:
             raise self.busy(f"session {name!r} is busy")
         entry.waiting += 1
         try:
