@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import openai
 import pytest
 from conftest import SMOL, register_cached
 from test_server import MODEL, SESSION, Server
@@ -95,3 +96,52 @@ def test_queue_counts_waiters_while_one_runs(server):
     for t in waiters:
         t.join(60)
     assert statuses == [200] * QUEUE
+
+
+# -- CORS for editor webviews and desktop apps ---------------------------------------------------------
+WEBVIEW = "vscode-webview://1c2f3a4b5d6e7f80"
+
+
+def test_editor_webviews_get_cors_with_the_sdk_headers(server):
+    """A VS Code webview (Continue, Cline) or an Electron/Tauri app may call a local server: its
+    preflight allows every header the openai SDK sends (x-stainless-*), and the answer carries
+    CORS. Web pages of other sites (and ``null``, a sandboxed iframe's origin) stay refused."""
+    sent: list[httpx.Request] = []
+    http = httpx.Client(event_hooks={"request": [sent.append]}, timeout=120)
+    client = openai.OpenAI(
+        base_url=f"{server.url}/v1",
+        api_key="unused",
+        max_retries=0,
+        http_client=http,
+        default_headers={"Origin": WEBVIEW},
+    )
+    raw = client.chat.completions.with_raw_response.create(
+        model=MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=1
+    )
+    assert raw.headers["access-control-allow-origin"] == WEBVIEW
+    asked = sorted(
+        {k.lower() for k in sent[0].headers} - {"host", "origin", "content-length", "connection", "accept-encoding"}
+    )
+    assert any(h.startswith("x-stainless-") for h in asked), asked
+
+    pre = httpx.options(
+        f"{server.url}/v1/chat/completions",
+        headers={
+            "Origin": WEBVIEW,
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": ", ".join([*asked, "x-stainless-some-future-header"]),
+        },
+    )
+    assert pre.status_code == 204 and pre.headers["access-control-allow-origin"] == WEBVIEW
+    allowed = {h.strip() for h in pre.headers["access-control-allow-headers"].split(",")}
+    assert set(asked) | {"x-stainless-some-future-header"} <= allowed
+    assert "POST" in pre.headers["access-control-allow-methods"]
+
+    for origin in ("app://obsidian.md", "tauri://localhost", "vscode-file://vscode-app"):
+        r = httpx.get(f"{server.url}/api/tags", headers={"Origin": origin})
+        assert r.status_code == 200 and r.headers["access-control-allow-origin"] == origin
+    for origin in ("null", "https://evil.example", "vscode-webview.evil.example", "http://app.evil.example"):
+        r = httpx.options(
+            f"{server.url}/v1/chat/completions", headers={"Origin": origin, "Access-Control-Request-Method": "POST"}
+        )
+        assert r.status_code == 403 and "access-control-allow-origin" not in r.headers, origin

@@ -4,7 +4,8 @@
   POST needs no CORS preflight, and DNS rebinding makes a page look same-origin). So a
   request whose ``Origin`` is not a local address is refused unless the server has an API
   key, and a server listening on localhost answers only requests addressed to localhost
-  (the ``Host`` header). Local pages (a web UI on localhost) get CORS.
+  (the ``Host`` header). Local pages (a web UI on localhost, an editor's webview, an
+  Electron or Tauri app) get CORS, with the headers browser SDKs send.
 - the API key (``Authorization: Bearer KEY`` or ``x-api-key: KEY``);
 - the body size limit (413), by Content-Length and while reading a chunked body."""
 
@@ -20,9 +21,23 @@ from localsym.server.errors import ApiError, error_response
 
 _LOCAL = re.compile(r"^(localhost|127\.0\.0\.1|\[::1\])(:\d+)?$", re.IGNORECASE)
 _LOCAL_ORIGIN = re.compile(r"^https?://(localhost|127\.0\.0\.1|\[::1\])(:\d+)?$", re.IGNORECASE)
+# pages of desktop apps on this machine: editor webviews (VS Code and its forks, where Continue,
+# Cline and Copilot's chat run), Electron and Tauri apps. No web site can send these origins
+# (a browser sets Origin from the page's own scheme), so they are as local as localhost;
+# ``null`` (file:// pages, but also any site's sandboxed iframe) is not among them
+_APP_ORIGIN = re.compile(r"^(vscode-webview|vscode-file|app|tauri)://[^/\s]+$", re.IGNORECASE)
+# what browser clients send: the openai SDK's browser build adds x-stainless-* headers (any
+# of them is allowed, as new ones appear), the ollama one its user agent
+_ALLOW_HEADERS = (
+    "authorization, content-type, accept, user-agent, x-requested-with, x-api-key, x-localsym-session, "
+    "openai-beta, openai-organization, openai-project, x-stainless-arch, x-stainless-async, "
+    "x-stainless-custom-poll-interval, x-stainless-helper-method, x-stainless-lang, x-stainless-os, "
+    "x-stainless-package-version, x-stainless-poll-helper, x-stainless-retry-count, x-stainless-runtime, "
+    "x-stainless-runtime-version, x-stainless-timeout"
+)
 CORS_HEADERS = [
     (b"access-control-allow-methods", b"GET, POST, DELETE, OPTIONS"),
-    (b"access-control-allow-headers", b"authorization, content-type, x-api-key, x-localsym-session"),
+    (b"access-control-allow-headers", _ALLOW_HEADERS.encode()),
     (
         b"access-control-expose-headers",
         b"x-localsym-session, x-localsym-mode, x-localsym-restored-blocks, x-localsym-recomputed-blocks, "
@@ -31,6 +46,16 @@ CORS_HEADERS = [
     ),
     (b"access-control-max-age", b"600"),
 ]
+
+
+_TOKEN = re.compile(r"^[a-z0-9-]{1,64}$")
+
+
+def _stainless_asked(requested: str | None) -> list[str]:
+    """The x-stainless-* headers a preflight asks for that the fixed list lacks."""
+    known = {h.strip() for h in _ALLOW_HEADERS.split(",")}
+    asked = (h.strip().lower() for h in (requested or "").split(","))
+    return [h for h in asked if h.startswith("x-stainless-") and h not in known and _TOKEN.match(h)]
 
 
 class BodyTooLarge(Exception):
@@ -80,13 +105,17 @@ class Guard:
             await refuse(ApiError(403, "this server answers requests addressed to localhost only", "host_not_allowed"))
             return
         origin = _header(scope, b"origin")
-        local_origin = origin is not None and bool(_LOCAL_ORIGIN.match(origin))
+        local_origin = origin is not None and bool(_LOCAL_ORIGIN.match(origin) or _APP_ORIGIN.match(origin))
         if origin is not None and not local_origin and self.api_key is None:
             await refuse(ApiError(403, f"requests from web pages of {origin} are refused", "origin_not_allowed"))
             return
         cors = [(b"access-control-allow-origin", origin.encode("latin-1")), (b"vary", b"origin")] if origin else []
         if scope["method"] == "OPTIONS" and origin is not None:  # a CORS preflight: no key sent with it
-            await send({"type": "http.response.start", "status": 204, "headers": cors + CORS_HEADERS})
+            headers = [*cors, *CORS_HEADERS]
+            asked = _stainless_asked(_header(scope, b"access-control-request-headers"))
+            if asked:  # x-stainless-* headers newer than our list
+                headers[len(cors) + 1] = (b"access-control-allow-headers", ", ".join([_ALLOW_HEADERS, *asked]).encode())
+            await send({"type": "http.response.start", "status": 204, "headers": headers})
             await send({"type": "http.response.body", "body": b""})
             return
         if cors:
