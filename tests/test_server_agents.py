@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import ollama
 import openai
 import pytest
 from conftest import SMOL, register_cached
@@ -145,3 +146,41 @@ def test_editor_webviews_get_cors_with_the_sdk_headers(server):
             f"{server.url}/v1/chat/completions", headers={"Origin": origin, "Access-Control-Request-Method": "POST"}
         )
         assert r.status_code == 403 and "access-control-allow-origin" not in r.headers, origin
+
+
+# -- raw prompts are the client's own template ---------------------------------------------------------
+CHATML = "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n"
+
+
+def test_raw_prompts_parse_special_tokens_chat_content_does_not(server, smol_path):
+    """/v1/completions and Ollama's ``raw: true`` send the client's own template: its special
+    tokens are control tokens (``<|im_start|>`` is one token on SmolLM2), where the same text
+    in a chat message stays text (several tokens)."""
+    from localsym.runtime.bridge import Model
+
+    vocab = Model(smol_path, vocab_only=True)
+    try:
+        special = vocab.tokenize(CHATML, parse_special=True)
+        plain = vocab.tokenize(CHATML)
+        (im_start,) = vocab.tokenize("<|im_start|>", parse_special=True)
+    finally:
+        vocab.close()
+    assert special.count(im_start) == 2 and im_start not in plain and len(plain) > len(special)
+
+    r = server.oa().completions.create(model=MODEL, prompt=CHATML, max_tokens=8, temperature=0)
+    assert r.model_extra["localsym"]["prompt_tokens"] == len(special)
+    assert "Paris" in r.choices[0].text  # it answers as the template asks, not continuing a transcript
+
+    g = ollama.Client(host=server.url).generate(
+        model=MODEL, prompt=CHATML, raw=True, stream=False, options={"temperature": 0, "num_predict": 8}
+    )
+    assert g.prompt_eval_count == len(special) and g.response == r.choices[0].text
+
+    c = server.oa().chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": CHATML}], max_tokens=1, temperature=0
+    )
+    framing = server.oa().chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "x"}], max_tokens=1, temperature=0
+    )
+    text_tokens = c.model_extra["localsym"]["prompt_tokens"] - framing.model_extra["localsym"]["prompt_tokens"] + 1
+    assert text_tokens == len(plain)  # the message's text, tokenized as text

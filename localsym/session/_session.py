@@ -746,7 +746,9 @@ class Turn:
         s, p, st = self.session, self.params, self.stats
         eng, fr = s.engine, s.frame
         t0 = time.perf_counter()
-        q_ids = eng.model.tokenize(self.question)
+        # a raw prompt is the client's own template: its special tokens (<|im_start|>, FIM) are
+        # control tokens; a chat question is text, whatever it spells
+        q_ids = eng.model.tokenize(self.question, parse_special=self.raw)
         q_toks = q_ids if self.raw else fr.user_prefix + q_ids + fr.user_suffix
         eng.ctx.clear_cancel()
         try:
