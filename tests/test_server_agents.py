@@ -184,3 +184,20 @@ def test_raw_prompts_parse_special_tokens_chat_content_does_not(server, smol_pat
     )
     text_tokens = c.model_extra["localsym"]["prompt_tokens"] - framing.model_extra["localsym"]["prompt_tokens"] + 1
     assert text_tokens == len(plain)  # the message's text, tokenized as text
+
+
+# -- the context a session offers --------------------------------------------------------------------
+def test_models_and_show_say_the_context_a_session_offers(server):
+    """/v1/models (``context_length``, vLLM's ``max_model_len``) and /api/show (``num_ctx``,
+    ``<arch>.context_length``) give the hot context a session really has: -c tokens."""
+    client = server.oa()
+    (m,) = client.models.list().data
+    assert m.model_extra["context_length"] == m.model_extra["max_model_len"] == 2048
+    assert client.models.retrieve(MODEL).model_extra["context_length"] == 2048
+    shown = ollama.Client(host=server.url).show(MODEL)
+    assert shown.modelinfo["llama.context_length"] == 2048
+    assert shown.parameters is not None and shown.parameters.split() == ["num_ctx", "2048"]
+    client.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=1, extra_headers={SESSION: "ctx"}
+    )
+    assert httpx.get(f"{server.url}/localsym/sessions/ctx").json()["hot_capacity"] == 2048

@@ -240,11 +240,13 @@ async def show(request: Request) -> Response:
     st.check_model(name)
     c = st.card
     arch = c.details.get("family", "")
+    # the context a session offers is the hot context (-c), under both names Ollama clients
+    # read; older turns are kept in the session's memory, not cut from the front
     return JSONResponse(
         {
             "license": "",
             "modelfile": "",
-            "parameters": "",
+            "parameters": f"{'num_ctx':<30} {c.n_ctx}",
             "template": "",
             "details": c.details,
             "model_info": {"general.architecture": arch, f"{arch}.context_length": c.n_ctx},

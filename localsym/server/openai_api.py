@@ -231,7 +231,20 @@ async def completions(request: Request) -> Response:
 
 
 def _model_obj(st: ServerState) -> dict[str, Any]:
-    return {"id": st.card.name, "object": "model", "created": int(st.card.modified), "owned_by": "localsym"}
+    """The model as OpenAI lists it, with the context a session offers under the names
+    clients read: ``context_length`` (OpenRouter, LM Studio's requests, Zed) and
+    ``max_model_len`` (vLLM, SGLang). It is the hot context, ``-c`` tokens per session: a
+    message and its answer must fit it, while older turns are kept in the session's memory
+    rather than cut from the front."""
+    c = st.card
+    return {
+        "id": c.name,
+        "object": "model",
+        "created": int(c.modified),
+        "owned_by": "localsym",
+        "context_length": c.n_ctx,
+        "max_model_len": c.n_ctx,
+    }
 
 
 async def list_models(request: Request) -> Response:
