@@ -70,7 +70,13 @@ class ChatSession(Protocol):
 
     def ask(self, question: str, params: GenParams | None = None, raw: bool = False) -> ChatTurn: ...
 
-    def load(self, path: str | Path, progress: Progress | None = None, no_ignore: bool = False) -> LoadReport: ...
+    def load(
+        self,
+        path: str | Path,
+        progress: Progress | None = None,
+        no_ignore: bool = False,
+        reading: Progress | None = None,
+    ) -> LoadReport: ...
 
     def cancel(self) -> None: ...
 
@@ -580,9 +586,16 @@ class RemoteSession:
         self._turn = RemoteTurn(self.server, self.name, question, params, self.system, raw, self.calls, done)
         return self._turn
 
-    def load(self, path: str | Path, progress: Progress | None = None, no_ignore: bool = False) -> LoadReport:
+    def load(
+        self,
+        path: str | Path,
+        progress: Progress | None = None,
+        no_ignore: bool = False,
+        reading: Progress | None = None,
+    ) -> LoadReport:
         """The server's ``/localsym/load``: it reads the path itself, only under the roots it
-        was started with (``--allow-root``); a refusal is its one-line reason."""
+        was started with (``--allow-root``); a refusal is its one-line reason. ``reading``
+        is not called: the server reports tokens, not a document's pages."""
         if no_ignore:
             raise LocalsymError(f"{self.server.where} loads files as their ignore files say (no --no-ignore)")
         real = str(Path(path).expanduser().absolute())

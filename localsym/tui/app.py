@@ -718,7 +718,10 @@ class ChatApp(App):
                 if self.session is None:
                     raise LocalsymError("no session is open")
                 rep = self.session.load(
-                    Path(path).expanduser(), lambda d, t, s: self.call_from_thread(self._progress, d, t)
+                    Path(path).expanduser(),
+                    lambda d, t, s: self.call_from_thread(self._progress, d, t),
+                    # a document's pages as they are read (a 1,000-page PDF), then its tokens
+                    reading=lambda d, t, s: self.call_from_thread(self._progress, d, t),
                 )
             lines = [
                 f"loaded **{rep.files} files**: {rep.tokens} new tokens in {rep.blocks} blocks "
