@@ -171,10 +171,18 @@ def test_raw_prompts_parse_special_tokens_chat_content_does_not(server, smol_pat
     assert r.model_extra["localsym"]["prompt_tokens"] == len(special)
     assert "Paris" in r.choices[0].text  # it answers as the template asks, not continuing a transcript
 
-    g = ollama.Client(host=server.url).generate(
-        model=MODEL, prompt=CHATML, raw=True, stream=False, options={"temperature": 0, "num_predict": 8}
-    )
-    assert g.prompt_eval_count == len(special) and g.response == r.choices[0].text
+    g = httpx.post(
+        f"{server.url}/api/generate",
+        json={
+            "model": MODEL,
+            "prompt": CHATML,
+            "raw": True,
+            "stream": False,
+            "options": {"temperature": 0, "num_predict": 8},
+        },
+        timeout=120,
+    ).json()
+    assert g["localsym"]["prompt_tokens"] == len(special) and g["response"] == r.choices[0].text
 
     c = server.oa().chat.completions.create(
         model=MODEL, messages=[{"role": "user", "content": CHATML}], max_tokens=1, temperature=0
@@ -201,3 +209,76 @@ def test_models_and_show_say_the_context_a_session_offers(server):
         model=MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=1, extra_headers={SESSION: "ctx"}
     )
     assert httpx.get(f"{server.url}/localsym/sessions/ctx").json()["hot_capacity"] == 2048
+
+
+# -- usage: the whole prompt, and the part localsym's memory held ----------------------------------
+SYSTEM = "You help a team that writes compilers. Answer in one short sentence, and never guess names."
+
+
+def test_usage_counts_the_whole_prompt_and_what_memory_held(server, smol_engine):
+    """``usage.prompt_tokens`` is the whole prompt the answer came from (the chat template's
+    render of the conversation); ``prompt_tokens_details.cached_tokens`` the part the session
+    held, so that only the new message was prefilled. Streamed with ``include_usage``: every
+    chunk has ``usage: null`` but an extra last one with empty ``choices`` (OpenAI's shape).
+    Ollama gives the same counts as ``prompt_eval_count`` and ``prompt_eval_cached_count``."""
+    client = server.oa()
+    h = {SESSION: "usage"}
+    convo = [
+        {"role": "system", "content": SYSTEM},
+        {"role": "user", "content": "My name is Ada and I write compilers. Reply with OK."},
+    ]
+    first = client.chat.completions.create(model=MODEL, messages=convo, max_tokens=6, temperature=0, extra_headers=h)
+    assert first.usage is not None and first.usage.prompt_tokens_details is not None
+    assert abs(first.usage.prompt_tokens - len(smol_engine.chat_tokens(convo))) <= 2
+    assert first.usage.prompt_tokens_details.cached_tokens == 0  # a new session: all of it prefilled now
+
+    convo += [
+        {"role": "assistant", "content": first.choices[0].message.content},
+        {"role": "user", "content": "What is my name?"},
+    ]
+    chunks = list(
+        client.chat.completions.create(
+            model=MODEL,
+            messages=convo,
+            max_tokens=6,
+            temperature=0,
+            stream=True,
+            stream_options={"include_usage": True},
+            extra_headers=h,
+        )
+    )
+    last = chunks[-1]
+    assert last.choices == [] and last.usage is not None and all(c.usage is None for c in chunks[:-1])
+    u = last.usage
+    assert u.prompt_tokens_details is not None
+    assert abs(u.prompt_tokens - len(smol_engine.chat_tokens(convo))) <= 2  # the whole conversation
+    info = chunks[-2].model_extra["localsym"]
+    assert info["mode"] == "incremental"
+    # the system prompt and the first exchange came from memory: only the new message was prefilled
+    assert u.prompt_tokens - u.prompt_tokens_details.cached_tokens == info["prompt_tokens"] < 20
+    assert u.completion_tokens == info["completion_tokens"] and u.total_tokens == u.prompt_tokens + u.completion_tokens
+    answer = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+
+    convo += [{"role": "assistant", "content": answer}, {"role": "user", "content": "And my job?"}]
+    r = httpx.post(
+        f"{server.url}/api/chat",
+        headers=h,
+        json={"model": MODEL, "messages": convo, "stream": False, "options": {"num_predict": 4, "temperature": 0}},
+        timeout=120,
+    ).json()
+    assert abs(r["prompt_eval_count"] - len(smol_engine.chat_tokens(convo))) <= 3
+    assert r["prompt_eval_count"] - r["prompt_eval_cached_count"] == r["localsym"]["prompt_tokens"] < 20
+
+    # a raw completion in a throwaway session: everything prefilled, nothing cached
+    chunks = list(
+        client.completions.create(
+            model=MODEL, prompt="def add(a, b):", max_tokens=4, stream=True, stream_options={"include_usage": True}
+        )
+    )
+    assert chunks[-1].choices == [] and all(c.usage is None for c in chunks[:-1])
+    done = chunks[-1].usage
+    assert done is not None and done.prompt_tokens_details is not None
+    assert (
+        done.prompt_tokens_details.cached_tokens == 0
+        and done.prompt_tokens > chunks[-2].model_extra["localsym"]["prompt_tokens"]
+    )

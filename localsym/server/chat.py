@@ -38,7 +38,7 @@ from localsym.errors import LocalsymError
 from localsym.server.errors import ApiError
 from localsym.server.ledger import Ledger, Msg, transcript
 from localsym.server.roots import allowed_path
-from localsym.server.sessions import Gone, Lease, SessionPool
+from localsym.server.sessions import Gone, Lease, SessionPool, sink_lost
 from localsym.server.turns import TurnRun
 from localsym.session import GenParams, LoadReport, TurnStats, set_aside
 
@@ -70,19 +70,49 @@ def finish_reason(stats: TurnStats | None) -> str:
     return "length" if stats is not None and stats.stop_reason in ("length", "context") else "stop"
 
 
+@dataclass(frozen=True)
+class Usage:
+    """A request's tokens as OpenAI's ``usage`` and Ollama's counts give them.
+
+    ``prompt``: the prompt the answer was generated from, all of it: the session's working set
+    in the hot context (its system prompt, the blocks of the conversation and files it chose)
+    and the new message in the chat template. ``cached``: the part of it localsym did not
+    compute for this request, because the session's memory held it (still in the hot context
+    from the last turn, or restored from RAM or disk). ``prompt - cached`` is what was
+    prefilled: the new message, the history it ingested, a system prompt decoded again (a
+    session opened or brought back into a shared context), and a whole block for each block
+    rebuilt or re-prefilled from its tokens, so ``cached`` never claims more than was reused.
+    When an ingested history is longer than the working set, ``prompt`` is what was prefilled."""
+
+    prompt: int
+    cached: int
+    completion: int
+
+    @property
+    def prefilled(self) -> int:
+        return self.prompt - self.cached
+
+
 class ChatRun:
     def __init__(self, lease: Lease, inp: ChatInput, prepared: Prepared, turn: TurnRun, t0: float) -> None:
         self.lease, self.inp, self.prepared, self.turn, self.t0 = lease, inp, prepared, turn, t0
         self.load_s = time.perf_counter() - t0  # waiting, opening and history, before the turn
         self.finished = False
+        # what ``usage`` counts with, read while the session is the request's own
+        s = lease.session
+        self.block_tokens = s.config.block_tokens
+        self.sink_tokens = len(s.frame.sink) + len(s.frame.close)
+        self.answer_end = len(s.frame.answer_end)
+        self.sink_built = False  # the system prompt was decoded for this request (set by ``begin``)
 
     @classmethod
     async def begin(cls, pool: SessionPool, inp: ChatInput, gone: Gone) -> ChatRun:
         """Take the session, bring it in line with the request, start the turn. Raises
         ApiError (and gives the session back) when the request cannot run."""
-        t0 = time.perf_counter()
+        t0, wall = time.perf_counter(), time.time()
         lease = await pool.acquire(inp.session, inp.system, gone)
         try:
+            lost = sink_lost(lease.session)
             if inp.conversation is not None:
                 prepared = Prepared("conversation")  # the session's memory is neither read nor changed
                 if not lease.entry.hot_capacity:
@@ -100,7 +130,9 @@ class ChatRun:
             if isinstance(e, LocalsymError):
                 raise ApiError(400, str(e)) from None
             raise
-        return cls(lease, inp, prepared, turn, t0)
+        run = cls(lease, inp, prepared, turn, t0)
+        run.sink_built = lost or lease.entry.opened_at >= wall
+        return run
 
     # -- what the client is told ----------------------------------------------------------------
     @property
@@ -125,11 +157,23 @@ class ChatRun:
             }
         return out
 
-    def usage(self) -> tuple[int, int]:
-        """(prompt tokens prefilled for this request, completion tokens)."""
+    def usage(self) -> Usage:
+        """The prompt, its cached part and the completion, once the turn has ended (see ``Usage``)."""
         st, h = self.turn.stats, self.prepared.history
-        prompt = (st.prompt_tokens if st else 0) + (h.tokens if h else 0)
-        return prompt, st.completion_tokens if st else 0
+        if st is None:
+            return Usage(0, 0, 0)
+        if self.inp.conversation is not None:  # rendered whole and decoded on its own: nothing reused
+            return Usage(st.prompt_tokens, 0, st.completion_tokens)
+        computed = st.prompt_tokens + self.block_tokens * (st.recomputed_blocks + st.reinjected_blocks)
+        if h is not None and h.computed_blocks:
+            # reused blocks are whole ones (only the last block of a text is short)
+            computed += max(h.tokens - h.reused_blocks * self.block_tokens, 0)
+        if self.sink_built or self.turn.sink_lost:
+            computed += self.sink_tokens
+        # the hot context after the turn holds the working set, the question and the answer
+        context = max(st.hot_tokens - st.completion_tokens - self.answer_end, 0)
+        prompt = max(context, computed)
+        return Usage(prompt, prompt - computed, st.completion_tokens)
 
     def extra(self) -> dict[str, Any]:
         """The ``localsym`` field of a final response: how the request met the session."""

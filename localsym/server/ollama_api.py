@@ -61,13 +61,16 @@ def _stream(body: dict[str, Any]) -> bool:
 
 
 def _final(run: ChatRun) -> dict[str, Any]:
-    prompt, completion = run.usage()
+    """The last object's counts, as Ollama gives them: ``prompt_eval_count`` the whole prompt,
+    ``prompt_eval_cached_count`` the part read from the session's memory (``chat.Usage``)."""
+    u = run.usage()
     return {
         "done": True,
         "done_reason": finish_reason(run.turn.stats),
         **run.durations_ns(),
-        "prompt_eval_count": prompt,
-        "eval_count": completion,
+        "prompt_eval_count": u.prompt,
+        "prompt_eval_cached_count": u.cached,
+        "eval_count": u.completion,
         "localsym": run.extra(),
     }
 

@@ -50,9 +50,16 @@ def _stream_flags(body: dict[str, Any]) -> tuple[bool, bool]:
     return stream, bool(opts.get("include_usage"))
 
 
-def _usage(run: ChatRun) -> dict[str, int]:
-    prompt, completion = run.usage()
-    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+def _usage(run: ChatRun) -> dict[str, Any]:
+    """OpenAI's usage: the whole prompt, and in ``prompt_tokens_details.cached_tokens`` the part
+    of it the session's memory held, so not prefilled for this request (``chat.Usage``)."""
+    u = run.usage()
+    return {
+        "prompt_tokens": u.prompt,
+        "completion_tokens": u.completion,
+        "total_tokens": u.prompt + u.completion,
+        "prompt_tokens_details": {"cached_tokens": u.cached},
+    }
 
 
 async def chat_completions(request: Request) -> Response:
@@ -84,7 +91,7 @@ async def chat_completions(request: Request) -> Response:
     cid, created, model = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time()), st.card.name
 
     def chunk(delta: dict[str, Any], reason: str | None = None) -> dict[str, Any]:
-        return {
+        out = {
             "id": cid,
             "object": "chat.completion.chunk",
             "created": created,
@@ -92,6 +99,7 @@ async def chat_completions(request: Request) -> Response:
             "system_fingerprint": None,
             "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": reason}],
         }
+        return out | {"usage": None} if include_usage else out
 
     async def streamed():
         opened = False
@@ -196,13 +204,14 @@ async def completions(request: Request) -> Response:
     cid, created, model = f"cmpl-{uuid.uuid4().hex[:24]}", int(time.time()), st.card.name
 
     def choice(text: str, reason: str | None) -> dict[str, Any]:
-        return {
+        out = {
             "id": cid,
             "object": "text_completion",
             "created": created,
             "model": model,
             "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": reason}],
         }
+        return out | {"usage": None} if include_usage and stream else out
 
     async def streamed():
         if echo:

@@ -61,6 +61,12 @@ async def settle(fut: asyncio.Future[T]) -> T:
         raise
 
 
+def sink_lost(session: Session | None) -> bool:
+    """Whether the session's place in a shared context was given away since it last ran: its
+    system prompt is decoded again when it comes back (runtime/context_pool.ContextView)."""
+    return bool(getattr(getattr(getattr(session, "engine", None), "ctx", None), "evicted", False))
+
+
 class Lease:
     """A request's exclusive use of one open session."""
 
@@ -94,6 +100,7 @@ class Lease:
         """(worker thread) Open the leased name again (after ``close_session``), e.g. with a new system prompt."""
         e, st = self.entry, self.pool.settings
         e.session = Session.open(e.name, st.model, st.opts, overrides=overrides)
+        e.opened_at = time.time()
         return e.session
 
     async def release(self) -> None:

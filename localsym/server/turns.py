@@ -12,7 +12,7 @@ from typing import Any
 
 from localsym.errors import LocalsymError
 from localsym.server.errors import ApiError
-from localsym.server.sessions import Lease, settle
+from localsym.server.sessions import Lease, settle, sink_lost
 from localsym.session import GenParams, TurnStats
 
 
@@ -74,6 +74,7 @@ class TurnRun:
         self._stop = threading.Event()
         self._fut: asyncio.Future[None] | None = None
         self.live: TurnStats | None = None  # the running turn's stats, filled in as it goes
+        self.sink_lost = False  # the session's system prompt is decoded again by this turn (a shared context)
 
     def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -85,6 +86,7 @@ class TurnRun:
         def work() -> None:
             try:
                 s = self.lease.session
+                self.sink_lost = sink_lost(s)  # given away since the request began: rebuilt by the turn
                 turn: Any = (
                     s.ask(self.question, self.params, self.raw)
                     if self.conversation is None
