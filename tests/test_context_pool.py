@@ -2,16 +2,25 @@
 answers are the ones each session gives on a context of its own, whether the sessions take
 turns in one slot (evicting each other) or run at once in two (their decoding steps batched
 together); a cancel stops only its own session; closing a session gives its slot back.
-Real SmolLM2."""
+Then what a hostile caller does: engines generating on one slot from two threads, or from
+one thread at once (an error, not a hang), a grammar that fails in a shared batch, a decode
+loop left open, a view closed while another thread decodes in it, a stray cancel on an
+evicted session; and Gemma 3 (two KV caches, sliding window) in the shared context.
+Real SmolLM2 and Gemma 3 270M."""
 
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 
 import pytest
+from conftest import GEMMA, register_cached
 
+from localsym.errors import LocalsymError
+from localsym.runtime import context_pool
 from localsym.runtime.context_pool import ContextPool, ContextView
+from localsym.runtime.engine import Engine, GenStats
 from localsym.session import GenParams, RunOptions, Session, SessionConfig
 
 FACTS = {
@@ -122,3 +131,216 @@ def test_closing_a_session_gives_its_slot_back_and_the_last_frees_the_context(ho
         assert t.text()
     a.close()
     assert pool.users == 0 and pool.ctx._ptr is None
+
+
+# -- engines on the shared context, used as a careless caller would -----------------------------
+ASK = {1: "Count from one to ten.", 2: "Name three colours."}
+
+
+def _engines(path: Path, parallel: int) -> tuple[Engine, Engine]:
+    opts = RunOptions(n_ctx=512, vram="cpu", parallel=parallel, n_seq_max=3)
+    e1, e2 = Engine(path, opts), Engine(path, opts)
+    assert isinstance(e1.ctx, ContextView) and isinstance(e2.ctx, ContextView) and e1.ctx.pool is e2.ctx.pool
+    return e1, e2
+
+
+def _prompt(e: Engine, n: int) -> list[int]:
+    return e.chat_tokens([{"role": "user", "content": ASK[n]}])
+
+
+def _say(e: Engine, n: int, tokens: int = 12, **kw) -> str:
+    e.ctx.seq_rm(0)  # the last answer's cells: each answer starts at position 0
+    return "".join(e.generate(_prompt(e, n), 0, GenParams(max_tokens=tokens, **kw)))
+
+
+def test_engines_on_one_slot_keep_their_room_from_prompt_to_last_token(smol_path):
+    """Engine.generate holds its view: another engine's steps wait for the slot instead of
+    evicting it between two steps (which left each answer decoding into an empty sequence:
+    garbage, with no error). In one thread the second generation, which could only wait for
+    the first, is an error rather than a hang."""
+    e1, e2 = _engines(smol_path, 1)
+    try:
+        alone = {1: _say(e1, 1), 2: _say(e2, 2)}
+        assert alone[1] and alone[2]
+        got: dict[int, str] = {}
+        threads = [
+            threading.Thread(target=lambda e=e, n=n: got.__setitem__(n, _say(e, n))) for e, n in ((e1, 1), (e2, 2))
+        ]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join()
+        assert got == alone
+        e1.ctx.seq_rm(0)
+        g1 = e1.generate(_prompt(e1, 1), 0, GenParams(max_tokens=12))
+        assert next(g1)  # holds the only slot, suspended
+        with pytest.raises(LocalsymError, match="held by this thread"):
+            next(e2.generate(_prompt(e2, 2), 0, GenParams(max_tokens=12)))
+        g1.close()  # gives the slot back
+        assert _say(e2, 2) == alone[2]
+    finally:
+        e1.close()
+        e2.close()
+
+
+def test_a_grammar_that_fails_in_a_shared_batch_stops_only_its_answer(smol_path):
+    """Two answers decode in shared batches; one's grammar allows no token after its first
+    word (a NUL it cannot spell): that answer raises, the other's rows go on to the same
+    greedy answer, and no decode loop is left counted."""
+    e1, e2 = _engines(smol_path, 2)
+    pool = e1.ctx.pool
+    try:
+        alone = _say(e1, 1, 16)
+        out: dict[str, object] = {}
+
+        def good() -> None:
+            out["good"] = _say(e1, 1, 16)
+
+        def bad() -> None:
+            try:
+                _say(e2, 2, 16, grammar='root ::= "Red" [\\x00]')
+            except LocalsymError as e:
+                out["bad"] = e
+
+        threads = [threading.Thread(target=good), threading.Thread(target=bad)]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join()
+        assert out["good"] == alone
+        assert "allows no token" in str(out["bad"])
+        assert pool.decoding == 0 and not pool._steps
+        assert _say(e2, 2) and pool.decoding == 0  # the failed engine answers again
+    finally:
+        e1.close()
+        e2.close()
+
+
+def test_a_decode_loop_left_open_does_not_hold_up_the_others(smol_path, monkeypatch):
+    """A batch waits (GATHER_S) for the steps of the sessions in a decode loop; one whose loop
+    is suspended (its caller busy, or a generator nobody closed) is waited for once, not at
+    every step of the others (with a 1 s wait, 8 steps took 8 s)."""
+    monkeypatch.setattr(context_pool, "GATHER_S", 1.0)
+    e1, e2 = _engines(smol_path, 2)
+    pool = e1.ctx.pool
+    try:
+        e1.ctx.seq_rm(0)
+        g1 = e1.generate(_prompt(e1, 1), 0, GenParams(max_tokens=50))
+        assert next(g1)
+        e2.ctx.seq_rm(0)
+        g2 = e2.generate(_prompt(e2, 2), 0, GenParams(max_tokens=9))
+        assert next(g2) and pool.decoding == 2
+        t0 = time.monotonic()
+        rest = list(g2)  # 8 steps, each alone in its batch
+        assert len(rest) >= 4 and time.monotonic() - t0 < 5.0
+        g1.close()
+        assert pool.decoding == 0
+    finally:
+        e1.close()
+        e2.close()
+
+
+def test_closing_a_view_while_another_thread_decodes_in_it(smol_path):
+    """The owner's answer stops (closing cancels it; a call after the close raises): no
+    crash, no decode into the slot another session gets next; the closer does not wait for
+    it; the slot serves the next session, whose answer is the greedy one."""
+    e1, e2 = _engines(smol_path, 1)
+    pool = e1.ctx.pool
+    stats = GenStats()
+    ended: list[BaseException | None] = []
+    started = threading.Event()
+
+    def long_answer() -> None:
+        try:
+            e1.ctx.seq_rm(0)
+            for _ in e1.generate(_prompt(e1, 1), 0, GenParams(max_tokens=200), stats=stats):
+                started.set()
+            ended.append(None)
+        except LocalsymError as e:
+            ended.append(e)
+        finally:
+            started.set()
+
+    try:
+        alone = _say(e2, 2)
+        th = threading.Thread(target=long_answer)
+        th.start()
+        assert started.wait(120)
+        e1.close()
+        th.join(60)
+        assert not th.is_alive() and ended
+        assert ended[0] is not None or stats.stop_reason == "cancelled"
+        assert stats.completion_tokens < 200
+        assert pool.users == 1 and pool.ctx._ptr
+        assert _say(e2, 2) == alone
+    finally:
+        e1.close()
+        e2.close()
+    assert pool.users == 0 and pool.ctx._ptr is None
+
+
+def test_a_stray_cancel_does_not_break_a_session_that_was_evicted(home):
+    """A cancel that comes after its answer ended (Session.cancel from another thread) was
+    left set; the session's next request, coming back after an eviction, rebuilt its sink
+    under that cancel: the request failed, and every later one too (or, once the flag was
+    gone, answered on a working set with no sink)."""
+    opts = RunOptions(n_ctx=512, vram="cpu", parallel=1)
+    with (
+        Session.open("stray-a", "smollm2-135m", opts, CFG) as a,
+        Session.open("stray-b", "smollm2-135m", opts, CFG) as b,
+    ):
+        with a.ask("Say hello.", GenParams(max_tokens=4)) as t:
+            assert t.text()
+        a.cancel()
+        with b.ask("Say hello.", GenParams(max_tokens=4)) as t:  # evicts a
+            assert t.text()
+        assert a.engine.ctx.evicted
+        with a.ask("Say hello again.", GenParams(max_tokens=4)) as t:
+            assert t.text() and t.stats.stop_reason != "cancelled"
+        assert a.working.hot.segments[0].key == "sink" and a.working.hot.segments[0].start == 0
+
+
+def test_gemma3_sessions_share_the_context_as_on_their_own(home, files, gemma_path):
+    """Gemma 3 keeps two KV caches (global and sliding-window): evicting a session removes
+    its cells from both and its blocks come back as state blobs (one slot); the second
+    slot's sequences (3-5) take restored blocks too (two slots); two sessions' steps share
+    batches; the answers are those of contexts of their own."""
+    register_cached(GEMMA)
+
+    def run(parallel: int, tag: str) -> list[str]:
+        opts = RunOptions(n_ctx=512, vram="cpu", parallel=parallel)
+        with (
+            Session.open(f"g{tag}-a", GEMMA, opts, CFG) as a,
+            Session.open(f"g{tag}-b", GEMMA, opts, CFG) as b,
+        ):
+            a.load(files / "a.txt")
+            b.load(files / "b.txt")
+            out = []
+            for who, q in QUESTIONS[:3]:  # a, b, a: with one slot, a comes back after an eviction
+                with (a if who == "a" else b).ask(q, GenParams(max_tokens=10)) as t:
+                    out.append(t.text())
+            if parallel:
+                pool = a.engine.ctx.pool
+                assert pool.evictions >= 2 if parallel == 1 else pool.evictions == 0
+            return out
+
+    own = run(0, "own")
+    assert "Agnes" in own[0]
+    assert run(1, "one") == own
+    assert run(2, "two") == own
+    # two engines' answers at once, their steps in shared batches (rows masked by sequence)
+    e1, e2 = _engines(gemma_path, 2)
+    try:
+        alone = {1: _say(e1, 1), 2: _say(e2, 2)}
+        got: dict[int, str] = {}
+        threads = [
+            threading.Thread(target=lambda e=e, n=n: got.__setitem__(n, _say(e, n))) for e, n in ((e1, 1), (e2, 2))
+        ]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join()
+        assert got == alone and e1.ctx.pool.batched_rows > e1.ctx.pool.batches
+    finally:
+        e1.close()
+        e2.close()

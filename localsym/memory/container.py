@@ -16,6 +16,7 @@ import hashlib
 import json
 import os
 import struct
+import threading
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -42,7 +43,9 @@ def atomic_write(path: Path, parts: Iterable[bytes | memoryview], sync: bool = T
     """Write ``parts`` to ``path`` atomically; returns the bytes written. A full disk is a
     one-line ``BudgetError`` and leaves no temp file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    # one name per thread: two sessions of a process may write the same block (content-
+    # addressed: the same history) at once, and would truncate and rename each other's file
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     n = 0
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # sessions' text: the owner's alone

@@ -96,8 +96,8 @@ class WorkingSet:
     def reset(self) -> None:
         """The context lost this set (a context shared with other sessions gave its room
         away): start again from the sink; the next question brings its blocks back."""
-        self.hot.segments.clear()
         self.last = None
+        self.hot.truncate(0)  # and what a reset that failed midway left
         self.hot.decode("sink", self.sink)
 
     def _new_selector(self) -> Retriever:

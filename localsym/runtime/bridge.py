@@ -711,6 +711,11 @@ class Context:
         """Around a decode loop (a shared context batches the loops running at once)."""
         return contextlib.nullcontext()
 
+    def hold(self) -> contextlib.AbstractContextManager[object]:
+        """Around calls that must find the context as they left it (a context shared by
+        sessions keeps the caller's room meanwhile: runtime/context_pool.py)."""
+        return contextlib.nullcontext()
+
     def decode_sample(self, tokens: Sequence[int], positions: Sequence[int] | int, seq: int, sampler: Sampler) -> int:
         """Decode ``tokens`` (logits for the last) and sample the next token from them: one
         step, so that a shared context's other users cannot decode in between."""

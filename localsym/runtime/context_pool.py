@@ -44,6 +44,7 @@ from localsym.runtime.bridge import Cancelled, Context, Model, Sampler
 class _Step:
     """One session's next token, waiting to be decoded in the next batch."""
 
+    view: ContextView
     seq: int  # the shared context's sequence id
     token: int
     pos: int
@@ -79,7 +80,12 @@ class ContextPool:
         # decodes all of them in one batch (rows of different sequences) and samples each
         self._steps: list[_Step] = []
         self._steps_lock = threading.Condition(threading.Lock())
-        self.decoding = 0  # sessions in a decode loop now (``generating``): a batch waits for theirs
+        # views in a decode loop now (``generating``), and how many loops each: a batch waits
+        # for the step of each one that was in the last batch or joined since (``_round``); one
+        # that let a batch go without its step (its caller busy elsewhere, or a loop left
+        # suspended and never closed) is waited for again only once its next step comes
+        self._generating: dict[ContextView, int] = {}
+        self._round = 0  # batches run (or failed): a view's ``_seen`` is the round it was last expected in
         self.batches = 0  # batched decodes run, and the rows they held (for bench serve)
         self.batched_rows = 0
 
@@ -105,65 +111,91 @@ class ContextPool:
                 return
             if self._key is not None and ContextPool._pools.get(self._key) is self:
                 del ContextPool._pools[self._key]
-        self.ctx.close()
+        with self.lock:  # never under a llama.cpp call still running
+            self.ctx.close()
 
-    def step(self, seq: int, token: int, pos: int, sampler: Sampler) -> int:
+    @property
+    def decoding(self) -> int:
+        """Sessions in a decode loop now."""
+        return len(self._generating)
+
+    def _awaited(self) -> int:
+        """(holding the steps' lock) How many views a batch waits for now."""
+        return sum(1 for v in self._generating if v._seen == self._round)
+
+    def step(self, view: ContextView, seq: int, token: int, pos: int, sampler: Sampler) -> int:
         """Decode one token of sequence ``seq`` and sample the next, in one batch with the
         other sessions' tokens that are waiting at the same time (no waiting added: a
         session's token joins the batch that starts after it arrives)."""
-        mine = _Step(seq, token, pos, sampler)
+        mine = _Step(view, seq, token, pos, sampler)
         with self._steps_lock:
             self._steps.append(mine)
             self._steps_lock.notify_all()
             # the batch fills while every session in a decode loop brings its token (they come
             # a few ms apart: each samples, detokenizes and checks its stop strings first)
             end = time.monotonic() + GATHER_S
-            while not mine.done and len(self._steps) < self.decoding:
+            while not mine.done and len(self._steps) < self._awaited():
                 left = end - time.monotonic()
                 if left <= 0:
                     break
                 self._steps_lock.wait(left)
-        with self.lock:
-            if not mine.done:
-                with self._steps_lock:
-                    batch, self._steps = self._steps, []
-                self._run(batch)
+        if not mine.done:  # else another thread ran it: no wait for the lock (a prefill may hold it)
+            with self.lock:
+                if not mine.done:
+                    with self._steps_lock:
+                        batch, self._steps = self._steps, []
+                    self._run(batch)
         if mine.error is not None:
             raise mine.error
         return mine.out
 
     def _run(self, batch: list[_Step]) -> None:
-        """(holding the lock) One decode for every waiting step, then each step's sample."""
+        """(holding the lock) One decode for every waiting step, then each step's sample
+        (in ``n_batch`` pieces: only the last piece's logits survive a decode)."""
         try:
-            self.ctx.decode(
-                [b.token for b in batch], [b.pos for b in batch], [b.seq for b in batch], [True] * len(batch)
-            )
-            self.batches += 1
-            self.batched_rows += len(batch)
-            for i, b in enumerate(batch):
+            for at in range(0, len(batch), self.ctx.n_batch):
+                rows = batch[at : at + self.ctx.n_batch]
+                for b in [b for b in rows if b.view._closed]:  # closed by another thread: its slot may be another's
+                    b.error = LocalsymError("the session's context is closed")
+                    rows.remove(b)
+                if not rows:
+                    continue
                 try:
-                    b.out = b.sampler.sample(self.ctx, i)
-                except BaseException as e:  # one step's sampler fails: the others go on
-                    b.error = e
-        except BaseException as e:
-            for b in batch:
-                b.error = b.error or e
+                    self.ctx.decode(
+                        [b.token for b in rows], [b.pos for b in rows], [b.seq for b in rows], [True] * len(rows)
+                    )
+                except BaseException as e:
+                    for b in rows:
+                        b.error = e
+                    continue
+                self.batches += 1
+                self.batched_rows += len(rows)
+                for i, b in enumerate(rows):
+                    try:
+                        b.out = b.sampler.sample(self.ctx, i)
+                    except BaseException as e:  # one step's sampler fails (a grammar): the others go on
+                        b.error = e
         finally:
-            for b in batch:
-                b.done = True
             with self._steps_lock:
+                self._round += 1
+                for b in batch:
+                    b.view._seen = self._round
+                    b.done = True
                 self._steps_lock.notify_all()
 
     @contextmanager
-    def generating(self) -> Iterator[None]:
+    def generating(self, view: ContextView) -> Iterator[None]:
         """A session's decode loop runs: batches wait (a little) for its tokens."""
         with self._steps_lock:
-            self.decoding += 1
+            self._generating[view] = self._generating.get(view, 0) + 1
+            view._seen = self._round
         try:
             yield
         finally:
             with self._steps_lock:
-                self.decoding -= 1
+                n = self._generating.pop(view, 1) - 1
+                if n > 0:
+                    self._generating[view] = n
                 self._steps_lock.notify_all()
 
     def _running_cancelled(self) -> bool:
@@ -171,12 +203,16 @@ class ContextPool:
         return v is not None and v._cancel.is_set()
 
     # -- slots --------------------------------------------------------------------------
-    def _acquire(self, view: ContextView) -> bool:
-        """Make ``view`` resident and held; True when it had to be brought in (evicted or new)."""
+    def _acquire(self, view: ContextView, me: int) -> bool:
+        """Make ``view`` resident and held (by thread ``me``); True when it had to be brought
+        in (evicted or new)."""
         with self._slots:
             while True:
+                if view._closed:
+                    raise LocalsymError("the session's context is closed")
                 if view.slot is not None:
                     view.holds += 1
+                    view._owners[me] = view._owners.get(me, 0) + 1
                     view.used = time.monotonic()
                     return False
                 free = next((i for i, v in enumerate(self.resident) if v is None), None)
@@ -191,8 +227,15 @@ class ContextPool:
                     self.resident[free] = view
                     view.slot = free
                     view.holds = 1
+                    view._owners = {me: 1}
                     view.used = time.monotonic()
                     return True
+                if all(set(v._owners) <= {me} for v in self.resident if v is not None):
+                    # the views holding every slot are this thread's: waiting would never end
+                    raise LocalsymError(
+                        f"all {self.parallel} slots of the shared context are held by this thread "
+                        "(e.g. answers of other sessions left unfinished): finish or close them first"
+                    )
                 self._slots.wait()  # every resident session is in a request: wait for one to end
 
     def _evict(self, victim: ContextView) -> None:
@@ -205,13 +248,20 @@ class ContextPool:
         victim.evicted = True
         self.evictions += 1
 
-    def _unhold(self, view: ContextView) -> None:
+    def _unhold(self, view: ContextView, me: int) -> None:
         with self._slots:
             view.holds = max(0, view.holds - 1)
+            n = view._owners.pop(me, 0) - 1
+            if n > 0:
+                view._owners[me] = n
             view.used = time.monotonic()
             self._slots.notify_all()
 
     def _drop(self, view: ContextView) -> None:
+        """Give a closed view's slot back, even while another thread holds it: a call of
+        theirs running in llama.cpp ends first (the eviction takes the lock), and their next
+        one raises (``_closed`` is checked under the lock, a queued step too). Waiting for
+        them instead could wait forever (a hold left in a generator nobody closes)."""
         with self._slots:
             if view.slot is not None:
                 self._evict(view)
@@ -234,6 +284,8 @@ class ContextView:
         self.embeddings_out = False
         self.slot: int | None = None
         self.holds = 0
+        self._owners: dict[int, int] = {}  # holds by thread: a thread never waits for itself
+        self._seen = 0  # the batching round this view's decode loop was last expected in (ContextPool.step)
         self.used = 0.0
         self.evicted = False  # lost its working set since its owner last looked
         # called (holding the view) when it comes back after an eviction: the owner rebuilds
@@ -246,27 +298,36 @@ class ContextView:
     @contextmanager
     def hold(self) -> Iterator[ContextView]:
         """Keep this view resident (not evicted by another session) while the block runs."""
-        if self._closed:
-            raise LocalsymError("the session's context is closed")
-        brought = self.pool._acquire(self)
+        me = threading.get_ident()
+        self.pool._acquire(self, me)
         try:
-            if brought and self.evicted:
+            if self.evicted:
+                # its owner rebuilds what it keeps here; should that fail (a cancel), the next
+                # hold tries again rather than run on a working set that is not there
                 self.evicted = False
-                if self.on_evicted is not None:
-                    self.on_evicted()
+                try:
+                    if self.on_evicted is not None:
+                        self.on_evicted()
+                except BaseException:
+                    self.evicted = True
+                    raise
             yield self
         finally:
-            self.pool._unhold(self)
+            self.pool._unhold(self, me)
 
     def _seq(self, seq: int) -> int:
         if not 0 <= seq < self.pool.n_seq:
             raise LocalsymError(f"sequence {seq} is outside this session's {self.pool.n_seq}")
-        assert self.slot is not None
-        return self.slot * self.pool.n_seq + seq
+        slot = self.slot
+        if slot is None:  # only a close takes the slot of a view that is held
+            raise LocalsymError("the session's context is closed")
+        return slot * self.pool.n_seq + seq
 
     @contextmanager
     def _call(self) -> Iterator[None]:
         with self.hold(), self.pool.lock:
+            if self._closed:  # closed by another thread while this one waited for the lock
+                raise LocalsymError("the session's context is closed")
             self.pool._running = self
             try:
                 yield
@@ -279,9 +340,12 @@ class ContextView:
         return self.pool.ctx._ptr
 
     def close(self) -> None:
+        """Give the slot back; a call another thread is making on this view is stopped
+        (a decode running now aborts, the next call raises)."""
         if self._closed:
             return
         self._closed = True
+        self._cancel.set()  # a decode of this view running now stops at its next graph split
         self.pool._drop(self)
         self.pool._release_user()
 
@@ -311,7 +375,7 @@ class ContextView:
         return [self._seq(s) if isinstance(s, int) else [self._seq(x) for x in s] for s in seq_ids]
 
     def generating(self) -> contextlib.AbstractContextManager[None]:
-        return self.pool.generating() if self.pool.parallel > 1 else contextlib.nullcontext()
+        return self.pool.generating(self) if self.pool.parallel > 1 else contextlib.nullcontext()
 
     def decode_sample(self, tokens: Sequence[int], positions: Sequence[int] | int, seq: int, sampler: Sampler) -> int:
         if len(tokens) == 1 and self.pool.parallel > 1:  # a decoding step: batched with the others'
@@ -319,7 +383,7 @@ class ContextView:
             with self.hold():
                 if self._cancel.is_set():
                     raise Cancelled()
-                return self.pool.step(self._seq(seq), tokens[0], pos, sampler)
+                return self.pool.step(self, self._seq(seq), tokens[0], pos, sampler)
         with self._call():
             self.pool.ctx.decode(tokens, positions, self._seq(seq))
             return sampler.sample(self.pool.ctx)

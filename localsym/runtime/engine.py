@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import codecs
+import contextlib
 import re
 import threading
 import time
@@ -326,7 +327,11 @@ class Engine:
         t0 = time.perf_counter()
         stats.prompt_tokens = len(prompt)
         t1 = 0.0
+        # a context shared by sessions: held from the prompt to the last token, so that no
+        # other session takes this one's room (its sequence) between two steps
+        held = contextlib.ExitStack()
         try:
+            held.enter_context(ctx.hold())
             # decode and sample in one step: a context shared by sessions is not decoded by
             # another between the two (runtime/context_pool.py)
             tok = ctx.decode_sample(prompt, start_pos, seq, sampler)
@@ -347,6 +352,7 @@ class Engine:
         finally:
             stats.grammar_resampled = sampler.resampled
             sampler.close()
+            held.close()
         tail = decoder.decode(b"", final=True)
         if tail:
             yield tail

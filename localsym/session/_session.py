@@ -403,8 +403,11 @@ class Session:
     def held(self) -> contextlib.AbstractContextManager[object]:
         """Keep this session's room in a context it shares with other sessions (``serve
         --parallel``) through several calls; nothing where the session has its own."""
-        hold = getattr(self.engine.ctx, "hold", None)
-        return hold() if callable(hold) else contextlib.nullcontext()
+        # a cancel meant for an answer that had already ended (each operation clears it as it
+        # starts): cleared first, or the working set a shared context lost is not brought
+        # back (``on_evicted``, inside the hold) and the session fails until it is cleared
+        self.engine.ctx.clear_cancel()
+        return self.engine.ctx.hold()
 
     # -- helpers for the floors below ---------------------------------------------------------------
     def _pinned(self, tokens: np.ndarray) -> bool:
@@ -774,6 +777,7 @@ class Turn:
         pieces: list[str] = []
         decoded, decode_s = 0, 0.0  # decode steps and seconds of the parts a refresh ended
         gen = GenStats()
+        it: Iterator[str] | None = None
         try:
             while True:
                 gen = GenStats()
@@ -826,6 +830,10 @@ class Turn:
                     gen = GenStats(prompt_decoded=False, stop_reason="length")
                     break
         finally:
+            # the engine's generator ends here, not when this frame is freed (a traceback that
+            # keeps the frame would keep its hold on a shared context's slot, and its sampler)
+            if isinstance(it, Generator):
+                it.close()
             if watch is not None:
                 st.refreshes, st.refresh_checks = watch.log, watch.checks
                 assert s.working.last is not None
