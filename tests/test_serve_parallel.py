@@ -143,7 +143,9 @@ def test_parallel_serve_under_clients_at_once_then_ctrl_c_and_kill_9(home):
         got: dict[str, list[str]] = {"pe": [], "pf": []}
         streams = [
             threading.Thread(
-                target=lambda s=s: _at_once(lambda: _stream(c, s, "Name ten animals, one per line.", 40, got=got[s])),
+                target=lambda s=s: _at_once(
+                    lambda: _stream(c, s, "Count from 1 to 500, one number per line.", 400, got=got[s])
+                ),
                 daemon=True,
             )
             for s in got
@@ -156,7 +158,12 @@ def test_parallel_serve_under_clients_at_once_then_ctrl_c_and_kill_9(home):
         t0 = time.monotonic()
         server.proc.send_signal(signal.SIGINT)
         rc = server.proc.wait(60)
-        assert rc in (0, 130) and time.monotonic() - t0 < 40
+        # the running answers (400 tokens asked) were stopped at once, not waited for through
+        # uvicorn's 10 s grace, and nothing was sent to the workers once they had shut down
+        took = time.monotonic() - t0
+        assert rc in (0, 130) and took < 40, took
+        log = server.log.read_text(errors="replace")
+        assert "Traceback" not in log and "cannot schedule new futures" not in log, log[-3000:]
     finally:
         server.stop()
     for t in streams:
@@ -168,7 +175,9 @@ def test_parallel_serve_under_clients_at_once_then_ctrl_c_and_kill_9(home):
         before = {s: _whole(server, s) for s in ("pa", "pb", "pc", "pd", "pe", "pf")}
         assert len(before["pa"]) == 4 and len(before["pb"]) == 2
         assert len(before["pe"]) == len(before["pf"]) == 2
-        assert [m["content"] for m in before["pe"]] == [m["content"] for m in before["pf"]]
+        # the same question, greedy: the answer stopped first is the start of the other
+        (qe, ae), (qf, af) = ([m["content"] for m in before[x]] for x in ("pe", "pf"))
+        assert qe == qf and (ae.startswith(af) or af.startswith(ae)), (ae, af)
         # kill -9 mid-answer: the answer in flight is lost, nothing else
         killer = threading.Thread(target=lambda: _at_once(lambda: _stream(c, "pc", "Count to 50.", 200)), daemon=True)
         killer.start()

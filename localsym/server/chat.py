@@ -28,6 +28,7 @@ a restart, is reused rather than recomputed: prompt caching without a session na
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -41,6 +42,8 @@ from localsym.server.roots import allowed_path
 from localsym.server.sessions import Gone, Lease, SessionPool, sink_lost
 from localsym.server.turns import TurnRun
 from localsym.session import GenParams, LoadReport, TurnStats, set_aside
+
+log = logging.getLogger("localsym.server")
 
 
 @dataclass
@@ -232,7 +235,11 @@ class ChatRun:
                 if self.turn.stats is None:
                     self.turn.stop()
                 await self.turn.wait()
-                await self.lease.call(_record, self.lease, self.inp.question, self.turn.text, self.turn.stats)
+                if not self.lease.pool.closing:  # at shutdown the ledger keeps what it had (the turn is stored)
+                    try:
+                        await self.lease.call(_record, self.lease, self.inp.question, self.turn.text, self.turn.stats)
+                    except RuntimeError:  # the workers shut down meanwhile
+                        log.info("shutting down: the ledger entry of a turn in %s was not written", self.lease.name)
             finally:
                 await self.lease.release()
 

@@ -6,7 +6,9 @@ import errno
 import os
 import socket
 import sys
+from collections.abc import Callable
 from dataclasses import replace
+from types import FrameType
 
 import uvicorn
 
@@ -90,9 +92,22 @@ def run(settings: ServerSettings) -> None:
         build_app(state), host=settings.host, port=settings.port, log_level="warning", timeout_graceful_shutdown=10
     )
     try:
-        uvicorn.Server(config).run(sockets=[sock])
+        _Server(config, state.pool.stop_answers).run(sockets=[sock])
     finally:
         sock.close()
+
+
+class _Server(uvicorn.Server):
+    """uvicorn, stopping the answers still running at Ctrl+C (each stores itself as
+    stopped) before it waits for their requests to end: not after its 10 s grace."""
+
+    def __init__(self, config: uvicorn.Config, stop_answers: Callable[[], None]) -> None:
+        super().__init__(config)
+        self._stop_answers = stop_answers
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        self._stop_answers()
+        super().handle_exit(sig, frame)
 
 
 def _bind(host: str, port: int) -> socket.socket:

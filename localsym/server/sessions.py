@@ -110,7 +110,7 @@ class Lease:
         self.released = True
         with anyio.CancelScope(shield=True):
             e = self.entry
-            if e.ephemeral and e.session is not None:
+            if e.ephemeral and e.session is not None and not self.pool.closing:  # else close_all does it
                 await settle(self.submit(_close_and_delete, e.session, e.name))
                 e.session = None
             e.last_used = time.monotonic()
@@ -133,6 +133,7 @@ class SessionPool:
         self.opening = 0  # sessions being opened: they hold a slot already
         self.slot_waiters = 0
         self.executor = ThreadPoolExecutor(max_workers=settings.max_sessions + 4, thread_name_prefix="localsym-serve")
+        self.closing = False  # shutting down: the workers take no new work
         self._cond: asyncio.Condition | None = None
 
     @property
@@ -275,9 +276,18 @@ class SessionPool:
     def open_sessions(self) -> list[Entry]:
         return [e for e in self.entries.values() if e.session is not None]
 
+    def stop_answers(self) -> None:
+        """(any thread, a signal handler) Stop every answer running now."""
+        for e in list(self.entries.values()):
+            s = e.session
+            if s is not None:
+                s.cancel()
+
     async def close_all(self) -> None:
-        """At shutdown: let the workers finish what they run (a turn stores itself), then
-        close every session, so nothing sealed is left in flight."""
+        """At shutdown: stop the answers still running (each stores itself, as stopped), let
+        the workers finish, then close every session, so nothing sealed is left in flight."""
+        self.closing = True
+        self.stop_answers()
         await asyncio.get_running_loop().run_in_executor(None, self.executor.shutdown, True)
         for e in list(self.entries.values()):
             session, e.session = e.session, None
