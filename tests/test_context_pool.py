@@ -344,3 +344,26 @@ def test_gemma3_sessions_share_the_context_as_on_their_own(home, files, gemma_pa
     finally:
         e1.close()
         e2.close()
+
+
+def test_the_fit_plan_budgets_the_shared_context_once(home):
+    """The first engine plans the whole shared context (--parallel x -c cells); the next ones
+    on it plan nothing new (their plan's bytes are all shared), so a session more never
+    changes the cache types or asks for VRAM it will not use."""
+    opts = RunOptions(n_ctx=512, vram="cpu", parallel=2)
+    with (
+        Session.open("plan-a", "smollm2-135m", opts, CFG) as a,
+        Session.open("plan-b", "smollm2-135m", opts, CFG) as b,
+    ):
+        pa, pb = a.engine.plan, b.engine.plan
+        assert pa.n_ctx == 1024 and a.engine.ctx.n_ctx == b.engine.ctx.n_ctx == 512
+        assert a.engine.ctx.pool is b.engine.ctx.pool and a.engine.ctx.pool.ctx.n_ctx == 1024
+        assert pa.parts and all(not k.startswith("shared_") or k == "shared_weights" for k in pa.parts)
+        assert all(k.startswith("shared_") for k in pb.parts) and pb.gpu_bytes == 0
+        assert (pb.type_k, pb.type_v, pb.n_gpu_layers) == (pa.type_k, pa.type_v, pa.n_gpu_layers)
+    # beyond the model's own context in all (-c 8192 x 2 on an 8K model): still one pool
+    big = RunOptions(n_ctx=8192, vram="cpu", parallel=2)
+    with Session.open("plan-c", "smollm2-135m", big, CFG) as c:
+        assert c.engine.ctx.n_ctx == 8192 and c.engine.ctx.pool.ctx.n_ctx == 16384
+        with c.ask("Say hello.", GenParams(max_tokens=4)) as t:
+            assert t.text()

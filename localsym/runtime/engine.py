@@ -8,7 +8,7 @@ import re
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -162,13 +162,23 @@ class Engine:
             with _open_lock:
                 others = list(_open)
             beside = next((e for e in others if e._file == self._file and _asked(e.opts) == _asked(self.opts)), None)
-            self.plan = make_plan(
-                self.info,
-                self.opts,
-                expert_usage,
-                beside=beside.plan if beside is not None else None,
-                gpu_in_use=sum(e.plan.gpu_bytes for e in others),
-            )
+            mate = next((e for e in others if self._pool_mate(e, observer)), None)
+            # the cells a shared context holds: --parallel N sessions of -c tokens each
+            self.view_ctx = 0
+            if mate is not None:  # its context is ours too: nothing new to place or budget
+                self.plan = mate.plan.sharing()
+                self.view_ctx = mate.view_ctx
+            else:
+                many = self.opts.parallel > 1 and bool(self.opts.n_ctx) and observer is None
+                plan_opts = replace(self.opts, n_ctx=(self.opts.n_ctx or 0) * self.opts.parallel) if many else self.opts
+                self.plan = make_plan(
+                    self.info,
+                    plan_opts,
+                    expert_usage,
+                    beside=beside.plan if beside is not None else None,
+                    gpu_in_use=sum(e.plan.gpu_bytes for e in others),
+                )
+                self.view_ctx = self.plan.n_ctx // self.opts.parallel if many else self.plan.n_ctx
             self.model = Model.shared(
                 path, n_gpu_layers=self.plan.n_gpu_layers, n_cpu_moe=self.plan.cpu_moe_layers or self.plan.n_cpu_moe
             )
@@ -183,12 +193,26 @@ class Engine:
         eos = self.model.piece(self.model.eos, special=True).decode("utf-8", "replace") if self.model.eos >= 0 else ""
         self.template = ChatTemplate(self.model.chat_template(), bos, eos)
 
+    def _pool_mate(self, other: Engine, observer: object) -> bool:
+        """``other`` holds a view of the shared context this engine would get (same file,
+        placement asked, --parallel, -c, cache types, batch and threads)."""
+        keys = ("n_gpu_layers", "n_cpu_moe", "vram", "parallel", "n_ctx", "type_k", "type_v", "flash_attn")
+        return (
+            self.opts.parallel > 0
+            and observer is None
+            and isinstance(other.ctx, ContextView)
+            and other._file == self._file
+            and all(getattr(other.opts, k) == getattr(self.opts, k) for k in keys)
+            and (other.opts.n_seq_max, other.opts.n_batch, other.opts.n_threads)
+            == (self.opts.n_seq_max, self.opts.n_batch, self.opts.n_threads)
+        )
+
     def _open_context(self, observer) -> None:
         self.ctx: Context | ContextView
         if self.opts.parallel > 0 and observer is None:  # a routing tap sees one context's batches
             pool = ContextPool.shared(
                 self.model,
-                self.plan.n_ctx,
+                self.view_ctx,
                 self.opts.parallel,
                 self.opts.n_seq_max,
                 n_batch=self.opts.n_batch,

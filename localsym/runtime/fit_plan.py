@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -89,6 +89,15 @@ class FitPlan:
     @property
     def gpu_bytes(self) -> int:
         return sum(v for k, v in self.parts.items() if k.startswith("gpu_"))
+
+    def sharing(self) -> FitPlan:
+        """This plan for an engine on the same weights and the same shared context
+        (``serve --parallel``): the same placement, its bytes all another engine's."""
+        return replace(
+            self,
+            parts={k if k.startswith("shared_") else f"shared_{k}": v for k, v in self.parts.items()},
+            notes=[*self.notes, "shares the weights and the context of a session already open"],
+        )
 
     def as_dict(self) -> dict:
         return {
