@@ -367,3 +367,45 @@ def test_the_fit_plan_budgets_the_shared_context_once(home):
         assert c.engine.ctx.n_ctx == 8192 and c.engine.ctx.pool.ctx.n_ctx == 16384
         with c.ask("Say hello.", GenParams(max_tokens=4)) as t:
             assert t.text()
+
+
+def test_a_long_prompt_is_decoded_in_pieces_while_another_session_decodes(smol_path):
+    """While a session is in its decode loop, another one's long prompt goes in
+    PREFILL_CHUNK pieces with the first one's steps between them (not one long hold of the
+    lock), and both answers are the ones each gives alone."""
+    e1, e2 = _engines(smol_path, 2)
+    long_text = "Here is a list of harbours: " + ", ".join(f"harbour number {i}" for i in range(60)) + "."
+    try:
+        long_prompt = e2.chat_tokens([{"role": "user", "content": long_text + " Name the first one."}])
+        assert len(long_prompt) > 2 * context_pool.PREFILL_CHUNK
+
+        def answer_long() -> str:
+            e2.ctx.seq_rm(0)
+            return "".join(e2.generate(long_prompt, 0, GenParams(max_tokens=8)))
+
+        alone = {1: _say(e1, 1, tokens=60), 2: answer_long()}
+        pool = e1.ctx.pool
+        steps_before = pool.batches
+        calls: list[int] = []  # rows of each llama_decode on the shared context, in order
+        real = pool.ctx.decode
+
+        def counted(tokens, *args, **kw):
+            calls.append(len(tokens))
+            return real(tokens, *args, **kw)
+
+        pool.ctx.decode = counted  # type: ignore[method-assign]
+        got: dict[int, str] = {}
+        t1 = threading.Thread(target=lambda: got.__setitem__(1, _say(e1, 1, tokens=60)))
+        t1.start()
+        while pool.decoding == 0 and t1.is_alive():  # e1 is in its decode loop
+            time.sleep(0.001)
+        got[2] = answer_long()  # its prompt in pieces, e1's steps between them
+        t1.join()
+        assert got == alone
+        assert pool.batches > steps_before
+        pieces = [i for i, n in enumerate(calls) if n == context_pool.PREFILL_CHUNK]
+        assert len(pieces) >= 2, calls  # the long prompt went in pieces...
+        assert any(calls[i] == 1 for i in range(pieces[0], pieces[-1])), calls  # ...with e1's steps between
+    finally:
+        e1.close()
+        e2.close()

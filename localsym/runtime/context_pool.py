@@ -54,6 +54,7 @@ class _Step:
     done: bool = False
 
 
+PREFILL_CHUNK = 128  # tokens of a prompt decoded at a time while other sessions are decoding
 GATHER_S = 0.004  # how long a batch waits at most for the other decoding sessions' tokens
 
 
@@ -366,8 +367,20 @@ class ContextView:
         seq_ids: Sequence[int] | int = 0,
         logits: str | Sequence[bool] = "last",
     ) -> None:
+        if logits == "none" and isinstance(positions, int) and isinstance(seq_ids, int):
+            n, c = len(tokens), self._chunk(len(tokens))
+            for a in range(0, n, c):  # others' decoding steps run between the pieces
+                with self._call():
+                    self.pool.ctx.decode(tokens[a : a + c], positions + a, self._seq(seq_ids), "none")
+            return
         with self._call():
             self.pool.ctx.decode(tokens, positions, self._map(seq_ids, len(tokens)), logits)
+
+    def _chunk(self, n: int) -> int:
+        """How much of a long prompt to decode in one call: all of it, unless other sessions
+        are in a decode loop (then PREFILL_CHUNK tokens, so that their steps wait for one
+        piece, not for the whole prompt: llama.cpp's server interleaves prefills alike)."""
+        return PREFILL_CHUNK if self.pool.parallel > 1 and self.pool.decoding > 0 else max(n, 1)
 
     def _map(self, seq_ids: Sequence[int] | int, n: int) -> Any:
         if isinstance(seq_ids, int):
@@ -384,6 +397,11 @@ class ContextView:
                 if self._cancel.is_set():
                     raise Cancelled()
                 return self.pool.step(self, self._seq(seq), tokens[0], pos, sampler)
+        c = self._chunk(len(tokens))
+        if isinstance(positions, int) and len(tokens) > c:
+            head = (len(tokens) - 1) // c * c  # the last piece (1 to c tokens) is decoded with the sample
+            self.decode(tokens[:head], positions, seq, "none")  # in pieces, others' steps between
+            tokens, positions = tokens[head:], positions + head
         with self._call():
             self.pool.ctx.decode(tokens, positions, self._seq(seq))
             return sampler.sample(self.pool.ctx)
