@@ -210,7 +210,12 @@ def soak(
         ok = (
             (isinstance(status, int) and (status in (200, 503) if kind.startswith("good") else 400 <= status < 500))
             # a body past the limit may be refused before it is all sent: the refusal is the point
-            or (kind == "huge" and status in ("ConnectionResetError", "BrokenPipeError", "RemoteDisconnected"))
+            # (the 413 can arrive cut short too: the server closes with the body's rest unread,
+            # and the reset that follows may overtake the answer's last bytes)
+            or (
+                kind == "huge"
+                and status in ("ConnectionResetError", "BrokenPipeError", "RemoteDisconnected", "IncompleteRead")
+            )
         )
         with lock:
             by_kind.setdefault(kind, Counter())[str(status)] += 1
