@@ -123,8 +123,10 @@ def test_closing_a_session_gives_its_slot_back_and_the_last_frees_the_context(ho
     a = Session.open("slot-a", "smollm2-135m", opts, CFG)
     pool = a.engine.ctx.pool
     assert isinstance(pool, ContextPool) and pool.resident[0] is a.engine.ctx
+    assert a.status().hot_tokens > 0
     b = Session.open("slot-b", "smollm2-135m", opts, CFG)  # its sink evicts a
     assert pool.resident[0] is b.engine.ctx and pool.evictions == 1
+    assert a.status().hot_tokens == 0 < b.status().hot_tokens  # a holds nothing in the context now
     b.close()
     assert pool.resident == [None] and pool.users == 1 and pool.ctx._ptr
     with a.ask("Say hello.", GenParams(max_tokens=4)) as t:  # a comes back into the free slot

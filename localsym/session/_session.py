@@ -342,7 +342,8 @@ class Session:
 
     def status(self) -> SessionStatus:
         info, plan = self.engine.info, self.engine.plan
-        hot = self.working.hot.n_tokens
+        # a session whose room in a shared context went to another holds nothing there now
+        hot = 0 if getattr(self.engine.ctx, "evicted", False) else self.working.hot.n_tokens
         u = self.store.usage()
         summary = {
             "name": info.name,
