@@ -155,6 +155,17 @@ def _say(e: Engine, n: int, tokens: int = 12, **kw) -> str:
     return "".join(e.generate(_prompt(e, n), 0, GenParams(max_tokens=tokens, **kw)))
 
 
+def _both_at_once(e1: Engine, e2: Engine) -> dict[int, str]:
+    """Each engine's answer (``_say``), the two asked from two threads at once."""
+    got: dict[int, str] = {}
+    threads = [threading.Thread(target=lambda e=e, n=n: got.__setitem__(n, _say(e, n))) for e, n in ((e1, 1), (e2, 2))]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    return got
+
+
 def test_engines_on_one_slot_keep_their_room_from_prompt_to_last_token(smol_path):
     """Engine.generate holds its view: another engine's steps wait for the slot instead of
     evicting it between two steps (which left each answer decoding into an empty sequence:
@@ -164,14 +175,7 @@ def test_engines_on_one_slot_keep_their_room_from_prompt_to_last_token(smol_path
     try:
         alone = {1: _say(e1, 1), 2: _say(e2, 2)}
         assert alone[1] and alone[2]
-        got: dict[int, str] = {}
-        threads = [
-            threading.Thread(target=lambda e=e, n=n: got.__setitem__(n, _say(e, n))) for e, n in ((e1, 1), (e2, 2))
-        ]
-        for th in threads:
-            th.start()
-        for th in threads:
-            th.join()
+        got = _both_at_once(e1, e2)
         assert got == alone
         e1.ctx.seq_rm(0)
         g1 = e1.generate(_prompt(e1, 1), 0, GenParams(max_tokens=12))
@@ -334,14 +338,7 @@ def test_gemma3_sessions_share_the_context_as_on_their_own(home, files, gemma_pa
     e1, e2 = _engines(gemma_path, 2)
     try:
         alone = {1: _say(e1, 1), 2: _say(e2, 2)}
-        got: dict[int, str] = {}
-        threads = [
-            threading.Thread(target=lambda e=e, n=n: got.__setitem__(n, _say(e, n))) for e, n in ((e1, 1), (e2, 2))
-        ]
-        for th in threads:
-            th.start()
-        for th in threads:
-            th.join()
+        got = _both_at_once(e1, e2)
         assert got == alone and e1.ctx.pool.batched_rows > e1.ctx.pool.batches
     finally:
         e1.close()

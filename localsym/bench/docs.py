@@ -286,7 +286,8 @@ def asked_targets(paras: list[Paragraph], poppler: dict[str, list[set[str]] | No
             (
                 d
                 for d, ps in docs.items()
-                if (Path(d).name == q.doc or (Path(d).name.startswith(q.doc) and q.doc.find(".") < 0))
+                # a full file name, or a stem's start (``ledger3`` for ``ledger3-p1-24.pdf``)
+                if (Path(d).name == q.doc or ("." not in q.doc and Path(d).name.startswith(q.doc)))
                 and any(q.marker in p.text for p in ps[:50])
             ),
             None,

@@ -196,7 +196,7 @@ def _decode_rate(url: str, clients: int, gen: int) -> dict[str, Any]:
     def client(i: int) -> tuple[float, float, int]:
         with httpx.Client(timeout=600) as c:
             t0 = time.perf_counter()
-            r = _ask(c, url, sessions[i], [{"role": "user", "content": STORY.format(i=i)}], gen)
+            r = _ask(c, url, sessions[i], [{"role": "user", "content": STORY}], gen)
         n = int(r["info"].get("completion_tokens") or len(r["text"].split()))
         return t0 + r["ttft_s"], t0 + r["seconds"], n
 

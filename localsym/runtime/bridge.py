@@ -113,6 +113,11 @@ class ModelKey:
     vocab_only: bool
     use_mmap: bool
 
+    @property
+    def file(self) -> tuple[str, int, int, int, int]:
+        """Which file, as it is now (path, device, inode, size, mtime): the same weights."""
+        return (self.path, self.dev, self.ino, self.size, self.mtime_ns)
+
     @classmethod
     def of(
         cls,
@@ -216,11 +221,10 @@ class Model:
         now (a new use of it: ``close()`` gives it back); None otherwise. A second context on
         the weights already in memory (the embedding context beside the chat sessions)
         needs no placement of its own."""
-        f = ModelKey.of(path)
+        f = ModelKey.of(path).file
         with _shared_lock:
             for k, m in _shared.items():
-                same = (k.path, k.dev, k.ino, k.size, k.mtime_ns) == (f.path, f.dev, f.ino, f.size, f.mtime_ns)
-                if same and not k.vocab_only and m._ptr is not None:
+                if k.file == f and not k.vocab_only and m._ptr is not None:
                     m._users += 1
                     return m
         return None

@@ -96,7 +96,7 @@ class ContextPool:
         key = (model.address, n_ctx, parallel, n_seq, tuple(sorted(ctx_kwargs.items())))
         with cls._pools_lock:
             pool = cls._pools.get(key)
-            if pool is None or pool.ctx is None:
+            if pool is None:  # a pool whose last user left is no longer listed
                 pool = cls._pools[key] = cls(model, n_ctx, parallel, n_seq, **ctx_kwargs)
                 pool._key = key
             pool.users += 1
@@ -204,18 +204,16 @@ class ContextPool:
         return v is not None and v._cancel.is_set()
 
     # -- slots --------------------------------------------------------------------------
-    def _acquire(self, view: ContextView, me: int) -> bool:
-        """Make ``view`` resident and held (by thread ``me``); True when it had to be brought
-        in (evicted or new)."""
+    def _acquire(self, view: ContextView, me: int) -> None:
+        """Make ``view`` resident and held (by thread ``me``)."""
         with self._slots:
             while True:
                 if view._closed:
                     raise LocalsymError("the session's context is closed")
                 if view.slot is not None:
-                    view.holds += 1
                     view._owners[me] = view._owners.get(me, 0) + 1
                     view.used = time.monotonic()
-                    return False
+                    return
                 free = next((i for i, v in enumerate(self.resident) if v is None), None)
                 if free is None:
                     idle = [v for v in self.resident if v is not None and v.holds == 0]
@@ -227,10 +225,9 @@ class ContextPool:
                 if free is not None:
                     self.resident[free] = view
                     view.slot = free
-                    view.holds = 1
                     view._owners = {me: 1}
                     view.used = time.monotonic()
-                    return True
+                    return
                 if all(set(v._owners) <= {me} for v in self.resident if v is not None):
                     # the views holding every slot are this thread's: waiting would never end
                     raise LocalsymError(
@@ -251,7 +248,6 @@ class ContextPool:
 
     def _unhold(self, view: ContextView, me: int) -> None:
         with self._slots:
-            view.holds = max(0, view.holds - 1)
             n = view._owners.pop(me, 0) - 1
             if n > 0:
                 view._owners[me] = n
@@ -284,7 +280,6 @@ class ContextView:
         self.n_threads = ctx.n_threads
         self.embeddings_out = False
         self.slot: int | None = None
-        self.holds = 0
         self._owners: dict[int, int] = {}  # holds by thread: a thread never waits for itself
         self._seen = 0  # the batching round this view's decode loop was last expected in (ContextPool.step)
         self.used = 0.0
@@ -296,6 +291,11 @@ class ContextView:
         self._closed = False
 
     # -- holding ------------------------------------------------------------------------
+    @property
+    def holds(self) -> int:
+        """Holds on this view now, all threads together (0: it may be evicted)."""
+        return sum(self._owners.values())
+
     @contextmanager
     def hold(self) -> Iterator[ContextView]:
         """Keep this view resident (not evicted by another session) while the block runs."""

@@ -156,8 +156,7 @@ class Engine:
         header = read_header(path)
         check_complete(header)
         self.info = model_info(path, header)
-        file = ModelKey.of(path)
-        self._file = (file.path, file.dev, file.ino, file.size, file.mtime_ns)
+        self._file = ModelKey.of(path).file
         with _placing:
             with _open_lock:
                 others = list(_open)
