@@ -42,6 +42,7 @@ class EmbedService:
         self.settings, self.pool = settings, pool
         self.embedder: Embedder | None = None
         self.waiting = 0
+        self.admitted = 0  # requests running or waiting
         self._lock: asyncio.Lock | None = None
 
     @property
@@ -77,8 +78,17 @@ class EmbedService:
         """``work(embedder)`` in a worker thread once every earlier request is done; with
         the seconds spent opening the context first (0 when it was open). Raises ApiError
         (503 when too many wait) or ClientGone (the client left: the work is stopped)."""
-        if (self.lock.locked() or self.waiting) and self.waiting >= self.settings.queue:
+        # one request runs and ``queue`` wait, counted from admission to the end: the lock
+        # alone misses a request granted it but not yet resumed (a burst refused one too many)
+        if self.admitted > self.settings.queue:
             raise self.pool.busy("the embedding context is busy")
+        self.admitted += 1
+        try:
+            return await self._run(work, gone)
+        finally:
+            self.admitted -= 1
+
+    async def _run(self, work: Callable[[Embedder], T], gone: Gone) -> tuple[T, float]:
         self.waiting += 1
         try:
             await _lock(self.lock, gone)
@@ -113,7 +123,7 @@ class EmbedService:
     async def close_idle(self) -> bool:
         """Ollama's ``keep_alive: 0``: free the context (and its use of the weights) unless
         a request holds or waits for it. Whether it was closed."""
-        if self.embedder is None or self.lock.locked() or self.waiting:
+        if self.embedder is None or self.admitted:
             return False
         async with self.lock:
             emb, self.embedder = self.embedder, None

@@ -45,6 +45,7 @@ class Entry:
     ledger: Ledger | None = None
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     waiting: int = 0
+    admitted: int = 0  # requests holding or waiting for the session, from admission to release
     last_used: float = 0.0
     opened_at: float = 0.0
     hot_capacity: int = 0
@@ -115,6 +116,7 @@ class Lease:
                 e.session = None
             e.last_used = time.monotonic()
             e.lock.release()
+            e.admitted -= 1
             await self.pool.idle(e)
 
 
@@ -170,16 +172,18 @@ class SessionPool:
         entry = self.entries.get(name)
         if entry is None:
             entry = self.entries[name] = Entry(name, ephemeral)
-        # one request runs and ``queue`` wait: ``waiting`` counts every request not yet
-        # holding the session, the one about to take a free lock among them (a burst that
-        # arrives before the first holds it, or the next one just woken by a release)
-        if entry.waiting + entry.lock.locked() > self.settings.queue:
+        # one request runs and ``queue`` wait, counted from admission to release: the lock's
+        # state misses a request granted the lock but not yet resumed (a burst refused one
+        # too many) and counts an eviction's brief hold as a request
+        if entry.admitted > self.settings.queue:
             raise self.busy(f"session {name!r} is busy")
+        entry.admitted += 1
         entry.waiting += 1
         try:
             await _lock(entry.lock, gone)
         except BaseException:
             entry.waiting -= 1
+            entry.admitted -= 1
             with anyio.CancelScope(shield=True):
                 await self.idle(entry)
             raise
@@ -189,6 +193,7 @@ class SessionPool:
                 await self._open(entry, system, gone)
         except BaseException:
             entry.lock.release()
+            entry.admitted -= 1
             with anyio.CancelScope(shield=True):
                 await self.idle(entry)
             raise
