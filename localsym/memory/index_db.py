@@ -86,7 +86,16 @@ def _v5() -> str:
     """
 
 
-MIGRATIONS = [_v1, _v2, _v3, _v4, _v5]
+def _v6() -> str:
+    # the semantic signal (memory/semantic.py): each document block's static embedding, f16,
+    # with a checksum. Blocks from before v6 get theirs from their exact tokens on first use.
+    return """
+        ALTER TABLE blocks ADD COLUMN sem BLOB;
+        ALTER TABLE blocks ADD COLUMN sem_crc INTEGER;
+    """
+
+
+MIGRATIONS = [_v1, _v2, _v3, _v4, _v5, _v6]
 LEX_TABLE = "lexical"
 _ACTIVE_DOCS = "FROM blocks b JOIN docs d ON d.id = b.doc_id WHERE d.active = 1 AND d.kind != 'turn'"
 
@@ -267,11 +276,13 @@ class IndexDB:
         label: str | None = None,
         pages: tuple[int, int] | None = None,
         words: tuple[str, str] | None = None,
+        sem: bytes | None = None,
     ) -> int:
         """One block's row; ``sketch``: its (row, crc32) in the session's sketch file;
         ``postings``: also index its distinct tokens (document blocks), in the same
         transaction, so a block is selectable by its tokens exactly when its row exists;
-        ``words``: its text and its file's name for the lexical index (same transaction)."""
+        ``words``: its text and its file's name for the lexical index (same transaction);
+        ``sem``: its semantic vector (f16 bytes)."""
         blob = np.asarray(tokens, np.int32).tobytes()
         row, crc = sketch if sketch is not None else (None, None)
         l0, l1 = lines if lines is not None else (None, None)
@@ -279,8 +290,8 @@ class IndexDB:
         with self._tx():
             cur = self.db.execute(
                 "INSERT INTO blocks(doc_id, idx, key, pos0, n_tokens, tokens, created, attn, tokens_crc, "
-                "sketch_row, sketch_crc, indexed, line0, line1, label, page0, page1, lexed) "
-                "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                "sketch_row, sketch_crc, indexed, line0, line1, label, page0, page1, lexed, sem, sem_crc) "
+                "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (
                     doc_id,
                     idx,
@@ -300,6 +311,8 @@ class IndexDB:
                     p0,
                     p1,
                     1 if words is not None else None,
+                    sem,
+                    None if sem is None else zlib.crc32(sem),
                 ),
             )
             assert cur.lastrowid is not None  # set by every INSERT
@@ -419,12 +432,13 @@ class IndexDB:
 
     def catalog(self) -> dict[str, np.ndarray | list]:
         """What selection needs of every active document block, without their tokens: ids,
-        documents, sizes, keys, sketch rows and checksums, whether indexed, attention keys."""
+        documents, sizes, keys, sketch rows and checksums, whether indexed, attention keys,
+        semantic vectors."""
         rows = self.db.execute(
-            "SELECT b.id, b.doc_id, b.n_tokens, b.sketch_row, b.sketch_crc, b.indexed, b.key, b.attn "
-            f"{_ACTIVE_DOCS} ORDER BY b.doc_id, b.idx"
+            "SELECT b.id, b.doc_id, b.n_tokens, b.sketch_row, b.sketch_crc, b.indexed, b.key, b.attn, "
+            f"b.sem, b.sem_crc {_ACTIVE_DOCS} ORDER BY b.doc_id, b.idx"
         ).fetchall()
-        cols = list(zip(*rows)) if rows else [()] * 8
+        cols = list(zip(*rows)) if rows else [()] * 10
 
         def ints(c: tuple, missing: int = -1) -> np.ndarray:
             return np.array([missing if v is None else v for v in c], np.int64)
@@ -438,7 +452,16 @@ class IndexDB:
             "indexed": ints(cols[5], 0).astype(bool),
             "keys": list(cols[6]),
             "attn": list(cols[7]),
+            # a semantic vector whose checksum fails reads as missing: rebuilt from the tokens
+            "sem": [v if v is not None and c == zlib.crc32(v) else None for v, c in zip(cols[8], cols[9])],
         }
+
+    def set_sem(self, items: list[tuple[int, bytes]]) -> None:
+        """Semantic vectors of blocks written before v6 (or found damaged): (id, f16 bytes) each."""
+        with self._tx():
+            self.db.executemany(
+                "UPDATE blocks SET sem = ?, sem_crc = ? WHERE id = ?", [(v, zlib.crc32(v), bid) for bid, v in items]
+            )
 
     def df(self, tokens: list[int]) -> dict[int, int]:
         out: dict[int, int] = {}

@@ -28,7 +28,7 @@ import numpy as np
 
 from kernels_numba import fhrr
 from localsym.errors import BudgetError, LocalsymError
-from localsym.memory import attention_keys, fusion, lexical
+from localsym.memory import attention_keys, fusion, lexical, semantic
 from localsym.memory.index_db import BlockRow, IndexDB
 from localsym.memory.phrases import Word, assigned_names, boundary_ok, key_shaped, texts_of, words
 from localsym.memory.pinning import needle_like
@@ -289,6 +289,9 @@ class Retriever:
         self._words_of: dict[int, tuple[str, list[int], list[Word]]] = {}  # block -> its text, offsets, words
         # questions in words: the lexical signal, fused with the others (memory/fusion.py)
         self._lex: lexical.LexicalIndex | None = None  # in memory; a session's lives in its SQLite
+        # the semantic signal: each block's static embedding (memory/semantic.py), in block order
+        self._sem_rows: list[np.ndarray] = []
+        self._sem_m: np.ndarray | None = None
         self.weights = dict(fusion.WEIGHTS)
         self.k_max, self.margin = fusion.K_MAX, fusion.MARGIN
         self.last_fused = fusion.Fused()
@@ -327,6 +330,26 @@ class Retriever:
                 self._lex = lexical.LexicalIndex(sqlite3.connect(":memory:", check_same_thread=False))
             text = texts_of(block.tokens.tolist(), self._piece)[0]
             self._lex.add(len(self._blocks) - 1, text, short_path(block.source), (block.label,) if block.label else ())
+            self._sem_add(semantic.vectors([text]))
+
+    def _sem_add(self, v: np.ndarray | None) -> None:
+        """One more block's semantic vector; without one (the signal off) the rows stop
+        matching the blocks and the signal stays silent."""
+        if v is not None and len(self._sem_rows) == self._count() - 1:
+            self._sem_rows.append(v.reshape(semantic.DIM))
+            self._sem_m = None
+
+    def _semantic(self, question: Sequence[int]) -> fusion.Signal | None:
+        """Blocks by the question's meaning (memory/semantic.py): (block numbers, scores)."""
+        if self._piece_fn is None or self.weights.get("semantic", 0.0) <= 0 or len(self._sem_rows) != self._count():
+            return None
+        text = semantic.question_text(texts_of([int(t) for t in question], self._piece)[0])
+        q = semantic.vectors([text]) if text else None
+        if q is None:
+            return None
+        if self._sem_m is None:
+            self._sem_m = np.stack(self._sem_rows) if self._sem_rows else np.zeros((0, semantic.DIM), np.float16)
+        return semantic.scores(self._sem_m, q[0])
 
     def _lexical(self, terms: list[str], limit: int) -> tuple[np.ndarray, np.ndarray]:
         """Blocks by BM25 over their words: (block numbers, scores), best first."""
@@ -632,6 +655,9 @@ class Retriever:
         terms = self.question_terms(question)
         if terms:
             signals["lexical"] = self._lexical(terms, LEX_POOL)
+        sem = self._semantic(question)
+        if sem is not None and len(sem[0]):
+            signals["semantic"] = sem
         if hits:
             signals["rare"] = (list(hits), [hits[b] for b in hits])
         q_tokens = np.asarray(list(dict.fromkeys(question)), np.int64)
@@ -640,8 +666,10 @@ class Retriever:
         # the sketch (a bag of the question's tokenizer pieces) is a blurred copy of the
         # lexical signal where that one has words to go by, and fused with it it lost blocks
         # (bench code: source hit 0.78 without it, 0.70 with it at 0.35): it speaks only when
-        # the words found nothing (a question in a script the lexical index does not split)
-        if keep.any() and not len(signals.get("lexical", ((),))[0]):
+        # the words found nothing (a question in a script the lexical index does not split),
+        # and neither did the meaning: beside the semantic signal it only adds token-overlap
+        # noise (a question on retries sent to colour code that shared its brackets)
+        if keep.any() and not len(signals.get("lexical", ((),))[0]) and "semantic" not in signals:
             q = self._last_q = self.sketches.sketch(q_tokens[keep], weights[keep])
             signals["sketch"] = self.search(q, q_tokens[keep], SKETCH_POOL)
         if query is not None and self.has_keys:
@@ -953,6 +981,7 @@ class StoredRetriever(Retriever):
         self._docs = np.asarray(cat["doc_ids"], np.int64)[keep]
         self._lens = np.asarray(cat["n_tokens"], np.int64)[keep]
         self._keys_of = [k for k, kp in zip(cat["keys"], keep.tolist()) if kp]
+        self._sem_load(ids, [v for v, kp in zip(cat["sem"], keep.tolist()) if kp])
         self.sketches.load(m)
         self._token_cache.clear()
         self._words_of.clear()
@@ -963,6 +992,35 @@ class StoredRetriever(Retriever):
             for n, a in enumerate((a for a, kp in zip(cat["attn"], keep.tolist()) if kp), start=1):
                 self._add_keys(n, a)
         self._loaded = True
+
+    def _sem_load(self, ids: np.ndarray, stored: list[bytes | None]) -> None:
+        """The blocks' semantic vectors; those missing (blocks from before them) or failing
+        their checksum are made from the exact tokens and written back (on a disk that
+        takes no writes, kept in memory)."""
+        self._sem_rows, self._sem_m = [], None
+        if self._piece_fn is None:
+            return
+        rows: list[np.ndarray | None] = [
+            np.frombuffer(v, np.float16) if v is not None and len(v) == 2 * semantic.DIM else None for v in stored
+        ]
+        todo = [i for i, r in enumerate(rows) if r is None]
+        for a in range(0, len(todo), 256):
+            part = todo[a : a + 256]
+            got = self.db.rows([int(ids[i]) for i in part])
+            toks = [got[int(ids[i])].tokens.tolist() if int(ids[i]) in got else [] for i in part]
+            texts = [texts_of(t, self._piece)[0] for t in toks]
+            vecs = semantic.vectors(texts)
+            if vecs is None:
+                return  # the signal is off: it stays silent
+            for i, v in zip(part, vecs):
+                rows[i] = v
+            try:
+                self.db.set_sem([(int(ids[i]), v.tobytes()) for i, v in zip(part, vecs)])
+            except (LocalsymError, OSError, sqlite3.Error) as e:
+                log.warning("%s: could not save %d semantic vectors (%s): kept in memory", self.db.path, len(part), e)
+        if todo:
+            log.info("%s: the semantic vectors of %d blocks made from their exact tokens", self.db.path, len(todo))
+        self._sem_rows = [r for r in rows if r is not None]
 
     def _lex_missing(self) -> None:
         """Put the words of blocks indexed before the lexical index (or after it was found
@@ -1053,6 +1111,8 @@ class StoredRetriever(Retriever):
         self.pointers.n_blocks = len(self._ids)
         self.sketches.add_vector(self.sketches.block_vector(block.tokens) if vector is None else vector)
         self._add_keys(len(self._ids), block.attn)
+        if self._piece_fn is not None:
+            self._sem_add(semantic.vectors([texts_of(block.tokens.tolist(), self._piece)[0]]))
 
     @property
     def has_keys(self) -> bool:

@@ -38,6 +38,7 @@ from localsym.document_chunks import chunk_document
 from localsym.documents import Document, DocumentError, ExtractionCache, document_kind, extract
 from localsym.errors import BudgetError, LocalsymError
 from localsym.ingest import walk
+from localsym.memory import semantic
 from localsym.memory.block_store import BlockStore, Sealed
 from localsym.memory.hot import N_SEQ
 from localsym.memory.index_db import BlockRow, IndexDB
@@ -497,9 +498,22 @@ class Session:
                 tokens = np.asarray(parts[j], np.int32)
                 ((vec, sk),) = selector.persist([tokens])  # its sketch row first, then its index row
                 words_ = (eng.model.detokenize(parts[j]), short)
+                sem = semantic.vectors([words_[0]])
                 with _writing(self.db.path):
                     bid = self.db.add_block(
-                        doc_id, j, keys[j], pos0, parts[j], attn, sk, lines[j], True, labels[j], pages[j], words_
+                        doc_id,
+                        j,
+                        keys[j],
+                        pos0,
+                        parts[j],
+                        attn,
+                        sk,
+                        lines[j],
+                        True,
+                        labels[j],
+                        pages[j],
+                        words_,
+                        None if sem is None else sem[0].tobytes(),
                     )
                 row = BlockRow(bid, doc_id, j, keys[j], pos0, tokens, kind, source, attn, lines[j], labels[j], pages[j])
                 rows.append(row)

@@ -1,0 +1,82 @@
+"""The semantic signal: WordLlama's static embeddings read from its wheel (no network), the
+question's asking words left out, scores taken above the median block, and a real SmolLM2
+session finding code that shares no word with the question (the lexical signal finds
+nothing there), chosen by "semantic"."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import numpy as np
+
+from localsym.memory import semantic
+from localsym.memory.lexical import LexicalIndex, query_terms
+from localsym.runtime.engine import GenParams, RunOptions
+from localsym.session import Session, SessionConfig
+
+FILES = {
+    "bytecode.py": "def dump_bytecode(self, f):\n    if self.code is None:\n"
+    "        raise TypeError('can not dump code')\n    f.write(bc_magic)\n    marshal.dump(self.code, f)\n",
+    "cookies.py": "def list_domains(self):\n    domains = []\n    for cookie in iter(self):\n"
+    "        if cookie.domain not in domains:\n            domains.append(cookie.domain)\n    return domains\n",
+    "colors.py": "def blend_rgb(a, b, t):\n    r = a[0] + (b[0] - a[0]) * t\n    g = a[1] + (b[1] - a[1]) * t\n"
+    "    return (r, g, a[2])\n",
+    "retry.py": "def backoff_delay(attempt, base=0.5, cap=30):\n    delay = base * 2 ** attempt\n"
+    "    return min(cap, delay + random.random())\n",
+    "paths.py": "def ensure_parent_dir(path):\n    parent = os.path.dirname(path)\n    if parent:\n"
+    "        os.makedirs(parent, exist_ok=True)\n",
+}
+# questions that share no word with their code: BM25 finds nothing for either
+ASKED = {
+    "Which function saves compiled code into an open stream?": "bytecode.py",
+    "How long should the program wait before trying again after a failure?": "retry.py",
+}
+
+
+def test_the_embedder_loads_from_the_wheel_and_gives_unit_vectors():
+    v = semantic.vectors(["def dump_bytecode(self, f): marshal.dump(self.code, f)", "", "the weather is fine"])
+    assert v is not None and v.shape == (3, semantic.DIM) and v.dtype == np.float16
+    norms = np.linalg.norm(v.astype(np.float32), axis=1)
+    assert np.allclose(norms[[0, 2]], 1.0, atol=1e-2) and norms[1] == 0  # no tokens: zeros
+
+
+def test_the_question_keeps_what_it_is_about():
+    q = "Which function in this code does the following: write the bytecode to a file? Answer with the function's name."
+    assert semantic.question_text(q) == "write bytecode file"
+
+
+def test_scores_are_the_cosine_above_the_median_block():
+    m = np.eye(4, semantic.DIM, dtype=np.float16)
+    q = np.zeros(semantic.DIM, np.float32)
+    q[2], q[0] = 0.8, 0.6
+    ids, s = semantic.scores(m, q)
+    assert ids.tolist() == [2, 0] and np.allclose(s, [0.5, 0.3], atol=1e-3)  # median 0.3; rows at it drop out
+    assert semantic.scores(np.zeros((0, semantic.DIM), np.float16), q)[0].size == 0
+
+
+def test_static_vectors_find_what_bm25_cannot():
+    names = list(FILES)
+    m = semantic.vectors([FILES[n] for n in names])
+    assert m is not None
+    lex = LexicalIndex(sqlite3.connect(":memory:"))
+    for i, n in enumerate(names):
+        lex.add(i, FILES[n], n)
+    for q, want in ASKED.items():
+        assert lex.search(query_terms(q), 3) == []
+        qv = semantic.vectors([semantic.question_text(q)])
+        assert qv is not None
+        assert names[int(semantic.scores(m, qv[0])[0][0])] == want
+
+
+def test_a_session_finds_code_by_meaning_and_says_so(home, tmp_path):
+    for name, text in FILES.items():
+        (tmp_path / name).write_text(text)
+    cfg = SessionConfig(block_tokens=64, working_set_tokens=384, system="")
+    with Session.open("sem", "smollm2-135m", RunOptions(n_ctx=2048, vram="cpu"), cfg) as s:
+        s.load(str(tmp_path))
+        for q, want in ASKED.items():
+            with s.ask(q, GenParams(max_tokens=4)) as turn:
+                turn.text()
+            chosen = [x for x in turn.stats.sources if x.get("signal") != "refresh"]
+            best = max(chosen, key=lambda x: x["score"])
+            assert best["path"].endswith(want) and best["signal"] == "semantic", chosen
