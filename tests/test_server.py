@@ -3,6 +3,7 @@ packages) and a real uvicorn server in a subprocess, on SmolLM2."""
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import socket
@@ -509,6 +510,20 @@ def test_body_too_large_is_413(server):
     assert r.status_code == 413 and r.json()["error"]["code"] == "request_too_large"
     r = httpx.post(f"{server.url}/api/chat", content=big, timeout=60)
     assert r.status_code == 413 and "larger than" in r.json()["error"]
+    # chunked (no Content-Length): refused once past the limit
+    r = httpx.post(
+        f"{server.url}/v1/chat/completions", content=iter([big[i : i + 2**20] for i in range(0, len(big), 2**20)])
+    )
+    assert r.status_code == 413
+    # a client that writes the whole body before reading (http.client, as curl does) reads
+    # the 413, not a connection reset (uvicorn reads a refused body's rest: measured up to
+    # 100 MiB, 5 of 5 each, so no drain of our own)
+    for _ in range(3):
+        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
+        conn.request("POST", "/v1/chat/completions", body=big, headers={"Content-Type": "application/json"})
+        resp = conn.getresponse()
+        assert resp.status == 413 and b"request_too_large" in resp.read()
+        conn.close()
 
 
 def test_serve_without_the_extra_says_so_in_one_line(monkeypatch):

@@ -183,7 +183,10 @@ def _add_code(sub) -> None:
     s.add_argument("--window", type=int, default=30, help="lines per BM25 baseline window")
     s.add_argument("--block", type=int, default=256)
     s.add_argument("--hot", type=int, default=4096, help="hot context tokens")
-    s.add_argument("--answer-tokens", type=int, default=24)
+    # SmolLM2 restates the question before naming the function ("The function in this code
+    # that adds a --yes option ... is `help_"): at 24 tokens 6 of click's 20 answers were
+    # cut before or inside the name, which no user sees
+    s.add_argument("--answer-tokens", type=int, default=64, help="tokens of each answer (a sentence and a name)")
     s.add_argument("--vram", default=None, help=VRAM_HELP)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("-t", "--threads", type=int, default=None)
