@@ -368,6 +368,18 @@ def test_the_fit_plan_budgets_the_shared_context_once(home):
             assert t.text()
 
 
+def test_an_auto_window_is_planned_for_every_session_of_the_shared_context(smol_path):
+    """No -c with --parallel 2: the plan holds both sessions' windows (it planned one while
+    the pool allocated two, twice the KV the plan budgeted)."""
+    e = Engine(smol_path, RunOptions(vram="cpu", parallel=2))
+    try:
+        assert isinstance(e.ctx, ContextView)
+        assert e.plan.n_ctx == 2 * e.ctx.n_ctx == e.ctx.pool.ctx.n_ctx
+        assert e.plan.parts["cpu_kv_cache"] == e.info.kv_bytes_per_token() * e.plan.n_ctx
+    finally:
+        e.close()
+
+
 def test_a_long_prompt_is_decoded_in_pieces_while_another_session_decodes(smol_path):
     """While a session is in its decode loop, another one's long prompt goes in
     PREFILL_CHUNK pieces with the first one's steps between them (not one long hold of the

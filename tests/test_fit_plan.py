@@ -69,6 +69,22 @@ def test_30b_a3b_keeps_experts_on_the_cpu(shapes):
     assert p16.n_cpu_moe < p8.n_cpu_moe  # more VRAM keeps more experts on the GPU
 
 
+@pytest.mark.parametrize("vram", [8, 16])
+def test_sessions_sharing_one_context_fit_the_gpu_together(shapes, vram):
+    """serve --parallel 4 without -c: the window is chosen per session so that all four fit
+    the GPU, never one session's window allocated four times over."""
+    info = shapes["7b"]
+    one = plan_fit(info, vram * GiB, 16 * GiB)
+    four = plan_fit(info, vram * GiB, 16 * GiB, parallel=4)
+    assert four.device == "gpu" and four.gpu_bytes <= vram * GiB
+    assert four.n_ctx % 4 == 0 and four.n_ctx // 4 <= one.n_ctx
+    # the KV of all four windows is in the budget: as much as one context of their total
+    total = plan_fit(info, vram * GiB, 16 * GiB, n_ctx=four.n_ctx, type_k=four.type_k, type_v=four.type_v)
+    assert four.parts["gpu_kv_cache"] == total.parts["gpu_kv_cache"] > 0
+    with pytest.raises(BudgetError, match="4 sessions of 1000000 tokens"):
+        plan_fit(info, 0, 8 * GiB, n_ctx=1_000_000, parallel=4)
+
+
 def test_cpu_plan_and_budget_errors(shapes):
     info = shapes["7b"]
     plan = plan_fit(info, 0, 16 * GiB)

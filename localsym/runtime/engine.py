@@ -8,7 +8,7 @@ import re
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -88,6 +88,7 @@ def make_plan(
     what_if: bool = False,
     beside: FitPlan | None = None,
     gpu_in_use: int = 0,
+    parallel: int = 1,
 ) -> FitPlan:
     """The fit plan; with learned routing (``expert_usage`` [layers, experts]) the experts
     kept in RAM are those of the layers with the smallest working sets, not the first N.
@@ -98,6 +99,8 @@ def make_plan(
     ``beside``: the plan of an open engine whose weights this one will share; only a context
     is planned, with its placement, in the VRAM left: the free VRAM now (``--vram auto``),
     or the budget less ``gpu_in_use``, what this process's open engines hold on the GPU.
+
+    ``parallel``: the context holds that many sessions of -c tokens each (``serve --parallel``).
     """
     if beside is not None:
         if beside.device != "gpu":
@@ -107,7 +110,15 @@ def make_plan(
         else:
             left = vram_budget(opts.vram) - gpu_in_use
         return plan_beside(
-            info, beside, left, psutil.virtual_memory().available, opts.n_ctx, opts.type_k, opts.type_v, opts.flash_attn
+            info,
+            beside,
+            left,
+            psutil.virtual_memory().available,
+            opts.n_ctx,
+            opts.type_k,
+            opts.type_v,
+            opts.flash_attn,
+            parallel,
         )
     vram = vram_budget(opts.vram)
     what_if_gpu = False  # planning for a GPU this build of llama.cpp cannot use
@@ -118,7 +129,16 @@ def make_plan(
             vram = 0  # a CPU build of llama.cpp: plan for the CPU, say so in the notes
     ram = psutil.virtual_memory().available
     plan = plan_fit(
-        info, vram, ram, opts.n_ctx, opts.type_k, opts.type_v, opts.n_gpu_layers, opts.flash_attn, opts.n_cpu_moe
+        info,
+        vram,
+        ram,
+        opts.n_ctx,
+        opts.type_k,
+        opts.type_v,
+        opts.n_gpu_layers,
+        opts.flash_attn,
+        opts.n_cpu_moe,
+        parallel,
     )
     if expert_usage is not None and opts.n_cpu_moe is None:  # the user's --n-cpu-moe means the first N
         place_experts(plan, info, expert_usage)
@@ -168,16 +188,18 @@ class Engine:
                 self.plan = mate.plan.sharing()
                 self.view_ctx = mate.view_ctx
             else:
-                many = self.opts.parallel > 1 and bool(self.opts.n_ctx) and observer is None
-                plan_opts = replace(self.opts, n_ctx=(self.opts.n_ctx or 0) * self.opts.parallel) if many else self.opts
+                # --parallel N: the first engine plans the whole shared context, N sessions
+                # of -c each (the auto window chosen so that all N fit)
+                n = self.opts.parallel if self.opts.parallel > 1 and observer is None else 1
                 self.plan = make_plan(
                     self.info,
-                    plan_opts,
+                    self.opts,
                     expert_usage,
                     beside=beside.plan if beside is not None else None,
                     gpu_in_use=sum(e.plan.gpu_bytes for e in others),
+                    parallel=n,
                 )
-                self.view_ctx = self.plan.n_ctx // self.opts.parallel if many else self.plan.n_ctx
+                self.view_ctx = self.plan.n_ctx // n
             self.model = Model.shared(
                 path, n_gpu_layers=self.plan.n_gpu_layers, n_cpu_moe=self.plan.cpu_moe_layers or self.plan.n_cpu_moe
             )

@@ -116,6 +116,18 @@ class FitPlan:
         }
 
 
+def _ctx_choices(info: ModelInfo, n_ctx: int | None, parallel: int) -> list[int]:
+    """The context sizes to try, largest first: per session (the auto windows, capped at
+    the model's own context), times the sessions the context holds."""
+    native = info.n_ctx_train or 4096
+    per = [min(c, native) for c in AUTO_HOT_CTX] if n_ctx is None else [n_ctx or native]
+    return [c * max(parallel, 1) for c in dict.fromkeys(per)]
+
+
+def _ctx_words(c: int, parallel: int) -> str:
+    return f"{parallel} sessions of {c // parallel} tokens" if parallel > 1 else f"a {c}-token context"
+
+
 def _compute_bytes(info: ModelInfo, n_ctx: int, flash_attn: bool) -> int:
     """Rough size of llama.cpp's compute buffer for one ubatch."""
     logits = 4 * info.n_vocab * N_UBATCH
@@ -145,14 +157,16 @@ def plan_fit(
     n_gpu_layers: int | None = None,
     flash_attn: bool | None = None,
     n_cpu_moe: int | None = None,
+    parallel: int = 1,
 ) -> FitPlan:
     """Choose the settings; n_ctx None = auto hot window, 0 = the model's own context.
+    ``parallel``: the context holds that many sessions of n_ctx tokens each (``serve
+    --parallel``): the plan's n_ctx is their total, and the auto window is chosen per session
+    so that all of them fit (one session's window times four overran the GPU).
 
     Raise BudgetError when what was asked cannot fit RAM + VRAM.
     """
-    native = info.n_ctx_train or 4096
-    ctx_choices = [min(c, native) for c in AUTO_HOT_CTX] if n_ctx is None else [n_ctx or native]
-    ctx_choices = list(dict.fromkeys(ctx_choices))
+    ctx_choices = _ctx_choices(info, n_ctx, parallel)
     fa = True if flash_attn is None else flash_attn
     kv_choices = [(type_k, type_v)] if type_k or type_v else [("f16", "f16"), ("q8_0", "q8_0"), ("q4_0", "q4_0")]
     kv_choices = [(_check_type(k or "f16"), _check_type(v or "f16")) for k, v in kv_choices]
@@ -166,7 +180,7 @@ def plan_fit(
     if min_kv > ram + vram:
         c = ctx_choices[-1]
         raise BudgetError(
-            f"a {c}-token context needs {min_kv / GiB:.1f} GiB of KV cache, more than the "
+            f"{_ctx_words(c, parallel)} needs {min_kv / GiB:.1f} GiB of KV cache, more than the "
             f"{(ram + vram) / GiB:.1f} GiB of RAM and VRAM available: lower -c"
         )
 
@@ -228,7 +242,7 @@ def plan_fit(
     if n_gpu_layers not in (None, -1):
         ngl = min(ngl, n_gpu_layers) if n_gpu_layers <= info.n_layer else ngl
     if ngl == 0:
-        return plan_fit(info, 0, ram, n_ctx, type_k, type_v, 0, flash_attn)
+        return plan_fit(info, 0, ram, n_ctx, type_k, type_v, 0, flash_attn, parallel=parallel)
     gpu_kv = per_layer_kv * ngl
     plan = FitPlan(
         "gpu",
@@ -261,16 +275,16 @@ def plan_beside(
     type_k: str | None = None,
     type_v: str | None = None,
     flash_attn: bool | None = None,
+    parallel: int = 1,
 ) -> FitPlan:
     """A plan for one more context on weights already loaded with ``placed``'s placement
     (its GPU layers and RAM-kept experts are kept: changing them would load a second copy).
     Only this context's KV cache and compute buffer are new: they must fit ``vram_left``
     (what the GPU has beside everything already loaded) and ``ram``.
 
-    The weights appear as ``shared_weights``, outside ``gpu_bytes``."""
-    native = info.n_ctx_train or 4096
-    ctx_choices = [min(c, native) for c in AUTO_HOT_CTX] if n_ctx is None else [n_ctx or native]
-    ctx_choices = list(dict.fromkeys(ctx_choices))
+    The weights appear as ``shared_weights``, outside ``gpu_bytes``; ``parallel`` as in
+    ``plan_fit``."""
+    ctx_choices = _ctx_choices(info, n_ctx, parallel)
     fa = placed.flash_attn if flash_attn is None else flash_attn
     kv_choices = [(type_k, type_v)] if type_k or type_v else [("f16", "f16"), ("q8_0", "q8_0"), ("q4_0", "q4_0")]
     kv_choices = [(_check_type(k or "f16"), _check_type(v or "f16")) for k, v in kv_choices]
