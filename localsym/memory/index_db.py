@@ -227,11 +227,20 @@ class IndexDB:
         assert cur.lastrowid is not None  # set by every INSERT
         return int(cur.lastrowid)
 
-    def complete_doc(self, doc_id: int, source: str, kind: str) -> int:
+    def complete_doc(
+        self, doc_id: int, source: str, kind: str, n_tokens: int | None = None, partial: bool = False
+    ) -> int:
         """All of a document's blocks are in: it now replaces any older version of itself
-        (a file reloaded after an edit, or after a load that was killed half-way)."""
+        (a file reloaded after an edit, or after a load that was killed half-way).
+        ``n_tokens``: its size, when only known at the end (a streamed document); ``partial``:
+        its load was stopped part-way, what came in stays, and its content hash is marked so
+        that loading the file again reads it again."""
         with self._tx():
             self.db.execute("UPDATE docs SET complete = 1 WHERE id = ?", (doc_id,))
+            if n_tokens is not None:
+                self.db.execute("UPDATE docs SET n_tokens = ? WHERE id = ?", (n_tokens, doc_id))
+            if partial:
+                self.db.execute("UPDATE docs SET content_sha = 'partial:' || content_sha WHERE id = ?", (doc_id,))
             if kind == "file":
                 old = [
                     r[0]

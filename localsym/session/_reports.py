@@ -22,6 +22,7 @@ class LoadReport:
     seals: list[tuple[float, int]] = field(default_factory=list)  # per sealed block: (seconds, f16 bytes)
     skipped: list[tuple[str, str]] = field(default_factory=list)
     ignored: list[tuple[str, int]] = field(default_factory=list)  # (ignore file, files it excluded)
+    partial: list[tuple[str, int]] = field(default_factory=list)  # stopped part-way: (file, blocks kept)
 
 
 @dataclass

@@ -18,11 +18,12 @@ import contextlib
 import datetime
 import errno
 import hashlib
+import itertools
 import logging
 import os
 import sqlite3
 import time
-from collections.abc import Generator, Iterator
+from collections.abc import Generator, Iterable, Iterator
 from concurrent.futures import Future
 from dataclasses import replace
 from pathlib import Path
@@ -35,7 +36,7 @@ from localsym import config as config_file
 from localsym import model_store, paths
 from localsym.chunking import Chunk, chunk_file
 from localsym.document_chunks import chunk_document
-from localsym.documents import Document, DocumentError, ExtractionCache, document_kind, extract
+from localsym.documents import Document, DocumentError, ExtractionCache, Part, document_kind, extract, iter_parts
 from localsym.errors import BudgetError, LocalsymError
 from localsym.ingest import walk
 from localsym.memory import semantic
@@ -114,6 +115,18 @@ def _block_lines(detok, chunks: list[list[int]]) -> list[tuple[int, int]]:
 # formats read as text as they are (their lines are what a person cites); the other
 # document kinds are extracted (localsym.documents) and cited by page and section
 _AS_TEXT = {"markdown"}
+# a document file bigger than this is read, cut and loaded as it streams (bounded memory,
+# Ctrl+C keeps what came in): held whole, its text, its chunks and their tokens as Python
+# ints cost ~40x the file in RAM
+STREAM_BYTES = 32 << 20
+STREAM_GROUP_CHARS = 256 << 10  # text cut into blocks at a time while streaming
+
+
+def _size(f: Path) -> int:
+    try:
+        return f.stat().st_size
+    except OSError:
+        return 0
 
 
 def _read(f: Path) -> tuple[str, str | None]:
@@ -173,6 +186,7 @@ class Session:
         # opening reads nothing in proportion to the session: the document blocks stay in
         # the index (their catalog, sketches and postings are read by the first question)
         self._docs: list[BlockRow] | None = None
+        self._read_share = 0.0  # of the document being streamed in: how much was read
         self._n_docs, self._doc_token_count = db.doc_block_totals()
         self.turns: list[BlockRow] = db.blocks("turn")
         sketches = db.path.with_name("sketches.lsx")
@@ -430,12 +444,14 @@ class Session:
         progress: Progress | None = None,
         report: LoadReport | None = None,
         tokens: np.ndarray | None = None,
-        chunks: list[Chunk] | None = None,
+        chunks: Iterable[Chunk] | None = None,
         name: str | None = None,
     ) -> LoadReport:
         """Add a document; ``tokens``: its tokens when the caller has them already;
         ``chunks``: its blocks, cut where its structure says (``load``), each with its
-        header; ``name``: how the blocks' headers name the file (its words are indexed).
+        header: a list, or an iterator for a document streamed as it is read (never held
+        whole; stopped part-way, what was loaded stays, marked partial); ``name``: how the
+        blocks' headers name the file (its words are indexed).
         Each block is sealed by the store's worker while the next one decodes; a block is
         acknowledged (its index row written) once its file is on disk, and the document
         counts as loaded once all of its blocks are."""
@@ -450,41 +466,46 @@ class Session:
         progress: Progress | None,
         report: LoadReport,
         tokens: np.ndarray | None,
-        chunks: list[Chunk] | None,
+        chunks: Iterable[Chunk] | None,
         name: str | None,
     ) -> LoadReport:
         t0 = time.perf_counter()
         eng, B = self.engine, self.config.block_tokens
         eng.ctx.clear_cancel()  # a cancel meant for an answer that had already ended
+        items: Iterable[tuple[list[int], tuple[int, int] | None, str | None, tuple[int, int] | None]]
+        streamed = chunks is not None and not isinstance(chunks, list)
         if chunks is not None:
-            parts = [[int(t) for t in c.tokens] for c in chunks]
-            lines: list[tuple[int, int] | None] = [c.lines for c in chunks]
-            labels: list[str | None] = [c.label or None for c in chunks]
-            pages = [c.pages for c in chunks]
+            items = (([int(t) for t in c.tokens], c.lines, c.label or None, c.pages) for c in chunks)
+            n_tokens = 0 if streamed else sum(len(c.tokens) for c in chunks)
         else:
             toks = tokens.tolist() if tokens is not None else self._doc_tokens(text, source)
-            parts = [toks[i : i + B] for i in range(0, len(toks), B)]
-            lines = list(_block_lines(eng.model.detokenize, parts))
-            labels = [None] * len(parts)
-            pages = [None] * len(parts)
-        keys = _chain_keys(self.root_key, parts, b"|")
+            split = [toks[i : i + B] for i in range(0, len(toks), B)]
+            items = zip(split, _block_lines(eng.model.detokenize, split), [None] * len(split), [None] * len(split))
+            n_tokens = len(toks)
         short = name or short_path(source)
         selector = self.working.selector
         assert isinstance(selector, StoredRetriever)  # a session's index is persisted
         self._dirty = True
         with _writing(self.db.path):
-            doc_id = self.db.add_doc(source, kind, _sha(text), sum(len(c) for c in parts))
+            doc_id = self.db.add_doc(source, kind, _sha(text), n_tokens)
         P = len(self.frame.sink)
         window = min(eng.ctx.n_ctx - P - B - 16, self.config.ingest_window)
         sim: list[int] = []  # the doc's blocks in the window, by chunk index
-        rows: list[BlockRow] = []
+        # a block's tokens, key and coordinates, kept while it waits for its index row or sits
+        # in the window: a streamed document (a 1 GB mbox) is never held whole
+        held: dict[
+            int, tuple[list[int], str, tuple[int, int] | None, str | None, tuple[int, int] | None, BlockRow]
+        ] = {}
+        rows: list[BlockRow] = []  # a streamed document keeps none: the index is read again after it
         vectors: list[np.ndarray] = []
-        provisional: list[BlockRow] = []  # the doc's blocks before their index rows exist
+        n_rows, n_row_tokens = 0, 0
         pending: list[tuple[int, int, Future[Sealed] | None]] = []  # (chunk, pos0, seal) in order
 
         def acknowledge(upto: int) -> None:
+            nonlocal n_rows, n_row_tokens
             while pending and (len(pending) > upto or pending[0][2] is None or pending[0][2].done()):
                 j, pos0, fut = pending.pop(0)
+                part, key, lines_j, label_j, pages_j, _ = held[j]
                 attn = None
                 if fut is not None:
                     sealed = self.store.done(fut)
@@ -494,68 +515,96 @@ class Session:
                 elif self.working.attn is not None:
                     # the model's shared key store has every computed block's keys: a reload
                     # reads no block to get them
-                    attn = self.store.attention_keys(keys[j])
-                tokens = np.asarray(parts[j], np.int32)
+                    attn = self.store.attention_keys(key)
+                tokens = np.asarray(part, np.int32)
                 ((vec, sk),) = selector.persist([tokens])  # its sketch row first, then its index row
-                words_ = (eng.model.detokenize(parts[j]), short)
+                words_ = (eng.model.detokenize(part), short)
                 sem = semantic.vectors([words_[0]])
                 with _writing(self.db.path):
                     bid = self.db.add_block(
                         doc_id,
                         j,
-                        keys[j],
+                        key,
                         pos0,
-                        parts[j],
+                        part,
                         attn,
                         sk,
-                        lines[j],
+                        lines_j,
                         True,
-                        labels[j],
-                        pages[j],
+                        label_j,
+                        pages_j,
                         words_,
                         None if sem is None else sem[0].tobytes(),
                     )
-                row = BlockRow(bid, doc_id, j, keys[j], pos0, tokens, kind, source, attn, lines[j], labels[j], pages[j])
-                rows.append(row)
-                vectors.append(vec)
+                n_rows, n_row_tokens = n_rows + 1, n_row_tokens + len(part)
+                if not streamed:
+                    row = BlockRow(bid, doc_id, j, key, pos0, tokens, kind, source, attn, lines_j, label_j, pages_j)
+                    rows.append(row)
+                    vectors.append(vec)
+                if j not in sim:
+                    del held[j]
 
-        for j, (chunk, key) in enumerate(zip(parts, keys)):
-            while sim and sum(len(parts[i]) for i in sim) + len(chunk) > window:
-                sim.pop(0)
-            pos0 = P + sum(len(parts[i]) for i in sim)
-            provisional.append(BlockRow(0, doc_id, j, key, pos0, np.asarray(chunk, np.int32), kind, source))
-            if not self.store.has(key):
-                self.working.arrange_window([provisional[i] for i in sim])
-                seg = self.working.hot.decode(key, chunk)
-                assert seg.start == pos0
-                fut = self.store.seal(
-                    key, self.working.blob_of(seg.start, seg.n), pos0, self._pinned(np.asarray(chunk))
-                )
-                pending.append((j, pos0, fut))
-                report.computed_blocks += 1
-            else:
-                pending.append((j, pos0, None))
-                report.reused_blocks += 1
-            acknowledge(2)
-            sim.append(j)
-            report.tokens += len(chunk)
-            report.blocks += 1
-            if progress:
-                progress(report.tokens, -1, source)
+        h = self.root_key
+        interrupted = False
+        try:
+            for j, (chunk, lines_j, label_j, pages_j) in enumerate(items):
+                # each key hashes the one before it and the block's tokens (``_chain_keys``)
+                key = h = hashlib.sha256(h.encode() + b"|" + repr(chunk).encode()).hexdigest()
+                while sim and sum(len(held[i][0]) for i in sim) + len(chunk) > window:
+                    gone = sim.pop(0)
+                    if not any(gone == p[0] for p in pending):
+                        del held[gone]
+                pos0 = P + sum(len(held[i][0]) for i in sim)
+                provisional = BlockRow(0, doc_id, j, key, pos0, np.asarray(chunk, np.int32), kind, source)
+                held[j] = (chunk, key, lines_j, label_j, pages_j, provisional)
+                if not self.store.has(key):
+                    self.working.arrange_window([held[i][5] for i in sim])
+                    seg = self.working.hot.decode(key, chunk)
+                    assert seg.start == pos0
+                    fut = self.store.seal(
+                        key, self.working.blob_of(seg.start, seg.n), pos0, self._pinned(np.asarray(chunk))
+                    )
+                    pending.append((j, pos0, fut))
+                    report.computed_blocks += 1
+                else:
+                    pending.append((j, pos0, None))
+                    report.reused_blocks += 1
+                sim.append(j)
+                acknowledge(2)
+                report.tokens += len(chunk)
+                report.blocks += 1
+                if progress:
+                    progress(report.tokens, -1, source)
+        except (Cancelled, KeyboardInterrupt):
+            # stopped (Ctrl+C) part-way through a streamed document: what was sealed stays,
+            # marked partial, so that loading the file again goes on from there (its blocks
+            # come back from the block cache); anything else is dropped with its document
+            if not streamed or not (pending or n_rows):
+                raise
+            interrupted = True
         acknowledge(0)
         with _writing(self.db.path):
-            replaced = self.db.complete_doc(doc_id, source, kind)
-        if replaced:
+            replaced = self.db.complete_doc(
+                doc_id, source, kind, n_tokens=n_row_tokens if streamed else None, partial=interrupted
+            )
+        if replaced or streamed:
             self._n_docs, self._doc_token_count = self.db.doc_block_totals()
-            if self._docs is not None:
+            if streamed:
+                self._docs = None  # read again when asked for
+            elif self._docs is not None:
                 self._docs = [b for b in self._docs if not (b.source == source and b.doc_id != doc_id)] + rows
             self.working.index([], fresh=True)
         else:
-            self._n_docs += len(rows)
-            self._doc_token_count += sum(r.n_tokens for r in rows)
+            self._n_docs += n_rows
+            self._doc_token_count += n_row_tokens
             if self._docs is not None:
                 self._docs += rows
             self.working.index(rows, vectors=vectors)
+        if interrupted:
+            self.working.hot.truncate(1)
+            report.partial.append((source, n_rows))
+            log.warning("%s: stopped after %d blocks; they are kept, and loading it again goes on", source, n_rows)
+            raise Cancelled()
         self.working.hot.truncate(1)
         report.seconds += time.perf_counter() - t0
         return report
@@ -587,7 +636,9 @@ class Session:
         base = root.resolve() if root.is_dir() else None
         known = self.db.doc_sources()
         damaged = self.db.damaged_sources()  # an unchanged file whose stored tokens rotted: read again
-        todo = []  # (source, text, name, chunks) of new or changed files: the bar's total is exact
+        # (source, text, name, chunks) of new or changed files: the bar's total is exact, but
+        # for a streamed document (its chunks an iterator)
+        todo: list[tuple[str, str, str, list[Chunk] | Iterator[Chunk]]] = []
         tokenize = self.engine.model.tokenize
         for f in found.files:
             try:
@@ -598,8 +649,13 @@ class Session:
             source = os.fsencode(f).decode("utf-8", "replace")
             if known.get(source) != _sha(text) or source in damaged:
                 name = os.fsencode(f.relative_to(base) if base else f.name).decode("utf-8", "replace")
+                chunks: list[Chunk] | Iterator[Chunk]
                 if doc_kind is None:
                     chunks = chunk_file(text, name, tokenize, self.config.block_tokens)
+                elif _size(f) > STREAM_BYTES:
+                    report.files += 1  # read, cut and loaded as it streams (errors show up then)
+                    todo.append((source, text, name, self._streamed_chunks(f, name)))
+                    continue
                 else:
                     try:
                         doc = self._extract(f, text.split(":", 1)[1], name, reading)
@@ -616,21 +672,65 @@ class Session:
                 todo.append((source, text, name, chunks))
             else:
                 report.files += 1
-        total = sum(len(c.tokens) for *_, cs in todo for c in cs)
+        total = sum(len(c.tokens) for *_, cs in todo if isinstance(cs, list) for c in cs)
         for source, text, name, chunks in todo:
-            self.ingest_text(
-                text,
-                source,
-                "file",
-                (lambda d, _t, s: progress(d, total, s)) if progress else None,
-                report,
-                chunks=chunks,
-                name=name,
-            )
+            at = report.tokens
+            if not isinstance(chunks, list):  # a streamed document: its size is told by how much was read
+                try:
+                    chunks = itertools.chain([next(chunks)], chunks)
+                except StopIteration:
+                    report.files -= 1
+                    report.skipped.append((source, "no text in this document"))
+                    continue
+                except DocumentError as e:
+                    report.files -= 1
+                    report.skipped.append((source, str(e)))
+                    continue
+
+            def told(d: int, _t: int, s: str, at: int = at, chunks: Any = chunks) -> None:
+                assert progress is not None
+                if isinstance(chunks, list):
+                    progress(d, total, s)
+                else:  # its tokens to come, estimated from the share of the file read so far
+                    progress(d, max(at + int((d - at) / max(self._read_share, 1e-3)), d), s)
+
+            try:
+                self.ingest_text(text, source, "file", told if progress else None, report, chunks=chunks, name=name)
+            except DocumentError as e:  # damage further into a streamed document: it is left out
+                report.files -= 1
+                report.skipped.append((source, str(e)))
         if todo:
             with _writing(self.db.path):
                 self.db.set("total_tokens", self.total_tokens)
         return report
+
+    def _streamed_chunks(self, f: Path, name: str) -> Iterator[Chunk]:
+        """A big document's blocks as it is read (a 1 GB mbox message by message, a long PDF
+        page by page), cut a few hundred KB of text at a time: never held whole. Not kept in
+        the extraction cache (a reload reads it again; its blocks come from the block cache)."""
+
+        def share(done: int, total: int) -> None:
+            self._read_share = done / total if total else 1.0
+
+        self._read_share = 0.0
+        stream = iter_parts(f, share)
+        group: list[Part] = []
+        size = 0
+        for part in stream:
+            group.append(part)
+            size += len(part.text)
+            if size >= STREAM_GROUP_CHARS:
+                yield from chunk_document(
+                    Document(stream.kind, group, stream.title), name, self._tokenize, self.config.block_tokens
+                )
+                group, size = [], 0
+        if group:
+            yield from chunk_document(
+                Document(stream.kind, group, stream.title), name, self._tokenize, self.config.block_tokens
+            )
+
+    def _tokenize(self, text: str) -> list[int]:
+        return self.engine.model.tokenize(text)
 
     def _extract(self, f: Path, digest: str, name: str, reading: Progress | None) -> Document:
         """The document's text: from the extraction cache when any session read these bytes
