@@ -45,12 +45,12 @@ def test_the_question_keeps_what_it_is_about():
     assert semantic.question_text(q) == "write bytecode file"
 
 
-def test_scores_are_the_cosine_above_the_median_block():
-    m = np.eye(4, semantic.DIM, dtype=np.float16)
+def test_scores_are_the_cosine_above_the_median_block_on_a_fixed_scale():
+    m = np.eye(5, semantic.DIM, dtype=np.float16)
     q = np.zeros(semantic.DIM, np.float32)
-    q[2], q[0] = 0.8, 0.6
-    ids, s = semantic.scores(m, q)
-    assert ids.tolist() == [2, 0] and np.allclose(s, [0.5, 0.3], atol=1e-3)  # median 0.3; rows at it drop out
+    q[2], q[0], q[1] = 0.9, 0.4, 0.17
+    ids, s = semantic.scores(m, q)  # median 0.17: rows at or below it drop out
+    assert ids.tolist() == [2, 0] and np.allclose(s, [1.0, 0.23 / semantic.STRONG], atol=1e-2)  # capped at 1
     assert semantic.scores(np.zeros((0, semantic.DIM), np.float16), q)[0].size == 0
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from localsym.documents import DocumentError, PartStream
 from localsym.runtime.bridge import Cancelled
 from localsym.session import RunOptions, Session, SessionConfig, _session
 
@@ -83,3 +84,58 @@ def test_stopping_part_way_keeps_what_came_in_and_a_reload_goes_on(home, tmp_pat
     with Session.open("whole", "smollm2-135m", OPTS, CFG) as s:  # in one go: the same blocks
         rep = s.load(str(box))
         assert rep.blocks == n and rep.computed_blocks == 0
+
+
+def test_damage_further_in_keeps_what_came_before_it(home, tmp_path, streaming, monkeypatch):
+    """A reader that fails part-way (a damaged page or message further on): the blocks before
+    it stay, the load says why it stopped, and a later load of the mended file goes on."""
+    box = _mbox(tmp_path / "log.mbox")
+    real = _session.iter_parts
+
+    def failing(path, progress=None):
+        stream = real(path, progress)
+
+        def parts():
+            for n, part in enumerate(stream):
+                if n == 3:
+                    raise DocumentError("damaged message")
+                yield part
+
+        return PartStream(stream.kind, stream.title, parts())
+
+    monkeypatch.setattr(_session, "iter_parts", failing)
+    with Session.open("dmg", "smollm2-135m", OPTS, CFG) as s:
+        rep = s.load(str(box))
+        (why,) = [w for p, w in rep.skipped if p == str(box)]
+        assert why.startswith("damaged message (stopped there:") and rep.files == 1
+        kept = len(s.docs)
+        assert kept == rep.blocks > 0 and SUBJECTS[-1] not in _texts(s)
+    monkeypatch.setattr(_session, "iter_parts", real)
+    with Session.open("dmg", opts=OPTS) as s:
+        assert len(s.docs) == kept
+        rep = s.load(str(box))
+        assert rep.reused_blocks >= kept and all(subject in _texts(s) for subject in SUBJECTS)
+
+
+def test_stopping_the_reload_of_a_changed_file_keeps_its_whole_older_version(home, tmp_path, streaming):
+    box = _mbox(tmp_path / "log.mbox")
+    with Session.open("grow", "smollm2-135m", OPTS, CFG) as s:
+        whole = s.load(str(box)).blocks
+        older = _texts(s)
+    with open(box, "a") as f:  # the archive grows at its end
+        f.write("From ann@example.org Sat Dec 12 10:00:00 2026\nSubject: Boat log 6: keel\n\nNew entry.\n\n")
+    with Session.open("grow", opts=OPTS) as s:
+        calls: list[int] = []
+
+        def stop_early(done: int, total: int, source: str) -> None:
+            calls.append(done)
+            if len(calls) == 2:
+                s.cancel()
+
+        # its first blocks are the same as before (from the block cache): stop where new ones decode
+        with pytest.raises(Cancelled):
+            s.load(str(box), progress=stop_early)
+    with Session.open("grow", opts=OPTS) as s:
+        assert len(s.docs) == whole and _texts(s) == older  # the whole older version, not a part of the new
+        s.load(str(box))
+        assert "Boat log 6: keel" in _texts(s) and len(s.docs) > whole

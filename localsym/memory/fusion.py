@@ -25,6 +25,8 @@ import numpy as np
 # the question; fused at 0.5 it took bench code's source hit from 0.825 to 0.925 (0.3-0.7
 # all gave 0.90-0.925; alone 0.70)
 WEIGHTS = {"lexical": 1.0, "semantic": 0.5, "sketch": 0.35, "attention": 0.0, "rare": 0.25}
+# signals whose scores are on a scale of their own (0-1), not divided by their best
+ABSOLUTE = frozenset({"semantic"})
 MARGIN = 0.3  # a block comes along while its fused score is at least this share of the best
 K_MAX = 8  # blocks chosen by the fused signals, at most (needles come on top)
 K_MIN = 1
@@ -53,18 +55,19 @@ def fuse(
         w = weights.get(name, 0.0)
         if w <= 0 or not len(ids):
             continue
-        top = max(float(s) for s in scores)
+        top = 1.0 if name in ABSOLUTE else max(float(s) for s in scores)
         if top <= 0:
             continue
         for b, s in zip(ids, scores):
             b = int(b)
-            if exclude and b in exclude:
-                continue
             v = w * max(float(s), 0.0) / top
             total[b] = total.get(b, 0.0) + v
             parts.setdefault(b, {})[name] = v
-    order = sorted(total, key=lambda b: (-total[b], b))
-    best = total[order[0]] if order else 1.0
+    # the best is measured over every block, the excluded ones too: beside a needle the
+    # question found (taken already), a block that scores a tenth of it is no match, even
+    # if it is the best of the rest
+    best = max(total.values(), default=1.0) or 1.0
+    order = sorted((b for b in total if not (exclude and b in exclude)), key=lambda b: (-total[b], b))
     return Fused(
         order,
         {b: total[b] / best for b in order},

@@ -227,14 +227,32 @@ class IndexDB:
         assert cur.lastrowid is not None  # set by every INSERT
         return int(cur.lastrowid)
 
+    def _retire(self, d: int) -> None:
+        """Document ``d`` leaves use: its blocks leave the pointer and lexical indexes."""
+        self.db.execute(
+            "UPDATE token_df SET df = df - (SELECT COUNT(*) FROM postings p JOIN blocks b "
+            "ON b.id = p.block_id WHERE b.doc_id = ?1 AND p.token = token_df.token) "
+            "WHERE token IN (SELECT p.token FROM postings p JOIN blocks b ON b.id = p.block_id "
+            "WHERE b.doc_id = ?1)",
+            (d,),
+        )
+        self.db.execute("DELETE FROM postings WHERE block_id IN (SELECT id FROM blocks WHERE doc_id = ?)", (d,))
+        self.db.execute("UPDATE blocks SET indexed = NULL WHERE doc_id = ?", (d,))
+        self.db.execute(
+            f"DELETE FROM {LEX_TABLE} WHERE rowid IN (SELECT id FROM blocks WHERE doc_id = ? AND lexed = 1)", (d,)
+        )
+        self.db.execute("UPDATE blocks SET lexed = NULL WHERE doc_id = ?", (d,))
+        self.db.execute("UPDATE docs SET active = 0 WHERE id = ?", (d,))
+
     def complete_doc(
         self, doc_id: int, source: str, kind: str, n_tokens: int | None = None, partial: bool = False
     ) -> int:
         """All of a document's blocks are in: it now replaces any older version of itself
         (a file reloaded after an edit, or after a load that was killed half-way).
         ``n_tokens``: its size, when only known at the end (a streamed document); ``partial``:
-        its load was stopped part-way, what came in stays, and its content hash is marked so
-        that loading the file again reads it again."""
+        its load was stopped part-way: what came in stays (unless a whole older version is in
+        use: that one stays), and its content hash is marked so that loading the file again
+        reads it again."""
         with self._tx():
             self.db.execute("UPDATE docs SET complete = 1 WHERE id = ?", (doc_id,))
             if n_tokens is not None:
@@ -249,25 +267,18 @@ class IndexDB:
                         (source, doc_id),
                     )
                 ]
-                for d in old:  # their blocks leave the pointer index with them
-                    self.db.execute(
-                        "UPDATE token_df SET df = df - (SELECT COUNT(*) FROM postings p JOIN blocks b "
-                        "ON b.id = p.block_id WHERE b.doc_id = ?1 AND p.token = token_df.token) "
-                        "WHERE token IN (SELECT p.token FROM postings p JOIN blocks b ON b.id = p.block_id "
-                        "WHERE b.doc_id = ?1)",
-                        (d,),
-                    )
-                    self.db.execute(
-                        "DELETE FROM postings WHERE block_id IN (SELECT id FROM blocks WHERE doc_id = ?)", (d,)
-                    )
-                    self.db.execute("UPDATE blocks SET indexed = NULL WHERE doc_id = ?", (d,))
-                    self.db.execute(
-                        f"DELETE FROM {LEX_TABLE} WHERE rowid IN "
-                        "(SELECT id FROM blocks WHERE doc_id = ? AND lexed = 1)",
-                        (d,),
-                    )
-                    self.db.execute("UPDATE blocks SET lexed = NULL WHERE doc_id = ?", (d,))
-                    self.db.execute("UPDATE docs SET active = 0 WHERE id = ?", (d,))
+                whole = self.db.execute(
+                    "SELECT 1 FROM docs WHERE source = ? AND id != ? AND kind = 'file' AND active = 1 "
+                    "AND complete = 1 AND content_sha NOT LIKE 'partial:%'",
+                    (source, doc_id),
+                ).fetchone()
+                if partial and whole:
+                    # stopped while reloading a changed file: the whole older version stays
+                    # in use; what came in waits in the block cache for the next load
+                    self._retire(doc_id)
+                    return 0
+                for d in old:
+                    self._retire(d)
                 return len(old)
         return 0
 

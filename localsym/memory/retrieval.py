@@ -687,7 +687,8 @@ class Retriever:
         # the needles alone are more (every value of an asked key comes)
         with_followers = len(self._with_followers(needles, set(needles), found)[1])
         room = max(min(k, self.k_max) - with_followers, 1)
-        return needles + fusion.cut(f, room, self.margin), set(found.needles)
+        # with needles found, nothing else has to come: only what scores near them
+        return needles + fusion.cut(f, room, self.margin, 0 if needles else fusion.K_MIN), set(found.needles)
 
     def search(
         self, q: np.ndarray, q_tokens: Sequence[int] | np.ndarray, k: int, force: str | None = None

@@ -69,7 +69,10 @@ class EmbedService:
                 from localsym.model_store import identity
 
                 usage = learned_usage(identity(path), info.n_layer, info.n_expert)
-            plan = make_plan(info, self.settings.opts, usage)
+            # planned as the sessions' engines are (--parallel N windows), so that both
+            # choose one placement and share one copy of the weights
+            parallel = self.settings.opts.parallel if self.settings.opts.parallel > 1 else 1
+            plan = make_plan(info, self.settings.opts, usage, parallel=parallel)
             model = Model.shared(path, n_gpu_layers=plan.n_gpu_layers, n_cpu_moe=plan.cpu_moe_layers or plan.n_cpu_moe)
         n_ctx = self.settings.embed_ctx or DEFAULT_EMBED_CTX
         return Embedder(model, n_ctx, n_threads=self.settings.opts.n_threads)

@@ -468,10 +468,12 @@ class Session:
         tokens: np.ndarray | None,
         chunks: Iterable[Chunk] | None,
         name: str | None,
+        fresh: bool = True,
     ) -> LoadReport:
         t0 = time.perf_counter()
         eng, B = self.engine, self.config.block_tokens
-        eng.ctx.clear_cancel()  # a cancel meant for an answer that had already ended
+        if fresh:  # a cancel meant for an answer that had already ended (a load's files share one)
+            eng.ctx.clear_cancel()
         items: Iterable[tuple[list[int], tuple[int, int] | None, str | None, tuple[int, int] | None]]
         streamed = chunks is not None and not isinstance(chunks, list)
         if chunks is not None:
@@ -504,7 +506,7 @@ class Session:
         def acknowledge(upto: int) -> None:
             nonlocal n_rows, n_row_tokens
             while pending and (len(pending) > upto or pending[0][2] is None or pending[0][2].done()):
-                j, pos0, fut = pending.pop(0)
+                j, pos0, fut = pending[0]  # taken off once its row is written: a second Ctrl+C leaves no hole
                 part, key, lines_j, label_j, pages_j, _ = held[j]
                 attn = None
                 if fut is not None:
@@ -536,6 +538,7 @@ class Session:
                         words_,
                         None if sem is None else sem[0].tobytes(),
                     )
+                pending.pop(0)
                 n_rows, n_row_tokens = n_rows + 1, n_row_tokens + len(part)
                 if not streamed:
                     row = BlockRow(bid, doc_id, j, key, pos0, tokens, kind, source, attn, lines_j, label_j, pages_j)
@@ -545,7 +548,7 @@ class Session:
                     del held[j]
 
         h = self.root_key
-        interrupted = False
+        stop: BaseException | None = None
         try:
             for j, (chunk, lines_j, label_j, pages_j) in enumerate(items):
                 # each key hashes the one before it and the block's tokens (``_chain_keys``)
@@ -575,17 +578,18 @@ class Session:
                 report.blocks += 1
                 if progress:
                     progress(report.tokens, -1, source)
-        except (Cancelled, KeyboardInterrupt):
-            # stopped (Ctrl+C) part-way through a streamed document: what was sealed stays,
-            # marked partial, so that loading the file again goes on from there (its blocks
-            # come back from the block cache); anything else is dropped with its document
+        except BaseException as e:
+            # stopped (Ctrl+C, or damage further into the file) part-way through a streamed
+            # document: what was sealed stays, marked partial, so that loading the file again
+            # goes on from there (its blocks come back from the block cache); anything else is
+            # dropped with its document
             if not streamed or not (pending or n_rows):
                 raise
-            interrupted = True
+            stop = e
         acknowledge(0)
         with _writing(self.db.path):
             replaced = self.db.complete_doc(
-                doc_id, source, kind, n_tokens=n_row_tokens if streamed else None, partial=interrupted
+                doc_id, source, kind, n_tokens=n_row_tokens if streamed else None, partial=stop is not None
             )
         if replaced or streamed:
             self._n_docs, self._doc_token_count = self.db.doc_block_totals()
@@ -600,11 +604,13 @@ class Session:
             if self._docs is not None:
                 self._docs += rows
             self.working.index(rows, vectors=vectors)
-        if interrupted:
+        if stop is not None:
             self.working.hot.truncate(1)
             report.partial.append((source, n_rows))
             log.warning("%s: stopped after %d blocks; they are kept, and loading it again goes on", source, n_rows)
-            raise Cancelled()
+            if isinstance(stop, KeyboardInterrupt):
+                raise Cancelled() from None
+            raise stop
         self.working.hot.truncate(1)
         report.seconds += time.perf_counter() - t0
         return report
@@ -673,7 +679,10 @@ class Session:
             else:
                 report.files += 1
         total = sum(len(c.tokens) for *_, cs in todo if isinstance(cs, list) for c in cs)
+        streamed_done = 0  # tokens of the streamed documents loaded so far: not in ``total``
         for source, text, name, chunks in todo:
+            if self.engine.ctx.cancelled:  # Ctrl+C while the files were read: stop before the next
+                raise Cancelled()
             at = report.tokens
             if not isinstance(chunks, list):  # a streamed document: its size is told by how much was read
                 try:
@@ -687,18 +696,34 @@ class Session:
                     report.skipped.append((source, str(e)))
                     continue
 
-            def told(d: int, _t: int, s: str, at: int = at, chunks: Any = chunks) -> None:
+            def told(
+                d: int,
+                _t: int,
+                s: str,
+                at: int = at,
+                before: int = streamed_done,
+                listed: bool = isinstance(chunks, list),
+            ) -> None:
                 assert progress is not None
-                if isinstance(chunks, list):
-                    progress(d, total, s)
+                if listed:
+                    progress(d, total + before, s)
                 else:  # its tokens to come, estimated from the share of the file read so far
-                    progress(d, max(at + int((d - at) / max(self._read_share, 1e-3)), d), s)
+                    share = self._read_share
+                    this = int((d - at) / share) if share > 0 else d - at
+                    progress(d, max(total + before + this, d), s)
 
+            n_blocks = report.blocks
             try:
-                self.ingest_text(text, source, "file", told if progress else None, report, chunks=chunks, name=name)
-            except DocumentError as e:  # damage further into a streamed document: it is left out
-                report.files -= 1
-                report.skipped.append((source, str(e)))
+                self._ingest(text, source, "file", told if progress else None, report, None, chunks, name, False)
+            except DocumentError as e:  # damage further into a streamed document: what came in stays
+                kept = report.blocks - n_blocks
+                report.skipped.append(
+                    (source, f"{e} (stopped there: {kept} blocks before it kept)" if kept else str(e))
+                )
+                if not kept:
+                    report.files -= 1
+            if not isinstance(chunks, list):
+                streamed_done += report.tokens - at
         if todo:
             with _writing(self.db.path):
                 self.db.set("total_tokens", self.total_tokens)
