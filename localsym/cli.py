@@ -516,6 +516,10 @@ def cmd_load(a: argparse.Namespace) -> int:
         finally:
             if bar is not None:
                 bar.stop()
+            last = getattr(sess, "last_load", None)  # a session served by `localsym serve` has none
+            kept = last.partial if last is not None else []
+            for source, n in kept:  # stopped part-way through a streamed document
+                sys.stderr.write(f"localsym: {source}: {n} blocks kept; `localsym load` it again to go on\n")
         total_tokens = sess.total_tokens
         mix = sess.quant_mix()
     if a.json:

@@ -686,7 +686,7 @@ class Retriever:
         # needles and the blocks after them count toward the cap: ``k_max`` in all, unless
         # the needles alone are more (every value of an asked key comes)
         with_followers = len(self._with_followers(needles, set(needles), found)[1])
-        room = max(min(k, self.k_max) - with_followers, 1)
+        room = max(min(k, self.k_max) - with_followers, 0 if needles else 1)
         # with needles found, nothing else has to come: only what scores near them
         return needles + fusion.cut(f, room, self.margin, 0 if needles else fusion.K_MIN), set(found.needles)
 

@@ -187,6 +187,7 @@ class Session:
         # the index (their catalog, sketches and postings are read by the first question)
         self._docs: list[BlockRow] | None = None
         self._read_share = 0.0  # of the document being streamed in: how much was read
+        self.last_load: LoadReport | None = None  # the last load's report, filled in as it goes (read after Ctrl+C)
         self._n_docs, self._doc_token_count = db.doc_block_totals()
         self.turns: list[BlockRow] = db.blocks("turn")
         sketches = db.path.with_name("sketches.lsx")
@@ -636,7 +637,7 @@ class Session:
         self, path: str | Path, progress: Progress | None, no_ignore: bool, reading: Progress | None
     ) -> LoadReport:
         found = walk(path, self.config.max_file_bytes, no_ignore=no_ignore)
-        report = LoadReport(skipped=[(str(p), why) for p, why in found.skipped])
+        report = self.last_load = LoadReport(skipped=[(str(p), why) for p, why in found.skipped])
         report.ignored = sorted(found.ignored.items())
         root = Path(path).expanduser()
         base = root.resolve() if root.is_dir() else None
