@@ -69,12 +69,19 @@ def test_static_vectors_find_what_bm25_cannot():
 
 
 def test_a_session_finds_code_by_meaning_and_says_so(home, tmp_path):
+    """The second file asked about is loaded after the first question: its vectors, written
+    as it was loaded, join those the first question read."""
+    first, later = tmp_path / "first", tmp_path / "later"
     for name, text in FILES.items():
-        (tmp_path / name).write_text(text)
+        folder = later if name == "retry.py" else first
+        folder.mkdir(exist_ok=True)
+        (folder / name).write_text(text)
     cfg = SessionConfig(block_tokens=64, working_set_tokens=384, system="")
     with Session.open("sem", "smollm2-135m", RunOptions(n_ctx=2048, vram="cpu"), cfg) as s:
-        s.load(str(tmp_path))
+        s.load(str(first))
         for q, want in ASKED.items():
+            if want == "retry.py":
+                s.load(str(later))
             with s.ask(q, GenParams(max_tokens=4)) as turn:
                 turn.text()
             chosen = [x for x in turn.stats.sources if x.get("signal") != "refresh"]

@@ -121,6 +121,11 @@ def _raise_if_full(path: Path, e: BaseException, check_only: bool = False) -> bo
     return full
 
 
+def _checked(v: bytes | None, crc: int | None) -> bytes | None:
+    """A stored vector, or None where it is missing or fails its checksum (rebuilt then)."""
+    return v if v is not None and crc == zlib.crc32(v) else None
+
+
 @dataclass
 class BlockRow:
     id: int
@@ -473,8 +478,17 @@ class IndexDB:
             "keys": list(cols[6]),
             "attn": list(cols[7]),
             # a semantic vector whose checksum fails reads as missing: rebuilt from the tokens
-            "sem": [v if v is not None and c == zlib.crc32(v) else None for v, c in zip(cols[8], cols[9])],
+            "sem": [_checked(v, c) for v, c in zip(cols[8], cols[9])],
         }
+
+    def sems(self, ids: list[int]) -> list[bytes | None]:
+        """Blocks' semantic vectors by id, in that order (a missing or damaged one: None)."""
+        got: dict[int, bytes | None] = {}
+        for i in range(0, len(ids), 500):
+            part = ids[i : i + 500]
+            q = f"SELECT id, sem, sem_crc FROM blocks WHERE id IN ({','.join('?' * len(part))})"
+            got.update((bid, _checked(v, c)) for bid, v, c in self.db.execute(q, part))
+        return [got.get(i) for i in ids]
 
     def set_sem(self, items: list[tuple[int, bytes]]) -> None:
         """Semantic vectors of blocks written before v6 (or found damaged): (id, f16 bytes) each."""

@@ -339,9 +339,16 @@ class Retriever:
             self._sem_rows.append(v.reshape(semantic.DIM))
             self._sem_m = None
 
+    def _sem_catch_up(self) -> None:
+        """Bring the semantic rows level with the blocks (a session's retriever reads the
+        vectors written as its blocks were loaded)."""
+
     def _semantic(self, question: Sequence[int]) -> fusion.Signal | None:
         """Blocks by the question's meaning (memory/semantic.py): (block numbers, scores)."""
-        if self._piece_fn is None or self.weights.get("semantic", 0.0) <= 0 or len(self._sem_rows) != self._count():
+        if self._piece_fn is None or self.weights.get("semantic", 0.0) <= 0:
+            return None
+        self._sem_catch_up()
+        if len(self._sem_rows) != self._count():
             return None
         text = semantic.question_text(texts_of([int(t) for t in question], self._piece)[0])
         q = semantic.vectors([text]) if text else None
@@ -982,7 +989,8 @@ class StoredRetriever(Retriever):
         self._docs = np.asarray(cat["doc_ids"], np.int64)[keep]
         self._lens = np.asarray(cat["n_tokens"], np.int64)[keep]
         self._keys_of = [k for k, kp in zip(cat["keys"], keep.tolist()) if kp]
-        self._sem_load(ids, [v for v, kp in zip(cat["sem"], keep.tolist()) if kp])
+        self._sem_rows, self._sem_m = [], None
+        self._sem_extend(ids, [v for v, kp in zip(cat["sem"], keep.tolist()) if kp])
         self.sketches.load(m)
         self._token_cache.clear()
         self._words_of.clear()
@@ -994,11 +1002,18 @@ class StoredRetriever(Retriever):
                 self._add_keys(n, a)
         self._loaded = True
 
-    def _sem_load(self, ids: np.ndarray, stored: list[bytes | None]) -> None:
-        """The blocks' semantic vectors; those missing (blocks from before them) or failing
-        their checksum are made from the exact tokens and written back (on a disk that
-        takes no writes, kept in memory)."""
-        self._sem_rows, self._sem_m = [], None
+    def _sem_catch_up(self) -> None:
+        self._ensure()
+        have = len(self._sem_rows)
+        if have < len(self._ids):  # blocks added since the catalog was read
+            ids = self._ids[have:]
+            self._sem_extend(ids, self.db.sems(ids.tolist()))
+
+    def _sem_extend(self, ids: np.ndarray, stored: list[bytes | None]) -> None:
+        """The semantic rows of blocks ``ids`` (the next ones in block order), from their
+        stored vectors; those missing (blocks from before them) or failing their checksum
+        are made from the exact tokens and written back (on a disk that takes no writes,
+        kept in memory). Where the signal is off the rows stay short, and it stays silent."""
         if self._piece_fn is None:
             return
         rows: list[np.ndarray | None] = [
@@ -1021,7 +1036,8 @@ class StoredRetriever(Retriever):
                 log.warning("%s: could not save %d semantic vectors (%s): kept in memory", self.db.path, len(part), e)
         if todo:
             log.info("%s: the semantic vectors of %d blocks made from their exact tokens", self.db.path, len(todo))
-        self._sem_rows = [r for r in rows if r is not None]
+        self._sem_rows += [r for r in rows if r is not None]
+        self._sem_m = None
 
     def _lex_missing(self) -> None:
         """Put the words of blocks indexed before the lexical index (or after it was found
@@ -1111,9 +1127,7 @@ class StoredRetriever(Retriever):
         self.pointers.ordinal[block.id] = len(self._ids) - 1
         self.pointers.n_blocks = len(self._ids)
         self.sketches.add_vector(self.sketches.block_vector(block.tokens) if vector is None else vector)
-        self._add_keys(len(self._ids), block.attn)
-        if self._piece_fn is not None:
-            self._sem_add(semantic.vectors([texts_of(block.tokens.tolist(), self._piece)[0]]))
+        self._add_keys(len(self._ids), block.attn)  # its semantic vector is read when asked for
 
     @property
     def has_keys(self) -> bool:
