@@ -41,7 +41,6 @@ class EmbedService:
     def __init__(self, settings: ServerSettings, pool: SessionPool) -> None:
         self.settings, self.pool = settings, pool
         self.embedder: Embedder | None = None
-        self.waiting = 0
         self.admitted = 0  # requests running or waiting
         self._lock: asyncio.Lock | None = None
 
@@ -92,11 +91,7 @@ class EmbedService:
             self.admitted -= 1
 
     async def _run(self, work: Callable[[Embedder], T], gone: Gone) -> tuple[T, float]:
-        self.waiting += 1
-        try:
-            await _lock(self.lock, gone)
-        finally:
-            self.waiting -= 1
+        await _lock(self.lock, gone)
         try:
             loop = asyncio.get_running_loop()
             load_s = 0.0

@@ -23,7 +23,7 @@ import logging
 import os
 import sqlite3
 import time
-from collections.abc import Generator, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from concurrent.futures import Future
 from dataclasses import replace
 from pathlib import Path
@@ -63,12 +63,17 @@ from localsym.session._reports import LoadReport, Progress, SessionStatus, TurnS
 log = logging.getLogger("localsym.session")
 
 
+def _next_key(prev: str, chunk: list[int], sep: bytes) -> str:
+    """A block's content address: it hashes the key before it and the block's tokens, so a
+    block's key names everything it was computed after."""
+    return hashlib.sha256(prev.encode() + sep + repr(chunk).encode()).hexdigest()
+
+
 def _chain_keys(root: str, chunks: list[list[int]], sep: bytes) -> list[str]:
-    """Content addresses of consecutive blocks: each key hashes the one before it and the
-    block's tokens, so a block's key names everything it was computed after."""
+    """Content addresses of consecutive blocks (``_next_key``)."""
     keys, h = [], root
     for c in chunks:
-        h = hashlib.sha256(h.encode() + sep + repr(c).encode()).hexdigest()
+        h = _next_key(h, c, sep)
         keys.append(h)
     return keys
 
@@ -494,21 +499,21 @@ class Session:
         P = len(self.frame.sink)
         window = min(eng.ctx.n_ctx - P - B - 16, self.config.ingest_window)
         sim: list[int] = []  # the doc's blocks in the window, by chunk index
-        # a block's tokens, key and coordinates, kept while it waits for its index row or sits
-        # in the window: a streamed document (a 1 GB mbox) is never held whole
-        held: dict[
-            int, tuple[list[int], str, tuple[int, int] | None, str | None, tuple[int, int] | None, BlockRow]
-        ] = {}
+        # a block (its row before the index has one: tokens, key, position, coordinates), kept
+        # while it waits for its index row or sits in the window: a streamed document (a 1 GB
+        # mbox) is never held whole
+        held: dict[int, BlockRow] = {}
         rows: list[BlockRow] = []  # a streamed document keeps none: the index is read again after it
         vectors: list[np.ndarray] = []
         n_rows, n_row_tokens = 0, 0
-        pending: list[tuple[int, int, Future[Sealed] | None]] = []  # (chunk, pos0, seal) in order
+        pending: list[tuple[int, Future[Sealed] | None]] = []  # (chunk, seal) in order
 
         def acknowledge(upto: int) -> None:
             nonlocal n_rows, n_row_tokens
-            while pending and (len(pending) > upto or pending[0][2] is None or pending[0][2].done()):
-                j, pos0, fut = pending[0]  # taken off once its row is written: a second Ctrl+C leaves no hole
-                part, key, lines_j, label_j, pages_j, _ = held[j]
+            while pending and (len(pending) > upto or pending[0][1] is None or pending[0][1].done()):
+                j, fut = pending[0]  # taken off once its row is written: a second Ctrl+C leaves no hole
+                r = held[j]
+                part = r.tokens.tolist()
                 attn = None
                 if fut is not None:
                     sealed = self.store.done(fut)
@@ -518,32 +523,30 @@ class Session:
                 elif self.working.attn is not None:
                     # the model's shared key store has every computed block's keys: a reload
                     # reads no block to get them
-                    attn = self.store.attention_keys(key)
-                tokens = np.asarray(part, np.int32)
-                ((vec, sk),) = selector.persist([tokens])  # its sketch row first, then its index row
+                    attn = self.store.attention_keys(r.key)
+                ((vec, sk),) = selector.persist([r.tokens])  # its sketch row first, then its index row
                 words_ = (eng.model.detokenize(part), short)
                 sem = semantic.vectors([words_[0]])
                 with _writing(self.db.path):
                     bid = self.db.add_block(
                         doc_id,
                         j,
-                        key,
-                        pos0,
+                        r.key,
+                        r.pos0,
                         part,
                         attn,
                         sk,
-                        lines_j,
+                        r.lines,
                         True,
-                        label_j,
-                        pages_j,
+                        r.label,
+                        r.pages,
                         words_,
                         None if sem is None else sem[0].tobytes(),
                     )
                 pending.pop(0)
                 n_rows, n_row_tokens = n_rows + 1, n_row_tokens + len(part)
                 if not streamed:
-                    row = BlockRow(bid, doc_id, j, key, pos0, tokens, kind, source, attn, lines_j, label_j, pages_j)
-                    rows.append(row)
+                    rows.append(replace(r, id=bid, attn=attn))
                     vectors.append(vec)
                 if j not in sim:
                     del held[j]
@@ -552,26 +555,23 @@ class Session:
         stop: BaseException | None = None
         try:
             for j, (chunk, lines_j, label_j, pages_j) in enumerate(items):
-                # each key hashes the one before it and the block's tokens (``_chain_keys``)
-                key = h = hashlib.sha256(h.encode() + b"|" + repr(chunk).encode()).hexdigest()
-                while sim and sum(len(held[i][0]) for i in sim) + len(chunk) > window:
+                key = h = _next_key(h, chunk, b"|")
+                while sim and sum(held[i].n_tokens for i in sim) + len(chunk) > window:
                     gone = sim.pop(0)
                     if not any(gone == p[0] for p in pending):
                         del held[gone]
-                pos0 = P + sum(len(held[i][0]) for i in sim)
-                provisional = BlockRow(0, doc_id, j, key, pos0, np.asarray(chunk, np.int32), kind, source)
-                held[j] = (chunk, key, lines_j, label_j, pages_j, provisional)
+                pos0 = P + sum(held[i].n_tokens for i in sim)
+                tokens = np.asarray(chunk, np.int32)
+                held[j] = BlockRow(0, doc_id, j, key, pos0, tokens, kind, source, None, lines_j, label_j, pages_j)
                 if not self.store.has(key):
-                    self.working.arrange_window([held[i][5] for i in sim])
+                    self.working.arrange_window([held[i] for i in sim])
                     seg = self.working.hot.decode(key, chunk)
                     assert seg.start == pos0
-                    fut = self.store.seal(
-                        key, self.working.blob_of(seg.start, seg.n), pos0, self._pinned(np.asarray(chunk))
-                    )
-                    pending.append((j, pos0, fut))
+                    fut = self.store.seal(key, self.working.blob_of(seg.start, seg.n), pos0, self._pinned(tokens))
+                    pending.append((j, fut))
                     report.computed_blocks += 1
                 else:
-                    pending.append((j, pos0, None))
+                    pending.append((j, None))
                     report.reused_blocks += 1
                 sim.append(j)
                 acknowledge(2)
@@ -661,7 +661,7 @@ class Session:
                     chunks = chunk_file(text, name, tokenize, self.config.block_tokens)
                 elif _size(f) > STREAM_BYTES:
                     report.files += 1  # read, cut and loaded as it streams (errors show up then)
-                    todo.append((source, text, name, self._streamed_chunks(f, name)))
+                    todo.append((source, text, name, self._streamed_chunks(f, name, tokenize)))
                     continue
                 else:
                     try:
@@ -730,7 +730,7 @@ class Session:
                 self.db.set("total_tokens", self.total_tokens)
         return report
 
-    def _streamed_chunks(self, f: Path, name: str) -> Iterator[Chunk]:
+    def _streamed_chunks(self, f: Path, name: str, tokenize: Callable[[str], list[int]]) -> Iterator[Chunk]:
         """A big document's blocks as it is read (a 1 GB mbox message by message, a long PDF
         page by page), cut a few hundred KB of text at a time: never held whole. Not kept in
         the extraction cache (a reload reads it again; its blocks come from the block cache)."""
@@ -740,23 +740,20 @@ class Session:
 
         self._read_share = 0.0
         stream = iter_parts(f, share)
+
+        def cut(group: list[Part]) -> list[Chunk]:
+            return chunk_document(Document(stream.kind, group, stream.title), name, tokenize, self.config.block_tokens)
+
         group: list[Part] = []
         size = 0
         for part in stream:
             group.append(part)
             size += len(part.text)
             if size >= STREAM_GROUP_CHARS:
-                yield from chunk_document(
-                    Document(stream.kind, group, stream.title), name, self._tokenize, self.config.block_tokens
-                )
+                yield from cut(group)
                 group, size = [], 0
         if group:
-            yield from chunk_document(
-                Document(stream.kind, group, stream.title), name, self._tokenize, self.config.block_tokens
-            )
-
-    def _tokenize(self, text: str) -> list[int]:
-        return self.engine.model.tokenize(text)
+            yield from cut(group)
 
     def _extract(self, f: Path, digest: str, name: str, reading: Progress | None) -> Document:
         """The document's text: from the extraction cache when any session read these bytes
