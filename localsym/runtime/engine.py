@@ -217,15 +217,13 @@ class Engine:
     def _pool_mate(self, other: Engine, observer: object) -> bool:
         """``other`` holds a view of the shared context this engine would get (same file,
         placement asked, --parallel, -c, cache types, batch and threads)."""
-        keys = ("n_gpu_layers", "n_cpu_moe", "vram", "parallel", "n_ctx", "type_k", "type_v", "flash_attn")
+        keys = "n_gpu_layers n_cpu_moe vram parallel n_ctx type_k type_v flash_attn n_seq_max n_batch n_threads".split()
         return (
             self.opts.parallel > 0
             and observer is None
             and isinstance(other.ctx, ContextView)
             and other._file == self._file
             and all(getattr(other.opts, k) == getattr(self.opts, k) for k in keys)
-            and (other.opts.n_seq_max, other.opts.n_batch, other.opts.n_threads)
-            == (self.opts.n_seq_max, self.opts.n_batch, self.opts.n_threads)
         )
 
     def _open_context(self, observer) -> None:
