@@ -14,21 +14,36 @@ def _corpus(n=300, L=64, seed=0):
     return [rng.choice(vocab, size=L, p=p).astype(np.int32) for _ in range(n)]
 
 
-def test_needle_block_is_selected_and_marked():
+def _needle_retriever(source: str) -> Retriever:
     blocks = _corpus()
     needle = blocks[123].copy()
     needle[10:14] = [40001, 40002, 40003, 40004]  # an identifier nobody else uses
     blocks[123] = needle
     r = Retriever()
     for i, b in enumerate(blocks):
-        r.add(BlockRow(i, 0, i, f"k{i}", 0, b, "file", "x"))
-    question = [40002, 40003, 1, 2, 3]
-    chosen = r.select(question, budget_tokens=4 * 64)
+        r.add(BlockRow(i, 0, i, f"k{i}", 0, b, "file", source))
+    return r
+
+
+def test_needle_block_is_selected_and_marked():
+    r = _needle_retriever("x.py")
+    chosen = r.select([40002, 40003, 1, 2, 3], budget_tokens=4 * 64)
     assert {123, 124} <= {c.id for c in chosen}
     assert r.last_needles == {"k123", "k124"}  # the needle's block and the next of its document
-    assert [c.id for c in chosen] == sorted(c.id for c in chosen)  # original order
+    assert [c.id for c in chosen] == sorted(c.id for c in chosen)  # code keeps its order
     assert sum(c.n_tokens for c in chosen) <= 4 * 64
     assert r.last_ms < 1000
+
+
+def test_in_prose_the_needle_comes_last_and_the_rest_by_score():
+    """A page of prose stands alone: its best passage sits nearest the question, the needle
+    and the block it runs on into last of all, in their own order."""
+    r = _needle_retriever("notes.txt")
+    chosen = [c.id for c in r.select([40002, 40003, 1, 2, 3], budget_tokens=4 * 64)]
+    assert chosen[-2:] == [123, 124]
+    rest = chosen[:-2]
+    scores = [r.last_fused.scores.get(b, 0.0) for b in rest]
+    assert rest and scores == sorted(scores)
 
 
 def test_lsh_agrees_with_brute_force_on_near_duplicates():

@@ -84,6 +84,8 @@ def test_the_answer_naming_a_key_brings_its_block_in(home, monkeypatch):
         assert "ZORBLAX_7" in r["words"] and r["reason"] in ("word", "newline")
         assert {b["path"] for b in r["blocks"]} >= {"note-01.txt"} and r["blocks"][0]["how"] == "reinjected"
         assert "note-01.txt" in held  # the sources list what came in during the answer too
+        listed = [(x["path"], tuple(x["lines"] or ())) for x in st.sources]
+        assert len(listed) == len(set(listed))  # each block once, however often it came and went
         assert "ZORBLAX_7" in answer
         # the turn is whole: the next question sees the exchange, and the KV matches the tokens
         assert s.messages()[-1]["content"] == answer

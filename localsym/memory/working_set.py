@@ -237,8 +237,10 @@ class WorkingSet:
         before = self.recomputed
         restored, reinjected = self._bring(last)
         last.recomputed += self.recomputed - before
-        for r in taken:
-            last.sources.append((r, last.scores.get(r.key, 0.0), "reinjected"))
+        listed = {row.key for row, _, _ in last.sources}
+        for r in taken:  # a block the question chose, dropped by a refresh and brought back is listed once
+            if r.key not in listed:
+                last.sources.append((r, last.scores.get(r.key, 0.0), "reinjected"))
         return Refresh(taken, dropped, restored, reinjected, ms, (time.perf_counter() - t0) * 1000)
 
     # -- a document's window during ingest -----------------------------------------------------
