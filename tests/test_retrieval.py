@@ -44,6 +44,16 @@ def test_in_prose_the_needle_comes_last_and_the_rest_by_score():
     rest = chosen[:-2]
     scores = [r.last_fused.scores.get(b, 0.0) for b in rest]
     assert rest and scores == sorted(scores)
+    # without a needle: several blocks of one document, by score in prose, in order in code
+    for source in ("notes.txt", "x.py"):
+        r = _needle_retriever(source)
+        ids = [c.id for c in r.select([5, 9, 17, 33, 65], budget_tokens=8 * 64)]
+        assert len(ids) >= 3
+        if source == "x.py":
+            assert ids == sorted(ids)
+        else:
+            scores = [r.last_fused.scores[b] for b in ids]
+            assert scores == sorted(scores) and ids != sorted(ids)
 
 
 def test_lsh_agrees_with_brute_force_on_near_duplicates():
