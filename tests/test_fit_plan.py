@@ -120,3 +120,14 @@ def test_learned_routing_chooses_which_layers_keep_experts_in_ram(shapes):
     assert set(concentrated) <= set(plan.cpu_moe_layers)
     assert any("learned routing" in note for note in plan.notes)
     assert plan.as_dict()["cpu_moe_layers"] == plan.cpu_moe_layers
+
+
+def test_planned_windows_are_one_where_routing_is_watched():
+    """--parallel N plans N windows of one shared context; a MoE model's engines watch its
+    routing (one context each), and the embedding context plans as they do."""
+    from localsym.runtime.engine import RunOptions, planned_windows
+
+    assert planned_windows(RunOptions(parallel=4), routed=False) == 4
+    assert planned_windows(RunOptions(parallel=4), routed=True) == 1
+    assert planned_windows(RunOptions(parallel=0), routed=False) == 1
+    assert planned_windows(RunOptions(parallel=1), routed=False) == 1

@@ -1048,7 +1048,7 @@ class StoredRetriever(Retriever):
             try:
                 self.db.set_sem(keep)
             except (LocalsymError, OSError, sqlite3.Error) as e:
-                log.warning("%s: could not save %d semantic vectors (%s): kept in memory", self.db.path, len(part), e)
+                log.warning("%s: could not save %d semantic vectors (%s): kept in memory", self.db.path, len(keep), e)
         if todo:
             log.info("%s: the semantic vectors of %d blocks made from their exact tokens", self.db.path, len(todo))
         self._sem_rows += [r for r in rows if r is not None]

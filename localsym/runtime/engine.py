@@ -155,6 +155,13 @@ _open_lock = threading.Lock()
 _open: list[Engine] = []  # open engines, for the weights they share and the VRAM they hold
 
 
+def planned_windows(opts: RunOptions, routed: bool) -> int:
+    """How many ``-c`` windows an engine's plan holds: ``--parallel N`` sessions share one
+    context of N, unless the engine watches MoE routing (a routing tap sees one context's
+    batches: it gets a context of its own)."""
+    return opts.parallel if opts.parallel > 1 and not routed else 1
+
+
 def _asked(opts: RunOptions) -> tuple:
     """The placement a caller asked for: engines that asked alike share one copy of the weights."""
     return (opts.n_gpu_layers, opts.n_cpu_moe, opts.vram)
@@ -190,7 +197,7 @@ class Engine:
             else:
                 # --parallel N: the first engine plans the whole shared context, N sessions
                 # of -c each (the auto window chosen so that all N fit)
-                n = self.opts.parallel if self.opts.parallel > 1 and observer is None else 1
+                n = planned_windows(self.opts, observer is not None)
                 self.plan = make_plan(
                     self.info,
                     self.opts,

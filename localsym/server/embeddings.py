@@ -55,7 +55,7 @@ class EmbedService:
         one is, else loaded where a session would place it (so a session opened later finds
         it: ``Model.shared`` keys on the placement)."""
         from localsym.model_store import resolve
-        from localsym.runtime.engine import make_plan
+        from localsym.runtime.engine import make_plan, planned_windows
         from localsym.runtime.model_info import model_info
 
         path = resolve(self.settings.model)
@@ -68,9 +68,10 @@ class EmbedService:
                 from localsym.model_store import identity
 
                 usage = learned_usage(identity(path), info.n_layer, info.n_expert)
-            # planned as the sessions' engines are (--parallel N windows), so that both
-            # choose one placement and share one copy of the weights
-            parallel = self.settings.opts.parallel if self.settings.opts.parallel > 1 else 1
+            # planned as the sessions' engines are (--parallel N windows; one for a MoE model,
+            # whose sessions watch its routing), so that both choose one placement and share
+            # one copy of the weights
+            parallel = planned_windows(self.settings.opts, routed=info.is_moe)
             plan = make_plan(info, self.settings.opts, usage, parallel=parallel)
             model = Model.shared(path, n_gpu_layers=plan.n_gpu_layers, n_cpu_moe=plan.cpu_moe_layers or plan.n_cpu_moe)
         n_ctx = self.settings.embed_ctx or DEFAULT_EMBED_CTX
