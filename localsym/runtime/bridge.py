@@ -187,6 +187,14 @@ class Model:
         self.bos = lc.llama_vocab_bos(self._vocab)
         self.eos = lc.llama_vocab_eos(self._vocab)
         self.add_bos = bool(lc.llama_vocab_get_add_bos(self._vocab))
+        # fill-in-the-middle markers (-1 where the model has none): code models name them in
+        # their GGUF, or llama.cpp finds them by their text (<|fim_prefix|>, <PRE>, ...)
+        fim = (
+            lc.llama_vocab_fim_pre(self._vocab),
+            lc.llama_vocab_fim_suf(self._vocab),
+            lc.llama_vocab_fim_mid(self._vocab),
+        )
+        self.fim: tuple[int, int, int] | None = fim if min(fim) >= 0 else None
         # shared between threads: a dict read/write is atomic under the GIL, and a race
         # only computes the same piece twice
         self._piece_cache: dict[int, bytes] = {}

@@ -59,6 +59,7 @@ class ChatInput:
     # beside the session's memory (Session.ask_conversation); ``tools`` for the template
     conversation: list[dict[str, Any]] | None = None
     tools: list[dict[str, Any]] | None = None
+    suffix: str | None = None  # fill in the middle: the text after the gap (raw prompts only)
 
 
 @dataclass
@@ -126,7 +127,7 @@ class ChatRun:
             cap = max(16, lease.entry.hot_capacity // 2)  # the answer's room in the hot context
             if params.max_tokens > cap:
                 params = replace(params, max_tokens=cap)
-            turn = TurnRun(lease, inp.question, params, inp.raw, inp.conversation, inp.tools)
+            turn = TurnRun(lease, inp.question, params, inp.raw, inp.conversation, inp.tools, inp.suffix)
             turn.start()
         except BaseException as e:
             await lease.release()

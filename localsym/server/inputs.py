@@ -53,6 +53,17 @@ def session_name(request: Request, body: dict[str, Any], user_field: bool) -> st
     return name or None
 
 
+def fim_suffix(body: dict[str, Any]) -> str | None:
+    """The text after the gap of a fill-in-the-middle request (OpenAI's and Ollama's
+    ``suffix``), as editors send it (Continue, llama.vim); None when there is none."""
+    suffix = body.get("suffix")
+    if suffix is None:
+        return None
+    if not isinstance(suffix, str):
+        raise ApiError(400, "suffix must be a string", param="suffix")
+    return suffix
+
+
 def content_text(content: Any, where: str) -> str:
     """A message's text: a string, or OpenAI's list of parts (text parts joined)."""
     if content is None:

@@ -14,7 +14,7 @@ from starlette.responses import JSONResponse, Response
 
 from localsym.server.chat import ChatInput, ChatRun, finish_reason
 from localsym.server.errors import ApiError, ClientGone
-from localsym.server.inputs import integer, number, read_json, session_name, split_messages, stops
+from localsym.server.inputs import fim_suffix, integer, number, read_json, session_name, split_messages, stops
 from localsym.server.state import ServerState
 from localsym.server.streaming import JSON, NDJSON, Streamed, ndjson
 from localsym.server.structured import ollama_grammar, refuse_logprobs
@@ -182,16 +182,23 @@ async def generate(request: Request) -> Response:
         raise ApiError(400, "images are not supported: this server runs text models")
     refuse_logprobs(body, "logprobs", "top_logprobs")
     grammar = ollama_grammar(body)
+    suffix = fim_suffix(body)
     if not prompt or not prompt.strip():
-        return await _loaded(st, body, model, "response")
+        if suffix:  # Ollama fills a gap at the very start too; the prompt is what comes before it
+            prompt = ""
+        else:
+            return await _loaded(st, body, model, "response")
     inp = ChatInput(
         session_name(request, body, False),
         system or None,
         [],
         prompt,
         replace(_params(body, st.settings.default_max_tokens), grammar=grammar),
-        raw=body.get("raw") is True,
+        # a suffix is the model's own fill-in-the-middle markers around the prompt: never
+        # wrapped in the chat template (Ollama renders its template's .Prefix/.Suffix)
+        raw=body.get("raw") is True or suffix is not None,
         resend=False,
+        suffix=suffix,
     )
     try:
         run = await ChatRun.begin(st.pool, inp, request.is_disconnected)

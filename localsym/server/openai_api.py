@@ -14,7 +14,16 @@ from starlette.responses import JSONResponse, Response
 
 from localsym.server.chat import ChatInput, ChatRun, finish_reason
 from localsym.server.errors import ApiError, ClientGone
-from localsym.server.inputs import content_text, integer, number, read_json, session_name, split_messages, stops
+from localsym.server.inputs import (
+    content_text,
+    fim_suffix,
+    integer,
+    number,
+    read_json,
+    session_name,
+    split_messages,
+    stops,
+)
 from localsym.server.state import ServerState
 from localsym.server.streaming import JSON, SSE, Streamed, sse
 from localsym.server.structured import openai_grammar, refuse_logprobs
@@ -180,9 +189,12 @@ async def completions(request: Request) -> Response:
     prompt = body.get("prompt")
     if isinstance(prompt, list) and len(prompt) == 1:
         prompt = prompt[0]
-    if not isinstance(prompt, str) or not prompt.strip():
+    suffix = fim_suffix(body)
+    if prompt is None and suffix:  # a gap at the very start of a file
+        prompt = ""
+    if not isinstance(prompt, str) or not (prompt.strip() or (suffix and suffix.strip())):
         raise ApiError(400, "prompt must be a non-empty string (one prompt per request)", param="prompt")
-    for unsupported in ("suffix", "logprobs", "best_of"):
+    for unsupported in ("logprobs", "best_of"):
         if body.get(unsupported) not in (None, 0, 1, False):
             raise ApiError(400, f"{unsupported} is not supported", param=unsupported)
     echo = body.get("echo") is True
@@ -196,6 +208,7 @@ async def completions(request: Request) -> Response:
         params,
         raw=True,
         resend=False,
+        suffix=suffix,
     )
     try:
         run = await ChatRun.begin(st.pool, inp, request.is_disconnected)

@@ -64,8 +64,10 @@ class TurnRun:
         raw: bool,
         conversation: list[dict[str, Any]] | None = None,
         tools: list[dict[str, Any]] | None = None,
+        suffix: str | None = None,
     ) -> None:
         self.lease, self.question, self.params, self.raw = lease, question, params, raw
+        self.suffix = suffix
         self.conversation, self.tools = conversation, tools
         self.filter = StopFilter(list(params.stop))
         self.sent: list[str] = []  # what went to the client, after the stop filter
@@ -88,7 +90,7 @@ class TurnRun:
                 s = self.lease.session
                 self.sink_lost = sink_lost(s)  # given away since the request began: rebuilt by the turn
                 turn: Any = (
-                    s.ask(self.question, self.params, self.raw)
+                    s.ask(self.question, self.params, self.raw, suffix=self.suffix)
                     if self.conversation is None
                     else s.ask_conversation(self.conversation, self.params, self.tools)
                 )

@@ -766,7 +766,14 @@ class Session:
         return doc
 
     # -- asking ---------------------------------------------------------------------------------------
-    def ask(self, question: str, params: GenParams | None = None, raw: bool = False, refresh: bool = True) -> Turn:
+    def ask(
+        self,
+        question: str,
+        params: GenParams | None = None,
+        raw: bool = False,
+        refresh: bool = True,
+        suffix: str | None = None,
+    ) -> Turn:
         """A turn: iterate it for the answer's pieces; its ``stats`` fill in as it runs. The
         turn is finished (the KV made whole, the exchange stored) when it is read to the
         end or closed, whichever comes first: a caller that stops early still leaves a
@@ -774,8 +781,19 @@ class Session:
 
         ``raw``: the question is a completion prompt, sent without the chat turn's framing
         (base models asked in completion form). ``refresh``: choose the working set again
-        while answering, when the answer names a key the question did not (``_Watch``)."""
-        if not question.strip():
+        while answering, when the answer names a key the question did not (``_Watch``).
+        ``suffix``: fill in the middle: ``question`` is the text before the gap and this the
+        text after it, sent as the model's own markers, ``[FIM_PRE] question [FIM_SUF] suffix
+        [FIM_MID]`` (llama.cpp's infill order); raw prompts only, and only on a model that
+        has the markers."""
+        if suffix is not None:
+            if not raw:
+                raise LocalsymError("a suffix goes with a raw prompt (fill in the middle), not a chat question")
+            if self.engine.model.fim is None:
+                if suffix.strip():
+                    raise LocalsymError("this model has no fill-in-the-middle tokens: a suffix cannot be sent to it")
+                suffix = None  # nothing after the gap: a plain completion, as any model does it
+        if not question.strip() and not (suffix and suffix.strip()):
             raise LocalsymError("empty question")
         params = params or GenParams()
         if self.default_stop:
@@ -783,7 +801,7 @@ class Session:
                 params, stop=tuple(params.stop) + tuple(s for s in self.default_stop if s not in params.stop)
             )
         # a grammar's state lives in the sampler: no refresh, which would restart it mid-answer
-        return Turn(self, question, params, raw, refresh and not params.grammar)
+        return Turn(self, question, params, raw, refresh and not params.grammar, suffix)
 
     def ask_conversation(
         self, messages: list[dict[str, Any]], params: GenParams | None = None, tools: list[dict] | None = None
@@ -852,8 +870,17 @@ class Turn:
     turn's numbers (complete once it is finished); ``close()`` (or leaving a ``with``
     block, or reading to the end) finishes it."""
 
-    def __init__(self, session: Session, question: str, params: GenParams, raw: bool, refresh: bool = True) -> None:
+    def __init__(
+        self,
+        session: Session,
+        question: str,
+        params: GenParams,
+        raw: bool,
+        refresh: bool = True,
+        suffix: str | None = None,
+    ) -> None:
         self.session, self.question, self.params, self.raw = session, question, params, raw
+        self.suffix = suffix
         self.refresh = refresh
         self.stats = TurnStats()
         self._gen: Generator[str, None, None] | None = None
@@ -890,6 +917,9 @@ class Turn:
         # a raw prompt is the client's own template: its special tokens (<|im_start|>, FIM) are
         # control tokens; a chat question is text, whatever it spells
         q_ids = eng.model.tokenize(self.question, parse_special=self.raw)
+        if self.suffix is not None and eng.model.fim is not None:
+            pre, suf, mid = eng.model.fim
+            q_ids = [pre, *q_ids, suf, *eng.model.tokenize(self.suffix, parse_special=True), mid]
         q_toks = q_ids if self.raw else fr.user_prefix + q_ids + fr.user_suffix
         eng.ctx.clear_cancel()
         try:
