@@ -8,5 +8,6 @@ from setuptools import find_packages, setup
 setup(
     packages=[*find_packages(include=["localsym*", "kernels_numba*"]), "localsym._models"],
     package_dir={"localsym._models": "models"},
-    package_data={"localsym._models": ["*.toml"]},
+    # the semantic signal's code map (memory/semantic.py; made by tools/train_code_map.py)
+    package_data={"localsym._models": ["*.toml"], "localsym.memory": ["code_map.npz"]},
 )

@@ -44,6 +44,7 @@ def test_wheel_holds_every_package_and_the_catalog(tmp_path):
     manifests = sorted(p.name for p in (ROOT / "models").glob("*.toml"))
     assert manifests and all(f"localsym/_models/{m}" in names for m in manifests)
     assert not (ROOT / "localsym" / "_models").exists()
+    assert "localsym/memory/code_map.npz" in names  # the semantic signal's code map
     # installed from the wheel alone (no checkout, no site-packages), the catalog reads back
     target = tmp_path / "site"
     zipfile.ZipFile(next(tmp_path.glob("localsym-*.whl"))).extractall(target)

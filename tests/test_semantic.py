@@ -87,3 +87,65 @@ def test_a_session_finds_code_by_meaning_and_says_so(home, tmp_path):
             chosen = [x for x in turn.stats.sources if x.get("signal") != "refresh"]
             best = max(chosen, key=lambda x: x["score"])
             assert best["path"].endswith(want) and best["signal"] == "semantic", chosen
+
+
+# -- the code map: a code block's vector moved toward the sentences that describe such code -------------
+def test_the_code_map_ships_and_maps_only_code_rows():
+    w = semantic.code_map()
+    assert w is not None and w.shape == (semantic.DIM, semantic.DIM) and w.dtype == np.float32
+    rows = semantic.vectors(["def f(x):\n    return x + 1\n", "The meeting moved to Tuesday."])
+    assert rows is not None
+    m = semantic.matrix(rows, np.array([True, False]))
+    assert np.allclose(np.linalg.norm(m, axis=1), 1.0, atol=1e-3)
+    assert np.allclose(m[1], rows[1].astype(np.float32))  # prose keeps its own vector
+    assert not np.allclose(m[0], rows[0].astype(np.float32), atol=1e-2)
+    assert np.allclose(semantic.matrix(rows, np.zeros(2, bool)), rows.astype(np.float32))
+
+
+def test_each_kind_is_scored_above_its_own_median():
+    m = np.zeros((6, semantic.DIM), np.float32)
+    m[:, 0] = [0.9, 0.5, 0.5, 0.3, 0.1, 0.1]  # code rows at 0.5 and up, prose at 0.1 and up
+    q = np.zeros(semantic.DIM, np.float32)
+    q[0] = 1.0
+    code = np.array([True, True, True, False, False, False])
+    ids, s = semantic.scores(m, q, code=code)
+    # one median (0.4) would put the code rows' usual level above the prose's best; each
+    # kind's own puts the best of each above its kind
+    assert ids.tolist() == [0, 3] and np.allclose(s, [min(0.4 / semantic.STRONG, 1.0), 0.2 / semantic.STRONG])
+
+
+def test_the_map_finds_a_package_it_never_saw_better(tmp_path, smol_path):
+    """click is left out of the map's training (tools/train_code_map.py): its functions,
+    docstrings removed and cut into localsym's blocks, asked about by their docstrings'
+    first sentences (bench code's task), are ranked higher through the map than without."""
+    import random
+
+    from localsym.bench.code import prepare
+    from localsym.chunking import chunk_file
+    from localsym.session import Tokenizer
+
+    with Tokenizer(str(smol_path)) as vocab:
+        root, targets = prepare("click", tmp_path, 40000, lambda s: len(vocab.tokenize(s)))
+        blocks: list[tuple[str, tuple[int, int], str]] = []
+        for f in sorted(root.rglob("*.py")):
+            name = str(f.relative_to(root))
+            for c in chunk_file(f.read_text(encoding="utf-8"), name, vocab.tokenize, 256):
+                assert c.lines is not None
+                blocks.append((str(f.resolve()), c.lines, vocab.detokenize(list(c.tokens))))
+    rows = semantic.vectors([b[2] for b in blocks])
+    asked = random.Random(0).sample(targets, 30)
+    q = semantic.vectors([semantic.question_text(t.sentence) for t in asked])
+    assert rows is not None and q is not None
+
+    def mean_rank(m: np.ndarray) -> float:
+        ranks = []
+        for t, qv in zip(asked, q.astype(np.float32)):
+            sims = m @ qv
+            lo, hi = t.lines
+            good = [i for i, (path, (a, b), _) in enumerate(blocks) if path == t.path and a <= hi and lo <= b]
+            ranks.append(min(int((sims > sims[i]).sum()) for i in good))
+        return float(np.mean(1.0 / (1.0 + np.array(ranks))))
+
+    plain = mean_rank(rows.astype(np.float32))
+    mapped = mean_rank(semantic.matrix(rows, np.ones(len(rows), bool)))
+    assert mapped > plain * 1.15, (plain, mapped)

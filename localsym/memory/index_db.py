@@ -509,6 +509,10 @@ class IndexDB:
         """Ids of the active document blocks holding ``token``."""
         return [r[0] for r in self.db.execute("SELECT block_id FROM postings WHERE token = ?", (token,))]
 
+    def sources_by_doc(self) -> dict[int, str]:
+        """Every document's id -> its source (a few rows a file: read whole)."""
+        return dict(self.db.execute("SELECT id, source FROM docs").fetchall())
+
     def doc_sources(self) -> dict[str, str]:
         """Completely ingested, active file sources -> their content sha."""
         return dict(

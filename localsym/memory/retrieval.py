@@ -292,7 +292,8 @@ class Retriever:
         self._lex: lexical.LexicalIndex | None = None  # in memory; a session's lives in its SQLite
         # the semantic signal: each block's static embedding (memory/semantic.py), in block order
         self._sem_rows: list[np.ndarray] = []
-        self._sem_m: np.ndarray | None = None
+        self._sem_m: np.ndarray | None = None  # the rows as questions meet them (semantic.matrix)
+        self._sem_code = np.zeros(0, bool)
         self.weights = dict(fusion.WEIGHTS)
         self.k_max, self.margin = fusion.K_MAX, fusion.MARGIN
         self.last_fused = fusion.Fused()
@@ -356,8 +357,14 @@ class Retriever:
         if q is None:
             return None
         if self._sem_m is None:
-            self._sem_m = np.stack(self._sem_rows) if self._sem_rows else np.zeros((0, semantic.DIM), np.float16)
-        return semantic.scores(self._sem_m, q[0])
+            rows = np.stack(self._sem_rows) if self._sem_rows else np.zeros((0, semantic.DIM), np.float16)
+            self._sem_code = self._code_rows(len(rows))
+            self._sem_m = semantic.matrix(rows, self._sem_code)
+        return semantic.scores(self._sem_m, q[0], code=self._sem_code)
+
+    def _code_rows(self, n: int) -> np.ndarray:
+        """Which of the first ``n`` blocks are code (by their file's suffix)."""
+        return np.array([is_code(b.source) for b in self._blocks[:n]], bool)
 
     def _lexical(self, terms: list[str], limit: int) -> tuple[np.ndarray, np.ndarray]:
         """Blocks by BM25 over their words: (block numbers, scores), best first."""
@@ -1097,6 +1104,13 @@ class StoredRetriever(Retriever):
 
     def _len_of(self, b: int) -> int:
         return int(self._lens[b])
+
+    def _code_rows(self, n: int) -> np.ndarray:
+        code = {d: is_code(src) for d, src in self.db.sources_by_doc().items()}
+        out = np.zeros(n, bool)
+        docs = self._docs[:n]
+        out[: len(docs)] = [code.get(int(d), False) for d in docs]
+        return out
 
     def _key_of(self, b: int) -> str:
         return self._keys_of[b]

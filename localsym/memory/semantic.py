@@ -11,11 +11,19 @@ functions alone, and fused beside BM25 (weight 0.5) took source hit from 0.825 t
 
 The weights and tokenizer ship inside the ``wordllama`` wheel; they are read from its
 folder directly (its own loader tries the network first for its tokenizer file).
+
+Code is not English: averaged, a block's identifiers and punctuation sit apart from the
+sentence that describes them. A linear map learned from (docstring sentence, block of code)
+pairs of other packages (``code_map.npz``, made by ``tools/train_code_map.py``; the bench's
+packages never among them) moves a code block's vector toward its description; a block of
+prose keeps its own. Stored vectors stay the plain averages: the map is applied when a
+session's matrix is built, so a new map needs no rebuild.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import json
 import logging
 import re
 import threading
@@ -37,6 +45,9 @@ POOL = 64  # candidates a question's vector brings to fusion
 # best 0.919), a sentence of a page of filler 0.53, the filler itself at most 0.04
 STRONG = 0.3
 MAX_CHARS = 20_000  # of a block's text embedded: a block is ~256 model tokens, this is slack
+
+CODE_MAP_FILE = Path(__file__).with_name("code_map.npz")
+CODE_MAP_VERSION = 1
 
 _WORD = re.compile(r"[A-Za-z][A-Za-z'_]*|[0-9]+")
 # words about the question, not its subject, beyond the lexical stop list
@@ -99,6 +110,44 @@ def embedder() -> Embedder | None:
     return _embedder
 
 
+_map_lock = threading.Lock()
+_code_map: np.ndarray | None = None
+_map_failed = False
+
+
+def code_map() -> np.ndarray | None:
+    """The code map W [DIM, DIM] f32, or None (one warning) where its file is missing or not
+    this version's: code blocks then go by their plain vectors."""
+    global _code_map, _map_failed
+    if _code_map is not None or _map_failed:
+        return _code_map
+    with _map_lock:
+        if _code_map is None and not _map_failed:
+            try:
+                with np.load(CODE_MAP_FILE) as f:
+                    meta = json.loads(str(f["meta"]))
+                    w = f["w"].astype(np.float32)
+                if meta.get("version") != CODE_MAP_VERSION or w.shape != (DIM, DIM) or not np.isfinite(w).all():
+                    raise ValueError(f"not a version {CODE_MAP_VERSION} map of {DIM} x {DIM}")
+                _code_map = w
+            except (OSError, ValueError, KeyError, json.JSONDecodeError) as e:
+                log.warning("semantic code map off (%s): %s", CODE_MAP_FILE.name, e)
+                _map_failed = True
+    return _code_map
+
+
+def matrix(rows: np.ndarray, code: np.ndarray) -> np.ndarray:
+    """Blocks' rows [n, DIM] as a question is scored against them: the rows of code blocks
+    (``code``, a bool mask) through the code map and back to unit length."""
+    m = rows.astype(np.float32)
+    w = code_map()
+    if w is not None and code.any():
+        mapped = m[code] @ w
+        norm = np.linalg.norm(mapped, axis=1, keepdims=True)
+        m[code] = np.divide(mapped, norm, out=np.zeros_like(mapped), where=norm > 0)
+    return m
+
+
 def question_text(text: str) -> str:
     """A question's words that say what it is about: the words that ask ("which function
     in this code does the following") pull every question toward the same blocks."""
@@ -117,17 +166,22 @@ def vectors(texts: Sequence[str]) -> np.ndarray | None:
         return None
 
 
-def scores(matrix: np.ndarray, query: np.ndarray, pool: int = POOL) -> tuple[np.ndarray, np.ndarray]:
+def scores(
+    matrix: np.ndarray, query: np.ndarray, pool: int = POOL, code: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """The ``pool`` best rows of ``matrix`` [n, DIM] for unit ``query``: (rows, scores in
     [0, 1]), best first. A score is the cosine above the median block's (cosines of averaged
     word vectors all sit high, 0.3-0.6), over ``STRONG``: on a scale of its own, not divided
     by the best, so that where nothing matches (a page of filler beside one fact: at most
-    0.04 above the median) nothing scores high."""
+    0.04 above the median) nothing scores high. With ``code`` (a bool mask: rows through the
+    code map) the median is each kind's own: mapped and plain cosines sit at other levels."""
     if not len(matrix):
         return np.zeros(0, np.int64), np.zeros(0, np.float32)
     sims = matrix.astype(np.float32) @ query.astype(np.float32)
-    base = float(np.median(sims))
+    base = np.full(len(sims), float(np.median(sims)), np.float32)
+    if code is not None and code.any() and not code.all():
+        base[code], base[~code] = np.median(sims[code]), np.median(sims[~code])
     top = np.argsort(-sims, kind="stable")[:pool]
-    s = np.minimum(np.maximum(sims[top] - base, 0.0) / STRONG, 1.0)
+    s = np.minimum(np.maximum(sims[top] - base[top], 0.0) / STRONG, 1.0)
     keep = s > 0
     return top[keep].astype(np.int64), s[keep].astype(np.float32)
