@@ -222,3 +222,44 @@ def test_a_dead_or_silent_server_record_falls_back_with_a_note(tmp_path, monkeyp
     finally:
         silent.kill()
         silent.wait()
+
+
+async def test_the_attached_chat_shows_an_editors_turns(server, monkeypatch):
+    """An editor naming the chat's session answers there; the chat shows its exchange without
+    a keypress (it looks every ``POLL_S``), never shows its own turn twice, and a client that
+    replaces the history (its copy of the conversation wins) is shown as the session now."""
+    import asyncio
+
+    monkeypatch.setattr(ChatApp, "POLL_S", 0.3)
+    app = ChatApp(SMOL, "live", RunOptions(n_ctx=2048, vram="cpu"), sessions=connect(SMOL, "live"))
+
+    def editor(messages: list[dict]) -> str:
+        r = server.oa().chat.completions.create(
+            model=SMOL, messages=messages, max_tokens=8, temperature=0, extra_headers={SESSION: "live"}
+        )
+        return r.choices[0].message.content or ""
+
+    def shown(role: str) -> list[str]:
+        return [m.text for m in app.query(MessageView) if m.role == role]
+
+    async with app.run_test(size=(100, 30)) as pilot:
+        await wait_until(pilot, lambda: app.session is not None and not app.busy)
+        await _send(pilot, app, "Say hello.")
+        await wait_until(pilot, lambda: len(shown("assistant")) == 1 and not app.busy)
+        q = "What is the capital of France?"
+        history = [{"role": m["role"], "content": m["content"]} for m in server.messages("live")]
+        assert [m["role"] for m in history] == ["user", "assistant"]
+        answer = await asyncio.to_thread(editor, [*history, {"role": "user", "content": q}])
+        await wait_until(pilot, lambda: q in shown("user"), timeout=30)
+        await wait_until(pilot, lambda: len(shown("assistant")) == 2, timeout=30)
+        assert shown("user") == ["Say hello.", q] and answer.strip() in shown("assistant")[1]
+        await pilot.pause(1.0)  # a few more looks: nothing is shown twice
+        assert shown("user") == ["Say hello.", q]
+
+        # a client whose copy of the conversation differs: the session is rebuilt from it (its
+        # earlier turns as the new session's memory, the new exchange its first message)
+        other = "Name a colour."
+        rewritten = [{"role": "user", "content": "Tell me a joke."}, {"role": "assistant", "content": "No."}]
+        await asyncio.to_thread(editor, [*rewritten, {"role": "user", "content": other}])
+        await wait_until(pilot, lambda: shown("user") == [other], timeout=30)
+        assert len(shown("assistant")) == 1

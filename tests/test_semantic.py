@@ -149,3 +149,27 @@ def test_the_map_finds_a_package_it_never_saw_better(tmp_path, smol_path):
     plain = mean_rank(rows.astype(np.float32))
     mapped = mean_rank(semantic.matrix(rows, np.ones(len(rows), bool)))
     assert mapped > plain * 1.15, (plain, mapped)
+
+
+def test_a_damaged_code_map_is_one_warning_and_plain_vectors(tmp_path, monkeypatch, caplog):
+    """A truncated, foreign or wrong-version map file: the signal goes on with plain vectors."""
+    good = semantic.CODE_MAP_FILE.read_bytes()
+    bad = {
+        "truncated": good[: len(good) // 2],
+        "foreign": b"not an npz at all",
+    }
+    v2 = tmp_path / "v2.npz"
+    np.savez(v2, w=np.eye(semantic.DIM, dtype=np.float16), meta=np.array('{"version": 999}'))
+    bad["wrong version"] = v2.read_bytes()
+    rows = semantic.vectors(["def f(x):\n    return x\n"])
+    assert rows is not None
+    for what, data in bad.items():
+        f = tmp_path / f"{what}.npz"
+        f.write_bytes(data)
+        monkeypatch.setattr(semantic, "CODE_MAP_FILE", f)
+        monkeypatch.setattr(semantic, "_code_map", None)
+        monkeypatch.setattr(semantic, "_map_failed", False)
+        caplog.clear()
+        assert semantic.code_map() is None, what
+        assert semantic.code_map() is None and len(caplog.records) == 1, what  # said once
+        assert np.allclose(semantic.matrix(rows, np.array([True])), rows.astype(np.float32)), what

@@ -27,6 +27,7 @@ import json
 import logging
 import re
 import threading
+import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -130,7 +131,7 @@ def code_map() -> np.ndarray | None:
                 if meta.get("version") != CODE_MAP_VERSION or w.shape != (DIM, DIM) or not np.isfinite(w).all():
                     raise ValueError(f"not a version {CODE_MAP_VERSION} map of {DIM} x {DIM}")
                 _code_map = w
-            except (OSError, ValueError, KeyError, json.JSONDecodeError) as e:
+            except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError) as e:
                 log.warning("semantic code map off (%s): %s", CODE_MAP_FILE.name, e)
                 _map_failed = True
     return _code_map

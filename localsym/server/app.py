@@ -129,6 +129,7 @@ def build_app(state: ServerState) -> ASGIApp:
         Route("/localsym/load", _bounded(load_api.load), methods=["POST"]),
         Route("/localsym/sessions", _bounded(load_api.sessions), methods=["GET"]),
         Route("/localsym/sessions/{name}", _bounded(load_api.session_info), methods=["GET"]),
+        Route("/localsym/sessions/{name}/messages", _bounded(load_api.session_changes), methods=["GET"]),
         Route("/localsym/sessions/{name}", _bounded(load_api.session_delete), methods=["DELETE"]),
         Route("/localsym/server", _bounded(session_api.server_info), methods=["GET"]),
         Route("/localsym/open", _bounded(session_api.open_session), methods=["POST"]),

@@ -169,6 +169,41 @@ async def session_info(request: Request) -> Response:
         await lease.release()
 
 
+async def session_changes(request: Request) -> Response:
+    """An attached chat's look for the turns other clients make on its session (an editor
+    naming it): ``?since=VERSION`` answers ``{"version"}`` alone while nothing changed, the
+    messages once something did. It never waits behind a turn in progress (``"busy": true``)
+    and never opens a session (``"version": null`` where the server holds none open: then
+    nothing changes it here)."""
+    st: ServerState = request.app.state.server
+    name = request.path_params["name"]
+    try:
+        session_dir(name)
+    except LocalsymError as err:
+        raise ApiError(400, str(err).encode("utf-8", "backslashreplace").decode(), "bad_session_name") from None
+    since = request.query_params.get("since", "")
+    entry = st.pool.entries.get(name)
+    if entry is None or entry.ephemeral or entry.session is None:
+        return JSONResponse({"version": None})
+    if entry.version() == since:
+        return JSONResponse({"version": since})
+    if entry.lock.locked():
+        return JSONResponse({"version": since, "busy": True})
+    try:
+        lease = await st.pool.acquire(name, None, request.is_disconnected)
+    except ClientGone:
+        return Response(status_code=499)
+    try:
+
+        def read() -> tuple[str | None, list[dict]]:
+            return lease.entry.version(), lease.session.messages()
+
+        version, messages = await lease.call(read)
+    finally:
+        await lease.release()
+    return JSONResponse({"version": version, "messages": messages})
+
+
 async def session_delete(request: Request) -> Response:
     lease = await _leased(request)
     if lease is None:

@@ -109,6 +109,7 @@ def _state(lease: Lease, mix: bool) -> dict[str, Any]:
         "messages": s.messages(),
         "status": asdict(s.status()),
         "chat_template": s.chat_template(),
+        "version": lease.entry.version(),
     }
     if mix:
         d["quant_mix"] = s.quant_mix()

@@ -50,6 +50,12 @@ class Entry:
     opened_at: float = 0.0
     hot_capacity: int = 0
 
+    def version(self) -> str | None:
+        """What an attached chat compares to see whether the session's messages changed: the
+        open session (a replaced history opens a new one) and the exchanges it stored."""
+        s = self.session
+        return None if s is None else f"{self.opened_at:.6f}/{s.exchanges}"
+
 
 async def settle(fut: asyncio.Future[T]) -> T:
     """Await a worker's result; if the caller is cancelled meanwhile, still wait for the

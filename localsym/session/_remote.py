@@ -22,6 +22,7 @@ import os
 import socket
 import threading
 import time
+import urllib.parse
 import weakref
 from collections.abc import Iterator
 from dataclasses import fields
@@ -39,6 +40,7 @@ from localsym.session._session import Session, SessionBusy
 
 HELLO_TIMEOUT_S = 2.0  # a live server answers /localsym/server at once: its event loop never runs a decode
 OPEN_TIMEOUT_S = 600.0  # opening waits for the session's turn in the server's queue
+POLL_TIMEOUT_S = 10.0  # a look for other clients' turns never waits for one
 _ANY_HOST = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}
 
 
@@ -393,7 +395,8 @@ class RemoteTurn:
             self.body["system"] = system
         self.stats = TurnStats()
         self.status: SessionStatus | None = None  # the session's state after the turn
-        self._done = done  # called with the final event
+        self._done = done  # called once the server has the turn, however it ended
+        self.ended = False  # read to the end, stopped or broken off
         self._gen: Iterator[str] | None = None
         self._cancel = threading.Event()
         _LIVE_TURNS.add(self)
@@ -414,6 +417,7 @@ class RemoteTurn:
         gen = self._gen
         if gen is not None and hasattr(gen, "close"):
             gen.close()
+        self.ended = True
         _LIVE_TURNS.discard(self)
 
     def __enter__(self) -> RemoteTurn:
@@ -457,8 +461,6 @@ class RemoteTurn:
                     if isinstance(event.get("status"), dict):
                         self.status = _status(event["status"])
                     finished = True
-                    if self._done is not None:
-                        self._done(self)
         except (OSError, ValueError, http.client.HTTPException) as e:
             if not self._cancel.is_set():
                 raise LocalsymError(f"{self.server.where} broke off the answer ({_why(e)})") from None
@@ -470,6 +472,9 @@ class RemoteTurn:
                 st.completion_tokens = st.completion_tokens or len(pieces)
                 st.cancelled = self._cancel.is_set() or st.cancelled
                 st.stop_reason = "cancelled" if st.cancelled else "closed"
+            if self._done is not None:  # the server stores a stopped turn as far as it got
+                self._done(self)
+            self.ended = True
         if not finished and not self._cancel.is_set():
             raise LocalsymError(f"{self.server.where} ended the answer early (see its log)")
 
@@ -541,6 +546,8 @@ class RemoteSession:
             self._messages = [m for m in d["messages"] if isinstance(m, dict)]
             self._status = _status(d["status"])
             self._template = d.get("chat_template")
+            version = d.get("version")
+            self._version = version if isinstance(version, str) else ""
         except (KeyError, TypeError, ValueError) as e:
             raise LocalsymError(f"{self.server.where} sent a broken session state ({e})") from None
 
@@ -550,6 +557,26 @@ class RemoteSession:
 
     def status(self) -> SessionStatus:
         return self._status
+
+    def poll(self) -> tuple[list[dict], bool]:
+        """What other clients added to this session since the last look (an editor's turns),
+        and whether its history was replaced (then ``messages()`` is all of it, to show
+        again). Never waits behind a turn in progress; asks nothing while this client's own
+        turn runs."""
+        if self._turn is not None and not self._turn.ended:
+            return [], False
+        name, since = urllib.parse.quote(self.name, safe=""), urllib.parse.quote(self._version, safe="")
+        d = self.server.json("GET", f"/localsym/sessions/{name}/messages?since={since}", timeout=POLL_TIMEOUT_S)
+        got = d.get("messages")
+        if not isinstance(got, list) or (self._turn is not None and not self._turn.ended):
+            return [], False
+        version = d.get("version")
+        self._version = version if isinstance(version, str) else ""
+        messages = [m for m in got if isinstance(m, dict)]
+        had, self._messages = self._messages, messages
+        if len(messages) < len(had) or any(a.get("role") != b.get("role") for a, b in zip(had, messages)):
+            return [], True
+        return messages[len(had) :], False
 
     @property
     def total_tokens(self) -> int:

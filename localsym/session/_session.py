@@ -216,6 +216,7 @@ class Session:
             engine.ctx.on_evicted = self.working.reset
         self._closed = False
         self._dirty = False  # something was written: close records the totals
+        self.exchanges = 0  # stored since it opened: an attached chat sees another client's turn by it
         self._damage_said: set[int] = set()  # damaged blocks a turn has reported already
         self.default_stop: tuple[str, ...] = ()  # stop strings the model's store asks for (Ollama)
 
@@ -863,6 +864,7 @@ class Session:
             self.db.set("total_tokens", self.total_tokens + len(turn))
             self.db.set("updated", time.time())
         self.turns += new
+        self.exchanges += 1
 
 
 class Turn:

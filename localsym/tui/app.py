@@ -21,6 +21,7 @@ import sqlite3
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 from textual import on, work
 from textual.app import App, ComposeResult, SystemCommand
@@ -105,6 +106,8 @@ NO_LIMIT = 1 << 30  # num_predict -1: the answer runs until the model ends it or
 HISTORY_FILE = "prompts.jsonl"
 HISTORY_KEEP = 500
 
+log = logging.getLogger("localsym.tui")
+
 
 def _cause(e: BaseException) -> str:
     """An error the chat shows in one line: a library error (zip, SQLite, a full disk) by its
@@ -150,6 +153,7 @@ class SessionPicker(ModalScreen[str | None]):
 
 class ChatApp(App):
     TITLE = "localsym"
+    POLL_S = 2.0  # attached to a server: how often it looks for other clients' turns
     CSS = """
     #history { height: 1fr; }
     #load-progress { height: 1; margin: 0 1; display: none; }
@@ -188,6 +192,7 @@ class ChatApp(App):
         self.last_answer = ""
         self.last_stats: TurnStats | None = None
         self.decode_tok_s = 0.0
+        self._polling = False  # a look for other clients' turns is under way
 
     # -- layout ---------------------------------------------------------------------------------------
     def compose(self) -> ComposeResult:
@@ -319,6 +324,9 @@ class ChatApp(App):
 
     def _session_ready(self) -> None:
         assert self.session is not None  # called once the session is open
+        if hasattr(self.session, "poll") and not hasattr(self, "_poller"):
+            # attached to a server: an editor's turns on this session show up here too
+            self._poller = self.set_interval(self.POLL_S, self._poll_tick)
         history = self.query_one("#history", VerticalScroll)
         history.remove_children()
         for m in self.session.messages():
@@ -335,6 +343,33 @@ class ChatApp(App):
         self.refresh_status()
 
     # -- prompt history (up/down), kept per session beside its index ---------------------------------
+    def _poll_tick(self) -> None:
+        if not self.busy and not self._polling and self.session is not None and hasattr(self.session, "poll"):
+            self._polling = True
+            self._poll(self.session)
+
+    @work(thread=True, group="poll")
+    def _poll(self, session: Any) -> None:
+        try:
+            new, replaced = session.poll()
+        except Exception as e:  # noqa: BLE001 - a server that went away says so on the next turn
+            log.debug("poll: %s", e)
+            new, replaced = [], False
+        finally:
+            self._polling = False
+        if new or replaced:
+            self.call_from_thread(self._show_polled, session, new, replaced)
+
+    def _show_polled(self, session: Any, new: list[dict], replaced: bool) -> None:
+        current = self.session
+        if current is None or session is not current:
+            return  # another session opened meanwhile
+        if replaced:  # a client sent its own copy of the conversation: it is the session now
+            self.query_one("#history", VerticalScroll).remove_children()
+            new = current.messages()
+        for m in new:
+            self.add_message(str(m.get("role", "")), str(m.get("content", "")))
+
     def _history_path(self, name: str) -> Path:
         return session_dir(name) / HISTORY_FILE
 
