@@ -167,8 +167,7 @@ def test_a_damaged_code_map_is_one_warning_and_plain_vectors(tmp_path, monkeypat
         f = tmp_path / f"{what}.npz"
         f.write_bytes(data)
         monkeypatch.setattr(semantic, "CODE_MAP_FILE", f)
-        monkeypatch.setattr(semantic, "_code_map", None)
-        monkeypatch.setattr(semantic, "_map_failed", False)
+        monkeypatch.setattr(semantic, "_CODE_MAP", semantic._Once(semantic._load_code_map, "off"))
         caplog.clear()
         assert semantic.code_map() is None, what
         assert semantic.code_map() is None and len(caplog.records) == 1, what  # said once

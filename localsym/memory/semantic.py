@@ -27,15 +27,16 @@ import json
 import logging
 import re
 import threading
-import zipfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Generic, TypeVar
 
 import numpy as np
 
 from localsym.memory.lexical import STOP
 
 log = logging.getLogger("localsym.retrieval")
+T = TypeVar("T")
 
 DIM = 256
 WEIGHTS_FILE = "weights/l2_supercat_256.safetensors"
@@ -86,55 +87,59 @@ class Embedder:
         return out
 
 
-_lock = threading.Lock()
-_embedder: Embedder | None = None
-_failed = False
+class _Once(Generic[T]):
+    """A value loaded on first use, or None, with one warning, where loading fails: a
+    missing or broken part of this signal never fails a question."""
+
+    def __init__(self, load: Callable[[], T], off: str) -> None:
+        self._load, self._off = load, off
+        self._lock = threading.Lock()
+        self._value: T | None = None
+        self._failed = False
+
+    def get(self) -> T | None:
+        if self._value is not None or self._failed:
+            return self._value
+        with self._lock:
+            if self._value is None and not self._failed:
+                try:
+                    self._value = self._load()
+                except Exception as e:  # tokenizers raises a bare Exception on a bad file
+                    log.warning("%s: %s", self._off, e)
+                    self._failed = True
+        return self._value
+
+
+def _load_embedder() -> Embedder:
+    spec = importlib.util.find_spec("wordllama")
+    if spec is None or spec.origin is None:
+        raise FileNotFoundError("the wordllama package is not installed")
+    return Embedder(Path(spec.origin).parent)
+
+
+def _load_code_map() -> np.ndarray:
+    with np.load(CODE_MAP_FILE) as f:  # a damaged file raises (zip, npy or JSON errors): the map is off
+        meta = json.loads(str(f["meta"]))
+        w = f["w"].astype(np.float32)
+    if meta.get("version") != CODE_MAP_VERSION or w.shape != (DIM, DIM) or not np.isfinite(w).all():
+        raise ValueError(f"{CODE_MAP_FILE.name} is not a version {CODE_MAP_VERSION} map of {DIM} x {DIM}")
+    return w
+
+
+_EMBEDDER = _Once(_load_embedder, "semantic signal off")
+_CODE_MAP = _Once(_load_code_map, "semantic code map off")
 
 
 def embedder() -> Embedder | None:
-    """The process's embedder, loaded on first use; None (with one warning) where the
-    ``wordllama`` files are missing or unreadable: the other signals rank alone."""
-    global _embedder, _failed
-    if _embedder is not None or _failed:
-        return _embedder
-    with _lock:
-        if _embedder is None and not _failed:
-            try:
-                spec = importlib.util.find_spec("wordllama")
-                if spec is None or spec.origin is None:
-                    raise FileNotFoundError("the wordllama package is not installed")
-                _embedder = Embedder(Path(spec.origin).parent)
-            except Exception as e:  # tokenizers raises a bare Exception on a bad file
-                # a missing or broken signal must never fail a question
-                log.warning("semantic signal off: %s", e)
-                _failed = True
-    return _embedder
-
-
-_map_lock = threading.Lock()
-_code_map: np.ndarray | None = None
-_map_failed = False
+    """The process's embedder; None where the ``wordllama`` files are missing or unreadable:
+    the other signals rank alone."""
+    return _EMBEDDER.get()
 
 
 def code_map() -> np.ndarray | None:
-    """The code map W [DIM, DIM] f32, or None (one warning) where its file is missing or not
-    this version's: code blocks then go by their plain vectors."""
-    global _code_map, _map_failed
-    if _code_map is not None or _map_failed:
-        return _code_map
-    with _map_lock:
-        if _code_map is None and not _map_failed:
-            try:
-                with np.load(CODE_MAP_FILE) as f:
-                    meta = json.loads(str(f["meta"]))
-                    w = f["w"].astype(np.float32)
-                if meta.get("version") != CODE_MAP_VERSION or w.shape != (DIM, DIM) or not np.isfinite(w).all():
-                    raise ValueError(f"not a version {CODE_MAP_VERSION} map of {DIM} x {DIM}")
-                _code_map = w
-            except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError) as e:
-                log.warning("semantic code map off (%s): %s", CODE_MAP_FILE.name, e)
-                _map_failed = True
-    return _code_map
+    """The code map W [DIM, DIM] f32; None where its file is missing, damaged or not this
+    version's: code blocks then go by their plain vectors."""
+    return _CODE_MAP.get()
 
 
 def matrix(rows: np.ndarray, code: np.ndarray) -> np.ndarray:
