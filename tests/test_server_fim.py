@@ -116,6 +116,7 @@ def test_a_model_without_markers_says_so(fim, home):
     )
     assert r.status_code == 400 and "suffix must be a string" in r.json()["error"]["message"]
     plain = Server(home)
+    answers: list[tuple[str, int]] = []
     try:
         client = openai.OpenAI(base_url=f"{plain.url}/v1", api_key="unused", max_retries=0, timeout=120)
         for stream in (False, True):
@@ -129,5 +130,12 @@ def test_a_model_without_markers_says_so(fim, home):
         assert g.status_code == 400 and "no fill-in-the-middle tokens" in g.json()["error"]
         ok = client.completions.create(model=SMOL, prompt=PREFIX, suffix="", max_tokens=4, temperature=0)
         assert ok.choices[0].text
+        # Ollama: an empty suffix is none, and the prompt goes through the chat template as usual
+        for suffix in ("", None):
+            body = {"model": SMOL, "prompt": "Hi", "stream": False, "options": {"temperature": 0, "num_predict": 4}}
+            g = httpx.post(f"{plain.url}/api/generate", json=body | {"suffix": suffix}, timeout=60)
+            assert g.status_code == 200, g.text
+            answers.append((g.json()["response"], g.json()["localsym"]["prompt_tokens"]))
+        assert answers[0] == answers[1]
     finally:
         plain.stop()

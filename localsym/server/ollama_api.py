@@ -182,7 +182,9 @@ async def generate(request: Request) -> Response:
         raise ApiError(400, "images are not supported: this server runs text models")
     refuse_logprobs(body, "logprobs", "top_logprobs")
     grammar = ollama_grammar(body)
-    suffix = fim_suffix(body)
+    # an empty suffix is none: Ollama's templates take their fill-in-the-middle branch only
+    # for a suffix that says something ({{ if .Suffix }})
+    suffix = fim_suffix(body) or None
     if not prompt or not prompt.strip():
         if suffix:  # Ollama fills a gap at the very start too; the prompt is what comes before it
             prompt = ""
