@@ -9,9 +9,16 @@ into blocks by localsym's own chunker, paired with the first sentence of the doc
 function the block holds. The bench's packages (and localsym) are never used. The loss is
 the symmetric in-batch contrastive one (InfoNCE, temperature 0.05), Adam, from W = I.
 
-Run (minutes on 2 cores; the corpus is whatever is installed, recorded in the file):
+Run (minutes on 2 cores; the corpus is whatever is installed, recorded in the file's
+``meta``; its blocks are cut in SmolLM2's tokens, so pull it first):
 
-    python tools/train_code_map.py --sites "$(python -c 'import site; print(site.getsitepackages()[0])')"
+    localsym pull smollm2-135m
+    python tools/train_code_map.py            # this venv's packages and the standard library
+    python tools/train_code_map.py --sites DIR1,DIR2 --out /tmp/map.npz
+
+The shipped map came from this venv plus a second site-packages folder (151 packages, 12,227
+pairs, held-out MRR 0.448 -> 0.573); a larger per-package budget (17K pairs) did no better on
+``bench code`` (docs/DEVELOPMENT.md).
 """
 
 from __future__ import annotations
