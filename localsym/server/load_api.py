@@ -126,13 +126,19 @@ async def sessions(request: Request) -> Response:
     return JSONResponse({"sessions": rows})
 
 
-async def _leased(request: Request) -> Lease | None:
-    st: ServerState = request.app.state.server
+def _path_name(request: Request) -> str:
+    """The session named in the URL; a bad name is the client's mistake (400), not a missing session."""
     name = request.path_params["name"]
     try:
-        session_dir(name)  # a bad name is the client's mistake (400), not a missing session
+        session_dir(name)
     except LocalsymError as e:
         raise ApiError(400, str(e).encode("utf-8", "backslashreplace").decode(), "bad_session_name") from None
+    return name
+
+
+async def _leased(request: Request) -> Lease | None:
+    st: ServerState = request.app.state.server
+    name = _path_name(request)
     if name.startswith("ephemeral-") or not session_exists(name):
         raise ApiError(404, f"no session named {name!r}", "session_not_found")
     try:
@@ -176,11 +182,7 @@ async def session_changes(request: Request) -> Response:
     and never opens a session (``"version": null`` where the server holds none open: then
     nothing changes it here)."""
     st: ServerState = request.app.state.server
-    name = request.path_params["name"]
-    try:
-        session_dir(name)
-    except LocalsymError as err:
-        raise ApiError(400, str(err).encode("utf-8", "backslashreplace").decode(), "bad_session_name") from None
+    name = _path_name(request)
     since = request.query_params.get("since", "")
     entry = st.pool.entries.get(name)
     if entry is None or entry.ephemeral or entry.session is None:

@@ -563,12 +563,12 @@ class RemoteSession:
         and whether its history was replaced (then ``messages()`` is all of it, to show
         again). Never waits behind a turn in progress; asks nothing while this client's own
         turn runs."""
-        if self._turn is not None and not self._turn.ended:
+        if self._asking:
             return [], False
         name, since = urllib.parse.quote(self.name, safe=""), urllib.parse.quote(self._version, safe="")
         d = self.server.json("GET", f"/localsym/sessions/{name}/messages?since={since}", timeout=POLL_TIMEOUT_S)
         got = d.get("messages")
-        if not isinstance(got, list) or (self._turn is not None and not self._turn.ended):
+        if not isinstance(got, list) or self._asking:  # this client's turn began meanwhile
             return [], False
         version = d.get("version")
         self._version = version if isinstance(version, str) else ""
@@ -577,6 +577,11 @@ class RemoteSession:
         if len(messages) < len(had) or any(a.get("role") != b.get("role") for a, b in zip(had, messages)):
             return [], True
         return messages[len(had) :], False
+
+    @property
+    def _asking(self) -> bool:
+        """This client's own turn is running (its exchange is not in the list yet)."""
+        return self._turn is not None and not self._turn.ended
 
     @property
     def total_tokens(self) -> int:

@@ -28,6 +28,7 @@ from textual.app import App, ComposeResult, SystemCommand
 from textual.binding import Binding
 from textual.containers import VerticalScroll
 from textual.screen import ModalScreen, Screen
+from textual.timer import Timer
 from textual.widgets import Footer, Header, Markdown, OptionList, ProgressBar
 from textual.widgets.option_list import Option
 from textual.worker import WorkerState
@@ -193,6 +194,7 @@ class ChatApp(App):
         self.last_stats: TurnStats | None = None
         self.decode_tok_s = 0.0
         self._polling = False  # a look for other clients' turns is under way
+        self._poller: Timer | None = None  # those looks, attached to a server
 
     # -- layout ---------------------------------------------------------------------------------------
     def compose(self) -> ComposeResult:
@@ -324,13 +326,10 @@ class ChatApp(App):
 
     def _session_ready(self) -> None:
         assert self.session is not None  # called once the session is open
-        if hasattr(self.session, "poll") and not hasattr(self, "_poller"):
+        if hasattr(self.session, "poll") and self._poller is None:
             # attached to a server: an editor's turns on this session show up here too
             self._poller = self.set_interval(self.POLL_S, self._poll_tick)
-        history = self.query_one("#history", VerticalScroll)
-        history.remove_children()
-        for m in self.session.messages():
-            self.add_message(m["role"], m["content"])
+        self._show_history(self.session.messages())
         self.sub_title = " · ".join(x for x in (self.session.name, self.session.model, self.sessions.where) if x)
         said, self._said = self._said, []
         for line in said:  # where the chat runs, and why not on a server it found: once
@@ -342,7 +341,12 @@ class ChatApp(App):
         prompt.reset_walk()
         self.refresh_status()
 
-    # -- prompt history (up/down), kept per session beside its index ---------------------------------
+    def _show_history(self, messages: list[dict]) -> None:
+        self.query_one("#history", VerticalScroll).remove_children()
+        for m in messages:
+            self.add_message(str(m.get("role", "")), str(m.get("content", "")))
+
+    # -- other clients' turns, attached to a server ------------------------------------------------
     def _poll_tick(self) -> None:
         if not self.busy and not self._polling and self.session is not None and hasattr(self.session, "poll"):
             self._polling = True
@@ -365,11 +369,12 @@ class ChatApp(App):
         if current is None or session is not current:
             return  # another session opened meanwhile
         if replaced:  # a client sent its own copy of the conversation: it is the session now
-            self.query_one("#history", VerticalScroll).remove_children()
-            new = current.messages()
+            self._show_history(current.messages())
+            return
         for m in new:
             self.add_message(str(m.get("role", "")), str(m.get("content", "")))
 
+    # -- prompt history (up/down), kept per session beside its index ---------------------------------
     def _history_path(self, name: str) -> Path:
         return session_dir(name) / HISTORY_FILE
 
