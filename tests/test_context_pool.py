@@ -380,14 +380,30 @@ def test_an_auto_window_is_planned_for_every_session_of_the_shared_context(smol_
         e.close()
 
 
+LONG_TEXT = "Here is a list of harbours: " + ", ".join(f"harbour number {i}" for i in range(60)) + "."
+
+
+def _counting(pool: ContextPool) -> list[int]:
+    """The rows of each llama_decode on the pool's context from now on, in order."""
+    calls: list[int] = []
+    real = pool.ctx.decode
+
+    def counted(tokens, *args, **kw):
+        calls.append(len(tokens))
+        return real(tokens, *args, **kw)
+
+    pool.ctx.decode = counted  # type: ignore[method-assign]
+    return calls
+
+
 def test_a_long_prompt_is_decoded_in_pieces_while_another_session_decodes(smol_path):
     """While a session is in its decode loop, another one's long prompt goes in
-    PREFILL_CHUNK pieces with the first one's steps between them (not one long hold of the
-    lock), and both answers are the ones each gives alone."""
+    PREFILL_CHUNK pieces and the first one's steps go on meanwhile (alone between two
+    pieces, or as rows of a piece's batch), not after one long hold of the lock; both
+    answers are the ones each gives alone."""
     e1, e2 = _engines(smol_path, 2)
-    long_text = "Here is a list of harbours: " + ", ".join(f"harbour number {i}" for i in range(60)) + "."
     try:
-        long_prompt = e2.chat_tokens([{"role": "user", "content": long_text + " Name the first one."}])
+        long_prompt = e2.chat_tokens([{"role": "user", "content": LONG_TEXT + " Name the first one."}])
         assert len(long_prompt) > 2 * context_pool.PREFILL_CHUNK
 
         def answer_long() -> str:
@@ -397,26 +413,57 @@ def test_a_long_prompt_is_decoded_in_pieces_while_another_session_decodes(smol_p
         alone = {1: _say(e1, 1, tokens=60), 2: answer_long()}
         pool = e1.ctx.pool
         steps_before = pool.batches
-        calls: list[int] = []  # rows of each llama_decode on the shared context, in order
-        real = pool.ctx.decode
-
-        def counted(tokens, *args, **kw):
-            calls.append(len(tokens))
-            return real(tokens, *args, **kw)
-
-        pool.ctx.decode = counted  # type: ignore[method-assign]
+        calls = _counting(pool)
         got: dict[int, str] = {}
         t1 = threading.Thread(target=lambda: got.__setitem__(1, _say(e1, 1, tokens=60)))
         t1.start()
         while pool.decoding == 0 and t1.is_alive():  # e1 is in its decode loop
             time.sleep(0.001)
-        got[2] = answer_long()  # its prompt in pieces, e1's steps between them
+        got[2] = answer_long()  # its prompt in pieces, e1's steps along
         t1.join()
         assert got == alone
         assert pool.batches > steps_before
-        pieces = [i for i, n in enumerate(calls) if n == context_pool.PREFILL_CHUNK]
+        c = context_pool.PREFILL_CHUNK
+        pieces = [i for i, n in enumerate(calls) if n in (c, c + 1)]
         assert len(pieces) >= 2, calls  # the long prompt went in pieces...
-        assert any(calls[i] == 1 for i in range(pieces[0], pieces[-1])), calls  # ...with e1's steps between
+        assert any(calls[i] in (1, c + 1) for i in range(pieces[0] + 1, pieces[-1] + 1)), calls  # ...e1 stepping
+    finally:
+        e1.close()
+        e2.close()
+
+
+def test_a_waiting_step_rides_in_the_batch_of_another_sessions_prompt_piece(smol_path):
+    """A decoding session's next token, waiting while another session's prompt goes in,
+    is decoded as a row of that prompt's piece (one llama_decode for both, as llama.cpp's
+    server mixes them) and sampled from its own row: both answers are the ones each gives
+    alone."""
+    e1, e2 = _engines(smol_path, 2)
+    pool = e1.ctx.pool
+    try:
+        long_prompt = e2.chat_tokens([{"role": "user", "content": LONG_TEXT + " Name the first one."}])
+        alone1 = _say(e1, 1, tokens=20)
+        e2.ctx.seq_rm(0)
+        alone2 = "".join(e2.generate(long_prompt, 0, GenParams(max_tokens=8)))
+        e1.ctx.seq_rm(0)
+        g1 = e1.generate(_prompt(e1, 1), 0, GenParams(max_tokens=20))
+        out1 = [next(g1)]  # e1 is in its decode loop, suspended
+        calls = _counting(pool)
+        rows_before = pool.batched_rows
+        with pool.lock:  # e1's next step cannot run: it waits in the pool's list
+            t1 = threading.Thread(target=lambda: out1.append(next(g1)))
+            t1.start()
+            while not pool._steps and t1.is_alive():
+                time.sleep(0.001)
+            e2.ctx.seq_rm(0)
+            g2 = e2.generate(long_prompt, 0, GenParams(max_tokens=8))
+            out2 = [next(g2)]  # e2's prompt: its first piece carries e1's step
+        t1.join()
+        assert calls[0] == context_pool.PREFILL_CHUNK + 1, calls
+        assert pool.batched_rows == rows_before + 1
+        out1 += list(g1)
+        out2 += list(g2)
+        assert "".join(out1) == alone1 and "".join(out2) == alone2
+        assert pool.decoding == 0 and not pool._steps
     finally:
         e1.close()
         e2.close()

@@ -632,6 +632,7 @@ class Context:
         self._mem = lc.llama_get_memory(ptr)
         self.n_ctx = lc.llama_n_ctx(ptr)
         self.n_batch = n_batch
+        self.n_ubatch = sizes.n_ubatch
         self.n_seq_max = n_seq_max
         self.type_k, self.type_v, self.flash_attn = type_k, type_v, flash_attn
         self.n_threads = threads

@@ -19,7 +19,9 @@ are batched (continuous batching): a session's next token waits in ``step`` for 
 sessions in a decode loop to bring theirs (a few ms at most), then one ``llama_decode`` runs
 every waiting row, one per sequence, and each row is sampled by its own session's sampler
 (grammar and all); a session joins the next batch when its prefill is done and leaves when
-its answer ends. A caller that needs several calls in a row
+its answer ends. A prompt decoded meanwhile goes in pieces, and each piece carries the steps
+waiting at that moment as rows of its own decode (``prefill``): the others' tokens do not
+wait behind it. A caller that needs several calls in a row
 without another session evicting it (a request: arrange the working set, then generate)
 holds its view (``hold()``); a call made without a hold takes a slot for that call only.
 """
@@ -155,34 +157,86 @@ class ContextPool:
         (in ``n_batch`` pieces: only the last piece's logits survive a decode)."""
         try:
             for at in range(0, len(batch), self.ctx.n_batch):
-                rows = batch[at : at + self.ctx.n_batch]
-                for b in [b for b in rows if b.view._closed]:  # closed by another thread: its slot may be another's
-                    b.error = LocalsymError("the session's context is closed")
-                    rows.remove(b)
-                if not rows:
-                    continue
-                try:
-                    self.ctx.decode(
-                        [b.token for b in rows], [b.pos for b in rows], [b.seq for b in rows], [True] * len(rows)
-                    )
-                except BaseException as e:
-                    for b in rows:
-                        b.error = e
-                    continue
-                self.batches += 1
-                self.batched_rows += len(rows)
-                for i, b in enumerate(rows):
-                    try:
-                        b.out = b.sampler.sample(self.ctx, i)
-                    except BaseException as e:  # one step's sampler fails (a grammar): the others go on
-                        b.error = e
+                rows = self._open(batch[at : at + self.ctx.n_batch])
+                if rows:
+                    self._decode_rows(rows)
         finally:
-            with self._steps_lock:
-                self._round += 1
-                for b in batch:
-                    b.view._seen = self._round
-                    b.done = True
-                self._steps_lock.notify_all()
+            self._finish(batch)
+
+    def prefill(self, seq: int, tokens: Sequence[int], pos: int, sampler: Sampler | None) -> int:
+        """(inside a view's call: holding the lock) Decode a prompt piece of sequence ``seq``
+        with the decoding steps waiting now as rows of the same batch, as llama.cpp's server
+        mixes prompt chunks and decoding rows: the other sessions' next tokens come with the
+        piece instead of after it, and one decode serves both. Returns the token sampled
+        after the piece's last one when ``sampler`` is given, else -1."""
+        with self._steps_lock:
+            batch, self._steps = self._steps, []
+        n = len(tokens)
+        if batch and n + len(batch) > self.ctx.n_ubatch:  # one ubatch: a failure leaves no half in the cache
+            self._run(batch)
+            batch = []
+        if not batch:
+            self.ctx.decode(tokens, pos, seq, "none" if sampler is None else "last")
+            return -1 if sampler is None else sampler.sample(self.ctx)
+        try:
+            rows = self._open(batch)
+            # a cancel of this piece's session must not abort the others' rows: it stops
+            # that session at its next piece or step instead
+            running, self._running = self._running, None
+            try:
+                self.ctx.decode(
+                    [*tokens, *(b.token for b in rows)],
+                    [*range(pos, pos + n), *(b.pos for b in rows)],
+                    [seq] * n + [b.seq for b in rows],
+                    [False] * (n - 1) + [sampler is not None] + [True] * len(rows),
+                )
+            except BaseException:
+                if rows:  # theirs alone: the failure is this piece's session's
+                    self._decode_rows(rows)
+                raise
+            finally:
+                self._running = running
+            self._sampled(rows, n)
+            return -1 if sampler is None else sampler.sample(self.ctx, n - 1)
+        finally:
+            self._finish(batch)
+
+    def _open(self, rows: list[_Step]) -> list[_Step]:
+        """The steps of views still open; a closed one's (another thread closed it: its slot
+        may be another's by now) fails."""
+        for b in rows:
+            if b.view._closed:
+                b.error = LocalsymError("the session's context is closed")
+        return [b for b in rows if not b.view._closed]
+
+    def _decode_rows(self, rows: list[_Step]) -> None:
+        """(holding the lock) One decode of ``rows`` (n_batch at most), each then sampled."""
+        try:
+            self.ctx.decode([b.token for b in rows], [b.pos for b in rows], [b.seq for b in rows], [True] * len(rows))
+        except BaseException as e:
+            for b in rows:
+                b.error = e
+            return
+        self._sampled(rows, 0)
+
+    def _sampled(self, rows: list[_Step], first: int) -> None:
+        """Sample each row from its output of the last decode (outputs ``first`` on)."""
+        self.batches += 1
+        self.batched_rows += len(rows)
+        for i, b in enumerate(rows):
+            try:
+                b.out = b.sampler.sample(self.ctx, first + i)
+            except BaseException as e:  # one step's sampler fails (a grammar): the others go on
+                b.error = e
+
+    def _finish(self, batch: list[_Step]) -> None:
+        """The steps of ``batch`` are done (run or failed): their threads go on."""
+        with self._steps_lock:
+            self._round += 1
+            for b in batch:
+                b.view._seen = self._round
+                b.done = True
+            self._steps_lock.notify_all()
 
     @contextmanager
     def generating(self, view: ContextView) -> Iterator[None]:
@@ -369,17 +423,17 @@ class ContextView:
     ) -> None:
         if logits == "none" and isinstance(positions, int) and isinstance(seq_ids, int):
             n, c = len(tokens), self._chunk(len(tokens))
-            for a in range(0, n, c):  # others' decoding steps run between the pieces
+            for a in range(0, n, c):  # others' decoding steps ride along with the pieces
                 with self._call():
-                    self.pool.ctx.decode(tokens[a : a + c], positions + a, self._seq(seq_ids), "none")
+                    self.pool.prefill(self._seq(seq_ids), tokens[a : a + c], positions + a, None)
             return
         with self._call():
             self.pool.ctx.decode(tokens, positions, self._map(seq_ids, len(tokens)), logits)
 
     def _chunk(self, n: int) -> int:
         """How much of a long prompt to decode in one call: all of it, unless other sessions
-        are in a decode loop (then PREFILL_CHUNK tokens, so that their steps wait for one
-        piece, not for the whole prompt: llama.cpp's server interleaves prefills alike)."""
+        are in a decode loop (then PREFILL_CHUNK tokens, each piece with their waiting steps
+        as rows of its batch: llama.cpp's server mixes prompt chunks and decoding rows alike)."""
         return PREFILL_CHUNK if self.pool.parallel > 1 and self.pool.decoding > 0 else max(n, 1)
 
     def _map(self, seq_ids: Sequence[int] | int, n: int) -> Any:
@@ -400,9 +454,11 @@ class ContextView:
         c = self._chunk(len(tokens))
         if isinstance(positions, int) and len(tokens) > c:
             head = (len(tokens) - 1) // c * c  # the last piece (1 to c tokens) is decoded with the sample
-            self.decode(tokens[:head], positions, seq, "none")  # in pieces, others' steps between
+            self.decode(tokens[:head], positions, seq, "none")  # in pieces, others' steps along
             tokens, positions = tokens[head:], positions + head
         with self._call():
+            if isinstance(positions, int):
+                return self.pool.prefill(self._seq(seq), tokens, positions, sampler)
             self.pool.ctx.decode(tokens, positions, self._seq(seq))
             return sampler.sample(self.pool.ctx)
 
