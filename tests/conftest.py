@@ -12,6 +12,8 @@ import json
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -68,6 +70,19 @@ def home(tmp_path, monkeypatch, smol_path) -> Path:
     monkeypatch.setenv("LOCALSYM_HOME", str(h))
     register_cached(SMOL)
     return h
+
+
+@contextmanager
+def module_home(tmp_path_factory: pytest.TempPathFactory, tag: str, **env: str) -> Iterator[Path]:
+    """A LOCALSYM_HOME (and ``env``) for a whole test module, SmolLM2 registered: what a
+    module-scoped server fixture needs (the per-test ``home`` fixture cannot serve one)."""
+    h = tmp_path_factory.mktemp(tag) / "home"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("LOCALSYM_HOME", str(h))
+        for k, v in env.items():
+            mp.setenv(k, v)
+        register_cached(SMOL)
+        yield h
 
 
 @pytest.fixture(scope="session")

@@ -4,7 +4,10 @@ share one model and one session; `--no-server` and a dead server's record run in
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
+import signal
 import subprocess
 import time
 from collections.abc import Iterator
@@ -13,7 +16,7 @@ from pathlib import Path
 import httpx
 import psutil
 import pytest
-from conftest import SMOL, register_cached, run_cli
+from conftest import SMOL, module_home, register_cached, run_cli
 from test_server import Server
 
 from localsym.session import InProcess, RunOptions, connect
@@ -25,10 +28,7 @@ SESSION = "X-Localsym-Session"
 
 @pytest.fixture(scope="module")
 def client_home(tmp_path_factory, smol_path) -> Iterator[Path]:
-    h = tmp_path_factory.mktemp("client") / "home"
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("LOCALSYM_HOME", str(h))
-        register_cached(SMOL)
+    with module_home(tmp_path_factory, "client") as h:
         yield h
 
 
@@ -228,7 +228,6 @@ async def test_the_attached_chat_shows_an_editors_turns(server, monkeypatch):
     """An editor naming the chat's session answers there; the chat shows its exchange without
     a keypress (it looks every ``POLL_S``), never shows its own turn twice, and a client that
     replaces the history (its copy of the conversation wins) is shown as the session now."""
-    import asyncio
 
     monkeypatch.setattr(ChatApp, "POLL_S", 0.3)
     app = ChatApp(SMOL, "live", RunOptions(n_ctx=2048, vram="cpu"), sessions=connect(SMOL, "live"))
@@ -263,3 +262,28 @@ async def test_the_attached_chat_shows_an_editors_turns(server, monkeypatch):
         await asyncio.to_thread(editor, [*rewritten, {"role": "user", "content": other}])
         await wait_until(pilot, lambda: shown("user") == [other], timeout=30)
         assert len(shown("assistant")) == 1
+
+
+async def test_quitting_the_attached_chat_does_not_wait_for_a_frozen_server(server, monkeypatch):
+    """A look for other clients' turns that a frozen server (SIGSTOP) never answers does not
+    hold the chat's exit for the look's timeout (10 s): the look runs on a daemon thread."""
+    monkeypatch.setattr(ChatApp, "POLL_S", 0.2)
+    app = ChatApp(SMOL, "frozen", RunOptions(n_ctx=2048, vram="cpu"), sessions=connect(SMOL, "frozen"))
+    t0 = 0.0
+    try:
+        async with app.run_test(size=(100, 30)) as pilot:
+            await wait_until(pilot, lambda: app.session is not None and not app.busy)
+            os.kill(server.proc.pid, signal.SIGSTOP)
+            await wait_until(pilot, lambda: app._polling, timeout=10)
+            await pilot.pause(0.5)
+            assert app._polling  # the look waits on the frozen server
+            t0 = time.monotonic()
+            await pilot.press("ctrl+q")
+        # what `localsym chat` does last on its way out (App.run is asyncio.run): the loop's
+        # executor threads are joined, a worker's among them
+        await asyncio.get_running_loop().shutdown_default_executor()
+        quit_s = time.monotonic() - t0
+    finally:
+        os.kill(server.proc.pid, signal.SIGCONT)
+    assert quit_s < 3.0, quit_s
+    assert httpx.get(f"{server.url}/api/version", timeout=30).status_code == 200  # the server goes on

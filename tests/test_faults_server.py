@@ -13,7 +13,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import SMOL, register_cached, run_cli
+from conftest import SMOL, module_home, run_cli
 from test_server import Server
 
 SESSION = "X-Localsym-Session"
@@ -21,10 +21,7 @@ SESSION = "X-Localsym-Session"
 
 @pytest.fixture(scope="module")
 def home(tmp_path_factory, smol_path) -> Iterator[Path]:
-    h = tmp_path_factory.mktemp("faults-serve") / "home"
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("LOCALSYM_HOME", str(h))
-        register_cached(SMOL)
+    with module_home(tmp_path_factory, "faults-serve") as h:
         yield h
 
 

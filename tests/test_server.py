@@ -18,7 +18,7 @@ import httpx  # the test extra has them all: a missing one fails here rather tha
 import ollama
 import openai
 import pytest
-from conftest import SMOL, register_cached
+from conftest import SMOL, module_home
 
 MODEL = SMOL
 SESSION = "X-Localsym-Session"
@@ -78,11 +78,8 @@ class Server:
 
 @pytest.fixture(scope="module")
 def server_home(tmp_path_factory, smol_path) -> Iterator[Path]:
-    home = tmp_path_factory.mktemp("serve") / "home"
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("LOCALSYM_HOME", str(home))
-        register_cached(SMOL)
-        yield home
+    with module_home(tmp_path_factory, "serve") as h:
+        yield h
 
 
 @pytest.fixture(scope="module")

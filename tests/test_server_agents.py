@@ -16,7 +16,7 @@ import httpx
 import ollama
 import openai
 import pytest
-from conftest import SMOL, register_cached
+from conftest import module_home
 from test_server import MODEL, SESSION, Server
 
 QUEUE = 2
@@ -24,11 +24,8 @@ QUEUE = 2
 
 @pytest.fixture(scope="module")
 def home(tmp_path_factory, smol_path) -> Iterator[Path]:
-    home = tmp_path_factory.mktemp("agents") / "home"
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("LOCALSYM_HOME", str(home))
-        register_cached(SMOL)
-        yield home
+    with module_home(tmp_path_factory, "agents") as h:
+        yield h
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ import numpy as np
 import ollama
 import openai
 import pytest
-from conftest import SMOL, register_cached
+from conftest import module_home
 from test_server import MODEL, SESSION, Server
 
 EMBED_CTX = 256  # the server's embedding context here: a truncated input costs one small decode
@@ -22,11 +22,7 @@ CAT, CAT2, STOCKS = "The cat sat on the mat.", "A cat was sitting on the rug.", 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, smol_path) -> Iterator[Server]:
-    home = tmp_path_factory.mktemp("embed") / "home"
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("LOCALSYM_HOME", str(home))
-        mp.setenv("LOCALSYM_EMBED_CTX", str(EMBED_CTX))
-        register_cached(SMOL)
+    with module_home(tmp_path_factory, "embed", LOCALSYM_EMBED_CTX=str(EMBED_CTX)) as home:
         s = Server(home)
         yield s
         s.stop()

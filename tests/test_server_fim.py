@@ -16,7 +16,7 @@ import gguf
 import httpx
 import openai
 import pytest
-from conftest import SMOL, register_cached
+from conftest import SMOL, module_home
 from gguf.scripts.gguf_new_metadata import MetadataDetails
 from gguf_retemplate import with_metadata
 from test_server import Server
@@ -32,10 +32,7 @@ SUFFIX = "\n\nprint(add(2, 3))\n"
 
 @pytest.fixture(scope="module")
 def home(tmp_path_factory, smol_path) -> Iterator[Path]:
-    home = tmp_path_factory.mktemp("fim") / "home"
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("LOCALSYM_HOME", str(home))
-        register_cached(SMOL)
+    with module_home(tmp_path_factory, "fim") as home:
         new = {
             key: MetadataDetails(gguf.GGUFValueType.UINT32, tok)
             for key, tok in (

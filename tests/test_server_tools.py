@@ -14,7 +14,7 @@ import jsonschema
 import ollama
 import openai
 import pytest
-from conftest import SMOL, register_cached
+from conftest import SMOL, module_home
 from gguf_retemplate import with_template
 from llama_templates import TemplatesUnavailable, templates_dir, unavailable
 from test_server import Server
@@ -55,11 +55,8 @@ def _qwen_template() -> str:
 
 @pytest.fixture(scope="module")
 def home(tmp_path_factory, smol_path) -> Iterator[Path]:
-    home = tmp_path_factory.mktemp("tools") / "home"
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("LOCALSYM_HOME", str(home))
-        register_cached(SMOL)
-        yield home
+    with module_home(tmp_path_factory, "tools") as h:
+        yield h
 
 
 @pytest.fixture(scope="module")

@@ -350,9 +350,10 @@ class ChatApp(App):
     def _poll_tick(self) -> None:
         if not self.busy and not self._polling and self.session is not None and hasattr(self.session, "poll"):
             self._polling = True
-            self._poll(self.session)
+            # a daemon thread, not a worker: quitting waits for a worker's thread, and a
+            # poll on a server that hangs would hold the exit for its whole timeout
+            threading.Thread(target=self._poll, args=(self.session,), name="localsym-poll", daemon=True).start()
 
-    @work(thread=True, group="poll")
     def _poll(self, session: Any) -> None:
         try:
             new, replaced = session.poll()
@@ -362,7 +363,8 @@ class ChatApp(App):
         finally:
             self._polling = False
         if new or replaced:
-            self.call_from_thread(self._show_polled, session, new, replaced)
+            with contextlib.suppress(RuntimeError):  # the app has ended meanwhile
+                self.call_from_thread(self._show_polled, session, new, replaced)
 
     def _show_polled(self, session: Any, new: list[dict], replaced: bool) -> None:
         current = self.session
