@@ -44,13 +44,15 @@ def test_in_prose_the_needle_comes_last_and_the_rest_by_score():
     rest = chosen[:-2]
     scores = [r.last_fused.scores.get(b, 0.0) for b in rest]
     assert rest and scores == sorted(scores)
-    # without a needle: several blocks of one document, by score in prose, in order in code
+    # without a needle: several blocks of one document, by score in prose; in code in their
+    # order but the best block last of all (nearest the question)
     for source in ("notes.txt", "x.py"):
         r = _needle_retriever(source)
         ids = [c.id for c in r.select([5, 9, 17, 33, 65], budget_tokens=8 * 64)]
         assert len(ids) >= 3
         if source == "x.py":
-            assert ids == sorted(ids)
+            best = max(ids, key=lambda b: r.last_fused.scores[b])
+            assert ids[-1] == best and ids[:-1] == sorted(ids[:-1]) and ids != sorted(ids)
         else:
             scores = [r.last_fused.scores[b] for b in ids]
             assert scores == sorted(scores) and ids != sorted(ids)
