@@ -467,3 +467,50 @@ def test_a_waiting_step_rides_in_the_batch_of_another_sessions_prompt_piece(smol
     finally:
         e1.close()
         e2.close()
+
+
+def test_a_prompt_cancelled_while_its_pieces_carry_another_sessions_steps_stops_at_once(smol_path):
+    """A mixed piece is never aborted (the others' rows ride in it), so a cancel of the
+    prompt's own session is checked before each piece: it stops after the piece under way
+    (without the check the whole prompt went in, 7 s of it for 1.7K tokens on 2 cores); the
+    other session's answer goes on as alone, nothing is left waiting, the cancelled
+    session answers again as alone."""
+    e1, e2 = _engines(smol_path, 2)
+    pool = e1.ctx.pool
+    try:
+        long_prompt = e2.chat_tokens([{"role": "user", "content": LONG_TEXT + " Name the first one."}])
+        c = context_pool.PREFILL_CHUNK
+        assert len(long_prompt) > 2 * c
+        alone1 = _say(e1, 1, tokens=20)
+        e2.ctx.seq_rm(0)
+        alone2 = "".join(e2.generate(long_prompt, 0, GenParams(max_tokens=8)))
+        e1.ctx.seq_rm(0)
+        g1 = e1.generate(_prompt(e1, 1), 0, GenParams(max_tokens=20))
+        out1 = [next(g1)]
+        calls = _counting(pool)
+        real = pool.ctx.decode
+
+        def cancel_after_a_mixed_piece(tokens, *args, **kw):
+            real(tokens, *args, **kw)
+            if len(tokens) == c + 1:
+                e2.ctx.cancel()
+
+        pool.ctx.decode = cancel_after_a_mixed_piece  # type: ignore[method-assign]
+        with pool.lock:  # e1's next step waits in the pool's list: e2's first piece takes it
+            t1 = threading.Thread(target=lambda: out1.append(next(g1)))
+            t1.start()
+            while not pool._steps and t1.is_alive():
+                time.sleep(0.001)
+            e2.ctx.seq_rm(0)
+            cut = "".join(e2.generate(long_prompt, 0, GenParams(max_tokens=8)))
+        t1.join()
+        e2.ctx.clear_cancel()
+        assert cut == "" and calls == [c + 1], calls  # one piece went in, with e1's step
+        out1 += list(g1)
+        assert "".join(out1) == alone1
+        assert pool.decoding == 0 and not pool._steps
+        e2.ctx.seq_rm(0)
+        assert "".join(e2.generate(long_prompt, 0, GenParams(max_tokens=8))) == alone2
+    finally:
+        e1.close()
+        e2.close()

@@ -169,6 +169,9 @@ class ContextPool:
         mixes prompt chunks and decoding rows: the other sessions' next tokens come with the
         piece instead of after it, and one decode serves both. Returns the token sampled
         after the piece's last one when ``sampler`` is given, else -1."""
+        running = self._running
+        if running is not None and running._cancel.is_set():  # a mixed piece is never aborted: stop before it
+            raise Cancelled()
         with self._steps_lock:
             batch, self._steps = self._steps, []
         n = len(tokens)
@@ -182,7 +185,7 @@ class ContextPool:
             rows = self._open(batch)
             # a cancel of this piece's session must not abort the others' rows: it stops
             # that session at its next piece or step instead
-            running, self._running = self._running, None
+            self._running = None
             try:
                 self.ctx.decode(
                     [*tokens, *(b.token for b in rows)],
