@@ -514,3 +514,44 @@ def test_a_prompt_cancelled_while_its_pieces_carry_another_sessions_steps_stops_
     finally:
         e1.close()
         e2.close()
+
+
+def test_steps_run_before_a_prompt_piece_are_not_stopped_by_that_prompts_cancel(smol_path, monkeypatch):
+    """When a piece and the waiting steps do not fit one ubatch, the steps are decoded alone
+    first; a cancel of the prompt's session arriving then aborts neither them (the abort
+    callback looks at the session whose call runs: none for the others' rows) nor their
+    answer; the prompt stops at its piece."""
+    e1, e2 = _engines(smol_path, 2)
+    pool = e1.ctx.pool
+    try:
+        long_prompt = e2.chat_tokens([{"role": "user", "content": LONG_TEXT + " Name the first one."}])
+        alone1 = _say(e1, 1, tokens=20)
+        e1.ctx.seq_rm(0)
+        g1 = e1.generate(_prompt(e1, 1), 0, GenParams(max_tokens=20))
+        out1 = [next(g1)]
+        monkeypatch.setattr(pool.ctx, "n_ubatch", 8)  # no piece fits beside a step: the steps go first
+        real = pool.ctx.decode
+
+        def cancel_e2_during_a_step(tokens, *args, **kw):
+            if len(tokens) == 1:
+                e2.ctx.cancel()
+            return real(tokens, *args, **kw)
+
+        monkeypatch.setattr(pool.ctx, "decode", cancel_e2_during_a_step)
+        with pool.lock:  # e1's next step waits in the pool's list: e2's first piece finds it
+            t1 = threading.Thread(target=lambda: out1.append(next(g1)))
+            t1.start()
+            while not pool._steps and t1.is_alive():
+                time.sleep(0.001)
+            e2.ctx.seq_rm(0)
+            cut = "".join(e2.generate(long_prompt, 0, GenParams(max_tokens=8)))
+        t1.join()
+        monkeypatch.setattr(pool.ctx, "decode", real)
+        e2.ctx.clear_cancel()
+        assert cut == ""
+        out1 += list(g1)
+        assert "".join(out1) == alone1
+        assert pool.decoding == 0 and not pool._steps
+    finally:
+        e1.close()
+        e2.close()

@@ -148,6 +148,8 @@ class ContextPool:
                     with self._steps_lock:
                         batch, self._steps = self._steps, []
                     self._run(batch)
+        if not mine.done:  # taken from the list by a batch that failed before it ran
+            raise LocalsymError("a decoding step was lost by a failed batch")
         if mine.error is not None:
             raise mine.error
         return mine.out
@@ -172,16 +174,23 @@ class ContextPool:
         running = self._running
         if running is not None and running._cancel.is_set():  # a mixed piece is never aborted: stop before it
             raise Cancelled()
-        with self._steps_lock:
-            batch, self._steps = self._steps, []
-        n = len(tokens)
-        if batch and n + len(batch) > self.ctx.n_ubatch:  # one ubatch: a failure leaves no half in the cache
-            self._run(batch)
-            batch = []
-        if not batch:
-            self.ctx.decode(tokens, pos, seq, "none" if sampler is None else "last")
-            return -1 if sampler is None else sampler.sample(self.ctx)
+        batch: list[_Step] = []
         try:
+            with self._steps_lock:
+                batch, self._steps = self._steps, []
+            n = len(tokens)
+            if batch and (n == 0 or n + len(batch) > self.ctx.n_ubatch):
+                # the steps alone first (one ubatch at most: a failure leaves no half in the
+                # cache), never aborted by this session's cancel
+                self._running = None
+                try:
+                    self._run(batch)
+                finally:
+                    self._running = running
+                batch = []
+            if not batch:
+                self.ctx.decode(tokens, pos, seq, "none" if sampler is None else "last")
+                return -1 if sampler is None else sampler.sample(self.ctx)
             rows = self._open(batch)
             # a cancel of this piece's session must not abort the others' rows: it stops
             # that session at its next piece or step instead
@@ -200,9 +209,12 @@ class ContextPool:
             finally:
                 self._running = running
             self._sampled(rows, n)
+            if running is not None and running._cancel.is_set():  # cancelled during the piece: no token out
+                raise Cancelled()
             return -1 if sampler is None else sampler.sample(self.ctx, n - 1)
         finally:
-            self._finish(batch)
+            if batch:
+                self._finish(batch)
 
     def _open(self, rows: list[_Step]) -> list[_Step]:
         """The steps of views still open; a closed one's (another thread closed it: its slot

@@ -362,8 +362,9 @@ class ChatApp(App):
             new, replaced = [], False
         finally:
             self._polling = False
-        if new or replaced:
-            with contextlib.suppress(RuntimeError):  # the app has ended meanwhile
+        if (new or replaced) and self.is_running:
+            # the app may end meanwhile: its loop closed (RuntimeError) or the call cancelled
+            with contextlib.suppress(Exception):
                 self.call_from_thread(self._show_polled, session, new, replaced)
 
     def _show_polled(self, session: Any, new: list[dict], replaced: bool) -> None:
