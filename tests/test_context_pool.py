@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 from conftest import GEMMA, register_cached
@@ -34,6 +36,7 @@ QUESTIONS = [
     ("b", "When does he ring the bell?"),
 ]
 CFG = SessionConfig(block_tokens=64)
+T = TypeVar("T")
 
 
 @pytest.fixture
@@ -396,6 +399,27 @@ def _counting(pool: ContextPool) -> list[int]:
     return calls
 
 
+def _in_its_loop(e: Engine, tokens: int) -> tuple[Iterator[str], list[str]]:
+    """Engine ``e``'s answer to question 1 begun: its first token out, its loop suspended."""
+    e.ctx.seq_rm(0)
+    g = e.generate(_prompt(e, 1), 0, GenParams(max_tokens=tokens))
+    return g, [next(g)]
+
+
+def _while_a_step_waits(pool: ContextPool, g1: Iterator[str], out1: list[str], then: Callable[[], T]) -> T:
+    """Run ``then`` (another session's prompt) while the next step of ``g1`` (a session in
+    its decode loop) waits in the pool's list: the lock is held until that step is queued,
+    so the prompt's first piece finds it there. ``g1``'s token goes to ``out1``."""
+    with pool.lock:
+        t1 = threading.Thread(target=lambda: out1.append(next(g1)))
+        t1.start()
+        while not pool._steps and t1.is_alive():
+            time.sleep(0.001)
+        got = then()
+    t1.join()
+    return got
+
+
 def test_a_long_prompt_is_decoded_in_pieces_while_another_session_decodes(smol_path):
     """While a session is in its decode loop, another one's long prompt goes in
     PREFILL_CHUNK pieces and the first one's steps go on meanwhile (alone between two
@@ -444,20 +468,12 @@ def test_a_waiting_step_rides_in_the_batch_of_another_sessions_prompt_piece(smol
         alone1 = _say(e1, 1, tokens=20)
         e2.ctx.seq_rm(0)
         alone2 = "".join(e2.generate(long_prompt, 0, GenParams(max_tokens=8)))
-        e1.ctx.seq_rm(0)
-        g1 = e1.generate(_prompt(e1, 1), 0, GenParams(max_tokens=20))
-        out1 = [next(g1)]  # e1 is in its decode loop, suspended
+        g1, out1 = _in_its_loop(e1, 20)
         calls = _counting(pool)
         rows_before = pool.batched_rows
-        with pool.lock:  # e1's next step cannot run: it waits in the pool's list
-            t1 = threading.Thread(target=lambda: out1.append(next(g1)))
-            t1.start()
-            while not pool._steps and t1.is_alive():
-                time.sleep(0.001)
-            e2.ctx.seq_rm(0)
-            g2 = e2.generate(long_prompt, 0, GenParams(max_tokens=8))
-            out2 = [next(g2)]  # e2's prompt: its first piece carries e1's step
-        t1.join()
+        e2.ctx.seq_rm(0)
+        g2 = e2.generate(long_prompt, 0, GenParams(max_tokens=8))
+        out2 = _while_a_step_waits(pool, g1, out1, lambda: [next(g2)])  # e2's first piece carries e1's step
         assert calls[0] == context_pool.PREFILL_CHUNK + 1, calls
         assert pool.batched_rows == rows_before + 1
         out1 += list(g1)
@@ -484,9 +500,7 @@ def test_a_prompt_cancelled_while_its_pieces_carry_another_sessions_steps_stops_
         alone1 = _say(e1, 1, tokens=20)
         e2.ctx.seq_rm(0)
         alone2 = "".join(e2.generate(long_prompt, 0, GenParams(max_tokens=8)))
-        e1.ctx.seq_rm(0)
-        g1 = e1.generate(_prompt(e1, 1), 0, GenParams(max_tokens=20))
-        out1 = [next(g1)]
+        g1, out1 = _in_its_loop(e1, 20)
         calls = _counting(pool)
         real = pool.ctx.decode
 
@@ -496,14 +510,8 @@ def test_a_prompt_cancelled_while_its_pieces_carry_another_sessions_steps_stops_
                 e2.ctx.cancel()
 
         pool.ctx.decode = cancel_after_a_mixed_piece  # type: ignore[method-assign]
-        with pool.lock:  # e1's next step waits in the pool's list: e2's first piece takes it
-            t1 = threading.Thread(target=lambda: out1.append(next(g1)))
-            t1.start()
-            while not pool._steps and t1.is_alive():
-                time.sleep(0.001)
-            e2.ctx.seq_rm(0)
-            cut = "".join(e2.generate(long_prompt, 0, GenParams(max_tokens=8)))
-        t1.join()
+        e2.ctx.seq_rm(0)
+        cut = _while_a_step_waits(pool, g1, out1, lambda: "".join(e2.generate(long_prompt, 0, GenParams(max_tokens=8))))
         e2.ctx.clear_cancel()
         assert cut == "" and calls == [c + 1], calls  # one piece went in, with e1's step
         out1 += list(g1)
@@ -526,9 +534,7 @@ def test_steps_run_before_a_prompt_piece_are_not_stopped_by_that_prompts_cancel(
     try:
         long_prompt = e2.chat_tokens([{"role": "user", "content": LONG_TEXT + " Name the first one."}])
         alone1 = _say(e1, 1, tokens=20)
-        e1.ctx.seq_rm(0)
-        g1 = e1.generate(_prompt(e1, 1), 0, GenParams(max_tokens=20))
-        out1 = [next(g1)]
+        g1, out1 = _in_its_loop(e1, 20)
         monkeypatch.setattr(pool.ctx, "n_ubatch", 8)  # no piece fits beside a step: the steps go first
         real = pool.ctx.decode
 
@@ -538,14 +544,8 @@ def test_steps_run_before_a_prompt_piece_are_not_stopped_by_that_prompts_cancel(
             return real(tokens, *args, **kw)
 
         monkeypatch.setattr(pool.ctx, "decode", cancel_e2_during_a_step)
-        with pool.lock:  # e1's next step waits in the pool's list: e2's first piece finds it
-            t1 = threading.Thread(target=lambda: out1.append(next(g1)))
-            t1.start()
-            while not pool._steps and t1.is_alive():
-                time.sleep(0.001)
-            e2.ctx.seq_rm(0)
-            cut = "".join(e2.generate(long_prompt, 0, GenParams(max_tokens=8)))
-        t1.join()
+        e2.ctx.seq_rm(0)
+        cut = _while_a_step_waits(pool, g1, out1, lambda: "".join(e2.generate(long_prompt, 0, GenParams(max_tokens=8))))
         monkeypatch.setattr(pool.ctx, "decode", real)
         e2.ctx.clear_cancel()
         assert cut == ""
