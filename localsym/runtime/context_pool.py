@@ -172,7 +172,7 @@ class ContextPool:
         piece instead of after it, and one decode serves both. Returns the token sampled
         after the piece's last one when ``sampler`` is given, else -1."""
         running = self._running
-        if running is not None and running._cancel.is_set():  # a mixed piece is never aborted: stop before it
+        if self._running_cancelled():  # a mixed piece is never aborted: stop before it
             raise Cancelled()
         batch: list[_Step] = []
         try:
@@ -209,7 +209,7 @@ class ContextPool:
             finally:
                 self._running = running
             self._sampled(rows, n)
-            if running is not None and running._cancel.is_set():  # cancelled during the piece: no token out
+            if self._running_cancelled():  # cancelled during the piece: no token out
                 raise Cancelled()
             return -1 if sampler is None else sampler.sample(self.ctx, n - 1)
         finally:

@@ -343,6 +343,9 @@ class ChatApp(App):
 
     def _show_history(self, messages: list[dict]) -> None:
         self.query_one("#history", VerticalScroll).remove_children()
+        self._show_messages(messages)
+
+    def _show_messages(self, messages: list[dict]) -> None:
         for m in messages:
             self.add_message(str(m.get("role", "")), str(m.get("content", "")))
 
@@ -374,8 +377,7 @@ class ChatApp(App):
         if replaced:  # a client sent its own copy of the conversation: it is the session now
             self._show_history(current.messages())
             return
-        for m in new:
-            self.add_message(str(m.get("role", "")), str(m.get("content", "")))
+        self._show_messages(new)
 
     # -- prompt history (up/down), kept per session beside its index ---------------------------------
     def _history_path(self, name: str) -> Path:
